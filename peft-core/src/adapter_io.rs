@@ -1,0 +1,131 @@
+//! Saving and loading adapters in Hugging Face PEFT's format: a folder with `adapter_config.json` (the
+//! method's config, tagged by `peft_type`) and `adapter_model.safetensors` (tensors by HF PEFT key). The
+//! folder is written beside its target and renamed into place, so a crash never leaves half an adapter.
+//!
+//! ```no_run
+//! # fn demo(adapter: &dyn peft_core::method::Adapter, mut init: peft_core::method::InitCtx) -> peft_core::Result<()> {
+//! let dir = std::path::Path::new("out/adapter");
+//! peft_core::adapter_io::save_adapter(dir, adapter, init.model.spec())?;
+//! let loaded = peft_core::adapter_io::load_adapter(dir, &mut init)?;
+//! for warning in &loaded.warnings { eprintln!("warning: {warning}"); }
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::atomic::{save_safetensors, write_atomic};
+use crate::error::{PeftError, Result};
+use crate::method::{Adapter, InitCtx, PeftMethod};
+use crate::spec::ModelSpec;
+
+/// Name of the config file inside an adapter folder.
+pub const CONFIG_FILE: &str = "adapter_config.json";
+/// Name of the weights file inside an adapter folder.
+pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+
+/// An adapter read from disk, with what the reader noticed but did not refuse.
+pub struct LoadedAdapter {
+    /// The built adapter holding the saved tensors.
+    pub adapter: Box<dyn Adapter>,
+    /// Non-fatal findings (a different base model name, say).
+    pub warnings: Vec<String>,
+}
+
+/// Saves `adapter` as an HF PEFT folder at `dir`, replacing what was there only once the new one is complete.
+pub fn save_adapter(dir: &Path, adapter: &dyn Adapter, spec: &ModelSpec) -> Result<()> {
+    let mut common = adapter.config().common().clone();
+    if common.base_model_name_or_path.is_none() && !spec.name_or_path.is_empty() {
+        common.base_model_name_or_path = Some(spec.name_or_path.clone());
+    }
+    common.inference_mode = true;
+    let config = adapter.config().with_common(common);
+    let json = serde_json::to_string_pretty(&config)
+        .map_err(|e| PeftError::Config(format!("serialising the adapter config: {e}")))?;
+
+    let staging = sibling(dir, "staging");
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).map_err(|e| PeftError::io("creating folder", &staging, e))?;
+    let written = (|| {
+        write_atomic(&staging.join(CONFIG_FILE), json.as_bytes())?;
+        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+        save_safetensors(&staging.join(WEIGHTS_FILE), &adapter.tensors()?, Some(metadata))
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e);
+    }
+    replace_dir(&staging, dir)
+}
+
+/// Reads an adapter folder's config.
+pub fn read_adapter_config(dir: &Path) -> Result<Box<dyn PeftMethod>> {
+    let path = dir.join(CONFIG_FILE);
+    if !dir.is_dir() {
+        return Err(PeftError::bad_file(dir, "no such adapter folder (it should hold adapter_config.json and adapter_model.safetensors)"));
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| PeftError::io("reading", &path, e))?;
+    serde_json::from_str(&text).map_err(|e| {
+        PeftError::bad_file(&path, format!("{e}; peft_type must name a method this build knows"))
+    })
+}
+
+/// Loads an adapter folder for `init.model`. A different `base_model_name_or_path` is a warning; tensors
+/// whose shapes do not fit the model are an error naming both shapes.
+pub fn load_adapter(dir: &Path, init: &mut InitCtx) -> Result<LoadedAdapter> {
+    let config = read_adapter_config(dir)?;
+    let mut warnings = Vec::new();
+    let spec = init.model.spec();
+    if let Some(name) = &config.common().base_model_name_or_path {
+        if !spec.name_or_path.is_empty() && name != &spec.name_or_path {
+            warnings.push(format!(
+                "adapter {} was made for base model `{name}`; loading it on `{}`",
+                dir.display(),
+                spec.name_or_path
+            ));
+        }
+    }
+    let weights = dir.join(WEIGHTS_FILE);
+    if !weights.is_file() {
+        return Err(PeftError::bad_file(&weights, "missing: an HF PEFT adapter folder holds adapter_model.safetensors"));
+    }
+    let tensors = candle_core::safetensors::load(&weights, init.model.device())
+        .map_err(|e| PeftError::bad_file(&weights, format!("not a readable safetensors file: {e}")))?;
+    let adapter = config.build(init)?;
+    adapter.load_tensors(&tensors).map_err(|e| match e {
+        PeftError::ShapeMismatch { what, expected_from, expected, got, .. } => PeftError::ShapeMismatch {
+            what,
+            expected_from,
+            expected,
+            got_from: format!("adapter {}", dir.display()),
+            got,
+        },
+        other => other,
+    })?;
+    Ok(LoadedAdapter { adapter, warnings })
+}
+
+/// A hidden sibling path of `dir` for staging or backup.
+fn sibling(dir: &Path, what: &str) -> PathBuf {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "adapter".into());
+    dir.with_file_name(format!(".{name}.{what}-{}", std::process::id()))
+}
+
+/// Moves the complete folder `staging` to `dir`, keeping the old `dir` until the new one is in place.
+pub fn replace_dir(staging: &Path, dir: &Path) -> Result<()> {
+    let backup = sibling(dir, "old");
+    let had_old = dir.exists();
+    if had_old {
+        std::fs::rename(dir, &backup).map_err(|e| PeftError::io("moving aside", dir, e))?;
+    }
+    if let Err(e) = std::fs::rename(staging, dir) {
+        if had_old {
+            let _ = std::fs::rename(&backup, dir);
+        }
+        return Err(PeftError::io("renaming into place", dir, e));
+    }
+    if had_old {
+        let _ = std::fs::remove_dir_all(&backup);
+    }
+    Ok(())
+}

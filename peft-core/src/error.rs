@@ -1,0 +1,77 @@
+//! The one error type of `peft-core`; every variant says what was wrong and, where it can, what to do.
+
+use std::path::PathBuf;
+
+/// Errors raised by the contracts, the data pipeline and the trainer.
+#[derive(Debug, thiserror::Error)]
+pub enum PeftError {
+    /// A tensor operation failed inside candle.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+
+    /// A file could not be read or written.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done ("reading", "writing", ...).
+        action: &'static str,
+        /// The file concerned.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+
+    /// A file exists but its content is not what it should be.
+    #[error("{path}: {message}")]
+    BadFile {
+        /// The file concerned.
+        path: PathBuf,
+        /// What is wrong with it and what to do.
+        message: String,
+    },
+
+    /// Two shapes that must agree do not (an adapter made for another model, say).
+    #[error("shape mismatch for {what}: {expected_from} expects {expected:?}, {got_from} has {got:?}")]
+    ShapeMismatch {
+        /// The tensor or dimension concerned.
+        what: String,
+        /// Who sets the expectation (usually the model).
+        expected_from: String,
+        /// The expected shape.
+        expected: Vec<usize>,
+        /// Who brought the other shape (usually the adapter).
+        got_from: String,
+        /// The shape found.
+        got: Vec<usize>,
+    },
+
+    /// A configuration value is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    /// The data given to a task cannot be used.
+    #[error("data: {0}")]
+    Data(String),
+
+    /// The tokenizer failed.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
+    /// A contract was used in a way it does not support.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Result alias for `peft-core`.
+pub type Result<T> = std::result::Result<T, PeftError>;
+
+impl PeftError {
+    /// Wraps an I/O error with the action and path it happened on.
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        PeftError::Io { action, path: path.into(), source }
+    }
+
+    /// A file whose content is wrong, with a message that says what to do.
+    pub fn bad_file(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        PeftError::BadFile { path: path.into(), message: message.into() }
+    }
+}

@@ -1,0 +1,105 @@
+//! Injection sites a frozen model calls during its forward pass. Every default is a no-op, so a method
+//! implements only the sites it uses: prompt tuning the embeddings, prefix tuning the attention prefix,
+//! LoRA / IA3 the linear projections, BitFit the biases.
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use peft_core::hooks::{Ctx, Hooks, NoHooks};
+//! let x = Tensor::zeros((1, 3, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+//! let mut ctx = Ctx::new(Tensor::ones((1, 3), candle_core::DType::F32, &Device::Cpu).unwrap());
+//! let y = NoHooks.embeddings(x, &mut ctx).unwrap();
+//! assert_eq!(y.dims(), &[1, 3, 4]);
+//! assert_eq!(ctx.virtual_tokens, 0);
+//! ```
+
+use candle_core::{DType, Tensor};
+
+use crate::error::Result;
+use crate::frozen::FrozenLinear;
+use crate::spec::SiteId;
+
+/// What the prompt methods change besides the embeddings: the attention mask and the count of virtual tokens
+/// prepended to the sequence (whose labels are -100, as HF PEFT does).
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    /// `[batch, seq]` f32, 1 for tokens to attend to, 0 for padding; virtual tokens get 1.
+    pub attention_mask: Tensor,
+    /// Virtual tokens prepended to the input embeddings by [`Hooks::embeddings`].
+    pub virtual_tokens: usize,
+}
+
+impl Ctx {
+    /// A context over a `[batch, seq]` attention mask (any dtype; stored as f32).
+    pub fn new(attention_mask: Tensor) -> Self {
+        let attention_mask = attention_mask.to_dtype(DType::F32).unwrap_or(attention_mask);
+        Ctx { attention_mask, virtual_tokens: 0 }
+    }
+
+    /// Prepends `n` virtual tokens: the mask gains `n` leading ones.
+    pub fn prepend_virtual_tokens(&mut self, n: usize) -> Result<()> {
+        let (b, _) = self.attention_mask.dims2()?;
+        let ones = Tensor::ones((b, n), DType::F32, self.attention_mask.device())?;
+        self.attention_mask = Tensor::cat(&[&ones, &self.attention_mask], 1)?;
+        self.virtual_tokens += n;
+        Ok(())
+    }
+}
+
+/// Key/value prefixes for one layer's attention (prefix tuning, P-tuning v2).
+#[derive(Debug, Clone)]
+pub struct KvPrefix {
+    /// `[batch, kv_heads, prefix_len, head_dim]`.
+    pub key: Tensor,
+    /// `[batch, kv_heads, prefix_len, head_dim]`.
+    pub value: Tensor,
+}
+
+impl KvPrefix {
+    /// Number of prefix positions.
+    pub fn len(&self) -> usize {
+        self.key.dims().get(2).copied().unwrap_or(0)
+    }
+
+    /// True when the prefix has no positions.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Injection sites of a frozen model's forward pass; every method is a no-op by default.
+pub trait Hooks: Send + Sync {
+    /// Called with the token embeddings `[batch, seq, hidden]` before the first layer. A prompt method
+    /// returns longer embeddings and records the virtual tokens in `ctx`.
+    fn embeddings(&self, x: Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        let _ = ctx;
+        Ok(x)
+    }
+
+    /// Key/value prefix for the self-attention of `layer`. The model prepends it to the keys and values,
+    /// lets every query see it, and offsets the positions of real tokens by its length.
+    fn attention_prefix(&self, layer: usize, ctx: &Ctx) -> Result<Option<KvPrefix>> {
+        let _ = (layer, ctx);
+        Ok(None)
+    }
+
+    /// A frozen projection at `site`. The default adds the trainable bias from [`Hooks::bias`] where one
+    /// replaces the frozen bias.
+    fn linear(&self, site: SiteId, x: &Tensor, base: &FrozenLinear) -> Result<Tensor> {
+        match self.bias(site) {
+            Some(b) => base.forward_with_bias(x, Some(&b)),
+            None => base.forward(x),
+        }
+    }
+
+    /// A trainable bias that replaces the frozen bias at `site` (a linear or a norm site).
+    fn bias(&self, site: SiteId) -> Option<Tensor> {
+        let _ = site;
+        None
+    }
+}
+
+/// The hooks of the bare frozen model.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoHooks;
+
+impl Hooks for NoHooks {}

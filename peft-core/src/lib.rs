@@ -1,0 +1,23 @@
+//! Contracts and shared machinery of the peft workspace.
+//!
+//! A frozen [`model::BaseModel`] calls [`hooks::Hooks`] at its injection sites; a [`method::PeftMethod`]
+//! configuration builds an [`method::Adapter`] (trainable state + hooks); the one shared [`train::Trainer`]
+//! trains every method on a [`task::Task`], so that comparisons between methods are fair.
+//!
+//! ```
+//! use peft_core::spec::ModelSpec;
+//! let spec = ModelSpec::new("gpt2", 2, 32, 4, 4, 100, 64);
+//! assert_eq!(spec.head_dim, 8);
+//! ```
+
+pub mod adapter_io;
+pub mod atomic;
+pub mod error;
+pub mod frozen;
+pub mod hooks;
+pub mod method;
+pub mod model;
+pub mod nn;
+pub mod spec;
+
+pub use error::{PeftError, Result};
