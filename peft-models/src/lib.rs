@@ -6,3 +6,9 @@
 //! ```
 
 pub mod config;
+pub mod error;
+pub mod loaded;
+pub mod weights;
+
+pub use error::{ModelError, Result};
+pub use loaded::LoadedModel;

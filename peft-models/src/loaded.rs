@@ -1,0 +1,14 @@
+//! What every loader returns: a frozen model behind the [`BaseModel`] contract, with its tokenizer where the
+//! checkpoint carries one.
+
+use peft_core::model::BaseModel;
+
+/// A loaded frozen model.
+pub struct LoadedModel {
+    /// The model.
+    pub model: Box<dyn BaseModel>,
+    /// Its tokenizer (`None` for a folder without `tokenizer.json`: then only token ids can be given).
+    pub tokenizer: Option<tokenizers::Tokenizer>,
+    /// Token id that ends a generation, where the checkpoint names one.
+    pub eos_token_id: Option<u32>,
+}

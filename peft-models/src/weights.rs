@@ -1,0 +1,76 @@
+//! Named checkpoint tensors, whatever file they came from (safetensors folder, sharded index, GGUF), with
+//! a clear error naming any tensor the architecture needs and the checkpoint lacks.
+//!
+//! ```
+//! use std::collections::HashMap;
+//! use candle_core::{Device, Tensor};
+//! use peft_models::weights::WeightMap;
+//! let t = Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap();
+//! let w = WeightMap::new(HashMap::from([("transformer.wte.weight".to_string(), t)]), "test");
+//! assert!(w.get("transformer.wte.weight", &[3]).is_ok());
+//! assert!(w.get("transformer.wpe.weight", &[3]).unwrap_err().to_string().contains("transformer.wpe.weight"));
+//! ```
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Tensor};
+
+use crate::error::{ModelError, Result};
+
+/// Checkpoint tensors by Hugging Face name, converted to f32 on access.
+#[derive(Debug, Clone)]
+pub struct WeightMap {
+    tensors: HashMap<String, Tensor>,
+    source: String,
+}
+
+impl WeightMap {
+    /// Wraps tensors read from `source` (a path or description used in errors).
+    pub fn new(tensors: HashMap<String, Tensor>, source: impl Into<String>) -> Self {
+        WeightMap { tensors, source: source.into() }
+    }
+
+    /// Where the tensors came from.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// True where the checkpoint has `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// All names.
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.tensors.keys()
+    }
+
+    /// The tensor `name` as f32 with the expected shape, or an error naming it.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.get_any(name)?;
+        if t.dims() != shape {
+            return Err(ModelError::TensorShape {
+                name: name.to_string(),
+                source_desc: self.source.clone(),
+                expected: shape.to_vec(),
+                got: t.dims().to_vec(),
+            });
+        }
+        Ok(t)
+    }
+
+    /// The tensor `name` as f32, whatever its shape.
+    pub fn get_any(&self, name: &str) -> Result<Tensor> {
+        let t = self.tensors.get(name).ok_or_else(|| ModelError::MissingTensor {
+            name: name.to_string(),
+            source_desc: self.source.clone(),
+        })?;
+        Ok(t.to_dtype(DType::F32)?)
+    }
+
+    /// Renames every key with `f` (e.g. to add the `transformer.` prefix of a bare `GPT2Model` checkpoint).
+    pub fn rename(self, f: impl Fn(&str) -> String) -> Self {
+        let tensors = self.tensors.into_iter().map(|(k, v)| (f(&k), v)).collect();
+        WeightMap { tensors, source: self.source }
+    }
+}
