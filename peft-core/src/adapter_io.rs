@@ -85,13 +85,20 @@ pub fn load_adapter(dir: &Path, init: &mut InitCtx) -> Result<LoadedAdapter> {
             ));
         }
     }
+    let adapter = config.build(init)?;
+    load_adapter_tensors(dir, adapter.as_ref(), init.model.device())?;
+    Ok(LoadedAdapter { adapter, warnings })
+}
+
+/// Reads `adapter_model.safetensors` from `dir` into an adapter already built; a tensor whose shape does not
+/// fit is an error naming the key, the adapter folder and both shapes.
+pub fn load_adapter_tensors(dir: &Path, adapter: &dyn Adapter, device: &candle_core::Device) -> Result<()> {
     let weights = dir.join(WEIGHTS_FILE);
     if !weights.is_file() {
         return Err(PeftError::bad_file(&weights, "missing: an HF PEFT adapter folder holds adapter_model.safetensors"));
     }
-    let tensors = candle_core::safetensors::load(&weights, init.model.device())
+    let tensors = candle_core::safetensors::load(&weights, device)
         .map_err(|e| PeftError::bad_file(&weights, format!("not a readable safetensors file: {e}")))?;
-    let adapter = config.build(init)?;
     adapter.load_tensors(&tensors).map_err(|e| match e {
         PeftError::ShapeMismatch { what, expected_from, expected, got, .. } => PeftError::ShapeMismatch {
             what,
@@ -101,8 +108,7 @@ pub fn load_adapter(dir: &Path, init: &mut InitCtx) -> Result<LoadedAdapter> {
             got,
         },
         other => other,
-    })?;
-    Ok(LoadedAdapter { adapter, warnings })
+    })
 }
 
 /// A hidden sibling path of `dir` for staging or backup.

@@ -19,5 +19,7 @@ pub mod method;
 pub mod model;
 pub mod nn;
 pub mod spec;
+pub mod task;
+pub mod train;
 
 pub use error::{PeftError, Result};

@@ -1,0 +1,99 @@
+//! Causal language modelling: next-token cross-entropy where labels are not -100, with logits computed only
+//! at those positions (HF's shift: the hidden state at `t` predicts the label at `t + 1`).
+
+use candle_core::Tensor;
+
+use super::{cross_entropy, gather_rows, pad_batch, scalar, Metrics, StepLoss, Task};
+use super::examples::LmExample;
+use crate::error::{PeftError, Result};
+use crate::hooks::Hooks;
+use crate::model::BaseModel;
+
+/// Causal-LM training over encoded examples.
+pub struct CausalLm {
+    train: Vec<LmExample>,
+    eval: Vec<LmExample>,
+    pad_id: u32,
+}
+
+impl CausalLm {
+    /// A task over examples whose `labels` align with `input_ids` (-100 where no loss).
+    pub fn new(train: Vec<LmExample>, eval: Vec<LmExample>, pad_id: u32) -> Result<Self> {
+        for (set, rows) in [("train", &train), ("eval", &eval)] {
+            for (i, e) in rows.iter().enumerate() {
+                if e.labels.len() != e.input_ids.len() {
+                    return Err(PeftError::Data(format!(
+                        "{set} example {i}: {} labels for {} tokens",
+                        e.labels.len(),
+                        e.input_ids.len()
+                    )));
+                }
+            }
+        }
+        Ok(CausalLm { train, eval, pad_id })
+    }
+
+    /// Summed loss and the number of predicted tokens over `examples`.
+    fn summed_loss(&self, model: &dyn BaseModel, hooks: &dyn Hooks, examples: &[&LmExample]) -> Result<(Tensor, usize)> {
+        let rows: Vec<&[u32]> = examples.iter().map(|e| e.input_ids.as_slice()).collect();
+        let batch = pad_batch(&rows, self.pad_id, model.device())?;
+        let mut positions = Vec::new();
+        let mut targets = Vec::new();
+        for (b, e) in examples.iter().enumerate() {
+            for t in 0..e.input_ids.len().saturating_sub(1) {
+                let label = e.labels[t + 1];
+                if label >= 0 {
+                    positions.push((b, t));
+                    targets.push(label as u32);
+                }
+            }
+        }
+        if targets.is_empty() {
+            return Err(PeftError::Data("a batch has no labelled tokens (every label is -100)".into()));
+        }
+        let out = model.forward(&batch, hooks)?;
+        let hidden = gather_rows(&out.hidden, out.virtual_tokens, &positions)?;
+        let logits = model.logits(&hidden)?;
+        let n = targets.len();
+        Ok(((cross_entropy(&logits, &targets)? * n as f64)?, n))
+    }
+}
+
+impl Task for CausalLm {
+    fn name(&self) -> &str {
+        "causal-lm"
+    }
+
+    fn train_len(&self) -> usize {
+        self.train.len()
+    }
+
+    fn loss(&self, model: &dyn BaseModel, hooks: &dyn Hooks, indices: &[usize]) -> Result<StepLoss> {
+        let examples: Vec<&LmExample> = indices.iter().map(|&i| &self.train[i]).collect();
+        let (sum, n) = self.summed_loss(model, hooks, &examples)?;
+        let tokens = examples.iter().map(|e| e.input_ids.len()).sum();
+        Ok(StepLoss { loss: (sum / n as f64)?, tokens })
+    }
+
+    fn evaluate(&self, model: &dyn BaseModel, hooks: &dyn Hooks, batch_size: usize) -> Result<Metrics> {
+        if self.eval.is_empty() {
+            return Err(PeftError::Data("the evaluation set is empty".into()));
+        }
+        let (mut total, mut count) = (0f64, 0usize);
+        for chunk in self.eval.chunks(batch_size.max(1)) {
+            let refs: Vec<&LmExample> = chunk.iter().collect();
+            let (sum, n) = self.summed_loss(model, hooks, &refs)?;
+            total += scalar(&sum.detach())?;
+            count += n;
+        }
+        let loss = total / count as f64;
+        let mut m = Metrics::new();
+        m.insert("loss".into(), loss);
+        m.insert("perplexity".into(), loss.exp());
+        Ok(m)
+    }
+
+    fn primary_metric(&self) -> (&'static str, bool) {
+        ("loss", false)
+    }
+}

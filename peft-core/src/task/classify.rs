@@ -1,0 +1,143 @@
+//! Classification by verbalizer: each class is a label word, scored by the frozen LM head at the answer
+//! position (the last token of the prompt); the loss is the cross-entropy over the label words only, and only
+//! those vocabulary rows are computed.
+
+use candle_core::{DType, Tensor, D};
+
+use super::{cross_entropy, gather_rows, pad_batch, scalar, Metrics, StepLoss, Task};
+use super::examples::ClassExample;
+use crate::error::{PeftError, Result};
+use crate::hooks::Hooks;
+use crate::model::BaseModel;
+
+/// Verbalizer classification over encoded examples.
+pub struct VerbalizerClassification {
+    train: Vec<ClassExample>,
+    eval: Vec<ClassExample>,
+    label_token_ids: Vec<u32>,
+    pad_id: u32,
+}
+
+impl VerbalizerClassification {
+    /// A task over encoded train / evaluation examples whose labels index `label_token_ids`.
+    pub fn new(
+        train: Vec<ClassExample>,
+        eval: Vec<ClassExample>,
+        label_token_ids: Vec<u32>,
+        pad_id: u32,
+    ) -> Result<Self> {
+        for (set, rows) in [("train", &train), ("eval", &eval)] {
+            if let Some((i, e)) = rows.iter().enumerate().find(|(_, e)| e.label >= label_token_ids.len()) {
+                return Err(PeftError::Data(format!(
+                    "{set} example {i} has label index {} but the verbalizer has {} label words",
+                    e.label,
+                    label_token_ids.len()
+                )));
+            }
+            if let Some(i) = rows.iter().position(|e| e.input_ids.is_empty()) {
+                return Err(PeftError::Data(format!("{set} example {i} has no tokens")));
+            }
+        }
+        Ok(VerbalizerClassification { train, eval, label_token_ids, pad_id })
+    }
+
+    /// Label-word logits `[n, classes]` for `examples`.
+    pub fn label_logits(
+        &self,
+        model: &dyn BaseModel,
+        hooks: &dyn Hooks,
+        examples: &[&ClassExample],
+    ) -> Result<Tensor> {
+        let rows: Vec<&[u32]> = examples.iter().map(|e| e.input_ids.as_slice()).collect();
+        let batch = pad_batch(&rows, self.pad_id, model.device())?;
+        let out = model.forward(&batch, hooks)?;
+        let answers: Vec<(usize, usize)> = rows.iter().enumerate().map(|(b, r)| (b, r.len() - 1)).collect();
+        let hidden = gather_rows(&out.hidden, out.virtual_tokens, &answers)?;
+        model.logits_of(&hidden, &self.label_token_ids)
+    }
+
+    /// Predicted class per evaluation example.
+    pub fn predict(&self, model: &dyn BaseModel, hooks: &dyn Hooks, batch_size: usize) -> Result<Vec<usize>> {
+        let mut preds = Vec::with_capacity(self.eval.len());
+        for chunk in self.eval.chunks(batch_size.max(1)) {
+            let refs: Vec<&ClassExample> = chunk.iter().collect();
+            let logits = self.label_logits(model, hooks, &refs)?;
+            preds.extend(logits.argmax(D::Minus1)?.to_vec1::<u32>()?.into_iter().map(|p| p as usize));
+        }
+        Ok(preds)
+    }
+}
+
+impl Task for VerbalizerClassification {
+    fn name(&self) -> &str {
+        "classification"
+    }
+
+    fn train_len(&self) -> usize {
+        self.train.len()
+    }
+
+    fn loss(&self, model: &dyn BaseModel, hooks: &dyn Hooks, indices: &[usize]) -> Result<StepLoss> {
+        let examples: Vec<&ClassExample> = indices.iter().map(|&i| &self.train[i]).collect();
+        let logits = self.label_logits(model, hooks, &examples)?;
+        let targets: Vec<u32> = examples.iter().map(|e| e.label as u32).collect();
+        let tokens = examples.iter().map(|e| e.input_ids.len()).sum();
+        Ok(StepLoss { loss: cross_entropy(&logits, &targets)?, tokens })
+    }
+
+    fn evaluate(&self, model: &dyn BaseModel, hooks: &dyn Hooks, batch_size: usize) -> Result<Metrics> {
+        if self.eval.is_empty() {
+            return Err(PeftError::Data("the evaluation set is empty".into()));
+        }
+        let (mut correct, mut loss_sum) = (0usize, 0f64);
+        let classes = self.label_token_ids.len();
+        let mut confusion = vec![vec![0usize; classes]; classes];
+        for chunk in self.eval.chunks(batch_size.max(1)) {
+            let refs: Vec<&ClassExample> = chunk.iter().collect();
+            let logits = self.label_logits(model, hooks, &refs)?.detach();
+            let targets: Vec<u32> = chunk.iter().map(|e| e.label as u32).collect();
+            loss_sum += scalar(&cross_entropy(&logits, &targets)?)? * chunk.len() as f64;
+            let preds = logits.argmax(D::Minus1)?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+            for (p, e) in preds.iter().zip(chunk) {
+                confusion[e.label][*p as usize] += 1;
+                correct += usize::from(*p as usize == e.label);
+            }
+        }
+        let n = self.eval.len() as f64;
+        let mut m = Metrics::new();
+        m.insert("accuracy".into(), correct as f64 / n);
+        m.insert("loss".into(), loss_sum / n);
+        m.insert("macro_f1".into(), macro_f1(&confusion));
+        Ok(m)
+    }
+
+    fn primary_metric(&self) -> (&'static str, bool) {
+        ("accuracy", true)
+    }
+}
+
+/// Macro-averaged F1 from a confusion matrix `[true][predicted]`.
+fn macro_f1(confusion: &[Vec<usize>]) -> f64 {
+    let k = confusion.len();
+    let mut sum = 0.0;
+    for (c, row) in confusion.iter().enumerate() {
+        let tp = row[c] as f64;
+        let predicted: usize = confusion.iter().map(|r| r[c]).sum();
+        let actual: usize = row.iter().sum();
+        let denom = predicted as f64 + actual as f64;
+        sum += if denom > 0.0 { 2.0 * tp / denom } else { 0.0 };
+    }
+    sum / k.max(1) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::macro_f1;
+
+    #[test]
+    fn macro_f1_of_a_known_confusion() {
+        // class 0: tp 3, fp 1, fn 1 -> f1 0.75; class 1: tp 1, fp 1, fn 1 -> f1 0.5
+        let f1 = macro_f1(&[vec![3, 1], vec![1, 1]]);
+        assert!((f1 - 0.625).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,93 @@
+//! What the shared trainer optimises and how it is evaluated. A [`Task`] owns its encoded train and
+//! evaluation examples; the trainer only picks which training examples form a micro-batch, so every method
+//! sees the same data in the same order.
+//!
+//! ```
+//! use peft_core::task::cross_entropy;
+//! use candle_core::{Device, Tensor};
+//! let logits = Tensor::new(&[[0f32, 0.], [10., 0.]], &Device::Cpu).unwrap();
+//! let loss = cross_entropy(&logits, &[1, 0]).unwrap().to_scalar::<f32>().unwrap();
+//! assert!((loss - (2f32.ln() + 4.54e-5) / 2.).abs() < 1e-4);
+//! ```
+
+mod causal_lm;
+mod examples;
+mod classify;
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Tensor};
+
+pub use causal_lm::CausalLm;
+pub use classify::VerbalizerClassification;
+pub use examples::{ClassExample, LmExample};
+
+use crate::error::Result;
+use crate::hooks::Hooks;
+use crate::model::{BaseModel, Batch};
+
+/// Named evaluation results (`accuracy`, `loss`, `perplexity`, ...).
+pub type Metrics = BTreeMap<String, f64>;
+
+/// The loss of one micro-batch and how many tokens it covered (for tokens/s).
+pub struct StepLoss {
+    /// Scalar mean loss, differentiable with respect to the adapter.
+    pub loss: Tensor,
+    /// Real (non-padding) input tokens in the micro-batch.
+    pub tokens: usize,
+}
+
+/// A training objective with its data and its evaluation.
+pub trait Task: Send + Sync {
+    /// Short name for logs (`classification`, `causal-lm`).
+    fn name(&self) -> &str;
+
+    /// Number of training examples.
+    fn train_len(&self) -> usize;
+
+    /// Mean loss over the training examples at `indices`.
+    fn loss(&self, model: &dyn BaseModel, hooks: &dyn Hooks, indices: &[usize]) -> Result<StepLoss>;
+
+    /// Metrics over the evaluation examples, in batches of `batch_size`.
+    fn evaluate(&self, model: &dyn BaseModel, hooks: &dyn Hooks, batch_size: usize) -> Result<Metrics>;
+
+    /// The metric that selects the best checkpoint, and whether higher is better.
+    fn primary_metric(&self) -> (&'static str, bool);
+}
+
+/// Mean cross-entropy of `logits` `[n, classes]` against `targets` (class indices).
+pub fn cross_entropy(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
+    let logp = crate::nn::log_softmax_last_dim(logits)?;
+    let idx = Tensor::new(targets, logits.device())?.unsqueeze(1)?;
+    let picked = logp.gather(&idx, 1)?;
+    Ok((picked.mean_all()? * -1.0)?)
+}
+
+/// Right-pads `rows` of token ids with `pad_id` into a [`Batch`].
+pub fn pad_batch(rows: &[&[u32]], pad_id: u32, device: &Device) -> Result<Batch> {
+    let len = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(rows.len() * len);
+    let mut mask = Vec::with_capacity(rows.len() * len);
+    for r in rows {
+        ids.extend_from_slice(r);
+        ids.extend(std::iter::repeat_n(pad_id, len - r.len()));
+        mask.extend(std::iter::repeat_n(1f32, r.len()));
+        mask.extend(std::iter::repeat_n(0f32, len - r.len()));
+    }
+    let shape = (rows.len(), len);
+    Batch::new(Tensor::from_vec(ids, shape, device)?, Tensor::from_vec(mask, shape, device)?)
+}
+
+/// Rows `positions` (pairs of batch row, position in the real sequence) of the hidden states `[B, S, H]`,
+/// shifted past the `virtual_tokens` the hooks prepended: `[n, H]`.
+pub fn gather_rows(hidden: &Tensor, virtual_tokens: usize, positions: &[(usize, usize)]) -> Result<Tensor> {
+    let (_, s, h) = hidden.dims3()?;
+    let flat: Vec<u32> = positions.iter().map(|&(b, t)| (b * s + virtual_tokens + t) as u32).collect();
+    let idx = Tensor::new(flat, hidden.device())?;
+    Ok(hidden.reshape(((), h))?.index_select(&idx, 0)?)
+}
+
+/// Scalar value of a one-element tensor as f64.
+pub(crate) fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+}

@@ -1,0 +1,295 @@
+//! The training loop.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::Tensor;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{load_checkpoint, save_checkpoint, TrainerState};
+use super::metrics_log::MetricsLog;
+use super::optim::{clip_global_norm, AdamW, AdamWConfig};
+use super::order::micro_batch;
+use super::schedule::Schedule;
+use crate::adapter_io::save_adapter;
+use crate::error::{PeftError, Result};
+use crate::hooks::Hooks;
+use crate::method::Adapter;
+use crate::model::BaseModel;
+use crate::task::{Metrics, Task};
+
+/// Training settings (the `[training]` table of an experiment file). Every field has a default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Seed of the data order (and, through the experiment, of the adapter's initialisation). Default 42.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Optimiser steps. Default 300.
+    #[serde(default = "default_max_steps")]
+    pub max_steps: usize,
+    /// Examples per micro-batch. Default 8.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Micro-batches per optimiser step (effective batch = batch_size x this). Default 1.
+    #[serde(default = "default_one")]
+    pub gradient_accumulation_steps: usize,
+    /// Peak learning rate. Default 3e-2 (prompt tuning's usual AdamW rate).
+    #[serde(default = "default_lr")]
+    pub learning_rate: f64,
+    /// Learning-rate schedule after warm-up: `linear` (default), `cosine` or `constant`.
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// Linear warm-up steps. Default 0.
+    #[serde(default)]
+    pub warmup_steps: usize,
+    /// AdamW settings (`beta1`, `beta2`, `eps`, `weight_decay`); biases and norms never decay.
+    #[serde(default)]
+    pub optimizer: AdamWConfig,
+    /// Global gradient-norm clip; 0 disables. Default 1.0.
+    #[serde(default = "default_clip")]
+    pub max_grad_norm: f64,
+    /// Evaluate every N optimiser steps (0: only at the end). Default 0.
+    #[serde(default)]
+    pub eval_every: usize,
+    /// Examples per evaluation batch. Default 16.
+    #[serde(default = "default_eval_batch")]
+    pub eval_batch_size: usize,
+    /// Write a training record to the metrics log every N steps. Default 10.
+    #[serde(default = "default_log_every")]
+    pub log_every: usize,
+    /// Save a resumable checkpoint every N steps (0: at each evaluation). Default 0.
+    #[serde(default)]
+    pub save_every: usize,
+    /// Output folder: `metrics.jsonl`, `checkpoint/`, `best/`, `adapter/`. Default `out`.
+    #[serde(default = "default_output_dir")]
+    pub output_dir: PathBuf,
+    /// Continue from `output_dir/checkpoint` when it exists. Default false.
+    #[serde(default)]
+    pub resume: bool,
+    /// Show a progress bar on a terminal. Default true.
+    #[serde(default = "default_true")]
+    pub progress: bool,
+}
+
+fn default_seed() -> u64 {
+    42
+}
+fn default_max_steps() -> usize {
+    300
+}
+fn default_batch_size() -> usize {
+    8
+}
+fn default_one() -> usize {
+    1
+}
+fn default_lr() -> f64 {
+    3e-2
+}
+fn default_clip() -> f64 {
+    1.0
+}
+fn default_eval_batch() -> usize {
+    16
+}
+fn default_log_every() -> usize {
+    10
+}
+fn default_output_dir() -> PathBuf {
+    PathBuf::from("out")
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("every field has a default")
+    }
+}
+
+/// What a run produced.
+#[derive(Debug, Clone, Default)]
+pub struct TrainReport {
+    /// Mean loss of each optimiser step run in this process (a resumed run starts at its checkpoint).
+    pub losses: Vec<f64>,
+    /// Evaluations as (step, metrics).
+    pub evals: Vec<(usize, Metrics)>,
+    /// Best (step, primary metric value).
+    pub best: Option<(usize, f64)>,
+    /// Step the run started from (0, or the checkpoint's step when resumed).
+    pub start_step: usize,
+}
+
+/// Trains an adapter on a task over a frozen model.
+pub struct Trainer<'a> {
+    model: &'a dyn BaseModel,
+    adapter: &'a dyn Adapter,
+    task: &'a dyn Task,
+    config: TrainConfig,
+}
+
+impl<'a> Trainer<'a> {
+    /// A trainer; nothing runs until [`Trainer::run`].
+    pub fn new(model: &'a dyn BaseModel, adapter: &'a dyn Adapter, task: &'a dyn Task, config: TrainConfig) -> Self {
+        Trainer { model, adapter, task, config }
+    }
+
+    /// Runs training to `max_steps`, evaluating, logging and checkpointing as configured; the final adapter is
+    /// saved to `output_dir/adapter` and the best one to `output_dir/best`.
+    pub fn run(&self) -> Result<TrainReport> {
+        let c = &self.config;
+        self.validate()?;
+        let vars = self.adapter.trainable();
+        let mut optimizer = AdamW::new(vars.clone(), c.optimizer);
+        let checkpoint_dir = c.output_dir.join("checkpoint");
+        let mut state = TrainerState { step: 0, best_metric: None, best_step: None, seed: c.seed };
+        let resumed = c.resume && checkpoint_dir.join("trainer_state.json").is_file();
+        if resumed {
+            state = load_checkpoint(&checkpoint_dir, self.adapter, &mut optimizer)?;
+            if state.seed != c.seed {
+                return Err(PeftError::Config(format!(
+                    "the checkpoint in {} was trained with seed {}, this run has seed {}: resume with the same seed",
+                    checkpoint_dir.display(),
+                    state.seed,
+                    c.seed
+                )));
+            }
+        }
+        let mut log = MetricsLog::create(&c.output_dir.join("metrics.jsonl"), resumed)?;
+        let mut report = TrainReport { start_step: state.step, ..TrainReport::default() };
+        if let (Some(step), Some(value)) = (state.best_step, state.best_metric) {
+            report.best = Some((step, value));
+        }
+        let bar = self.progress_bar(state.step);
+        let hooks: &dyn Hooks = self.adapter;
+        let n = self.task.train_len();
+        let started = Instant::now();
+        let (mut window_tokens, mut window_start) = (0usize, Instant::now());
+
+        while state.step < c.max_steps {
+            let lr = c.learning_rate * c.schedule.factor(state.step, c.warmup_steps, c.max_steps);
+            let mut accumulated: Option<Vec<Tensor>> = None;
+            let mut step_loss = 0f64;
+            for a in 0..c.gradient_accumulation_steps {
+                let k = state.step * c.gradient_accumulation_steps + a;
+                let indices = micro_batch(n, c.batch_size, c.seed, k);
+                let out = self.task.loss(self.model, hooks, &indices)?;
+                let scaled = (out.loss / c.gradient_accumulation_steps as f64)?;
+                step_loss += scaled.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+                window_tokens += out.tokens;
+                let grads = scaled.backward()?;
+                let mut these = Vec::with_capacity(vars.len());
+                for (name, var) in &vars {
+                    let g = grads.get(var.as_tensor()).ok_or_else(|| {
+                        PeftError::Unsupported(format!(
+                            "trainable parameter `{name}` received no gradient: the forward pass does not use it \
+                             or an op without backward cut the graph"
+                        ))
+                    })?;
+                    these.push(g.clone());
+                }
+                accumulated = Some(match accumulated {
+                    None => these,
+                    Some(acc) => acc.iter().zip(&these).map(|(x, y)| x + y).collect::<candle_core::Result<_>>()?,
+                });
+            }
+            let mut grads = accumulated.expect("at least one micro-batch");
+            let grad_norm = clip_global_norm(&mut grads, c.max_grad_norm)?;
+            if !step_loss.is_finite() {
+                return Err(PeftError::Unsupported(format!(
+                    "loss became {step_loss} at step {}: lower the learning rate",
+                    state.step + 1
+                )));
+            }
+            optimizer.step(&grads, lr)?;
+            state.step += 1;
+            report.losses.push(step_loss);
+
+            let elapsed = window_start.elapsed().as_secs_f64();
+            let tokens_per_s = window_tokens as f64 / elapsed.max(1e-9);
+            bar.set_position(state.step as u64);
+            bar.set_message(format!("loss {step_loss:.4}  {tokens_per_s:.0} tok/s"));
+            if c.log_every > 0 && (state.step.is_multiple_of(c.log_every) || state.step == c.max_steps) {
+                log.write(&serde_json::json!({
+                    "step": state.step, "loss": step_loss, "lr": lr, "grad_norm": grad_norm,
+                    "tokens_per_s": tokens_per_s, "elapsed_s": started.elapsed().as_secs_f64(),
+                }))?;
+                window_tokens = 0;
+                window_start = Instant::now();
+            }
+
+            let eval_now = (c.eval_every > 0 && state.step.is_multiple_of(c.eval_every)) || state.step == c.max_steps;
+            if eval_now {
+                let metrics = self.task.evaluate(self.model, hooks, c.eval_batch_size)?;
+                let (primary, higher_better) = self.task.primary_metric();
+                let value = *metrics.get(primary).ok_or_else(|| {
+                    PeftError::Unsupported(format!("task {} did not report its metric {primary}", self.task.name()))
+                })?;
+                let better = match state.best_metric {
+                    None => true,
+                    Some(best) => (higher_better && value > best) || (!higher_better && value < best),
+                };
+                if better {
+                    state.best_metric = Some(value);
+                    state.best_step = Some(state.step);
+                    report.best = Some((state.step, value));
+                    save_adapter(&c.output_dir.join("best"), self.adapter, self.model.spec())?;
+                }
+                let mut record = serde_json::json!({ "step": state.step });
+                for (k, v) in &metrics {
+                    record[format!("eval_{k}")] = serde_json::json!(v);
+                }
+                log.write(&record)?;
+                bar.println(format!(
+                    "step {}: {}",
+                    state.step,
+                    metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect::<Vec<_>>().join(", ")
+                ));
+                report.evals.push((state.step, metrics));
+            }
+            let save_now = if c.save_every > 0 { state.step.is_multiple_of(c.save_every) } else { eval_now };
+            if save_now {
+                save_checkpoint(&checkpoint_dir, self.adapter, self.model.spec(), &optimizer, &state)?;
+            }
+        }
+        bar.finish_and_clear();
+        save_adapter(&c.output_dir.join("adapter"), self.adapter, self.model.spec())?;
+        Ok(report)
+    }
+
+    /// Refuses settings that cannot train, before any work.
+    fn validate(&self) -> Result<()> {
+        let c = &self.config;
+        let bad = |m: &str| Err(PeftError::Config(m.to_string()));
+        if c.batch_size == 0 || c.gradient_accumulation_steps == 0 || c.eval_batch_size == 0 {
+            return bad("batch_size, gradient_accumulation_steps and eval_batch_size must be at least 1");
+        }
+        if !(c.learning_rate.is_finite() && c.learning_rate > 0.0) {
+            return bad("learning_rate must be a positive number");
+        }
+        if self.task.train_len() == 0 {
+            return bad("the training set is empty");
+        }
+        if self.adapter.trainable().is_empty() {
+            return bad("the adapter has no trainable parameters");
+        }
+        Ok(())
+    }
+
+    fn progress_bar(&self, start: usize) -> ProgressBar {
+        if !self.config.progress {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::new(self.config.max_steps as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg} (eta {eta})")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_position(start as u64);
+        bar
+    }
+}
