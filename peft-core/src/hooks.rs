@@ -98,6 +98,16 @@ pub trait Hooks: Send + Sync {
     }
 }
 
+/// Sequence positions the hooks add in front of the real tokens (virtual tokens plus any key/value prefix),
+/// found by running them on a one-token probe: the model's context must hold these and the prompt together.
+pub fn positions_taken(hooks: &dyn Hooks, hidden_size: usize, device: &candle_core::Device) -> Result<usize> {
+    let probe = Tensor::zeros((1, 1, hidden_size), DType::F32, device)?;
+    let mut ctx = Ctx::new(Tensor::ones((1, 1), DType::F32, device)?);
+    hooks.embeddings(probe, &mut ctx)?;
+    let prefix = hooks.attention_prefix(0, &ctx)?.map(|p| p.len()).unwrap_or(0);
+    Ok(ctx.virtual_tokens + prefix)
+}
+
 /// The hooks of the bare frozen model.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoHooks;

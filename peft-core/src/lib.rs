@@ -12,8 +12,10 @@
 
 pub mod adapter_io;
 pub mod atomic;
+pub mod data;
 pub mod error;
 pub mod frozen;
+pub mod generate;
 pub mod hooks;
 pub mod method;
 pub mod model;

@@ -140,7 +140,15 @@ impl<'a> Trainer<'a> {
     /// Runs training to `max_steps`, evaluating, logging and checkpointing as configured; the final adapter is
     /// saved to `output_dir/adapter` and the best one to `output_dir/best`.
     pub fn run(&self) -> Result<TrainReport> {
+        self.run_until(self.config.max_steps)
+    }
+
+    /// Like [`Trainer::run`], but stops once `stop` optimiser steps are done (a time-boxed session), leaving a
+    /// checkpoint that a later run with `resume = true` continues exactly: the schedule still spans
+    /// `max_steps`.
+    pub fn run_until(&self, stop: usize) -> Result<TrainReport> {
         let c = &self.config;
+        let stop = stop.min(c.max_steps);
         self.validate()?;
         let vars = self.adapter.trainable();
         let mut optimizer = AdamW::new(vars.clone(), c.optimizer);
@@ -169,7 +177,7 @@ impl<'a> Trainer<'a> {
         let started = Instant::now();
         let (mut window_tokens, mut window_start) = (0usize, Instant::now());
 
-        while state.step < c.max_steps {
+        while state.step < stop {
             let lr = c.learning_rate * c.schedule.factor(state.step, c.warmup_steps, c.max_steps);
             let mut accumulated: Option<Vec<Tensor>> = None;
             let mut step_loss = 0f64;
@@ -256,6 +264,10 @@ impl<'a> Trainer<'a> {
             }
         }
         bar.finish_and_clear();
+        if state.step < c.max_steps {
+            save_checkpoint(&checkpoint_dir, self.adapter, self.model.spec(), &optimizer, &state)?;
+            return Ok(report);
+        }
         save_adapter(&c.output_dir.join("adapter"), self.adapter, self.model.spec())?;
         Ok(report)
     }
