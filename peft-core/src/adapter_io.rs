@@ -49,7 +49,11 @@ pub fn save_adapter(dir: &Path, adapter: &dyn Adapter, spec: &ModelSpec) -> Resu
     let written = (|| {
         write_atomic(&staging.join(CONFIG_FILE), json.as_bytes())?;
         let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-        save_safetensors(&staging.join(WEIGHTS_FILE), &adapter.tensors()?, Some(metadata))
+        save_safetensors(
+            &staging.join(WEIGHTS_FILE),
+            &adapter.tensors()?,
+            Some(metadata),
+        )
     })();
     if let Err(e) = written {
         let _ = std::fs::remove_dir_all(&staging);
@@ -66,7 +70,10 @@ pub fn read_adapter_config(dir: &Path) -> Result<Box<dyn PeftMethod>> {
     }
     let text = std::fs::read_to_string(&path).map_err(|e| PeftError::io("reading", &path, e))?;
     serde_json::from_str(&text).map_err(|e| {
-        PeftError::bad_file(&path, format!("{e}; peft_type must name a method this build knows"))
+        PeftError::bad_file(
+            &path,
+            format!("{e}; peft_type must name a method this build knows"),
+        )
     })
 }
 
@@ -77,7 +84,7 @@ pub fn load_adapter(dir: &Path, init: &mut InitCtx) -> Result<LoadedAdapter> {
     let mut warnings = Vec::new();
     let spec = init.model.spec();
     if let Some(name) = &config.common().base_model_name_or_path {
-        if !spec.name_or_path.is_empty() && name != &spec.name_or_path {
+        if !spec.name_or_path.is_empty() && !same_model_name(name, &spec.name_or_path) {
             warnings.push(format!(
                 "adapter {} was made for base model `{name}`; loading it on `{}`",
                 dir.display(),
@@ -92,15 +99,29 @@ pub fn load_adapter(dir: &Path, init: &mut InitCtx) -> Result<LoadedAdapter> {
 
 /// Reads `adapter_model.safetensors` from `dir` into an adapter already built; a tensor whose shape does not
 /// fit is an error naming the key, the adapter folder and both shapes.
-pub fn load_adapter_tensors(dir: &Path, adapter: &dyn Adapter, device: &candle_core::Device) -> Result<()> {
+pub fn load_adapter_tensors(
+    dir: &Path,
+    adapter: &dyn Adapter,
+    device: &candle_core::Device,
+) -> Result<()> {
     let weights = dir.join(WEIGHTS_FILE);
     if !weights.is_file() {
-        return Err(PeftError::bad_file(&weights, "missing: an HF PEFT adapter folder holds adapter_model.safetensors"));
+        return Err(PeftError::bad_file(
+            &weights,
+            "missing: an HF PEFT adapter folder holds adapter_model.safetensors",
+        ));
     }
-    let tensors = candle_core::safetensors::load(&weights, device)
-        .map_err(|e| PeftError::bad_file(&weights, format!("not a readable safetensors file: {e}")))?;
+    let tensors = candle_core::safetensors::load(&weights, device).map_err(|e| {
+        PeftError::bad_file(&weights, format!("not a readable safetensors file: {e}"))
+    })?;
     adapter.load_tensors(&tensors).map_err(|e| match e {
-        PeftError::ShapeMismatch { what, expected_from, expected, got, .. } => PeftError::ShapeMismatch {
+        PeftError::ShapeMismatch {
+            what,
+            expected_from,
+            expected,
+            got,
+            ..
+        } => PeftError::ShapeMismatch {
             what,
             expected_from,
             expected,
@@ -111,9 +132,20 @@ pub fn load_adapter_tensors(dir: &Path, adapter: &dyn Adapter, device: &candle_c
     })
 }
 
+/// Whether two model names plausibly name the same model: equal, or one a path ending in the other
+/// (`tiny-gpt2` and `fixtures/tiny-gpt2`, `org/model` and `/cache/org/model`).
+fn same_model_name(a: &str, b: &str) -> bool {
+    let (a, b) = (a.trim_end_matches('/'), b.trim_end_matches('/'));
+    let (long, short) = if a.len() >= b.len() { (a, b) } else { (b, a) };
+    long == short || (long.ends_with(short) && long[..long.len() - short.len()].ends_with('/'))
+}
+
 /// A hidden sibling path of `dir` for staging or backup.
 fn sibling(dir: &Path, what: &str) -> PathBuf {
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "adapter".into());
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "adapter".into());
     dir.with_file_name(format!(".{name}.{what}-{}", std::process::id()))
 }
 
@@ -134,4 +166,20 @@ pub fn replace_dir(staging: &Path, dir: &Path) -> Result<()> {
         let _ = std::fs::remove_dir_all(&backup);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_model_name;
+
+    #[test]
+    fn model_names_match_by_path_suffix() {
+        assert!(same_model_name("tiny-gpt2", "fixtures/tiny-gpt2/"));
+        assert!(same_model_name("org/model", "/cache/org/model"));
+        assert!(!same_model_name("model", "/cache/other-model"));
+        assert!(!same_model_name(
+            "HuggingFaceTB/SmolLM2-135M",
+            "SmolLM2-135M-Instruct.Q4_1.gguf"
+        ));
+    }
 }

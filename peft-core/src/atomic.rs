@@ -15,7 +15,10 @@ use crate::error::{PeftError, Result};
 
 /// The temporary sibling a file is written to before it is renamed into place.
 fn temp_sibling(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
@@ -58,7 +61,8 @@ pub fn save_safetensors(
         .iter()
         .map(|(n, t)| Ok((n.clone(), t.contiguous()?)))
         .collect::<Result<_>>()?;
-    let bytes = safetensors::tensor::serialize(views.iter().map(|(n, t)| (n.as_str(), t)), metadata)
-        .map_err(|e| PeftError::bad_file(path, format!("serialising safetensors: {e}")))?;
+    let bytes =
+        safetensors::tensor::serialize(views.iter().map(|(n, t)| (n.as_str(), t)), metadata)
+            .map_err(|e| PeftError::bad_file(path, format!("serialising safetensors: {e}")))?;
     write_atomic(path, &bytes)
 }

@@ -30,7 +30,9 @@ pub enum PeftError {
     },
 
     /// Two shapes that must agree do not (an adapter made for another model, say).
-    #[error("shape mismatch for {what}: {expected_from} expects {expected:?}, {got_from} has {got:?}")]
+    #[error(
+        "shape mismatch for {what}: {expected_from} expects {expected:?}, {got_from} has {got:?}"
+    )]
     ShapeMismatch {
         /// The tensor or dimension concerned.
         what: String,
@@ -67,11 +69,18 @@ pub type Result<T> = std::result::Result<T, PeftError>;
 impl PeftError {
     /// Wraps an I/O error with the action and path it happened on.
     pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        PeftError::Io { action, path: path.into(), source }
+        PeftError::Io {
+            action,
+            path: path.into(),
+            source,
+        }
     }
 
     /// A file whose content is wrong, with a message that says what to do.
     pub fn bad_file(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        PeftError::BadFile { path: path.into(), message: message.into() }
+        PeftError::BadFile {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }

@@ -35,7 +35,10 @@ impl FrozenLinear {
     /// A layer from a `[out, in]` weight and an optional `[out]` bias. Both are detached so that they can never
     /// join a gradient graph.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        FrozenLinear { weight: weight.detach(), bias: bias.map(|b| b.detach()) }
+        FrozenLinear {
+            weight: weight.detach(),
+            bias: bias.map(|b| b.detach()),
+        }
     }
 
     /// The `[out, in]` weight.
@@ -81,7 +84,10 @@ pub fn frozen_matmul(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
 
 /// `x W^T + b` with frozen `W` and `b`: one op whose backward yields the gradient of `x` only.
 fn frozen_affine(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let op = FrozenMatmul { weight: weight.detach(), bias: bias.map(|b| b.detach()) };
+    let op = FrozenMatmul {
+        weight: weight.detach(),
+        bias: bias.map(|b| b.detach()),
+    };
     Ok(x.contiguous()?.apply_op1(op)?)
 }
 
@@ -96,9 +102,15 @@ impl CustomOp1 for FrozenMatmul {
         "frozen-matmul"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let dims = layout.shape().dims();
-        let k = *dims.last().ok_or_else(|| candle_core::Error::Msg("frozen matmul of a scalar".into()))?;
+        let k = *dims
+            .last()
+            .ok_or_else(|| candle_core::Error::Msg("frozen matmul of a scalar".into()))?;
         let (n, wk) = self.weight.dims2()?;
         if wk != k {
             candle_core::bail!("frozen matmul: input has {k} features, weight expects {wk} (weight is [{n}, {wk}])");
@@ -131,12 +143,20 @@ impl CustomOp1 for FrozenMatmul {
         Ok((out, Shape::from(out_dims)))
     }
 
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
         let dims = grad_res.dims();
         let n = dims[dims.len() - 1];
         let (_, k) = self.weight.dims2()?;
         let m = grad_res.elem_count() / n.max(1);
-        let grad = grad_res.contiguous()?.reshape((m, n))?.matmul(&self.weight)?;
+        let grad = grad_res
+            .contiguous()?
+            .reshape((m, n))?
+            .matmul(&self.weight)?;
         let mut in_dims = dims.to_vec();
         *in_dims.last_mut().expect("rank >= 1") = k;
         Ok(Some(grad.reshape(in_dims)?))
@@ -156,15 +176,34 @@ mod tests {
         let x = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 4, 3), &dev).unwrap()).unwrap();
         let lin = FrozenLinear::new(w.clone(), Some(b.clone()));
         let y = lin.forward(x.as_tensor()).unwrap();
-        let reference = x.as_tensor().broadcast_matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
-        let diff = (y.clone() - &reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let reference = x
+            .as_tensor()
+            .broadcast_matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap();
+        let diff = (y.clone() - &reference)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(diff < 1e-5, "forward differs by {diff}");
 
         let gy = Tensor::randn(0f32, 1., (2, 4, 5), &dev).unwrap();
         let grads = (y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
         let gx = grads.get(x.as_tensor()).expect("input gradient");
         let expected = gy.broadcast_matmul(&w).unwrap();
-        let diff = (gx - expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = (gx - expected)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(diff < 1e-5, "input gradient differs by {diff}");
         assert!(grads.get(&w).is_none(), "frozen weight received a gradient");
         assert!(grads.get(&b).is_none(), "frozen bias received a gradient");

@@ -40,8 +40,17 @@ pub enum Sampling {
 /// Picks the next token from last-position `logits`.
 pub fn pick_token(logits: &[f32], sampling: &Sampling, rng: &mut StdRng) -> u32 {
     let argmax = || {
-        logits.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best }).0
-            as u32
+        logits
+            .iter()
+            .enumerate()
+            .fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| {
+                if v > best.1 {
+                    (i, v)
+                } else {
+                    best
+                }
+            })
+            .0 as u32
     };
     match *sampling {
         Sampling::Greedy => argmax(),
@@ -50,8 +59,11 @@ pub fn pick_token(logits: &[f32], sampling: &Sampling, rng: &mut StdRng) -> u32 
                 return argmax();
             }
             let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let mut probs: Vec<(usize, f64)> =
-                logits.iter().enumerate().map(|(i, &l)| (i, ((l as f64 - max) / temperature).exp())).collect();
+            let mut probs: Vec<(usize, f64)> = logits
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| (i, ((l as f64 - max) / temperature).exp()))
+                .collect();
             let total: f64 = probs.iter().map(|p| p.1).sum();
             probs.iter_mut().for_each(|p| p.1 /= total);
             probs.sort_by(|a, b| b.1.total_cmp(&a.1));

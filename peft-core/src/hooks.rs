@@ -31,8 +31,13 @@ pub struct Ctx {
 impl Ctx {
     /// A context over a `[batch, seq]` attention mask (any dtype; stored as f32).
     pub fn new(attention_mask: Tensor) -> Self {
-        let attention_mask = attention_mask.to_dtype(DType::F32).unwrap_or(attention_mask);
-        Ctx { attention_mask, virtual_tokens: 0 }
+        let attention_mask = attention_mask
+            .to_dtype(DType::F32)
+            .unwrap_or(attention_mask);
+        Ctx {
+            attention_mask,
+            virtual_tokens: 0,
+        }
     }
 
     /// Prepends `n` virtual tokens: the mask gains `n` leading ones.
@@ -100,11 +105,18 @@ pub trait Hooks: Send + Sync {
 
 /// Sequence positions the hooks add in front of the real tokens (virtual tokens plus any key/value prefix),
 /// found by running them on a one-token probe: the model's context must hold these and the prompt together.
-pub fn positions_taken(hooks: &dyn Hooks, hidden_size: usize, device: &candle_core::Device) -> Result<usize> {
+pub fn positions_taken(
+    hooks: &dyn Hooks,
+    hidden_size: usize,
+    device: &candle_core::Device,
+) -> Result<usize> {
     let probe = Tensor::zeros((1, 1, hidden_size), DType::F32, device)?;
     let mut ctx = Ctx::new(Tensor::ones((1, 1), DType::F32, device)?);
     hooks.embeddings(probe, &mut ctx)?;
-    let prefix = hooks.attention_prefix(0, &ctx)?.map(|p| p.len()).unwrap_or(0);
+    let prefix = hooks
+        .attention_prefix(0, &ctx)?
+        .map(|p| p.len())
+        .unwrap_or(0);
     Ok(ctx.virtual_tokens + prefix)
 }
 

@@ -38,14 +38,20 @@ impl Batch {
                 got: attention_mask.dims().to_vec(),
             });
         }
-        Ok(Batch { input_ids: input_ids.to_dtype(DType::U32)?, attention_mask: attention_mask.to_dtype(DType::F32)? })
+        Ok(Batch {
+            input_ids: input_ids.to_dtype(DType::U32)?,
+            attention_mask: attention_mask.to_dtype(DType::F32)?,
+        })
     }
 
     /// One unpadded sequence.
     pub fn single(ids: &[u32], device: &Device) -> Result<Self> {
         let input_ids = Tensor::new(ids, device)?.unsqueeze(0)?;
         let attention_mask = Tensor::ones((1, ids.len()), DType::F32, device)?;
-        Ok(Batch { input_ids, attention_mask })
+        Ok(Batch {
+            input_ids,
+            attention_mask,
+        })
     }
 
     /// `(batch, seq)`.

@@ -42,7 +42,9 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, eps: f64) 
     let mean = x.mean_keepdim(D::Minus1)?;
     let centered = x.broadcast_sub(&mean)?;
     let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-    let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?.broadcast_mul(weight)?;
+    let normed = centered
+        .broadcast_div(&(var + eps)?.sqrt()?)?
+        .broadcast_mul(weight)?;
     Ok(match bias {
         Some(b) => normed.broadcast_add(b)?,
         None => normed,
@@ -71,14 +73,28 @@ mod tests {
         let dev = Device::Cpu;
         let x = Var::from_tensor(&Tensor::randn(0f64, 1., (2, 5), &dev).unwrap()).unwrap();
         let weights = Tensor::randn(0f64, 1., (2, 5), &dev).unwrap();
-        let f = |t: &Tensor| (op(t) * &weights).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+        let f = |t: &Tensor| {
+            (op(t) * &weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        };
         let loss = (op(x.as_tensor()) * &weights).unwrap().sum_all().unwrap();
         let grads = loss.backward().unwrap();
-        let g = grads.get(x.as_tensor()).expect("gradient reaches the input").flatten_all().unwrap();
+        let g = grads
+            .get(x.as_tensor())
+            .expect("gradient reaches the input")
+            .flatten_all()
+            .unwrap();
         let g = g.to_vec1::<f64>().unwrap();
         for (i, analytic) in g.iter().enumerate() {
             let numeric = numeric_grad(&f, x.as_tensor(), i);
-            assert!((analytic - numeric).abs() < 1e-5, "element {i}: analytic {analytic} vs numeric {numeric}");
+            assert!(
+                (analytic - numeric).abs() < 1e-5,
+                "element {i}: analytic {analytic} vs numeric {numeric}"
+            );
         }
     }
 
@@ -105,7 +121,14 @@ mod tests {
         let b = Tensor::randn(0f32, 1., 8, &dev).unwrap();
         let ours = layer_norm(&x, &w, Some(&b), 1e-5).unwrap();
         let fused = candle_nn::ops::layer_norm(&x, &w, &b, 1e-5).unwrap();
-        let diff = (ours - fused).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = (ours - fused)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(diff < 1e-5, "differs by {diff}");
     }
 }

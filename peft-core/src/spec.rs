@@ -50,28 +50,52 @@ pub struct Site {
 
 impl Site {
     /// A linear site with a `[out, in]` weight.
-    pub fn linear(name: impl Into<String>, layer: Option<usize>, in_f: usize, out_f: usize, bias: bool) -> Self {
+    pub fn linear(
+        name: impl Into<String>,
+        layer: Option<usize>,
+        in_f: usize,
+        out_f: usize,
+        bias: bool,
+    ) -> Self {
         Site {
             name: name.into(),
             layer,
-            kind: SiteKind::Linear { in_features: in_f, out_features: out_f, fan_in_fan_out: false },
+            kind: SiteKind::Linear {
+                in_features: in_f,
+                out_features: out_f,
+                fan_in_fan_out: false,
+            },
             has_bias: bias,
         }
     }
 
     /// A GPT-2 Conv1D site (weight stored `[in, out]` in the checkpoint).
-    pub fn conv1d(name: impl Into<String>, layer: Option<usize>, in_f: usize, out_f: usize) -> Self {
+    pub fn conv1d(
+        name: impl Into<String>,
+        layer: Option<usize>,
+        in_f: usize,
+        out_f: usize,
+    ) -> Self {
         Site {
             name: name.into(),
             layer,
-            kind: SiteKind::Linear { in_features: in_f, out_features: out_f, fan_in_fan_out: true },
+            kind: SiteKind::Linear {
+                in_features: in_f,
+                out_features: out_f,
+                fan_in_fan_out: true,
+            },
             has_bias: true,
         }
     }
 
     /// A norm site.
     pub fn norm(name: impl Into<String>, layer: Option<usize>, dim: usize, bias: bool) -> Self {
-        Site { name: name.into(), layer, kind: SiteKind::Norm { dim }, has_bias: bias }
+        Site {
+            name: name.into(),
+            layer,
+            kind: SiteKind::Norm { dim },
+            has_bias: bias,
+        }
     }
 
     /// The last component of the name (`c_attn`, `q_proj`, `ln_1`), which `target_modules` lists match.

@@ -3,8 +3,8 @@
 
 use candle_core::Tensor;
 
-use super::{cross_entropy, gather_rows, pad_batch, scalar, Metrics, StepLoss, Task};
 use super::examples::LmExample;
+use super::{cross_entropy, gather_rows, pad_batch, scalar, Metrics, StepLoss, Task};
 use crate::error::{PeftError, Result};
 use crate::hooks::Hooks;
 use crate::model::BaseModel;
@@ -30,11 +30,20 @@ impl CausalLm {
                 }
             }
         }
-        Ok(CausalLm { train, eval, pad_id })
+        Ok(CausalLm {
+            train,
+            eval,
+            pad_id,
+        })
     }
 
     /// Summed loss and the number of predicted tokens over `examples`.
-    fn summed_loss(&self, model: &dyn BaseModel, hooks: &dyn Hooks, examples: &[&LmExample]) -> Result<(Tensor, usize)> {
+    fn summed_loss(
+        &self,
+        model: &dyn BaseModel,
+        hooks: &dyn Hooks,
+        examples: &[&LmExample],
+    ) -> Result<(Tensor, usize)> {
         let rows: Vec<&[u32]> = examples.iter().map(|e| e.input_ids.as_slice()).collect();
         let batch = pad_batch(&rows, self.pad_id, model.device())?;
         let mut positions = Vec::new();
@@ -49,7 +58,9 @@ impl CausalLm {
             }
         }
         if targets.is_empty() {
-            return Err(PeftError::Data("a batch has no labelled tokens (every label is -100)".into()));
+            return Err(PeftError::Data(
+                "a batch has no labelled tokens (every label is -100)".into(),
+            ));
         }
         let out = model.forward(&batch, hooks)?;
         let hidden = gather_rows(&out.hidden, out.virtual_tokens, &positions)?;
@@ -68,14 +79,27 @@ impl Task for CausalLm {
         self.train.len()
     }
 
-    fn loss(&self, model: &dyn BaseModel, hooks: &dyn Hooks, indices: &[usize]) -> Result<StepLoss> {
+    fn loss(
+        &self,
+        model: &dyn BaseModel,
+        hooks: &dyn Hooks,
+        indices: &[usize],
+    ) -> Result<StepLoss> {
         let examples: Vec<&LmExample> = indices.iter().map(|&i| &self.train[i]).collect();
         let (sum, n) = self.summed_loss(model, hooks, &examples)?;
         let tokens = examples.iter().map(|e| e.input_ids.len()).sum();
-        Ok(StepLoss { loss: (sum / n as f64)?, tokens })
+        Ok(StepLoss {
+            loss: (sum / n as f64)?,
+            tokens,
+        })
     }
 
-    fn evaluate(&self, model: &dyn BaseModel, hooks: &dyn Hooks, batch_size: usize) -> Result<Metrics> {
+    fn evaluate(
+        &self,
+        model: &dyn BaseModel,
+        hooks: &dyn Hooks,
+        batch_size: usize,
+    ) -> Result<Metrics> {
         if self.eval.is_empty() {
             return Err(PeftError::Data("the evaluation set is empty".into()));
         }

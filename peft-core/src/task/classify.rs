@@ -4,8 +4,8 @@
 
 use candle_core::{DType, Tensor, D};
 
-use super::{cross_entropy, gather_rows, pad_batch, scalar, Metrics, StepLoss, Task};
 use super::examples::ClassExample;
+use super::{cross_entropy, gather_rows, pad_batch, scalar, Metrics, StepLoss, Task};
 use crate::error::{PeftError, Result};
 use crate::hooks::Hooks;
 use crate::model::BaseModel;
@@ -27,7 +27,11 @@ impl VerbalizerClassification {
         pad_id: u32,
     ) -> Result<Self> {
         for (set, rows) in [("train", &train), ("eval", &eval)] {
-            if let Some((i, e)) = rows.iter().enumerate().find(|(_, e)| e.label >= label_token_ids.len()) {
+            if let Some((i, e)) = rows
+                .iter()
+                .enumerate()
+                .find(|(_, e)| e.label >= label_token_ids.len())
+            {
                 return Err(PeftError::Data(format!(
                     "{set} example {i} has label index {} but the verbalizer has {} label words",
                     e.label,
@@ -38,7 +42,12 @@ impl VerbalizerClassification {
                 return Err(PeftError::Data(format!("{set} example {i} has no tokens")));
             }
         }
-        Ok(VerbalizerClassification { train, eval, label_token_ids, pad_id })
+        Ok(VerbalizerClassification {
+            train,
+            eval,
+            label_token_ids,
+            pad_id,
+        })
     }
 
     /// Label-word logits `[n, classes]` for `examples`.
@@ -51,18 +60,33 @@ impl VerbalizerClassification {
         let rows: Vec<&[u32]> = examples.iter().map(|e| e.input_ids.as_slice()).collect();
         let batch = pad_batch(&rows, self.pad_id, model.device())?;
         let out = model.forward(&batch, hooks)?;
-        let answers: Vec<(usize, usize)> = rows.iter().enumerate().map(|(b, r)| (b, r.len() - 1)).collect();
+        let answers: Vec<(usize, usize)> = rows
+            .iter()
+            .enumerate()
+            .map(|(b, r)| (b, r.len() - 1))
+            .collect();
         let hidden = gather_rows(&out.hidden, out.virtual_tokens, &answers)?;
         model.logits_of(&hidden, &self.label_token_ids)
     }
 
     /// Predicted class per evaluation example.
-    pub fn predict(&self, model: &dyn BaseModel, hooks: &dyn Hooks, batch_size: usize) -> Result<Vec<usize>> {
+    pub fn predict(
+        &self,
+        model: &dyn BaseModel,
+        hooks: &dyn Hooks,
+        batch_size: usize,
+    ) -> Result<Vec<usize>> {
         let mut preds = Vec::with_capacity(self.eval.len());
         for chunk in self.eval.chunks(batch_size.max(1)) {
             let refs: Vec<&ClassExample> = chunk.iter().collect();
             let logits = self.label_logits(model, hooks, &refs)?;
-            preds.extend(logits.argmax(D::Minus1)?.to_vec1::<u32>()?.into_iter().map(|p| p as usize));
+            preds.extend(
+                logits
+                    .argmax(D::Minus1)?
+                    .to_vec1::<u32>()?
+                    .into_iter()
+                    .map(|p| p as usize),
+            );
         }
         Ok(preds)
     }
@@ -77,15 +101,28 @@ impl Task for VerbalizerClassification {
         self.train.len()
     }
 
-    fn loss(&self, model: &dyn BaseModel, hooks: &dyn Hooks, indices: &[usize]) -> Result<StepLoss> {
+    fn loss(
+        &self,
+        model: &dyn BaseModel,
+        hooks: &dyn Hooks,
+        indices: &[usize],
+    ) -> Result<StepLoss> {
         let examples: Vec<&ClassExample> = indices.iter().map(|&i| &self.train[i]).collect();
         let logits = self.label_logits(model, hooks, &examples)?;
         let targets: Vec<u32> = examples.iter().map(|e| e.label as u32).collect();
         let tokens = examples.iter().map(|e| e.input_ids.len()).sum();
-        Ok(StepLoss { loss: cross_entropy(&logits, &targets)?, tokens })
+        Ok(StepLoss {
+            loss: cross_entropy(&logits, &targets)?,
+            tokens,
+        })
     }
 
-    fn evaluate(&self, model: &dyn BaseModel, hooks: &dyn Hooks, batch_size: usize) -> Result<Metrics> {
+    fn evaluate(
+        &self,
+        model: &dyn BaseModel,
+        hooks: &dyn Hooks,
+        batch_size: usize,
+    ) -> Result<Metrics> {
         if self.eval.is_empty() {
             return Err(PeftError::Data("the evaluation set is empty".into()));
         }
@@ -97,7 +134,10 @@ impl Task for VerbalizerClassification {
             let logits = self.label_logits(model, hooks, &refs)?.detach();
             let targets: Vec<u32> = chunk.iter().map(|e| e.label as u32).collect();
             loss_sum += scalar(&cross_entropy(&logits, &targets)?)? * chunk.len() as f64;
-            let preds = logits.argmax(D::Minus1)?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+            let preds = logits
+                .argmax(D::Minus1)?
+                .to_dtype(DType::U32)?
+                .to_vec1::<u32>()?;
             for (p, e) in preds.iter().zip(chunk) {
                 confusion[e.label][*p as usize] += 1;
                 correct += usize::from(*p as usize == e.label);

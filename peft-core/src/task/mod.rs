@@ -11,8 +11,8 @@
 //! ```
 
 mod causal_lm;
-mod examples;
 mod classify;
+mod examples;
 
 use std::collections::BTreeMap;
 
@@ -46,10 +46,16 @@ pub trait Task: Send + Sync {
     fn train_len(&self) -> usize;
 
     /// Mean loss over the training examples at `indices`.
-    fn loss(&self, model: &dyn BaseModel, hooks: &dyn Hooks, indices: &[usize]) -> Result<StepLoss>;
+    fn loss(&self, model: &dyn BaseModel, hooks: &dyn Hooks, indices: &[usize])
+        -> Result<StepLoss>;
 
     /// Metrics over the evaluation examples, in batches of `batch_size`.
-    fn evaluate(&self, model: &dyn BaseModel, hooks: &dyn Hooks, batch_size: usize) -> Result<Metrics>;
+    fn evaluate(
+        &self,
+        model: &dyn BaseModel,
+        hooks: &dyn Hooks,
+        batch_size: usize,
+    ) -> Result<Metrics>;
 
     /// The metric that selects the best checkpoint, and whether higher is better.
     fn primary_metric(&self) -> (&'static str, bool);
@@ -65,24 +71,21 @@ pub fn cross_entropy(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
 
 /// Right-pads `rows` of token ids with `pad_id` into a [`Batch`].
 pub fn pad_batch(rows: &[&[u32]], pad_id: u32, device: &Device) -> Result<Batch> {
-    let len = rows.iter().map(|r| r.len()).max().unwrap_or(0);
-    let mut ids = Vec::with_capacity(rows.len() * len);
-    let mut mask = Vec::with_capacity(rows.len() * len);
-    for r in rows {
-        ids.extend_from_slice(r);
-        ids.extend(std::iter::repeat_n(pad_id, len - r.len()));
-        mask.extend(std::iter::repeat_n(1f32, r.len()));
-        mask.extend(std::iter::repeat_n(0f32, len - r.len()));
-    }
-    let shape = (rows.len(), len);
-    Batch::new(Tensor::from_vec(ids, shape, device)?, Tensor::from_vec(mask, shape, device)?)
+    crate::data::PaddedIds::pad(rows, pad_id)?.to_batch(device)
 }
 
 /// Rows `positions` (pairs of batch row, position in the real sequence) of the hidden states `[B, S, H]`,
 /// shifted past the `virtual_tokens` the hooks prepended: `[n, H]`.
-pub fn gather_rows(hidden: &Tensor, virtual_tokens: usize, positions: &[(usize, usize)]) -> Result<Tensor> {
+pub fn gather_rows(
+    hidden: &Tensor,
+    virtual_tokens: usize,
+    positions: &[(usize, usize)],
+) -> Result<Tensor> {
     let (_, s, h) = hidden.dims3()?;
-    let flat: Vec<u32> = positions.iter().map(|&(b, t)| (b * s + virtual_tokens + t) as u32).collect();
+    let flat: Vec<u32> = positions
+        .iter()
+        .map(|&(b, t)| (b * s + virtual_tokens + t) as u32)
+        .collect();
     let idx = Tensor::new(flat, hidden.device())?;
     Ok(hidden.reshape(((), h))?.index_select(&idx, 0)?)
 }

@@ -48,7 +48,9 @@ pub fn save_checkpoint(
 ) -> Result<()> {
     let staging = dir.with_file_name(format!(
         ".{}.staging-{}",
-        dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        dir.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         std::process::id()
     ));
     let _ = std::fs::remove_dir_all(&staging);
@@ -56,7 +58,8 @@ pub fn save_checkpoint(
         save_adapter(&staging, adapter, spec)?;
         let (tensors, _) = optimizer.state();
         save_safetensors(&staging.join(OPTIMIZER_FILE), &tensors, None)?;
-        let json = serde_json::to_string_pretty(state).map_err(|e| PeftError::Config(e.to_string()))?;
+        let json =
+            serde_json::to_string_pretty(state).map_err(|e| PeftError::Config(e.to_string()))?;
         write_atomic(&staging.join(STATE_FILE), json.as_bytes())
     })();
     if let Err(e) = written {
@@ -67,9 +70,14 @@ pub fn save_checkpoint(
 }
 
 /// Restores a checkpoint at `dir` into `adapter` and `optimizer`; returns the trainer state.
-pub fn load_checkpoint(dir: &Path, adapter: &dyn Adapter, optimizer: &mut AdamW) -> Result<TrainerState> {
+pub fn load_checkpoint(
+    dir: &Path,
+    adapter: &dyn Adapter,
+    optimizer: &mut AdamW,
+) -> Result<TrainerState> {
     let state_path = dir.join(STATE_FILE);
-    let text = std::fs::read_to_string(&state_path).map_err(|e| PeftError::io("reading", &state_path, e))?;
+    let text = std::fs::read_to_string(&state_path)
+        .map_err(|e| PeftError::io("reading", &state_path, e))?;
     let state: TrainerState =
         serde_json::from_str(&text).map_err(|e| PeftError::bad_file(&state_path, e.to_string()))?;
     let device = adapter
@@ -79,8 +87,10 @@ pub fn load_checkpoint(dir: &Path, adapter: &dyn Adapter, optimizer: &mut AdamW)
         .unwrap_or(candle_core::Device::Cpu);
     load_adapter_tensors(dir, adapter, &device)?;
     let opt_path = dir.join(OPTIMIZER_FILE);
-    let tensors: HashMap<String, candle_core::Tensor> = candle_core::safetensors::load(&opt_path, &device)
-        .map_err(|e| PeftError::bad_file(&opt_path, format!("unreadable optimiser state: {e}")))?;
+    let tensors: HashMap<String, candle_core::Tensor> =
+        candle_core::safetensors::load(&opt_path, &device).map_err(|e| {
+            PeftError::bad_file(&opt_path, format!("unreadable optimiser state: {e}"))
+        })?;
     optimizer.load_state(&tensors, state.step)?;
     Ok(state)
 }

@@ -24,7 +24,8 @@ impl MetricsLog {
     /// Opens `path`, truncating it unless `append` (a resumed run appends).
     pub fn create(path: &Path, append: bool) -> Result<Self> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| PeftError::io("creating folder", parent, e))?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| PeftError::io("creating folder", parent, e))?;
         }
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -33,13 +34,18 @@ impl MetricsLog {
             .truncate(!append)
             .open(path)
             .map_err(|e| PeftError::io("opening", path, e))?;
-        Ok(MetricsLog { path: path.to_path_buf(), file })
+        Ok(MetricsLog {
+            path: path.to_path_buf(),
+            file,
+        })
     }
 
     /// Appends one record.
     pub fn write(&mut self, record: &serde_json::Value) -> Result<()> {
         let mut line = record.to_string();
         line.push('\n');
-        self.file.write_all(line.as_bytes()).map_err(|e| PeftError::io("writing", &self.path, e))
+        self.file
+            .write_all(line.as_bytes())
+            .map_err(|e| PeftError::io("writing", &self.path, e))
     }
 }

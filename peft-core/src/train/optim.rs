@@ -52,7 +52,12 @@ fn default_eps() -> f64 {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        AdamWConfig { beta1: default_beta1(), beta2: default_beta2(), eps: default_eps(), weight_decay: 0.0 }
+        AdamWConfig {
+            beta1: default_beta1(),
+            beta2: default_beta2(),
+            eps: default_eps(),
+            weight_decay: 0.0,
+        }
     }
 }
 
@@ -89,10 +94,20 @@ impl AdamW {
             .into_iter()
             .map(|(name, var)| {
                 let zeros = var.as_tensor().zeros_like().expect("zeros like a variable");
-                Slot { decay: takes_weight_decay(&name), name, m: zeros.clone(), v: zeros, var }
+                Slot {
+                    decay: takes_weight_decay(&name),
+                    name,
+                    m: zeros.clone(),
+                    v: zeros,
+                    var,
+                }
             })
             .collect();
-        AdamW { config, slots, steps: 0 }
+        AdamW {
+            config,
+            slots,
+            steps: 0,
+        }
     }
 
     /// Optimiser steps taken so far.
@@ -150,9 +165,9 @@ impl AdamW {
         for s in &mut self.slots {
             for (prefix, target) in [("exp_avg", &mut s.m), ("exp_avg_sq", &mut s.v)] {
                 let key = format!("{prefix}.{}", s.name);
-                let t = tensors
-                    .get(&key)
-                    .ok_or_else(|| PeftError::Config(format!("checkpoint lacks optimiser state `{key}`")))?;
+                let t = tensors.get(&key).ok_or_else(|| {
+                    PeftError::Config(format!("checkpoint lacks optimiser state `{key}`"))
+                })?;
                 if t.dims() != s.var.dims() {
                     return Err(PeftError::ShapeMismatch {
                         what: key,
@@ -174,7 +189,11 @@ impl AdamW {
 pub fn global_norm(grads: &[Tensor]) -> Result<f64> {
     let mut total = 0f64;
     for g in grads {
-        total += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        total += g
+            .sqr()?
+            .sum_all()?
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
     }
     Ok(total.sqrt())
 }
@@ -204,7 +223,9 @@ mod tests {
         assert!(!takes_weight_decay("model.layers.0.input_layernorm.weight"));
         assert!(!takes_weight_decay("transformer.h.0.ln_1.weight"));
         assert!(takes_weight_decay("prompt_embeddings"));
-        assert!(takes_weight_decay("model.layers.0.self_attn.q_proj.lora_A.weight"));
+        assert!(takes_weight_decay(
+            "model.layers.0.self_attn.q_proj.lora_A.weight"
+        ));
     }
 
     #[test]
@@ -212,7 +233,10 @@ mod tests {
         // Two steps of PyTorch's AdamW on one scalar, computed by hand.
         let dev = Device::Cpu;
         let w = Var::new(&[1f64], &dev).unwrap();
-        let cfg = AdamWConfig { weight_decay: 0.1, ..AdamWConfig::default() };
+        let cfg = AdamWConfig {
+            weight_decay: 0.1,
+            ..AdamWConfig::default()
+        };
         let mut opt = AdamW::new(vec![("w".into(), w.clone())], cfg);
         let (lr, g1, g2) = (0.01, 0.3, -0.2);
         opt.step(&[Tensor::new(&[g1], &dev).unwrap()], lr).unwrap();
@@ -234,7 +258,10 @@ mod tests {
     #[test]
     fn clipping_scales_to_the_max_norm() {
         let dev = Device::Cpu;
-        let mut g = vec![Tensor::new(&[3f64], &dev).unwrap(), Tensor::new(&[4f64], &dev).unwrap()];
+        let mut g = vec![
+            Tensor::new(&[3f64], &dev).unwrap(),
+            Tensor::new(&[4f64], &dev).unwrap(),
+        ];
         let before = clip_global_norm(&mut g, 1.0).unwrap();
         assert!((before - 5.0).abs() < 1e-12);
         assert!((global_norm(&g).unwrap() - 1.0).abs() < 1e-5);
@@ -248,7 +275,8 @@ mod tests {
         let dev = Device::Cpu;
         let w = Var::new(&[1f32, 2.], &dev).unwrap();
         let mut a = AdamW::new(vec![("w".into(), w.clone())], AdamWConfig::default());
-        a.step(&[Tensor::new(&[0.1f32, 0.2], &dev).unwrap()], 0.1).unwrap();
+        a.step(&[Tensor::new(&[0.1f32, 0.2], &dev).unwrap()], 0.1)
+            .unwrap();
         let (tensors, steps) = a.state();
         let map: HashMap<_, _> = tensors.into_iter().collect();
         let w2 = Var::new(&[1f32, 2.], &dev).unwrap();
@@ -256,6 +284,9 @@ mod tests {
         b.load_state(&map, steps).unwrap();
         assert_eq!(b.steps(), 1);
         let (t2, _) = b.state();
-        assert_eq!(t2[0].1.to_vec1::<f32>().unwrap(), map["exp_avg.w"].to_vec1::<f32>().unwrap());
+        assert_eq!(
+            t2[0].1.to_vec1::<f32>().unwrap(),
+            map["exp_avg.w"].to_vec1::<f32>().unwrap()
+        );
     }
 }

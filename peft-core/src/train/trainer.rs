@@ -133,8 +133,18 @@ pub struct Trainer<'a> {
 
 impl<'a> Trainer<'a> {
     /// A trainer; nothing runs until [`Trainer::run`].
-    pub fn new(model: &'a dyn BaseModel, adapter: &'a dyn Adapter, task: &'a dyn Task, config: TrainConfig) -> Self {
-        Trainer { model, adapter, task, config }
+    pub fn new(
+        model: &'a dyn BaseModel,
+        adapter: &'a dyn Adapter,
+        task: &'a dyn Task,
+        config: TrainConfig,
+    ) -> Self {
+        Trainer {
+            model,
+            adapter,
+            task,
+            config,
+        }
     }
 
     /// Runs training to `max_steps`, evaluating, logging and checkpointing as configured; the final adapter is
@@ -153,7 +163,12 @@ impl<'a> Trainer<'a> {
         let vars = self.adapter.trainable();
         let mut optimizer = AdamW::new(vars.clone(), c.optimizer);
         let checkpoint_dir = c.output_dir.join("checkpoint");
-        let mut state = TrainerState { step: 0, best_metric: None, best_step: None, seed: c.seed };
+        let mut state = TrainerState {
+            step: 0,
+            best_metric: None,
+            best_step: None,
+            seed: c.seed,
+        };
         let resumed = c.resume && checkpoint_dir.join("trainer_state.json").is_file();
         if resumed {
             state = load_checkpoint(&checkpoint_dir, self.adapter, &mut optimizer)?;
@@ -167,7 +182,10 @@ impl<'a> Trainer<'a> {
             }
         }
         let mut log = MetricsLog::create(&c.output_dir.join("metrics.jsonl"), resumed)?;
-        let mut report = TrainReport { start_step: state.step, ..TrainReport::default() };
+        let mut report = TrainReport {
+            start_step: state.step,
+            ..TrainReport::default()
+        };
         if let (Some(step), Some(value)) = (state.best_step, state.best_metric) {
             report.best = Some((step, value));
         }
@@ -186,7 +204,9 @@ impl<'a> Trainer<'a> {
                 let indices = micro_batch(n, c.batch_size, c.seed, k);
                 let out = self.task.loss(self.model, hooks, &indices)?;
                 let scaled = (out.loss / c.gradient_accumulation_steps as f64)?;
-                step_loss += scaled.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+                step_loss += scaled
+                    .to_dtype(candle_core::DType::F64)?
+                    .to_scalar::<f64>()?;
                 window_tokens += out.tokens;
                 let grads = scaled.backward()?;
                 let mut these = Vec::with_capacity(vars.len());
@@ -201,7 +221,11 @@ impl<'a> Trainer<'a> {
                 }
                 accumulated = Some(match accumulated {
                     None => these,
-                    Some(acc) => acc.iter().zip(&these).map(|(x, y)| x + y).collect::<candle_core::Result<_>>()?,
+                    Some(acc) => acc
+                        .iter()
+                        .zip(&these)
+                        .map(|(x, y)| x + y)
+                        .collect::<candle_core::Result<_>>()?,
                 });
             }
             let mut grads = accumulated.expect("at least one micro-batch");
@@ -220,7 +244,9 @@ impl<'a> Trainer<'a> {
             let tokens_per_s = window_tokens as f64 / elapsed.max(1e-9);
             bar.set_position(state.step as u64);
             bar.set_message(format!("loss {step_loss:.4}  {tokens_per_s:.0} tok/s"));
-            if c.log_every > 0 && (state.step.is_multiple_of(c.log_every) || state.step == c.max_steps) {
+            if c.log_every > 0
+                && (state.step.is_multiple_of(c.log_every) || state.step == c.max_steps)
+            {
                 log.write(&serde_json::json!({
                     "step": state.step, "loss": step_loss, "lr": lr, "grad_norm": grad_norm,
                     "tokens_per_s": tokens_per_s, "elapsed_s": started.elapsed().as_secs_f64(),
@@ -229,16 +255,22 @@ impl<'a> Trainer<'a> {
                 window_start = Instant::now();
             }
 
-            let eval_now = (c.eval_every > 0 && state.step.is_multiple_of(c.eval_every)) || state.step == c.max_steps;
+            let eval_now = (c.eval_every > 0 && state.step.is_multiple_of(c.eval_every))
+                || state.step == c.max_steps;
             if eval_now {
                 let metrics = self.task.evaluate(self.model, hooks, c.eval_batch_size)?;
                 let (primary, higher_better) = self.task.primary_metric();
                 let value = *metrics.get(primary).ok_or_else(|| {
-                    PeftError::Unsupported(format!("task {} did not report its metric {primary}", self.task.name()))
+                    PeftError::Unsupported(format!(
+                        "task {} did not report its metric {primary}",
+                        self.task.name()
+                    ))
                 })?;
                 let better = match state.best_metric {
                     None => true,
-                    Some(best) => (higher_better && value > best) || (!higher_better && value < best),
+                    Some(best) => {
+                        (higher_better && value > best) || (!higher_better && value < best)
+                    }
                 };
                 if better {
                     state.best_metric = Some(value);
@@ -254,21 +286,45 @@ impl<'a> Trainer<'a> {
                 bar.println(format!(
                     "step {}: {}",
                     state.step,
-                    metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect::<Vec<_>>().join(", ")
+                    metrics
+                        .iter()
+                        .map(|(k, v)| format!("{k} {v:.4}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ));
                 report.evals.push((state.step, metrics));
             }
-            let save_now = if c.save_every > 0 { state.step.is_multiple_of(c.save_every) } else { eval_now };
+            let save_now = if c.save_every > 0 {
+                state.step.is_multiple_of(c.save_every)
+            } else {
+                eval_now
+            };
             if save_now {
-                save_checkpoint(&checkpoint_dir, self.adapter, self.model.spec(), &optimizer, &state)?;
+                save_checkpoint(
+                    &checkpoint_dir,
+                    self.adapter,
+                    self.model.spec(),
+                    &optimizer,
+                    &state,
+                )?;
             }
         }
         bar.finish_and_clear();
         if state.step < c.max_steps {
-            save_checkpoint(&checkpoint_dir, self.adapter, self.model.spec(), &optimizer, &state)?;
+            save_checkpoint(
+                &checkpoint_dir,
+                self.adapter,
+                self.model.spec(),
+                &optimizer,
+                &state,
+            )?;
             return Ok(report);
         }
-        save_adapter(&c.output_dir.join("adapter"), self.adapter, self.model.spec())?;
+        save_adapter(
+            &c.output_dir.join("adapter"),
+            self.adapter,
+            self.model.spec(),
+        )?;
         Ok(report)
     }
 
@@ -277,7 +333,9 @@ impl<'a> Trainer<'a> {
         let c = &self.config;
         let bad = |m: &str| Err(PeftError::Config(m.to_string()));
         if c.batch_size == 0 || c.gradient_accumulation_steps == 0 || c.eval_batch_size == 0 {
-            return bad("batch_size, gradient_accumulation_steps and eval_batch_size must be at least 1");
+            return bad(
+                "batch_size, gradient_accumulation_steps and eval_batch_size must be at least 1",
+            );
         }
         if !(c.learning_rate.is_finite() && c.learning_rate > 0.0) {
             return bad("learning_rate must be a positive number");
@@ -297,9 +355,11 @@ impl<'a> Trainer<'a> {
         }
         let bar = ProgressBar::new(self.config.max_steps as u64);
         bar.set_style(
-            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg} (eta {eta})")
-                .expect("valid template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:30}] {pos}/{len} {msg} (eta {eta})",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
         );
         bar.set_position(start as u64);
         bar

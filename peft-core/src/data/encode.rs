@@ -1,0 +1,610 @@
+//! Turning raw examples into token ids with the tokenizer the caller passes in: classification prompts
+//! ([`ClassEncoder`]), plain-text corpora cut into blocks ([`chunk_text`]) and prompt/completion pairs
+//! ([`encode_prompt_completion`]).
+//!
+//! Lengths: `max_len` is what the model can take for the real tokens, i.e. its context minus the virtual
+//! tokens a prompt method prepends. A classification prompt that is too long loses the end of its text fields,
+//! never the template's tail, so the answer position (the last token) always survives.
+//!
+//! ```
+//! use peft_core::data::{chunk_text, encode_prompt_completion, ClassEncoder, Template, Verbalizer, IGNORE_INDEX};
+//! use tokenizers::models::wordlevel::WordLevel;
+//! use tokenizers::pre_tokenizers::whitespace::Whitespace;
+//! use tokenizers::Tokenizer;
+//!
+//! let words = ["[UNK]", "long", "text", "Sentiment", ":", "no", "yes"];
+//! let vocab = words.iter().enumerate().map(|(i, w)| (w.to_string(), i as u32)).collect();
+//! let model = WordLevel::builder().vocab(vocab).unk_token("[UNK]".into()).build().unwrap();
+//! let mut tokenizer = Tokenizer::new(model);
+//! tokenizer.with_pre_tokenizer(Some(Whitespace {}));
+//!
+//! // max_len 4: the text is cut to two tokens, the template's tail "Sentiment :" stays.
+//! let template = Template::new("{text} Sentiment:").unwrap();
+//! let verbalizer = Verbalizer::new([("0", " no"), ("1", " yes")]).unwrap();
+//! let encoder = ClassEncoder::new(&tokenizer, template, verbalizer, 4, false).unwrap();
+//! assert_eq!(encoder.encode_prompt("long long text", None, 0).unwrap(), [1, 1, 3, 4]);
+//!
+//! // Causal LM: blocks of a corpus, and a completion that alone takes the loss.
+//! let blocks = chunk_text(&tokenizer, "long text long text long", 2, false).unwrap();
+//! assert_eq!(blocks.len(), 2);
+//! let ex = encode_prompt_completion(&tokenizer, "long text :", " yes", 8, false).unwrap();
+//! assert_eq!(ex.labels, [IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, 6]);
+//! ```
+
+use std::borrow::Cow;
+
+use tokenizers::{Encoding, Tokenizer};
+
+use super::source::RawExample;
+use super::template::{encode_plain, untruncated, Template, Verbalizer};
+use crate::error::{PeftError, Result};
+pub use crate::task::{ClassExample, LmExample};
+
+/// Label value of a position that takes no loss (the Hugging Face convention).
+pub const IGNORE_INDEX: i64 = -100;
+
+/// Encodes classification examples as prompts that end at the answer position.
+///
+/// Special tokens: with `add_special_tokens` the tokenizer's post-processor runs (a BOS in front, say), but
+/// any special token it appends after the prompt (an EOS or `[SEP]`) is dropped, since the label word must
+/// directly follow the prompt's last token. The tokenizer's own truncation and padding settings, if its
+/// `tokenizer.json` has any, are switched off: lengths are this encoder's business.
+#[derive(Debug, Clone)]
+pub struct ClassEncoder<'t> {
+    tokenizer: Cow<'t, Tokenizer>,
+    template: Template,
+    verbalizer: Verbalizer,
+    label_token_ids: Vec<u32>,
+    max_len: usize,
+    add_special_tokens: bool,
+}
+
+impl<'t> ClassEncoder<'t> {
+    /// An encoder for prompts of at most `max_len` tokens. Resolves the label words to token ids (see
+    /// [`Verbalizer::label_token_ids`]) and checks that the template alone fits in `max_len`.
+    pub fn new(
+        tokenizer: &'t Tokenizer,
+        template: Template,
+        verbalizer: Verbalizer,
+        max_len: usize,
+        add_special_tokens: bool,
+    ) -> Result<Self> {
+        let tokenizer = untruncated(tokenizer)?;
+        let label_token_ids = verbalizer.label_token_ids(&tokenizer, &template)?;
+        let encoder = ClassEncoder {
+            tokenizer,
+            template,
+            verbalizer,
+            label_token_ids,
+            max_len,
+            add_special_tokens,
+        };
+        let template_len = encoder.encode_str(&encoder.template.render("", ""))?.len();
+        if template_len > max_len {
+            return Err(encoder.template_too_long(template_len));
+        }
+        Ok(encoder)
+    }
+
+    /// The token id scored for each class, in class order.
+    pub fn label_token_ids(&self) -> &[u32] {
+        &self.label_token_ids
+    }
+
+    /// The template.
+    pub fn template(&self) -> &Template {
+        &self.template
+    }
+
+    /// The verbalizer.
+    pub fn verbalizer(&self) -> &Verbalizer {
+        &self.verbalizer
+    }
+
+    /// The longest prompt this encoder produces.
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// Encodes example `row` (its index, for error messages); it must have a label the verbalizer knows.
+    pub fn encode(&self, example: &RawExample, row: usize) -> Result<ClassExample> {
+        let label = example.label.as_deref().ok_or_else(|| {
+            PeftError::Data(format!(
+                "example {row} has no label; name the label field in the data source"
+            ))
+        })?;
+        let label = self.verbalizer.class_of(label, row)?;
+        let input_ids = self.encode_prompt(&example.text, example.text_pair.as_deref(), row)?;
+        Ok(ClassExample { input_ids, label })
+    }
+
+    /// Encodes every example, stopping at the first error.
+    pub fn encode_all(&self, examples: &[RawExample]) -> Result<Vec<ClassExample>> {
+        examples
+            .iter()
+            .enumerate()
+            .map(|(row, e)| self.encode(e, row))
+            .collect()
+    }
+
+    /// The prompt ids of one (possibly unlabelled) example: at most `max_len` tokens, the last of which is
+    /// the answer position. Fields are cut from their end, the longer field first, until the prompt fits.
+    pub fn encode_prompt(
+        &self,
+        text: &str,
+        text_pair: Option<&str>,
+        row: usize,
+    ) -> Result<Vec<u32>> {
+        let text_pair = match (self.template.uses_text_pair(), text_pair) {
+            (true, Some(p)) => p,
+            (true, None) => {
+                return Err(PeftError::Data(format!(
+                    "example {row} has no text_pair but the template {:?} uses {{text_pair}}; name the \
+                     text_pair field in the data source",
+                    self.template.as_str()
+                )))
+            }
+            (false, Some(_)) => {
+                return Err(PeftError::Data(format!(
+                    "example {row} has a text_pair but the template {:?} has no {{text_pair}}; add it to the \
+                     template or drop text_pair from the data source",
+                    self.template.as_str()
+                )))
+            }
+            (false, None) => "",
+        };
+        let (mut text, mut pair) = (text.to_string(), text_pair.to_string());
+        loop {
+            let ids = self.encode_str(&self.template.render(&text, &pair))?;
+            if ids.len() <= self.max_len {
+                return Ok(ids);
+            }
+            let over = ids.len() - self.max_len;
+            let (a, b) = (
+                encode_plain(&self.tokenizer, &text)?.len(),
+                encode_plain(&self.tokenizer, &pair)?.len(),
+            );
+            if a + b == 0 {
+                // Nothing left to cut (fields that encode to no token, e.g. only spaces).
+                return Err(self.template_too_long(ids.len()));
+            }
+            let (keep_a, keep_b) = longest_first(a, b, over);
+            if keep_a < a {
+                text = cut_to_tokens(&self.tokenizer, &text, keep_a)?;
+            }
+            if keep_b < b {
+                pair = cut_to_tokens(&self.tokenizer, &pair, keep_b)?;
+            }
+        }
+    }
+
+    fn template_too_long(&self, len: usize) -> PeftError {
+        PeftError::Data(format!(
+            "the template {:?} alone encodes to {len} tokens (special tokens included), more than max_len = {}; \
+             shorten the template or give the model more context (max_len = context - virtual tokens)",
+            self.template.as_str(),
+            self.max_len
+        ))
+    }
+
+    /// Ids of a rendered prompt, without the special tokens the post-processor appends after it.
+    fn encode_str(&self, prompt: &str) -> Result<Vec<u32>> {
+        let enc = encode(&self.tokenizer, prompt, self.add_special_tokens)?;
+        let special = enc.get_special_tokens_mask();
+        let end = special.iter().rposition(|&s| s == 0).map_or(0, |i| i + 1);
+        Ok(enc.get_ids()[..end].to_vec())
+    }
+}
+
+/// How many tokens each of two fields keeps when `over` tokens must go, taken from the longer one first.
+fn longest_first(a: usize, b: usize, over: usize) -> (usize, usize) {
+    let (long, short, swapped) = if a >= b { (a, b, false) } else { (b, a, true) };
+    // First bring the longer field down to the shorter one, then take from both in turn.
+    let first = over.min(long - short);
+    let rest = over - first;
+    let long_keep = (long - first).saturating_sub(rest.div_ceil(2));
+    let short_keep = short.saturating_sub(rest / 2);
+    if swapped {
+        (short_keep, long_keep)
+    } else {
+        (long_keep, short_keep)
+    }
+}
+
+/// The prefix of `text` made of its first `keep` tokens, always strictly shorter than `text` when `keep` is
+/// less than its token count, so that the truncation loop terminates.
+fn cut_to_tokens(tokenizer: &Tokenizer, text: &str, keep: usize) -> Result<String> {
+    if keep == 0 {
+        return Ok(String::new());
+    }
+    let enc = encode(tokenizer, text, false)?;
+    let mut end = enc
+        .get_offsets()
+        .get(keep - 1)
+        .map_or(text.len(), |o| o.1)
+        .min(text.len());
+    // Byte-level tokens can end inside a multi-byte character.
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    if end >= text.len() {
+        end = text.char_indices().next_back().map_or(0, |(i, _)| i);
+    }
+    Ok(text[..end].to_string())
+}
+
+fn encode(tokenizer: &Tokenizer, text: &str, add_special_tokens: bool) -> Result<Encoding> {
+    tokenizer.encode(text, add_special_tokens).map_err(|e| {
+        let shown: String = text.chars().take(60).collect();
+        PeftError::Tokenizer(format!("encoding {shown:?}...: {e}"))
+    })
+}
+
+/// Cuts the token stream of a plain-text corpus into blocks of `block_size` tokens with labels equal to the
+/// ids (not shifted: the loss shifts them, as Hugging Face does). The last partial block is dropped, as in
+/// HF's `run_clm`; a text shorter than one block is an error. With `add_special_tokens` the tokenizer's
+/// special tokens wrap the whole text once (not every block). The tokenizer's own truncation and padding,
+/// if any, are switched off.
+pub fn chunk_text(
+    tokenizer: &Tokenizer,
+    text: &str,
+    block_size: usize,
+    add_special_tokens: bool,
+) -> Result<Vec<LmExample>> {
+    if block_size < 2 {
+        return Err(PeftError::Config(format!(
+            "block_size must be at least 2 to predict a token, got {block_size}"
+        )));
+    }
+    let tokenizer = &*untruncated(tokenizer)?;
+    let ids = encode(tokenizer, text, add_special_tokens)?
+        .get_ids()
+        .to_vec();
+    if ids.len() < block_size {
+        return Err(PeftError::Data(format!(
+            "the text encodes to {} tokens, fewer than one block of {block_size}; lower block_size or add text",
+            ids.len()
+        )));
+    }
+    Ok(ids
+        .chunks_exact(block_size)
+        .map(|block| LmExample {
+            input_ids: block.to_vec(),
+            labels: block.iter().map(|&i| i64::from(i)).collect(),
+        })
+        .collect())
+}
+
+/// Encodes `prompt + completion` (concatenated as given: put any separating space in one of them) with loss
+/// on the completion only: tokens before the first token that starts inside the completion get
+/// [`IGNORE_INDEX`] (a token straddling the boundary counts as prompt), the rest, special tokens appended
+/// after the completion included (an EOS teaches the model to stop), are their own label.
+///
+/// Longer than `max_len`: the prompt loses tokens from its start (after any leading special tokens), then,
+/// if the completion alone is still too long, the completion loses its end.
+/// The tokenizer's own truncation and padding, if any, are switched off.
+pub fn encode_prompt_completion(
+    tokenizer: &Tokenizer,
+    prompt: &str,
+    completion: &str,
+    max_len: usize,
+    add_special_tokens: bool,
+) -> Result<LmExample> {
+    let tokenizer = &*untruncated(tokenizer)?;
+    let enc = encode(
+        tokenizer,
+        &format!("{prompt}{completion}"),
+        add_special_tokens,
+    )?;
+    let (ids, offsets, special) = (
+        enc.get_ids(),
+        enc.get_offsets(),
+        enc.get_special_tokens_mask(),
+    );
+    let first = (0..ids.len())
+        .find(|&i| special[i] == 0 && offsets[i].0 >= prompt.len())
+        .ok_or_else(|| {
+            PeftError::Data(format!(
+                "the completion {completion:?} adds no token of its own after the prompt"
+            ))
+        })?;
+    let lead = special.iter().take_while(|&&s| s == 1).count().min(first);
+    if max_len <= lead {
+        return Err(PeftError::Data(format!(
+            "max_len = {max_len} leaves no room after the {lead} leading special token(s)"
+        )));
+    }
+    let mut input_ids = ids.to_vec();
+    let mut labels: Vec<i64> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| {
+            if i < first {
+                IGNORE_INDEX
+            } else {
+                i64::from(id)
+            }
+        })
+        .collect();
+    if input_ids.len() > max_len {
+        let drop = (input_ids.len() - max_len).min(first - lead);
+        input_ids.drain(lead..lead + drop);
+        labels.drain(lead..lead + drop);
+        input_ids.truncate(max_len);
+        labels.truncate(max_len);
+    }
+    Ok(LmExample { input_ids, labels })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::testing::{byte_bpe, byte_bpe_with_bos, ids_of};
+
+    fn sst2_encoder(tok: &Tokenizer, max_len: usize) -> Result<ClassEncoder<'_>> {
+        ClassEncoder::new(
+            tok,
+            Template::new("{text} Sentiment:")?,
+            Verbalizer::new([("0", " negative"), ("1", " positive")])?,
+            max_len,
+            false,
+        )
+    }
+
+    #[test]
+    fn longest_first_splits_the_overflow() {
+        assert_eq!(longest_first(10, 4, 3), (7, 4));
+        assert_eq!(longest_first(10, 4, 8), (3, 3));
+        assert_eq!(longest_first(4, 10, 9), (3, 2));
+        assert_eq!(longest_first(3, 0, 5), (0, 0));
+    }
+
+    #[test]
+    fn label_words_map_to_their_first_token_in_context() {
+        let tok = byte_bpe();
+        let enc = sst2_encoder(&tok, 64).unwrap();
+        assert_eq!(
+            enc.label_token_ids(),
+            &ids_of(&tok, &["Ġnegative", "Ġpositive"])[..]
+        );
+    }
+
+    #[test]
+    fn a_prompt_that_fits_is_encoded_whole() {
+        let tok = byte_bpe();
+        let enc = sst2_encoder(&tok, 64).unwrap();
+        let raw = RawExample {
+            text: "great fun".into(),
+            text_pair: None,
+            label: Some("1".into()),
+        };
+        let ex = enc.encode(&raw, 0).unwrap();
+        assert_eq!(ex.label, 1);
+        assert_eq!(
+            ex.input_ids,
+            encode_plain(&tok, "great fun Sentiment:").unwrap()
+        );
+    }
+
+    #[test]
+    fn truncation_keeps_the_template_tail_and_the_answer_position() {
+        let tok = byte_bpe();
+        let tail = encode_plain(&tok, " Sentiment:").unwrap();
+        let enc = sst2_encoder(&tok, tail.len() + 5).unwrap();
+        let long = "great fun great fun great fun great fun great fun great fun";
+        let raw = RawExample {
+            text: long.into(),
+            text_pair: None,
+            label: Some("0".into()),
+        };
+        let ex = enc.encode(&raw, 3).unwrap();
+        assert!(ex.input_ids.len() <= tail.len() + 5);
+        assert!(
+            ex.input_ids.ends_with(&tail),
+            "{:?} lost the template tail {tail:?}",
+            ex.input_ids
+        );
+        // The kept text is the start of the original one.
+        let kept = tok
+            .decode(&ex.input_ids[..ex.input_ids.len() - tail.len()], false)
+            .unwrap();
+        assert!(long.starts_with(&kept) && !kept.is_empty(), "kept {kept:?}");
+    }
+
+    #[test]
+    fn truncation_takes_from_the_longer_of_two_fields() {
+        let tok = byte_bpe();
+        let template = Template::new("{text} Question: {text_pair} Answer:").unwrap();
+        let verbalizer =
+            Verbalizer::new([("entailment", " positive"), ("not_entailment", " negative")])
+                .unwrap();
+        let empty = encode_plain(&tok, &template.render("", "")).unwrap().len();
+        let enc = ClassEncoder::new(&tok, template, verbalizer, empty + 12, false).unwrap();
+        let raw = RawExample {
+            text: "great fun ".repeat(20),
+            text_pair: Some("fun".into()),
+            label: Some("not_entailment".into()),
+        };
+        let ex = enc.encode(&raw, 0).unwrap();
+        assert!(ex.input_ids.len() <= empty + 12);
+        let prompt = tok.decode(&ex.input_ids, false).unwrap();
+        assert!(prompt.ends_with(" Question: fun Answer:"), "{prompt:?}");
+    }
+
+    #[test]
+    fn a_template_longer_than_max_len_is_an_error() {
+        let tok = byte_bpe();
+        let err = sst2_encoder(&tok, 1).unwrap_err().to_string();
+        assert!(
+            err.contains("max_len = 1") && err.contains("Sentiment:"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_label_outside_the_verbalizer_is_an_error() {
+        let tok = byte_bpe();
+        let enc = sst2_encoder(&tok, 64).unwrap();
+        let raw = RawExample {
+            text: "fun".into(),
+            text_pair: None,
+            label: Some("2".into()),
+        };
+        let err = enc
+            .encode_all(&[
+                RawExample {
+                    label: Some("1".into()),
+                    ..raw.clone()
+                },
+                raw,
+            ])
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("example 1") && msg.contains("\"2\"") && msg.contains("\"0\", \"1\""),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn two_words_with_the_same_first_token_are_an_error() {
+        let tok = byte_bpe();
+        // Neither word is in the merges: both start with the bare `Ġ` token.
+        let verbalizer = Verbalizer::new([("0", " bad"), ("1", " zzz")]).unwrap();
+        let err = ClassEncoder::new(
+            &tok,
+            Template::new("{text} Sentiment:").unwrap(),
+            verbalizer,
+            64,
+            false,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("\" bad\"") && err.contains("\" zzz\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_word_that_fuses_with_the_prompt_is_an_error() {
+        let tok = byte_bpe();
+        // " Senti" + "ment" is the single token `ĠSentiment`: "ment" starts no token of its own.
+        let verbalizer = Verbalizer::new([("0", "ment"), ("1", " positive")]).unwrap();
+        let err = ClassEncoder::new(
+            &tok,
+            Template::new("{text} Senti").unwrap(),
+            verbalizer,
+            64,
+            false,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("merges with the end of the prompt"), "{err}");
+    }
+
+    #[test]
+    fn special_tokens_are_a_parameter_and_trailing_ones_are_dropped() {
+        let tok = byte_bpe_with_bos();
+        let template = Template::new("{text} Sentiment:").unwrap();
+        let verbalizer = Verbalizer::new([("0", " negative"), ("1", " positive")]).unwrap();
+        let with = ClassEncoder::new(&tok, template.clone(), verbalizer.clone(), 64, true).unwrap();
+        let without = ClassEncoder::new(&tok, template, verbalizer, 64, false).unwrap();
+        let a = with.encode_prompt("fun", None, 0).unwrap();
+        let b = without.encode_prompt("fun", None, 0).unwrap();
+        let (bos, eos) = (ids_of(&tok, &["<s>"])[0], ids_of(&tok, &["</s>"])[0]);
+        assert_eq!(a[0], bos);
+        assert_eq!(&a[1..], &b[..]);
+        assert!(
+            !a.contains(&eos),
+            "the EOS after the prompt must be dropped: {a:?}"
+        );
+    }
+
+    #[test]
+    fn the_tokenizers_own_truncation_and_padding_are_ignored() {
+        use tokenizers::{PaddingParams, PaddingStrategy, TruncationParams};
+        let mut tok = byte_bpe();
+        tok.with_truncation(Some(TruncationParams {
+            max_length: 2,
+            ..Default::default()
+        }))
+        .unwrap();
+        tok.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::Fixed(40),
+            ..Default::default()
+        }));
+        let plain = byte_bpe();
+        let enc = sst2_encoder(&tok, 64).unwrap();
+        let ids = enc.encode_prompt("great fun", None, 0).unwrap();
+        assert_eq!(ids, encode_plain(&plain, "great fun Sentiment:").unwrap());
+        assert_eq!(
+            enc.label_token_ids(),
+            sst2_encoder(&plain, 64).unwrap().label_token_ids()
+        );
+        let blocks = chunk_text(&tok, "great fun great fun", 2, false).unwrap();
+        assert_eq!(blocks.len(), 2);
+    }
+
+    #[test]
+    fn text_pair_presence_must_match_the_template() {
+        let tok = byte_bpe();
+        let enc = sst2_encoder(&tok, 64).unwrap();
+        let err = enc
+            .encode_prompt("a", Some("b"), 4)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("example 4") && err.contains("text_pair"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn chunks_have_labels_equal_to_ids_and_drop_the_remainder() {
+        let tok = byte_bpe();
+        let text = "great fun ".repeat(10);
+        let n = encode_plain(&tok, &text).unwrap().len();
+        let blocks = chunk_text(&tok, &text, 4, false).unwrap();
+        assert_eq!(blocks.len(), n / 4);
+        for b in &blocks {
+            assert_eq!(b.input_ids.len(), 4);
+            assert_eq!(
+                b.labels,
+                b.input_ids
+                    .iter()
+                    .map(|&i| i64::from(i))
+                    .collect::<Vec<_>>()
+            );
+        }
+        assert!(chunk_text(&tok, "fun", 64, false)
+            .unwrap_err()
+            .to_string()
+            .contains("fewer than one block"));
+    }
+
+    #[test]
+    fn prompt_tokens_take_no_loss() {
+        let tok = byte_bpe_with_bos();
+        let ex =
+            encode_prompt_completion(&tok, "great fun Sentiment:", " positive", 64, true).unwrap();
+        let positive = ids_of(&tok, &["Ġpositive"])[0];
+        let labelled: Vec<i64> = ex
+            .labels
+            .iter()
+            .copied()
+            .filter(|&l| l != IGNORE_INDEX)
+            .collect();
+        let eos = ids_of(&tok, &["</s>"])[0];
+        assert_eq!(labelled, vec![i64::from(positive), i64::from(eos)]);
+        assert_eq!(ex.labels.len(), ex.input_ids.len());
+
+        // Too long: the prompt loses its start, BOS and the completion stay.
+        let short =
+            encode_prompt_completion(&tok, "great fun Sentiment:", " positive", 4, true).unwrap();
+        assert_eq!(short.input_ids.len(), 4);
+        assert_eq!(short.input_ids[0], ids_of(&tok, &["<s>"])[0]);
+        assert_eq!(&short.labels[2..], &[i64::from(positive), i64::from(eos)]);
+        assert_eq!(short.labels[1], IGNORE_INDEX);
+    }
+}
