@@ -119,7 +119,9 @@ pub fn generate(
 
 /// Logits `[vocab]` at the last real position of `ids`.
 pub fn last_logits(model: &dyn BaseModel, hooks: &dyn Hooks, ids: &[u32]) -> Result<Tensor> {
-    let out = model.forward(&Batch::single(ids, model.device())?, hooks)?;
-    let last = out.hidden.i((0, out.hidden.dim(1)? - 1))?.unsqueeze(0)?;
-    Ok(model.logits(&last)?.squeeze(0)?)
+    crate::grad::no_grad(|| {
+        let out = model.forward(&Batch::single(ids, model.device())?, hooks)?;
+        let last = out.hidden.i((0, out.hidden.dim(1)? - 1))?.unsqueeze(0)?;
+        Ok(model.logits(&last)?.squeeze(0)?)
+    })
 }

@@ -16,6 +16,7 @@ pub mod data;
 pub mod error;
 pub mod frozen;
 pub mod generate;
+pub mod grad;
 pub mod hooks;
 pub mod method;
 pub mod model;

@@ -5,10 +5,23 @@
 //! assert_eq!(cfg.n_embd, 768);
 //! ```
 
+pub mod attention;
 pub mod config;
 pub mod error;
+pub mod folder;
+pub mod gguf;
+pub mod gguf_tokenizer;
+pub mod gpt2;
+pub mod llama;
 pub mod loaded;
+pub mod resolve;
+pub mod rope;
+pub mod tiny;
 pub mod weights;
+pub mod zoo;
 
 pub use error::{ModelError, Result};
+pub use folder::load_folder;
+pub use gpt2::Gpt2;
+pub use llama::Llama;
 pub use loaded::LoadedModel;

@@ -27,7 +27,10 @@ pub struct WeightMap {
 impl WeightMap {
     /// Wraps tensors read from `source` (a path or description used in errors).
     pub fn new(tensors: HashMap<String, Tensor>, source: impl Into<String>) -> Self {
-        WeightMap { tensors, source: source.into() }
+        WeightMap {
+            tensors,
+            source: source.into(),
+        }
     }
 
     /// Where the tensors came from.
@@ -61,16 +64,22 @@ impl WeightMap {
 
     /// The tensor `name` as f32, whatever its shape.
     pub fn get_any(&self, name: &str) -> Result<Tensor> {
-        let t = self.tensors.get(name).ok_or_else(|| ModelError::MissingTensor {
-            name: name.to_string(),
-            source_desc: self.source.clone(),
-        })?;
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                name: name.to_string(),
+                source_desc: self.source.clone(),
+            })?;
         Ok(t.to_dtype(DType::F32)?)
     }
 
     /// Renames every key with `f` (e.g. to add the `transformer.` prefix of a bare `GPT2Model` checkpoint).
     pub fn rename(self, f: impl Fn(&str) -> String) -> Self {
         let tensors = self.tensors.into_iter().map(|(k, v)| (f(&k), v)).collect();
-        WeightMap { tensors, source: self.source }
+        WeightMap {
+            tensors,
+            source: self.source,
+        }
     }
 }

@@ -68,7 +68,10 @@ impl PromptTuningConfig {
     /// A config with `n` virtual tokens and the given initialisation.
     pub fn new(n: usize, init: PromptTuningInit) -> Self {
         PromptTuningConfig {
-            common: CommonConfig { task_type: Some("CAUSAL_LM".into()), ..CommonConfig::default() },
+            common: CommonConfig {
+                task_type: Some("CAUSAL_LM".into()),
+                ..CommonConfig::default()
+            },
             num_virtual_tokens: n,
             token_dim: None,
             num_transformer_submodules: None,
@@ -100,17 +103,23 @@ impl PromptTuningConfig {
         }
         match self.prompt_tuning_init {
             PromptTuningInit::Random => {
-                let values: Vec<f32> = (0..total * dim).map(|_| StandardNormal.sample(&mut init.rng)).collect();
+                let values: Vec<f32> = (0..total * dim)
+                    .map(|_| StandardNormal.sample(&mut init.rng))
+                    .collect();
                 Ok(Tensor::from_vec(values, (total, dim), &device)?)
             }
             PromptTuningInit::SampleVocab => {
                 let vocab = init.model.spec().vocab_size as u32;
-                let ids = (0..total).map(|_| init.rng.random_range(0..vocab)).collect();
+                let ids = (0..total)
+                    .map(|_| init.rng.random_range(0..vocab))
+                    .collect();
                 from_ids(ids)
             }
             PromptTuningInit::Text => {
                 let text = self.prompt_tuning_init_text.as_deref().ok_or_else(|| {
-                    PeftError::Config("prompt_tuning_init = \"TEXT\" needs prompt_tuning_init_text".into())
+                    PeftError::Config(
+                        "prompt_tuning_init = \"TEXT\" needs prompt_tuning_init_text".into(),
+                    )
                 })?;
                 let tokenizer = init.tokenizer.ok_or_else(|| {
                     PeftError::Config(
@@ -120,10 +129,14 @@ impl PromptTuningConfig {
                     )
                 })?;
                 // HF PEFT tokenizes with the tokenizer's defaults, special tokens included.
-                let enc = tokenizer.encode(text, true).map_err(|e| PeftError::Tokenizer(e.to_string()))?;
+                let enc = tokenizer
+                    .encode(text, true)
+                    .map_err(|e| PeftError::Tokenizer(e.to_string()))?;
                 let ids = enc.get_ids();
                 if ids.is_empty() {
-                    return Err(PeftError::Config("prompt_tuning_init_text tokenizes to no tokens".into()));
+                    return Err(PeftError::Config(
+                        "prompt_tuning_init_text tokenizes to no tokens".into(),
+                    ));
                 }
                 from_ids(ids.iter().copied().cycle().take(total).collect())
             }
@@ -136,7 +149,9 @@ impl PeftMethod for PromptTuningConfig {
     fn build(&self, init: &mut InitCtx) -> Result<Box<dyn Adapter>> {
         let spec = init.model.spec();
         if self.num_virtual_tokens == 0 {
-            return Err(PeftError::Config("num_virtual_tokens must be at least 1".into()));
+            return Err(PeftError::Config(
+                "num_virtual_tokens must be at least 1".into(),
+            ));
         }
         if let Some(dim) = self.token_dim {
             if dim != spec.hidden_size {
@@ -157,7 +172,9 @@ impl PeftMethod for PromptTuningConfig {
             )));
         }
         if self.modules_to_save.as_ref().is_some_and(|m| !m.is_empty()) {
-            return Err(PeftError::Unsupported("modules_to_save is not supported by prompt tuning here".into()));
+            return Err(PeftError::Unsupported(
+                "modules_to_save is not supported by prompt tuning here".into(),
+            ));
         }
         let mut config = self.clone();
         config.token_dim = Some(spec.hidden_size);
@@ -167,13 +184,18 @@ impl PeftMethod for PromptTuningConfig {
         if config.common.task_type.is_none() {
             config.common.task_type = Some("CAUSAL_LM".into());
         }
-        if config.prompt_tuning_init == PromptTuningInit::Text && config.tokenizer_name_or_path.is_none() {
+        if config.prompt_tuning_init == PromptTuningInit::Text
+            && config.tokenizer_name_or_path.is_none()
+        {
             config.tokenizer_name_or_path = Some(spec.name_or_path.clone());
         }
         let total = config.total_virtual_tokens();
         let dim = spec.hidden_size;
         let values = config.initial_prompt(init, total, dim)?;
-        Ok(Box::new(PromptTuning { embedding: Var::from_tensor(&values)?, config }))
+        Ok(Box::new(PromptTuning {
+            embedding: Var::from_tensor(&values)?,
+            config,
+        }))
     }
 
     fn common(&self) -> &CommonConfig {
@@ -181,7 +203,10 @@ impl PeftMethod for PromptTuningConfig {
     }
 
     fn with_common(&self, common: CommonConfig) -> Box<dyn PeftMethod> {
-        Box::new(PromptTuningConfig { common, ..self.clone() })
+        Box::new(PromptTuningConfig {
+            common,
+            ..self.clone()
+        })
     }
 }
 
@@ -206,7 +231,10 @@ impl Hooks for PromptTuning {
     fn embeddings(&self, x: Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         let (b, _, h) = x.dims3()?;
         let (n, _) = self.embedding.dims2()?;
-        let prompt = self.embedding.as_tensor().to_dtype(x.dtype())?.unsqueeze(0)?.broadcast_as((b, n, h))?;
+        let prompt = peft_core::grad::param(&self.embedding)
+            .to_dtype(x.dtype())?
+            .unsqueeze(0)?
+            .broadcast_as((b, n, h))?;
         ctx.prepend_virtual_tokens(n)?;
         Ok(Tensor::cat(&[&prompt, &x], 1)?)
     }
@@ -222,13 +250,18 @@ impl Adapter for PromptTuning {
     }
 
     fn tensors(&self) -> Result<Vec<(String, Tensor)>> {
-        Ok(vec![(PROMPT_KEY.to_string(), self.embedding.as_tensor().clone())])
+        Ok(vec![(
+            PROMPT_KEY.to_string(),
+            self.embedding.as_tensor().clone(),
+        )])
     }
 
     fn load_tensors(&self, tensors: &HashMap<String, Tensor>) -> Result<()> {
         let t = tensors.get(PROMPT_KEY).ok_or_else(|| {
             let keys: Vec<&String> = tensors.keys().collect();
-            PeftError::Config(format!("a prompt-tuning adapter holds `{PROMPT_KEY}`; this file has {keys:?}"))
+            PeftError::Config(format!(
+                "a prompt-tuning adapter holds `{PROMPT_KEY}`; this file has {keys:?}"
+            ))
         })?;
         if t.dims() != self.embedding.dims() {
             return Err(PeftError::ShapeMismatch {

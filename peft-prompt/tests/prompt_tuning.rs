@@ -17,7 +17,11 @@ use tokenizers::pre_tokenizers::whitespace::Whitespace;
 use tokenizers::Tokenizer;
 
 fn init<'a>(model: &'a dyn BaseModel, tokenizer: Option<&'a Tokenizer>, seed: u64) -> InitCtx<'a> {
-    InitCtx { model, tokenizer, rng: rand::rngs::StdRng::seed_from_u64(seed) }
+    InitCtx {
+        model,
+        tokenizer,
+        rng: rand::rngs::StdRng::seed_from_u64(seed),
+    }
 }
 
 fn build(model: &dyn BaseModel, cfg: &PromptTuningConfig, seed: u64) -> Box<dyn Adapter> {
@@ -29,20 +33,34 @@ fn prompt_of(adapter: &dyn Adapter) -> Vec<Vec<f32>> {
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 /// A word-level tokenizer over words "w0".."w127", so that ids stay inside the tiny vocabulary.
 fn tiny_tokenizer() -> Tokenizer {
     let vocab = (0..128u32).map(|i| (format!("w{i}"), i)).collect();
-    let model = WordLevel::builder().vocab(vocab).unk_token("w0".into()).build().unwrap();
+    let model = WordLevel::builder()
+        .vocab(vocab)
+        .unk_token("w0".into())
+        .build()
+        .unwrap();
     let mut t = Tokenizer::new(model);
     t.with_pre_tokenizer(Some(Whitespace {}));
     t
 }
 
 fn models() -> Vec<Box<dyn BaseModel>> {
-    vec![Box::new(peft_models::tiny::gpt2(3)), Box::new(peft_models::tiny::llama(3))]
+    vec![
+        Box::new(peft_models::tiny::gpt2(3)),
+        Box::new(peft_models::tiny::llama(3)),
+    ]
 }
 
 #[test]
@@ -55,7 +73,10 @@ fn random_init_is_seeded_and_standard_normal() {
     let values: Vec<f32> = a.concat();
     let mean = values.iter().sum::<f32>() / values.len() as f32;
     let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / values.len() as f32;
-    assert!(mean.abs() < 0.1 && (var - 1.0).abs() < 0.15, "mean {mean}, var {var}");
+    assert!(
+        mean.abs() < 0.1 && (var - 1.0).abs() < 0.15,
+        "mean {mean}, var {var}"
+    );
 }
 
 #[test]
@@ -72,32 +93,72 @@ fn text_init_repeats_the_text_embeddings_and_sample_vocab_copies_rows() {
     cfg.prompt_tuning_init_text = Some("w1 w2 w3 w4 w5 w6 w7".into());
     let adapter = cfg.build(&mut init(&model, Some(&tok), 0)).unwrap();
     let ids = Tensor::new(&[1u32, 2, 3, 4, 5], &Device::Cpu).unwrap();
-    assert_eq!(max_diff(&adapter.tensors().unwrap()[0].1, &model.embed_tokens(&ids).unwrap()), 0.0);
+    assert_eq!(
+        max_diff(
+            &adapter.tensors().unwrap()[0].1,
+            &model.embed_tokens(&ids).unwrap()
+        ),
+        0.0
+    );
     // TEXT without a tokenizer is a clear error.
     let err = cfg.build(&mut init(&model, None, 0)).err().unwrap();
     assert!(err.to_string().contains("tokenizer"), "{err}");
 
-    let sampled = build(&model, &PromptTuningConfig::new(4, PromptTuningInit::SampleVocab), 2);
-    let table = model.embed_tokens(&Tensor::arange(0u32, 128, &Device::Cpu).unwrap()).unwrap();
+    let sampled = build(
+        &model,
+        &PromptTuningConfig::new(4, PromptTuningInit::SampleVocab),
+        2,
+    );
+    let table = model
+        .embed_tokens(&Tensor::arange(0u32, 128, &Device::Cpu).unwrap())
+        .unwrap();
     for row in prompt_of(sampled.as_ref()) {
-        let row = Tensor::new(row.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-        let best = table.broadcast_sub(&row).unwrap().abs().unwrap().sum(1).unwrap().min(0).unwrap();
-        assert_eq!(best.to_scalar::<f32>().unwrap(), 0.0, "a sampled row is not a vocabulary embedding");
+        let row = Tensor::new(row.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let best = table
+            .broadcast_sub(&row)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum(1)
+            .unwrap()
+            .min(0)
+            .unwrap();
+        assert_eq!(
+            best.to_scalar::<f32>().unwrap(),
+            0.0,
+            "a sampled row is not a vocabulary embedding"
+        );
     }
 }
 
 #[test]
 fn the_hook_prepends_virtual_tokens_with_mask_one() {
     for model in models() {
-        let adapter = build(model.as_ref(), &PromptTuningConfig::new(3, PromptTuningInit::Random), 0);
+        let adapter = build(
+            model.as_ref(),
+            &PromptTuningConfig::new(3, PromptTuningInit::Random),
+            0,
+        );
         let x = Tensor::zeros((2, 4, model.spec().hidden_size), DType::F32, &Device::Cpu).unwrap();
         let mask = Tensor::new(&[[1f32, 1., 1., 0.], [1., 1., 1., 1.]], &Device::Cpu).unwrap();
         let mut ctx = Ctx::new(mask);
         let y = adapter.embeddings(x, &mut ctx).unwrap();
         assert_eq!(y.dims(), &[2, 7, model.spec().hidden_size]);
         assert_eq!(ctx.virtual_tokens, 3);
-        assert_eq!(ctx.attention_mask.to_vec2::<f32>().unwrap()[0], vec![1., 1., 1., 1., 1., 1., 0.]);
-        assert_eq!(max_diff(&y.i(1).unwrap().i(..3).unwrap(), &adapter.tensors().unwrap()[0].1), 0.0);
+        assert_eq!(
+            ctx.attention_mask.to_vec2::<f32>().unwrap()[0],
+            vec![1., 1., 1., 1., 1., 1., 0.]
+        );
+        assert_eq!(
+            max_diff(
+                &y.i(1).unwrap().i(..3).unwrap(),
+                &adapter.tensors().unwrap()[0].1
+            ),
+            0.0
+        );
         // The prompt changes the model's prediction.
         let ids = [5u32, 6, 7];
         let plain = last_logits(model.as_ref(), &NoHooks, &ids).unwrap();
@@ -110,11 +171,16 @@ fn the_hook_prepends_virtual_tokens_with_mask_one() {
 fn save_then_load_gives_identical_logits_and_hf_fields() {
     let dir = tempfile::tempdir().unwrap();
     for model in models() {
-        let adapter = build(model.as_ref(), &PromptTuningConfig::new(4, PromptTuningInit::Random), 9);
+        let adapter = build(
+            model.as_ref(),
+            &PromptTuningConfig::new(4, PromptTuningInit::Random),
+            9,
+        );
         let path = dir.path().join(&model.spec().architecture);
         save_adapter(&path, adapter.as_ref(), model.spec()).unwrap();
         let config: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(path.join(CONFIG_FILE)).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(path.join(CONFIG_FILE)).unwrap())
+                .unwrap();
         assert_eq!(config["peft_type"], "PROMPT_TUNING");
         assert_eq!(config["task_type"], "CAUSAL_LM");
         assert_eq!(config["num_virtual_tokens"], 4);
@@ -123,7 +189,10 @@ fn save_then_load_gives_identical_logits_and_hf_fields() {
         assert_eq!(config["num_layers"], model.spec().num_layers);
         assert_eq!(config["prompt_tuning_init"], "RANDOM");
         assert_eq!(config["inference_mode"], true);
-        assert_eq!(config["base_model_name_or_path"], model.spec().name_or_path.as_str());
+        assert_eq!(
+            config["base_model_name_or_path"],
+            model.spec().name_or_path.as_str()
+        );
 
         let loaded = load_adapter(&path, &mut init(model.as_ref(), None, 1)).unwrap();
         assert!(loaded.warnings.is_empty());
@@ -138,7 +207,11 @@ fn save_then_load_gives_identical_logits_and_hf_fields() {
 fn an_adapter_for_another_model_names_both_shapes() {
     let dir = tempfile::tempdir().unwrap();
     let gpt2 = peft_models::tiny::gpt2(0);
-    let adapter = build(&gpt2, &PromptTuningConfig::new(4, PromptTuningInit::Random), 0);
+    let adapter = build(
+        &gpt2,
+        &PromptTuningConfig::new(4, PromptTuningInit::Random),
+        0,
+    );
     save_adapter(dir.path(), adapter.as_ref(), gpt2.spec()).unwrap();
     // Rewrite the saved tensor with another hidden size, as an adapter made for a wider model would have.
     let wrong = Tensor::zeros((4, 48), DType::F32, &Device::Cpu).unwrap();
@@ -149,9 +222,13 @@ fn an_adapter_for_another_model_names_both_shapes() {
     )
     .unwrap();
     let cfg_path = dir.path().join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&cfg_path).unwrap().replace("\"token_dim\": 32", "\"token_dim\": null");
+    let text = std::fs::read_to_string(&cfg_path)
+        .unwrap()
+        .replace("\"token_dim\": 32", "\"token_dim\": null");
     std::fs::write(&cfg_path, text).unwrap();
-    let err = load_adapter(dir.path(), &mut init(&gpt2, None, 0)).err().unwrap();
+    let err = load_adapter(dir.path(), &mut init(&gpt2, None, 0))
+        .err()
+        .unwrap();
     let msg = err.to_string();
     assert!(matches!(err, PeftError::ShapeMismatch { .. }), "{msg}");
     assert!(msg.contains("[4, 32]") && msg.contains("[4, 48]"), "{msg}");
@@ -162,36 +239,61 @@ fn an_adapter_for_another_model_names_both_shapes() {
     )
     .unwrap();
     let err = llama_cfg.build(&mut init(&gpt2, None, 0)).err().unwrap();
-    assert!(err.to_string().contains("576") && err.to_string().contains("32"), "{err}");
+    assert!(
+        err.to_string().contains("576") && err.to_string().contains("32"),
+        "{err}"
+    );
 }
 
 #[test]
 fn prompt_gradient_matches_finite_differences_and_frozen_weights_get_none() {
     for model in models() {
-        let adapter = build(model.as_ref(), &PromptTuningConfig::new(2, PromptTuningInit::Random), 4);
+        let adapter = build(
+            model.as_ref(),
+            &PromptTuningConfig::new(2, PromptTuningInit::Random),
+            4,
+        );
         let (_, var): (String, Var) = adapter.trainable().remove(0);
         let task = classification_task(8);
         let loss_at = |adapter: &dyn Adapter| {
-            task.loss(model.as_ref(), adapter, &[0, 1, 2, 3]).unwrap().loss.to_scalar::<f32>().unwrap() as f64
+            task.loss(model.as_ref(), adapter, &[0, 1, 2, 3])
+                .unwrap()
+                .loss
+                .to_scalar::<f32>()
+                .unwrap() as f64
         };
-        let loss = task.loss(model.as_ref(), adapter.as_ref(), &[0, 1, 2, 3]).unwrap().loss;
+        let loss = task
+            .loss(model.as_ref(), adapter.as_ref(), &[0, 1, 2, 3])
+            .unwrap()
+            .loss;
         let grads = loss.backward().unwrap();
-        let g = grads.get(var.as_tensor()).expect("the prompt has a gradient").flatten_all().unwrap();
+        let g = grads
+            .get(var.as_tensor())
+            .expect("the prompt has a gradient")
+            .flatten_all()
+            .unwrap();
         let g: Vec<f32> = g.to_vec1().unwrap();
         for (name, p) in model.parameters() {
             assert!(grads.get(&p).is_none(), "frozen {name} received a gradient");
         }
-        let base = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let base = var
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let h = 1e-2f32;
         for i in [0usize, 7, 33, base.len() - 1] {
             let shifted = |delta: f32| {
                 let mut v = base.clone();
                 v[i] += delta;
-                var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap()).unwrap();
+                var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
+                    .unwrap();
                 loss_at(adapter.as_ref())
             };
             let numeric = (shifted(h) - shifted(-h)) / (2.0 * h as f64);
-            var.set(&Tensor::from_vec(base.clone(), var.shape(), &Device::Cpu).unwrap()).unwrap();
+            var.set(&Tensor::from_vec(base.clone(), var.shape(), &Device::Cpu).unwrap())
+                .unwrap();
             let analytic = g[i] as f64;
             assert!(
                 (numeric - analytic).abs() <= 2e-3 + 2e-2 * analytic.abs(),
@@ -206,16 +308,38 @@ fn prompt_gradient_matches_finite_differences_and_frozen_weights_get_none() {
 fn classification_task(n: usize) -> VerbalizerClassification {
     let make = |i: usize| {
         let has = i % 2 == 1;
-        let mut ids = vec![3 + (i % 5) as u32, 4, if has { 9 } else { 10 + (i % 3) as u32 }, 5];
+        let mut ids = vec![
+            3 + (i % 5) as u32,
+            4,
+            if has { 9 } else { 10 + (i % 3) as u32 },
+            5,
+        ];
         ids.truncate(3 + i % 2);
-        ClassExample { input_ids: ids, label: usize::from(has) }
+        ClassExample {
+            input_ids: ids,
+            label: usize::from(has),
+        }
     };
-    VerbalizerClassification::new((0..n).map(make).collect(), (0..8).map(make).collect(), vec![20, 21], 0)
-        .unwrap()
+    VerbalizerClassification::new(
+        (0..n).map(make).collect(),
+        (0..8).map(make).collect(),
+        vec![20, 21],
+        0,
+    )
+    .unwrap()
 }
 
-fn train(model: &dyn BaseModel, out: &std::path::Path, stop: usize, resume: bool) -> (Vec<f64>, Box<dyn Adapter>) {
-    let adapter = build(model, &PromptTuningConfig::new(4, PromptTuningInit::Random), 11);
+fn train(
+    model: &dyn BaseModel,
+    out: &std::path::Path,
+    stop: usize,
+    resume: bool,
+) -> (Vec<f64>, Box<dyn Adapter>) {
+    let adapter = build(
+        model,
+        &PromptTuningConfig::new(4, PromptTuningInit::Random),
+        11,
+    );
     let task = classification_task(16);
     let config = TrainConfig {
         max_steps: 20,
@@ -229,7 +353,9 @@ fn train(model: &dyn BaseModel, out: &std::path::Path, stop: usize, resume: bool
         progress: false,
         ..TrainConfig::default()
     };
-    let report = Trainer::new(model, adapter.as_ref(), &task, config).run_until(stop).unwrap();
+    let report = Trainer::new(model, adapter.as_ref(), &task, config)
+        .run_until(stop)
+        .unwrap();
     (report.losses, adapter)
 }
 
@@ -247,16 +373,28 @@ fn training_lowers_the_loss_is_repeatable_and_resumes_exactly() {
     // Stop after 7 steps (between two checkpoints: the stop writes one), then resume to 20.
     let (head, _) = train(&model, &dir.path().join("c"), 7, false);
     let (tail, resumed) = train(&model, &dir.path().join("c"), 20, true);
-    assert_eq!([head, tail].concat(), losses, "a resumed run differs from an uninterrupted one");
-    let (a, b) = (&adapter.tensors().unwrap()[0].1, &resumed.tensors().unwrap()[0].1);
+    assert_eq!(
+        [head, tail].concat(),
+        losses,
+        "a resumed run differs from an uninterrupted one"
+    );
+    let (a, b) = (
+        &adapter.tensors().unwrap()[0].1,
+        &resumed.tensors().unwrap()[0].1,
+    );
     assert_eq!(max_diff(a, b), 0.0);
 
-    for name in ["metrics.jsonl", "adapter/adapter_config.json", "best/adapter_model.safetensors", "checkpoint/optimizer.safetensors"] {
+    for name in [
+        "metrics.jsonl",
+        "adapter/adapter_config.json",
+        "best/adapter_model.safetensors",
+        "checkpoint/optimizer.safetensors",
+    ] {
         assert!(dir.path().join("a").join(name).is_file(), "missing {name}");
     }
     let log = std::fs::read_to_string(dir.path().join("a/metrics.jsonl")).unwrap();
     assert!(log.lines().any(|l| l.contains("eval_accuracy")));
-    let accuracy = log.lines().filter(|l| l.contains("eval_accuracy")).last().unwrap();
+    let accuracy = log.lines().rfind(|l| l.contains("eval_accuracy")).unwrap();
     let v: serde_json::Value = serde_json::from_str(accuracy).unwrap();
     assert!(v["eval_accuracy"].as_f64().unwrap() >= 0.75, "{accuracy}");
 }

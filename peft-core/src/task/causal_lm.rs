@@ -100,6 +100,22 @@ impl Task for CausalLm {
         hooks: &dyn Hooks,
         batch_size: usize,
     ) -> Result<Metrics> {
+        crate::grad::no_grad(|| self.evaluate_tracked(model, hooks, batch_size))
+    }
+
+    fn primary_metric(&self) -> (&'static str, bool) {
+        ("loss", false)
+    }
+}
+
+impl CausalLm {
+    /// Evaluation body (run with gradients off).
+    fn evaluate_tracked(
+        &self,
+        model: &dyn BaseModel,
+        hooks: &dyn Hooks,
+        batch_size: usize,
+    ) -> Result<Metrics> {
         if self.eval.is_empty() {
             return Err(PeftError::Data("the evaluation set is empty".into()));
         }
@@ -115,9 +131,5 @@ impl Task for CausalLm {
         m.insert("loss".into(), loss);
         m.insert("perplexity".into(), loss.exp());
         Ok(m)
-    }
-
-    fn primary_metric(&self) -> (&'static str, bool) {
-        ("loss", false)
     }
 }

@@ -123,15 +123,31 @@ impl Task for VerbalizerClassification {
         hooks: &dyn Hooks,
         batch_size: usize,
     ) -> Result<Metrics> {
+        crate::grad::no_grad(|| self.evaluate_tracked(model, hooks, batch_size))
+    }
+
+    fn primary_metric(&self) -> (&'static str, bool) {
+        ("accuracy", true)
+    }
+}
+
+impl VerbalizerClassification {
+    /// Evaluation body; batches are formed over examples sorted by length, so that little is padded.
+    fn evaluate_tracked(
+        &self,
+        model: &dyn BaseModel,
+        hooks: &dyn Hooks,
+        batch_size: usize,
+    ) -> Result<Metrics> {
         if self.eval.is_empty() {
             return Err(PeftError::Data("the evaluation set is empty".into()));
         }
         let (mut correct, mut loss_sum) = (0usize, 0f64);
         let classes = self.label_token_ids.len();
         let mut confusion = vec![vec![0usize; classes]; classes];
-        for chunk in self.eval.chunks(batch_size.max(1)) {
-            let refs: Vec<&ClassExample> = chunk.iter().collect();
-            let logits = self.label_logits(model, hooks, &refs)?.detach();
+        let by_length = sorted_by_length(&self.eval);
+        for chunk in by_length.chunks(batch_size.max(1)) {
+            let logits = self.label_logits(model, hooks, chunk)?.detach();
             let targets: Vec<u32> = chunk.iter().map(|e| e.label as u32).collect();
             loss_sum += scalar(&cross_entropy(&logits, &targets)?)? * chunk.len() as f64;
             let preds = logits
@@ -150,10 +166,13 @@ impl Task for VerbalizerClassification {
         m.insert("macro_f1".into(), macro_f1(&confusion));
         Ok(m)
     }
+}
 
-    fn primary_metric(&self) -> (&'static str, bool) {
-        ("accuracy", true)
-    }
+/// References to `examples` ordered by token count (stable), for batches with little padding.
+fn sorted_by_length(examples: &[ClassExample]) -> Vec<&ClassExample> {
+    let mut refs: Vec<&ClassExample> = examples.iter().collect();
+    refs.sort_by_key(|e| e.input_ids.len());
+    refs
 }
 
 /// Macro-averaged F1 from a confusion matrix `[true][predicted]`.

@@ -1,0 +1,8 @@
+//! One file per `peft` subcommand.
+
+pub mod eval;
+pub mod fetch;
+pub mod generate;
+pub mod inspect;
+pub mod logits;
+pub mod train;

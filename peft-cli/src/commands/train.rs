@@ -1,0 +1,123 @@
+//! `peft train`: the main job. Opens the model (fetching a zoo model on first use), measures the zero-shot
+//! dev metrics of the frozen model, trains the experiment's method with the shared trainer, and prints the
+//! dev metrics after training. Outputs: `<output_dir>/{metrics.jsonl, checkpoint/, best/, adapter/}`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::Args;
+use peft_core::hooks::{positions_taken, NoHooks};
+use peft_core::task::Metrics;
+use peft_core::train::Trainer;
+
+use crate::experiment::Experiment;
+use crate::session::{init_ctx, open_model};
+use crate::task_setup::build_task;
+
+/// Arguments of `peft train`.
+#[derive(Args)]
+pub struct TrainArgs {
+    /// The experiment file.
+    experiment: PathBuf,
+    /// Override `[training] max_steps`.
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Override `[training] output_dir`.
+    #[arg(long)]
+    output_dir: Option<PathBuf>,
+    /// Override `[training] seed`.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Continue from `<output_dir>/checkpoint`.
+    #[arg(long)]
+    resume: bool,
+    /// Skip the zero-shot evaluation before training.
+    #[arg(long)]
+    no_baseline: bool,
+}
+
+fn show(metrics: &Metrics) -> String {
+    metrics
+        .iter()
+        .map(|(k, v)| format!("{k} {v:.4}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Runs `peft train`.
+pub fn run(args: TrainArgs) -> Result<()> {
+    let mut exp = Experiment::load(&args.experiment)?;
+    let cfg = &mut exp.file.training;
+    if let Some(s) = args.max_steps {
+        cfg.max_steps = s;
+    }
+    if let Some(d) = args.output_dir {
+        cfg.output_dir = d;
+    }
+    if let Some(s) = args.seed {
+        cfg.seed = s;
+    }
+    cfg.resume |= args.resume;
+    let loaded = open_model(&exp.file.model.name)?;
+    let model = loaded.model.as_ref();
+    let spec = model.spec();
+    let adapter = exp
+        .method
+        .build(&mut init_ctx(&loaded, exp.file.training.seed))?;
+    let taken = positions_taken(adapter.as_ref(), spec.hidden_size, model.device())?;
+    let task = build_task(&exp, &loaded, taken)?;
+    let cfg = exp.file.training.clone();
+    eprintln!(
+        "model {} ({} parameters), method {}, {} trainable parameters ({:.4}%), {} training examples",
+        spec.name_or_path,
+        spec.num_parameters,
+        serde_json::to_value(adapter.config())?["peft_type"],
+        adapter.num_trainable(),
+        100.0 * adapter.num_trainable() as f64 / spec.num_parameters.max(1) as f64,
+        task.train_len()
+    );
+
+    let before = if args.no_baseline {
+        None
+    } else {
+        let t = Instant::now();
+        let m = task.evaluate(model, &NoHooks, cfg.eval_batch_size)?;
+        println!(
+            "dev before training (zero-shot, frozen model): {} [{:.0}s]",
+            show(&m),
+            t.elapsed().as_secs_f64()
+        );
+        Some(m)
+    };
+    let t = Instant::now();
+    let report = Trainer::new(model, adapter.as_ref(), task.as_ref(), cfg.clone()).run()?;
+    let after = report
+        .evals
+        .last()
+        .map(|(_, m)| m.clone())
+        .unwrap_or_default();
+    println!(
+        "dev after {} steps: {} [{:.0}s of training]",
+        cfg.max_steps,
+        show(&after),
+        t.elapsed().as_secs_f64()
+    );
+    if let Some((step, value)) = report.best {
+        println!(
+            "best {}: {value:.4} at step {step} (adapter in {})",
+            task.primary_metric().0,
+            cfg.output_dir.join("best").display()
+        );
+    }
+    if let (Some(b), Some((name, _))) = (before, Some(task.primary_metric())) {
+        if let (Some(x), Some(y)) = (b.get(name), after.get(name)) {
+            println!("{name}: {x:.4} -> {y:.4}");
+        }
+    }
+    println!(
+        "final adapter: {}",
+        cfg.output_dir.join("adapter").display()
+    );
+    Ok(())
+}

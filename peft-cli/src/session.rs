@@ -1,0 +1,105 @@
+//! What every command shares: opening a model (fetching a zoo model on first use), loading an adapter onto
+//! it, turning `--text` / `--ids` into token ids, and checking that a prompt fits the context.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use peft_core::adapter_io::load_adapter;
+use peft_core::hooks::{positions_taken, Hooks, NoHooks};
+use peft_core::method::InitCtx;
+use peft_models::LoadedModel;
+use rand::SeedableRng;
+
+/// Opens a model by zoo name, folder, `.gguf` file or hub id, on the CPU. A zoo model that is not cached yet is
+/// fetched first.
+pub fn open_model(name: &str) -> Result<LoadedModel> {
+    if peft_models::zoo::entry(name).is_ok() && peft_models::zoo::cached_path(name).is_none() {
+        eprintln!("{name} is not in the cache yet: fetching it (once)");
+        let path = peft_models::zoo::fetch(name, &peft_models::zoo::FetchOptions::default())?;
+        eprintln!("fetched {name} into {}", path.display());
+    }
+    peft_models::resolve::load_model(name, &Device::Cpu)
+        .with_context(|| format!("loading model `{name}`"))
+}
+
+/// A fresh initialisation context over `loaded` with `seed`.
+pub fn init_ctx(loaded: &LoadedModel, seed: u64) -> InitCtx<'_> {
+    InitCtx {
+        model: loaded.model.as_ref(),
+        tokenizer: loaded.tokenizer.as_ref(),
+        rng: rand::rngs::StdRng::seed_from_u64(seed),
+    }
+}
+
+/// Runs `f` with the hooks of the adapter at `adapter` (or none), printing the loader's warnings.
+pub fn with_adapter<T>(
+    loaded: &LoadedModel,
+    adapter: Option<&Path>,
+    f: impl FnOnce(&dyn Hooks) -> Result<T>,
+) -> Result<T> {
+    match adapter {
+        None => f(&NoHooks),
+        Some(dir) => {
+            let mut init = init_ctx(loaded, 0);
+            let adapter = load_adapter(dir, &mut init)
+                .with_context(|| format!("loading adapter {}", dir.display()))?;
+            for w in &adapter.warnings {
+                eprintln!("warning: {w}");
+            }
+            f(adapter.adapter.as_ref())
+        }
+    }
+}
+
+/// Token ids given as text or as ids.
+pub struct Tokens<'a> {
+    text: Option<&'a str>,
+    ids: Option<&'a [u32]>,
+}
+
+impl<'a> Tokens<'a> {
+    /// From the `--text` / `--ids` arguments (exactly one is set).
+    pub fn from_args(text: Option<&'a str>, ids: Option<&'a [u32]>) -> Self {
+        Tokens { text, ids }
+    }
+
+    /// The ids: text is encoded with the tokenizer's special tokens, as HF's `tokenizer(text)` does.
+    pub fn resolve(&self, loaded: &LoadedModel) -> Result<Vec<u32>> {
+        let vocab = loaded.model.spec().vocab_size;
+        let ids = match (self.text, self.ids) {
+            (Some(text), None) => {
+                let tok = loaded.tokenizer.as_ref().context(
+                    "this model folder has no tokenizer.json, so --text cannot be tokenized: pass --ids instead",
+                )?;
+                tok.encode(text, true)
+                    .map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?
+                    .get_ids()
+                    .to_vec()
+            }
+            (None, Some(ids)) => ids.to_vec(),
+            _ => bail!("give exactly one of --text and --ids"),
+        };
+        if ids.is_empty() {
+            bail!("the input has no tokens");
+        }
+        if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+            bail!("token id {bad} is outside the vocabulary (size {vocab})");
+        }
+        Ok(ids)
+    }
+}
+
+/// Refuses a prompt of `len` tokens that, with the positions the hooks add, exceeds the model's context.
+pub fn check_fits(loaded: &LoadedModel, hooks: &dyn Hooks, len: usize) -> Result<()> {
+    let spec = loaded.model.spec();
+    let taken = positions_taken(hooks, spec.hidden_size, loaded.model.device())?;
+    if len + taken > spec.max_positions {
+        bail!(
+            "the prompt has {len} tokens and the adapter adds {taken} positions: {} exceeds the model's context of {}",
+            len + taken,
+            spec.max_positions
+        );
+    }
+    Ok(())
+}

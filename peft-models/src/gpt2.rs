@@ -1,0 +1,506 @@
+//! GPT-2 as a frozen model: learned positions, pre-norm blocks with LayerNorm, Conv1D projections (stored
+//! `[in, out]` in the checkpoint, transposed once at load), `gelu_new` MLP and a head tied to the token
+//! embeddings. Parameter and site names are Hugging Face's (`transformer.h.0.attn.c_attn`, ...).
+//!
+//! ```
+//! use peft_core::hooks::NoHooks;
+//! use peft_core::model::{BaseModel, Batch};
+//! let model = peft_models::tiny::gpt2(0);
+//! let batch = Batch::single(&[1, 2, 3], model.device()).unwrap();
+//! let out = model.forward(&batch, &NoHooks).unwrap();
+//! assert_eq!(out.hidden.dims(), &[1, 3, model.spec().hidden_size]);
+//! let logits = model.logits(&out.hidden).unwrap();
+//! assert_eq!(logits.dims(), &[1, 3, model.spec().vocab_size]);
+//! assert!(model.spec().find_site("transformer.h.1.mlp.c_fc").is_some());
+//! ```
+
+use candle_core::{DType, Device, Tensor};
+use peft_core::frozen::FrozenLinear;
+use peft_core::hooks::{Ctx, Hooks};
+use peft_core::model::{BaseModel, Batch, Output};
+use peft_core::spec::{ModelSpec, Site, SiteId};
+
+use crate::attention::{attend, split_heads, PrefixMasks};
+use crate::config::Gpt2Config;
+use crate::error::{ModelError, Result};
+use crate::weights::WeightMap;
+
+/// The MLP activations GPT-2 checkpoints name in `activation_function`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Activation {
+    /// `gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`: the tanh approximation.
+    GeluTanh,
+    /// `gelu`: the exact (erf) form.
+    GeluErf,
+    /// `relu`.
+    Relu,
+    /// `silu` / `swish`.
+    Silu,
+}
+
+impl Activation {
+    fn parse(name: &str) -> Result<Self> {
+        Ok(match name {
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+            "gelu" => Activation::GeluErf,
+            "relu" => Activation::Relu,
+            "silu" | "swish" => Activation::Silu,
+            other => {
+                return Err(ModelError::Config(format!(
+                    "GPT-2 activation_function `{other}` is not supported (supported: gelu_new, gelu_pytorch_tanh, \
+                     gelu_fast, gelu, relu, silu)"
+                )))
+            }
+        })
+    }
+
+    fn apply(self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Activation::GeluTanh => x.gelu()?,
+            Activation::GeluErf => x.gelu_erf()?,
+            Activation::Relu => x.relu()?,
+            Activation::Silu => x.silu()?,
+        })
+    }
+}
+
+/// A frozen projection and the site it is reported under.
+#[derive(Debug, Clone)]
+struct Projection {
+    site: SiteId,
+    linear: FrozenLinear,
+}
+
+impl Projection {
+    fn forward(&self, x: &Tensor, hooks: &dyn Hooks) -> Result<Tensor> {
+        Ok(hooks.linear(self.site, x, &self.linear)?)
+    }
+}
+
+/// A LayerNorm whose bias a hook may replace (BitFit).
+#[derive(Debug, Clone)]
+struct LayerNorm {
+    site: SiteId,
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn forward(&self, x: &Tensor, hooks: &dyn Hooks) -> Result<Tensor> {
+        let bias = hooks.bias(self.site).unwrap_or_else(|| self.bias.clone());
+        Ok(peft_core::nn::layer_norm(
+            x,
+            &self.weight,
+            Some(&bias),
+            self.eps,
+        )?)
+    }
+}
+
+/// One transformer block.
+#[derive(Debug, Clone)]
+struct Block {
+    ln_1: LayerNorm,
+    c_attn: Projection,
+    attn_proj: Projection,
+    ln_2: LayerNorm,
+    c_fc: Projection,
+    mlp_proj: Projection,
+    /// Score scale: `1/sqrt(head_dim)` where `scale_attn_weights`, further `/(layer + 1)` where
+    /// `scale_attn_by_inverse_layer_idx`.
+    scale: f64,
+}
+
+/// GPT-2 with frozen weights; implements [`BaseModel`].
+///
+/// [`BaseModel::parameters`] lists the tensors the forward pass uses, so Conv1D weights appear in the
+/// `[out, in]` layout of [`FrozenLinear`] (the checkpoint's `[in, out]` transposed; their sites say
+/// `fan_in_fan_out`). The head is the token embedding matrix; a checkpoint's `lm_head.weight` is ignored.
+#[derive(Debug, Clone)]
+pub struct Gpt2 {
+    config: Gpt2Config,
+    spec: ModelSpec,
+    device: Device,
+    wte: Tensor,
+    wpe: Tensor,
+    blocks: Vec<Block>,
+    ln_f: LayerNorm,
+    activation: Activation,
+    lm_head: FrozenLinear,
+    parameters: Vec<(String, Tensor)>,
+}
+
+/// Collects the loaded tensors under their HF names while the model is built.
+struct Loader<'a> {
+    weights: &'a WeightMap,
+    spec: ModelSpec,
+    parameters: Vec<(String, Tensor)>,
+    hidden: usize,
+    eps: f64,
+}
+
+impl Loader<'_> {
+    fn tensor(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.weights.get(name, shape)?;
+        self.parameters.push((name.to_string(), t.clone()));
+        Ok(t)
+    }
+
+    /// A Conv1D module: weight `[in, out]` in the checkpoint, `[out, in]` in the returned projection (and in
+    /// [`BaseModel::parameters`], so that the listed tensor is the one the forward pass uses).
+    fn conv1d(
+        &mut self,
+        module: &str,
+        layer: usize,
+        in_f: usize,
+        out_f: usize,
+    ) -> Result<Projection> {
+        let name = format!("{module}.weight");
+        let weight = self.weights.get(&name, &[in_f, out_f])?.t()?.contiguous()?;
+        let bias = self.tensor(&format!("{module}.bias"), &[out_f])?;
+        let linear = FrozenLinear::new(weight, Some(bias));
+        self.parameters.push((name, linear.weight().clone()));
+        let site = self
+            .spec
+            .add_site(Site::conv1d(module, Some(layer), in_f, out_f));
+        Ok(Projection { site, linear })
+    }
+
+    fn layer_norm(&mut self, module: &str, layer: Option<usize>) -> Result<LayerNorm> {
+        let h = self.hidden;
+        let weight = self.tensor(&format!("{module}.weight"), &[h])?;
+        let bias = self.tensor(&format!("{module}.bias"), &[h])?;
+        let site = self.spec.add_site(Site::norm(module, layer, h, true));
+        Ok(LayerNorm {
+            site,
+            weight,
+            bias,
+            eps: self.eps,
+        })
+    }
+}
+
+impl Gpt2 {
+    /// Builds the model from checkpoint tensors named as `GPT2LMHeadModel` saves them
+    /// (`transformer.wte.weight`, ...) or as a bare `GPT2Model` does (`wte.weight`, ...).
+    /// `name_or_path` is recorded in the spec (`base_model_name_or_path` of saved adapters).
+    pub fn from_weights(cfg: &Gpt2Config, weights: &WeightMap, name_or_path: &str) -> Result<Gpt2> {
+        let (h, heads, layers) = (cfg.n_embd, cfg.n_head, cfg.n_layer);
+        if heads == 0 || h % heads != 0 {
+            return Err(ModelError::Config(format!(
+                "GPT-2 n_embd {h} is not divisible by n_head {heads}"
+            )));
+        }
+        let activation = Activation::parse(&cfg.activation_function)?;
+        let weights = with_transformer_prefix(weights);
+        let mut spec = ModelSpec::new(
+            "gpt2",
+            layers,
+            h,
+            heads,
+            heads,
+            cfg.vocab_size,
+            cfg.n_positions,
+        );
+        spec.name_or_path = name_or_path.to_string();
+        let mut ld = Loader {
+            weights: &weights,
+            spec,
+            parameters: Vec::new(),
+            hidden: h,
+            eps: cfg.layer_norm_epsilon,
+        };
+
+        let wte = ld.tensor("transformer.wte.weight", &[cfg.vocab_size, h])?;
+        let wpe = ld.tensor("transformer.wpe.weight", &[cfg.n_positions, h])?;
+        let head_dim = h / heads;
+        let mut blocks = Vec::with_capacity(layers);
+        for i in 0..layers {
+            let p = format!("transformer.h.{i}");
+            let inner = cfg.inner();
+            let mut scale = if cfg.scale_attn_weights {
+                (head_dim as f64).powf(-0.5)
+            } else {
+                1.0
+            };
+            if cfg.scale_attn_by_inverse_layer_idx {
+                scale /= (i + 1) as f64;
+            }
+            blocks.push(Block {
+                ln_1: ld.layer_norm(&format!("{p}.ln_1"), Some(i))?,
+                c_attn: ld.conv1d(&format!("{p}.attn.c_attn"), i, h, 3 * h)?,
+                attn_proj: ld.conv1d(&format!("{p}.attn.c_proj"), i, h, h)?,
+                ln_2: ld.layer_norm(&format!("{p}.ln_2"), Some(i))?,
+                c_fc: ld.conv1d(&format!("{p}.mlp.c_fc"), i, h, inner)?,
+                mlp_proj: ld.conv1d(&format!("{p}.mlp.c_proj"), i, inner, h)?,
+                scale,
+            });
+        }
+        let ln_f = ld.layer_norm("transformer.ln_f", None)?;
+        let Loader {
+            mut spec,
+            parameters,
+            ..
+        } = ld;
+        spec.num_parameters = parameters.iter().map(|(_, t)| t.elem_count()).sum();
+        Ok(Gpt2 {
+            config: cfg.clone(),
+            spec,
+            device: wte.device().clone(),
+            lm_head: FrozenLinear::new(wte.clone(), None),
+            wte,
+            wpe,
+            blocks,
+            ln_f,
+            activation,
+            parameters,
+        })
+    }
+
+    /// The configuration the model was built from.
+    pub fn config(&self) -> &Gpt2Config {
+        &self.config
+    }
+
+    fn block_forward(
+        &self,
+        block: &Block,
+        x: &Tensor,
+        masks: &PrefixMasks,
+        layer: usize,
+        hooks: &dyn Hooks,
+    ) -> Result<Tensor> {
+        let (heads, head_dim, h) = (
+            self.spec.num_heads,
+            self.spec.head_dim,
+            self.spec.hidden_size,
+        );
+        let normed = block.ln_1.forward(x, hooks)?;
+        let qkv = block.c_attn.forward(&normed, hooks)?;
+        let q = split_heads(&qkv.narrow(2, 0, h)?, heads, head_dim)?;
+        let k = split_heads(&qkv.narrow(2, h, h)?, heads, head_dim)?;
+        let v = split_heads(&qkv.narrow(2, 2 * h, h)?, heads, head_dim)?;
+        let attn = attend(
+            &q,
+            &k,
+            &v,
+            masks.prefix(layer),
+            masks.bias(layer),
+            block.scale,
+            layer,
+        )?;
+        let x = (x + block.attn_proj.forward(&attn, hooks)?)?;
+        let normed = block.ln_2.forward(&x, hooks)?;
+        let inner = self
+            .activation
+            .apply(&block.c_fc.forward(&normed, hooks)?)?;
+        Ok((&x + block.mlp_proj.forward(&inner, hooks)?)?)
+    }
+}
+
+/// A bare `GPT2Model` checkpoint names its tensors without the `transformer.` prefix: add it.
+fn with_transformer_prefix(weights: &WeightMap) -> WeightMap {
+    if weights.contains("transformer.wte.weight") || !weights.contains("wte.weight") {
+        return weights.clone();
+    }
+    weights.clone().rename(|k| {
+        if k.starts_with("lm_head.") {
+            k.to_string()
+        } else {
+            format!("transformer.{k}")
+        }
+    })
+}
+
+/// Word embeddings of `ids` (any shape) from a `[vocab, hidden]` table, checking the ids against the vocabulary.
+pub(crate) fn lookup(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    let (vocab, hidden) = table.dims2()?;
+    let flat = ids.flatten_all()?.to_dtype(DType::U32)?;
+    if flat.elem_count() > 0 {
+        let max = flat.max(0)?.to_scalar::<u32>()? as usize;
+        if max >= vocab {
+            return Err(ModelError::Config(format!(
+                "token id {max} is outside the vocabulary of {vocab} tokens"
+            )));
+        }
+    }
+    let mut dims = ids.dims().to_vec();
+    dims.push(hidden);
+    Ok(table.index_select(&flat, 0)?.reshape(dims)?)
+}
+
+impl BaseModel for Gpt2 {
+    fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn embed_tokens(&self, ids: &Tensor) -> peft_core::Result<Tensor> {
+        Ok(lookup(&self.wte, ids)?)
+    }
+
+    fn forward(&self, batch: &Batch, hooks: &dyn Hooks) -> peft_core::Result<Output> {
+        let mut ctx = Ctx::new(batch.attention_mask.clone());
+        // Prompt tuning sees the word embeddings alone: positions are added over the whole sequence after.
+        let x = hooks.embeddings(lookup(&self.wte, &batch.input_ids)?, &mut ctx)?;
+        let seq = x.dim(1)?;
+        let masks = PrefixMasks::collect(hooks, self.spec.num_layers, &ctx, seq)?;
+        let start = masks.prefix_len();
+        if start + seq > self.config.n_positions {
+            return Err(ModelError::Config(format!(
+                "{} positions (prefix {start} + {seq} tokens) exceed GPT-2's n_positions {}",
+                start + seq,
+                self.config.n_positions
+            ))
+            .into());
+        }
+        let mut x = x.broadcast_add(&self.wpe.narrow(0, start, seq)?)?;
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = self.block_forward(block, &x, &masks, i, hooks)?;
+        }
+        let hidden = self.ln_f.forward(&x, hooks)?;
+        Ok(Output {
+            hidden,
+            virtual_tokens: ctx.virtual_tokens,
+        })
+    }
+
+    fn lm_head(&self) -> &FrozenLinear {
+        &self.lm_head
+    }
+
+    fn parameters(&self) -> Vec<(String, Tensor)> {
+        self.parameters.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use peft_core::hooks::NoHooks;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn spec_lists_every_site_with_hf_names() {
+        let m = crate::tiny::gpt2(0);
+        let spec = m.spec();
+        assert_eq!(spec.sites.len(), 6 * spec.num_layers + 1);
+        let c_attn = spec.site(spec.find_site("transformer.h.0.attn.c_attn").unwrap());
+        assert_eq!(
+            c_attn.kind,
+            peft_core::spec::SiteKind::Linear {
+                in_features: spec.hidden_size,
+                out_features: 3 * spec.hidden_size,
+                fan_in_fan_out: true
+            }
+        );
+        assert!(spec.find_site("transformer.ln_f").is_some());
+        let total: usize = m.parameters().iter().map(|(_, t)| t.elem_count()).sum();
+        assert_eq!(spec.num_parameters, total);
+        assert!(m
+            .parameters()
+            .iter()
+            .any(|(n, _)| n == "transformer.wpe.weight"));
+        assert_eq!(spec.name_or_path, "tiny-gpt2");
+    }
+
+    #[test]
+    fn checkpoint_without_transformer_prefix_loads_the_same() {
+        let m = crate::tiny::gpt2(3);
+        let prefixed = crate::tiny::gpt2_weights(3);
+        let bare = prefixed
+            .clone()
+            .rename(|k| k.trim_start_matches("transformer.").to_string());
+        assert!(bare.contains("wte.weight"));
+        let m2 = Gpt2::from_weights(m.config(), &bare, "bare").unwrap();
+        let batch = Batch::single(&[4, 5, 6], m.device()).unwrap();
+        let a = m.forward(&batch, &NoHooks).unwrap().hidden;
+        let b = m2.forward(&batch, &NoHooks).unwrap().hidden;
+        assert_eq!(max_diff(&a, &b), 0.0);
+        assert!(m2
+            .parameters()
+            .iter()
+            .all(|(n, _)| n.starts_with("transformer.")));
+    }
+
+    #[test]
+    fn missing_tensor_is_named() {
+        let m = crate::tiny::gpt2(0);
+        let w = crate::tiny::gpt2_weights(0);
+        let names: Vec<String> = w
+            .names()
+            .filter(|n| *n != "transformer.h.1.ln_2.bias")
+            .cloned()
+            .collect();
+        let tensors = names
+            .iter()
+            .map(|n| (n.clone(), w.get_any(n).unwrap()))
+            .collect();
+        let err = Gpt2::from_weights(m.config(), &WeightMap::new(tensors, "test"), "x")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("transformer.h.1.ln_2.bias"), "{err}");
+    }
+
+    #[test]
+    fn padding_does_not_change_real_positions() {
+        let m = crate::tiny::gpt2(1);
+        let dev = m.device().clone();
+        let ids = Tensor::new(&[[7u32, 8, 9, 10, 11], [7, 8, 9, 0, 0]], &dev).unwrap();
+        let mask = Tensor::new(&[[1f32, 1., 1., 1., 1.], [1., 1., 1., 0., 0.]], &dev).unwrap();
+        let padded = m
+            .forward(&Batch::new(ids, mask).unwrap(), &NoHooks)
+            .unwrap()
+            .hidden;
+        let short = m
+            .forward(&Batch::single(&[7, 8, 9], &dev).unwrap(), &NoHooks)
+            .unwrap()
+            .hidden;
+        let row = padded.narrow(0, 1, 1).unwrap().narrow(1, 0, 3).unwrap();
+        assert!(max_diff(&row, &short) < 1e-5);
+    }
+
+    #[test]
+    fn scale_follows_the_config_flags() {
+        let m = crate::tiny::gpt2(0);
+        let d = m.spec().head_dim as f64;
+        assert!((m.blocks[1].scale - d.powf(-0.5)).abs() < 1e-12);
+        let mut cfg = m.config().clone();
+        cfg.scale_attn_by_inverse_layer_idx = true;
+        let m2 = Gpt2::from_weights(&cfg, &crate::tiny::gpt2_weights(0), "x").unwrap();
+        assert!((m2.blocks[1].scale - d.powf(-0.5) / 2.0).abs() < 1e-12);
+        cfg.scale_attn_weights = false;
+        cfg.activation_function = "nope".into();
+        let err = Gpt2::from_weights(&cfg, &crate::tiny::gpt2_weights(0), "x")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nope") && err.contains("gelu_new"), "{err}");
+    }
+
+    #[test]
+    fn out_of_vocabulary_ids_are_an_error() {
+        let m = crate::tiny::gpt2(0);
+        let batch = Batch::single(&[m.spec().vocab_size as u32], m.device()).unwrap();
+        assert!(m
+            .forward(&batch, &NoHooks)
+            .unwrap_err()
+            .to_string()
+            .contains("vocabulary"));
+    }
+}

@@ -1,0 +1,440 @@
+//! LLaMA (and the family that shares its layout: SmolLM2, ...) as a frozen model: RMSNorm, rotary positions
+//! in Hugging Face's `rotate_half` form, grouped-query attention, a SwiGLU MLP (`down(silu(gate(x)) * up(x))`)
+//! and an LM head that is its own matrix or the token embeddings (`tie_word_embeddings`). Parameter and site
+//! names are Hugging Face's (`model.layers.0.self_attn.q_proj`, ...).
+//!
+//! ```
+//! use peft_core::hooks::NoHooks;
+//! use peft_core::model::{BaseModel, Batch};
+//! let model = peft_models::tiny::llama(0);
+//! assert!(model.spec().num_kv_heads < model.spec().num_heads); // grouped-query attention
+//! let batch = Batch::single(&[1, 2, 3], model.device()).unwrap();
+//! let out = model.forward(&batch, &NoHooks).unwrap();
+//! assert_eq!(out.hidden.dims(), &[1, 3, model.spec().hidden_size]);
+//! assert!(model.spec().find_site("model.layers.1.mlp.gate_proj").is_some());
+//! ```
+
+use candle_core::{Device, Tensor};
+use peft_core::frozen::FrozenLinear;
+use peft_core::hooks::{Ctx, Hooks};
+use peft_core::model::{BaseModel, Batch, Output};
+use peft_core::spec::{ModelSpec, Site, SiteId};
+
+use crate::attention::{attend, split_heads, PrefixMasks};
+use crate::config::LlamaConfig;
+use crate::error::{ModelError, Result};
+use crate::gpt2::lookup;
+use crate::rope::{Rope, RopeTables};
+use crate::weights::WeightMap;
+
+/// A frozen projection and the site it is reported under.
+#[derive(Debug, Clone)]
+struct Projection {
+    site: SiteId,
+    linear: FrozenLinear,
+}
+
+impl Projection {
+    fn forward(&self, x: &Tensor, hooks: &dyn Hooks) -> Result<Tensor> {
+        Ok(hooks.linear(self.site, x, &self.linear)?)
+    }
+}
+
+/// An RMS norm; it has no bias in the checkpoint, but a hook may add one (BitFit).
+#[derive(Debug, Clone)]
+struct RmsNorm {
+    site: SiteId,
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn forward(&self, x: &Tensor, hooks: &dyn Hooks) -> Result<Tensor> {
+        let y = peft_core::nn::rms_norm(x, &self.weight, self.eps)?;
+        Ok(match hooks.bias(self.site) {
+            Some(b) => y.broadcast_add(&b)?,
+            None => y,
+        })
+    }
+}
+
+/// One decoder layer.
+#[derive(Debug, Clone)]
+struct Layer {
+    input_layernorm: RmsNorm,
+    q_proj: Projection,
+    k_proj: Projection,
+    v_proj: Projection,
+    o_proj: Projection,
+    post_attention_layernorm: RmsNorm,
+    gate_proj: Projection,
+    up_proj: Projection,
+    down_proj: Projection,
+}
+
+/// LLaMA with frozen weights; implements [`BaseModel`].
+#[derive(Debug, Clone)]
+pub struct Llama {
+    config: LlamaConfig,
+    spec: ModelSpec,
+    device: Device,
+    embed_tokens: Tensor,
+    rope: Rope,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: FrozenLinear,
+    parameters: Vec<(String, Tensor)>,
+}
+
+/// Collects the loaded tensors under their HF names while the model is built.
+struct Loader<'a> {
+    weights: &'a WeightMap,
+    spec: ModelSpec,
+    parameters: Vec<(String, Tensor)>,
+    eps: f64,
+}
+
+impl Loader<'_> {
+    fn tensor(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.weights.get(name, shape)?;
+        self.parameters.push((name.to_string(), t.clone()));
+        Ok(t)
+    }
+
+    fn linear(
+        &mut self,
+        module: &str,
+        layer: usize,
+        in_f: usize,
+        out_f: usize,
+        bias: bool,
+    ) -> Result<Projection> {
+        let weight = self.tensor(&format!("{module}.weight"), &[out_f, in_f])?;
+        let bias = if bias {
+            Some(self.tensor(&format!("{module}.bias"), &[out_f])?)
+        } else {
+            None
+        };
+        let site = self.spec.add_site(Site::linear(
+            module,
+            Some(layer),
+            in_f,
+            out_f,
+            bias.is_some(),
+        ));
+        Ok(Projection {
+            site,
+            linear: FrozenLinear::new(weight, bias),
+        })
+    }
+
+    fn rms_norm(&mut self, module: &str, layer: Option<usize>, dim: usize) -> Result<RmsNorm> {
+        let weight = self.tensor(&format!("{module}.weight"), &[dim])?;
+        let site = self.spec.add_site(Site::norm(module, layer, dim, false));
+        Ok(RmsNorm {
+            site,
+            weight,
+            eps: self.eps,
+        })
+    }
+}
+
+impl Llama {
+    /// Builds the model from checkpoint tensors with Hugging Face names (`model.embed_tokens.weight`,
+    /// `model.layers.{i}.self_attn.q_proj.weight`, ..., `lm_head.weight` unless `tie_word_embeddings`).
+    /// `name_or_path` is recorded in the spec (`base_model_name_or_path` of saved adapters).
+    pub fn from_weights(
+        cfg: &LlamaConfig,
+        weights: &WeightMap,
+        name_or_path: &str,
+    ) -> Result<Llama> {
+        let (h, heads, kv_heads, head_dim) = (
+            cfg.hidden_size,
+            cfg.num_attention_heads,
+            cfg.kv_heads(),
+            cfg.head_dim(),
+        );
+        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+            return Err(ModelError::Config(format!(
+                "LLaMA num_attention_heads {heads} must be a multiple of num_key_value_heads {kv_heads}"
+            )));
+        }
+        let rope = Rope::new(head_dim, cfg.rope_theta)?;
+        let mut spec = ModelSpec::new(
+            "llama",
+            cfg.num_hidden_layers,
+            h,
+            heads,
+            kv_heads,
+            cfg.vocab_size,
+            cfg.max_position_embeddings,
+        );
+        spec.head_dim = head_dim;
+        spec.name_or_path = name_or_path.to_string();
+        let mut ld = Loader {
+            weights,
+            spec,
+            parameters: Vec::new(),
+            eps: cfg.rms_norm_eps,
+        };
+
+        let embed_tokens = ld.tensor("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let (q_out, kv_out, inner) = (heads * head_dim, kv_heads * head_dim, cfg.intermediate_size);
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let (ab, mb) = (cfg.attention_bias, cfg.mlp_bias);
+            layers.push(Layer {
+                input_layernorm: ld.rms_norm(&format!("{p}.input_layernorm"), Some(i), h)?,
+                q_proj: ld.linear(&format!("{p}.self_attn.q_proj"), i, h, q_out, ab)?,
+                k_proj: ld.linear(&format!("{p}.self_attn.k_proj"), i, h, kv_out, ab)?,
+                v_proj: ld.linear(&format!("{p}.self_attn.v_proj"), i, h, kv_out, ab)?,
+                o_proj: ld.linear(&format!("{p}.self_attn.o_proj"), i, q_out, h, ab)?,
+                post_attention_layernorm: ld.rms_norm(
+                    &format!("{p}.post_attention_layernorm"),
+                    Some(i),
+                    h,
+                )?,
+                gate_proj: ld.linear(&format!("{p}.mlp.gate_proj"), i, h, inner, mb)?,
+                up_proj: ld.linear(&format!("{p}.mlp.up_proj"), i, h, inner, mb)?,
+                down_proj: ld.linear(&format!("{p}.mlp.down_proj"), i, inner, h, mb)?,
+            });
+        }
+        let norm = ld.rms_norm("model.norm", None, h)?;
+        let head = if cfg.tie_word_embeddings {
+            embed_tokens.clone()
+        } else {
+            ld.tensor("lm_head.weight", &[cfg.vocab_size, h])?
+        };
+        let Loader {
+            mut spec,
+            parameters,
+            ..
+        } = ld;
+        spec.num_parameters = parameters.iter().map(|(_, t)| t.elem_count()).sum();
+        Ok(Llama {
+            config: cfg.clone(),
+            spec,
+            device: embed_tokens.device().clone(),
+            embed_tokens,
+            rope,
+            layers,
+            norm,
+            lm_head: FrozenLinear::new(head, None),
+            parameters,
+        })
+    }
+
+    /// The configuration the model was built from.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    fn layer_forward(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        rope: &RopeTables,
+        masks: &PrefixMasks,
+        index: usize,
+        hooks: &dyn Hooks,
+    ) -> Result<Tensor> {
+        let (heads, kv_heads, d) = (
+            self.spec.num_heads,
+            self.spec.num_kv_heads,
+            self.spec.head_dim,
+        );
+        let normed = layer.input_layernorm.forward(x, hooks)?;
+        let q = rope.apply(&split_heads(
+            &layer.q_proj.forward(&normed, hooks)?,
+            heads,
+            d,
+        )?)?;
+        // Real keys are rotated at their positions; the prefix keys are used as given (HF's past_key_values).
+        let k = rope.apply(&split_heads(
+            &layer.k_proj.forward(&normed, hooks)?,
+            kv_heads,
+            d,
+        )?)?;
+        let v = split_heads(&layer.v_proj.forward(&normed, hooks)?, kv_heads, d)?;
+        let scale = (d as f64).powf(-0.5);
+        let attn = attend(
+            &q,
+            &k,
+            &v,
+            masks.prefix(index),
+            masks.bias(index),
+            scale,
+            index,
+        )?;
+        let x = (x + layer.o_proj.forward(&attn, hooks)?)?;
+        let normed = layer.post_attention_layernorm.forward(&x, hooks)?;
+        let gate = layer.gate_proj.forward(&normed, hooks)?.silu()?;
+        let up = layer.up_proj.forward(&normed, hooks)?;
+        Ok((&x + layer.down_proj.forward(&(gate * up)?, hooks)?)?)
+    }
+}
+
+impl BaseModel for Llama {
+    fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn embed_tokens(&self, ids: &Tensor) -> peft_core::Result<Tensor> {
+        Ok(lookup(&self.embed_tokens, ids)?)
+    }
+
+    fn forward(&self, batch: &Batch, hooks: &dyn Hooks) -> peft_core::Result<Output> {
+        let mut ctx = Ctx::new(batch.attention_mask.clone());
+        let x = hooks.embeddings(lookup(&self.embed_tokens, &batch.input_ids)?, &mut ctx)?;
+        let seq = x.dim(1)?;
+        let masks = PrefixMasks::collect(hooks, self.spec.num_layers, &ctx, seq)?;
+        let start = masks.prefix_len();
+        if start + seq > self.spec.max_positions {
+            return Err(ModelError::Config(format!(
+                "{} positions (prefix {start} + {seq} tokens) exceed max_position_embeddings {}",
+                start + seq,
+                self.spec.max_positions
+            ))
+            .into());
+        }
+        // Virtual tokens take positions like real ones; a key/value prefix pushes the tokens to `start..`.
+        let rope = self.rope.tables(start, seq, &self.device)?;
+        let mut x = x;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = self.layer_forward(layer, &x, &rope, &masks, i, hooks)?;
+        }
+        let hidden = self.norm.forward(&x, hooks)?;
+        Ok(Output {
+            hidden,
+            virtual_tokens: ctx.virtual_tokens,
+        })
+    }
+
+    fn lm_head(&self) -> &FrozenLinear {
+        &self.lm_head
+    }
+
+    fn parameters(&self) -> Vec<(String, Tensor)> {
+        self.parameters.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::DType;
+    use peft_core::hooks::NoHooks;
+    use peft_core::spec::SiteKind;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn spec_has_gqa_shapes_and_every_site() {
+        let m = crate::tiny::llama(0);
+        let spec = m.spec();
+        assert_eq!(spec.sites.len(), 9 * spec.num_layers + 1);
+        let k = spec.site(spec.find_site("model.layers.0.self_attn.k_proj").unwrap());
+        assert_eq!(
+            k.kind,
+            SiteKind::Linear {
+                in_features: spec.hidden_size,
+                out_features: spec.num_kv_heads * spec.head_dim,
+                fan_in_fan_out: false
+            }
+        );
+        assert!(matches!(
+            spec.site(spec.find_site("model.norm").unwrap()).kind,
+            SiteKind::Norm { .. }
+        ));
+        let total: usize = m.parameters().iter().map(|(_, t)| t.elem_count()).sum();
+        assert_eq!(spec.num_parameters, total);
+        let has = |n: &str| m.parameters().iter().any(|(p, _)| p == n);
+        assert_eq!(has("lm_head.weight"), !m.config().tie_word_embeddings);
+    }
+
+    #[test]
+    fn tied_head_is_the_embedding_and_untied_needs_lm_head() {
+        let mut cfg = crate::tiny::llama(0).config().clone();
+        let w = crate::tiny::llama_weights(0);
+        cfg.tie_word_embeddings = true;
+        let tied = Llama::from_weights(&cfg, &w, "x").unwrap();
+        let emb = w.get_any("model.embed_tokens.weight").unwrap();
+        assert_eq!(max_diff(tied.lm_head().weight(), &emb), 0.0);
+        assert!(!tied.parameters().iter().any(|(n, _)| n == "lm_head.weight"));
+        cfg.tie_word_embeddings = false;
+        let names: Vec<String> = w
+            .names()
+            .filter(|n| *n != "lm_head.weight")
+            .cloned()
+            .collect();
+        let tensors = names
+            .iter()
+            .map(|n| (n.clone(), w.get_any(n).unwrap()))
+            .collect();
+        let err = Llama::from_weights(&cfg, &WeightMap::new(tensors, "t"), "x")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lm_head.weight"), "{err}");
+    }
+
+    #[test]
+    fn padding_does_not_change_real_positions() {
+        let m = crate::tiny::llama(2);
+        let dev = m.device().clone();
+        let ids = Tensor::new(&[[7u32, 8, 9, 10], [7, 8, 0, 0]], &dev).unwrap();
+        let mask = Tensor::new(&[[1u8, 1, 1, 1], [1, 1, 0, 0]], &dev)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        let padded = m
+            .forward(&Batch::new(ids, mask).unwrap(), &NoHooks)
+            .unwrap()
+            .hidden;
+        let short = m
+            .forward(&Batch::single(&[7, 8], &dev).unwrap(), &NoHooks)
+            .unwrap()
+            .hidden;
+        let row = padded.narrow(0, 1, 1).unwrap().narrow(1, 0, 2).unwrap();
+        assert!(max_diff(&row, &short) < 1e-5);
+        // Changing the padded ids changes nothing for the real positions.
+        let ids2 = Tensor::new(&[[7u32, 8, 9, 10], [7, 8, 50, 60]], &dev).unwrap();
+        let mask2 = Tensor::new(&[[1f32, 1., 1., 1.], [1., 1., 0., 0.]], &dev).unwrap();
+        let other = m
+            .forward(&Batch::new(ids2, mask2).unwrap(), &NoHooks)
+            .unwrap()
+            .hidden;
+        assert!(
+            max_diff(
+                &other.narrow(1, 0, 2).unwrap(),
+                &padded.narrow(1, 0, 2).unwrap()
+            ) < 1e-6
+        );
+    }
+
+    #[test]
+    fn too_long_a_sequence_is_an_error() {
+        let m = crate::tiny::llama(0);
+        let ids: Vec<u32> = vec![1; m.spec().max_positions + 1];
+        let err = m
+            .forward(&Batch::single(&ids, m.device()).unwrap(), &NoHooks)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_position_embeddings"), "{err}");
+    }
+}

@@ -1,0 +1,180 @@
+//! Rotary position embeddings in Hugging Face's `rotate_half` (non-interleaved) form: the head dimension is
+//! split in two halves `(x1, x2)` and position `p` maps it to `x * cos(p f) + (-x2, x1) * sin(p f)`, with the
+//! frequencies `f_i = theta^(-2i / head_dim)` repeated over both halves.
+//!
+//! Built from differentiable primitives (candle's fused rope kernel is avoided so that a gradient flowing to
+//! a prompt through the keys and queries is never cut).
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use peft_models::rope::Rope;
+//! let rope = Rope::new(8, 10000.0).unwrap();
+//! let tables = rope.tables(0, 3, &Device::Cpu).unwrap(); // positions 0, 1, 2
+//! let q = Tensor::ones((1, 2, 3, 8), candle_core::DType::F32, &Device::Cpu).unwrap(); // [B, H, T, D]
+//! let rotated = tables.apply(&q).unwrap();
+//! assert_eq!(rotated.dims(), &[1, 2, 3, 8]);
+//! // Position 0 is the identity.
+//! let first = rotated.narrow(2, 0, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+//! assert!(first.iter().all(|v| (v - 1.0).abs() < 1e-6));
+//! ```
+
+use candle_core::{Device, Tensor, D};
+
+use crate::error::{ModelError, Result};
+
+/// The rotary frequencies of one model: `theta^(-2i / head_dim)` for `i < head_dim / 2`.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    inv_freq: Vec<f64>,
+    head_dim: usize,
+}
+
+/// Cosine and sine tables for a span of positions, computed once per forward pass and shared by the layers.
+#[derive(Debug, Clone)]
+pub struct RopeTables {
+    /// `[seq, head_dim]`: `cos(p f)` with the frequencies repeated over both halves.
+    cos: Tensor,
+    /// `[seq, head_dim]`.
+    sin: Tensor,
+}
+
+impl Rope {
+    /// Frequencies for an even head dimension and a base `theta` (`rope_theta`).
+    pub fn new(head_dim: usize, theta: f64) -> Result<Self> {
+        if head_dim == 0 || head_dim % 2 == 1 {
+            return Err(ModelError::Config(format!(
+                "rotary embeddings need an even head dimension, got {head_dim}"
+            )));
+        }
+        // HF computes these in f32; f64 then one rounding of cos/sin stays within f32 rounding of theirs.
+        let inv_freq = (0..head_dim / 2)
+            .map(|i| 1.0 / theta.powf((2 * i) as f64 / head_dim as f64))
+            .collect();
+        Ok(Rope { inv_freq, head_dim })
+    }
+
+    /// The head dimension the frequencies are for.
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+
+    /// Tables for positions `offset .. offset + seq` (a key/value prefix of `offset` positions comes first).
+    pub fn tables(&self, offset: usize, seq: usize, device: &Device) -> Result<RopeTables> {
+        let mut cos = Vec::with_capacity(seq * self.head_dim);
+        let mut sin = Vec::with_capacity(seq * self.head_dim);
+        for p in offset..offset + seq {
+            for _ in 0..2 {
+                for f in &self.inv_freq {
+                    let angle = p as f64 * f;
+                    cos.push(angle.cos() as f32);
+                    sin.push(angle.sin() as f32);
+                }
+            }
+        }
+        Ok(RopeTables {
+            cos: Tensor::from_vec(cos, (seq, self.head_dim), device)?,
+            sin: Tensor::from_vec(sin, (seq, self.head_dim), device)?,
+        })
+    }
+}
+
+impl RopeTables {
+    /// Rotates `x` `[batch, heads, seq, head_dim]`: token `t` gets the table's position `t`.
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        let (_, _, seq, dim) = x.dims4()?;
+        if self.cos.dims() != [seq, dim] {
+            return Err(ModelError::Config(format!(
+                "rotary tables cover {:?} (positions, head_dim), applied to {seq} positions of dimension {dim}",
+                self.cos.dims()
+            )));
+        }
+        let cos = self.cos.to_dtype(x.dtype())?;
+        let sin = self.sin.to_dtype(x.dtype())?;
+        Ok((x.broadcast_mul(&cos)? + rotate_half(x)?.broadcast_mul(&sin)?)?)
+    }
+}
+
+/// `(x1, x2) -> (-x2, x1)` over the last dimension.
+fn rotate_half(x: &Tensor) -> Result<Tensor> {
+    let half = x.dim(D::Minus1)? / 2;
+    let x1 = x.narrow(D::Minus1, 0, half)?;
+    let x2 = x.narrow(D::Minus1, half, half)?;
+    Ok(Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::DType;
+
+    #[test]
+    fn rotation_matches_the_formula_and_keeps_shape() {
+        let dev = Device::Cpu;
+        let rope = Rope::new(4, 100.0).unwrap();
+        let x = Tensor::new(&[1f32, 2., 3., 4.], &dev)
+            .unwrap()
+            .reshape((1, 1, 1, 4))
+            .unwrap();
+        let y = rope.tables(3, 1, &dev).unwrap().apply(&x).unwrap();
+        assert_eq!(y.dims(), &[1, 1, 1, 4]);
+        let y = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (f0, f1) = (1.0f64, 1.0 / 100f64.powf(0.5));
+        let (a0, a1) = (3.0 * f0, 3.0 * f1);
+        let expected = [
+            1.0 * a0.cos() - 3.0 * a0.sin(),
+            2.0 * a1.cos() - 4.0 * a1.sin(),
+            3.0 * a0.cos() + a0.sin(),
+            4.0 * a1.cos() + 2.0 * a1.sin(),
+        ];
+        for (got, want) in y.iter().zip(expected) {
+            assert!((*got as f64 - want).abs() < 1e-5, "{got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn rotation_preserves_norms_and_relative_positions() {
+        let dev = Device::Cpu;
+        let rope = Rope::new(8, 10000.0).unwrap();
+        let q = Tensor::randn(0f32, 1., (2, 3, 4, 8), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1., (2, 3, 4, 8), &dev).unwrap();
+        let norm = |t: &Tensor| {
+            t.sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        assert!(
+            (norm(&rope.tables(5, 4, &dev).unwrap().apply(&q).unwrap()) - norm(&q)).abs() < 1e-3
+        );
+        // q.k depends only on the distance between positions: shifting both by 7 keeps the scores.
+        let scores = |off: usize| {
+            let t = rope.tables(off, 4, &dev).unwrap();
+            t.apply(&q)
+                .unwrap()
+                .matmul(&t.apply(&k).unwrap().t().unwrap())
+                .unwrap()
+        };
+        let diff = (scores(0) - scores(7))
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-4, "scores moved by {diff}");
+    }
+
+    #[test]
+    fn odd_head_dim_and_mismatched_tables_are_errors() {
+        assert!(Rope::new(3, 1.0).is_err());
+        let tables = Rope::new(4, 10000.0)
+            .unwrap()
+            .tables(0, 2, &Device::Cpu)
+            .unwrap();
+        let x = Tensor::zeros((1, 1, 3, 4), DType::F32, &Device::Cpu).unwrap();
+        assert!(tables.apply(&x).is_err());
+    }
+}

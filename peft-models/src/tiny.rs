@@ -1,0 +1,167 @@
+//! Seeded tiny models built in code, for fast tests of every crate: no files, the same seed gives the same
+//! weights. Two layers, hidden 32, 4 heads (LLaMA with 2 key/value heads), vocabulary 128, 64 positions.
+//!
+//! Weights are drawn from a seeded `StdRng`: projections N(0, 0.15), embeddings N(0, 0.5), biases N(0, 0.1),
+//! norm weights 1 + N(0, 0.2). These are larger than HF's 0.02 init on purpose, so that every term of the
+//! forward pass moves the output measurably (finite-difference and parity checks need that signal).
+//!
+//! ```
+//! use peft_core::model::BaseModel;
+//! let a = peft_models::tiny::llama(7);
+//! let b = peft_models::tiny::llama(7);
+//! let (wa, wb) = (&a.parameters()[0].1, &b.parameters()[0].1);
+//! assert_eq!(wa.to_vec2::<f32>().unwrap(), wb.to_vec2::<f32>().unwrap());
+//! assert_eq!(a.spec().num_kv_heads, 2);
+//! assert_eq!(peft_models::tiny::gpt2(0).spec().vocab_size, 128);
+//! ```
+
+use std::collections::HashMap;
+
+use candle_core::{Device, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::Normal;
+
+use crate::config::{Gpt2Config, LlamaConfig};
+use crate::gpt2::Gpt2;
+use crate::llama::Llama;
+use crate::weights::WeightMap;
+
+/// Vocabulary of the tiny models.
+pub const VOCAB: usize = 128;
+
+/// The tiny GPT-2 configuration (tied head, `gelu_new`).
+pub fn gpt2_config() -> Gpt2Config {
+    Gpt2Config {
+        vocab_size: VOCAB,
+        n_positions: 64,
+        n_embd: 32,
+        n_layer: 2,
+        n_head: 4,
+        n_inner: None,
+        layer_norm_epsilon: 1e-5,
+        activation_function: "gelu_new".into(),
+        scale_attn_weights: true,
+        scale_attn_by_inverse_layer_idx: false,
+        bos_token_id: Some(1),
+        eos_token_id: Some(2),
+    }
+}
+
+/// The tiny LLaMA configuration (grouped-query attention with 2 key/value heads, untied head).
+pub fn llama_config() -> LlamaConfig {
+    LlamaConfig {
+        vocab_size: VOCAB,
+        hidden_size: 32,
+        intermediate_size: 64,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: Some(2),
+        head_dim: None,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        max_position_embeddings: 64,
+        tie_word_embeddings: false,
+        attention_bias: false,
+        mlp_bias: false,
+        bos_token_id: Some(1),
+        eos_token_id: Some(2),
+    }
+}
+
+/// A tiny GPT-2 with seeded random weights, on the CPU.
+pub fn gpt2(seed: u64) -> Gpt2 {
+    Gpt2::from_weights(&gpt2_config(), &gpt2_weights(seed), "tiny-gpt2")
+        .expect("the tiny GPT-2 weights fit its config")
+}
+
+/// A tiny LLaMA with seeded random weights, on the CPU.
+pub fn llama(seed: u64) -> Llama {
+    Llama::from_weights(&llama_config(), &llama_weights(seed), "tiny-llama")
+        .expect("the tiny LLaMA weights fit its config")
+}
+
+/// The checkpoint tensors of [`gpt2`], HF names and layouts (Conv1D weights `[in, out]`).
+pub fn gpt2_weights(seed: u64) -> WeightMap {
+    let c = gpt2_config();
+    let (h, inner) = (c.n_embd, c.inner());
+    let mut shapes = vec![
+        ("transformer.wte.weight".to_string(), vec![c.vocab_size, h]),
+        ("transformer.wpe.weight".to_string(), vec![c.n_positions, h]),
+        ("transformer.ln_f.weight".to_string(), vec![h]),
+        ("transformer.ln_f.bias".to_string(), vec![h]),
+    ];
+    for i in 0..c.n_layer {
+        let p = format!("transformer.h.{i}");
+        for (module, in_f, out_f) in [
+            ("attn.c_attn", h, 3 * h),
+            ("attn.c_proj", h, h),
+            ("mlp.c_fc", h, inner),
+            ("mlp.c_proj", inner, h),
+        ] {
+            shapes.push((format!("{p}.{module}.weight"), vec![in_f, out_f]));
+            shapes.push((format!("{p}.{module}.bias"), vec![out_f]));
+        }
+        for ln in ["ln_1", "ln_2"] {
+            shapes.push((format!("{p}.{ln}.weight"), vec![h]));
+            shapes.push((format!("{p}.{ln}.bias"), vec![h]));
+        }
+    }
+    random_weights(shapes, seed, "tiny GPT-2")
+}
+
+/// The checkpoint tensors of [`llama`], HF names.
+pub fn llama_weights(seed: u64) -> WeightMap {
+    let c = llama_config();
+    let (h, d, inner) = (c.hidden_size, c.head_dim(), c.intermediate_size);
+    let (q, kv) = (c.num_attention_heads * d, c.kv_heads() * d);
+    let mut shapes = vec![
+        (
+            "model.embed_tokens.weight".to_string(),
+            vec![c.vocab_size, h],
+        ),
+        ("model.norm.weight".to_string(), vec![h]),
+        ("lm_head.weight".to_string(), vec![c.vocab_size, h]),
+    ];
+    for i in 0..c.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        for (module, shape) in [
+            ("input_layernorm", vec![h]),
+            ("post_attention_layernorm", vec![h]),
+            ("self_attn.q_proj", vec![q, h]),
+            ("self_attn.k_proj", vec![kv, h]),
+            ("self_attn.v_proj", vec![kv, h]),
+            ("self_attn.o_proj", vec![h, q]),
+            ("mlp.gate_proj", vec![inner, h]),
+            ("mlp.up_proj", vec![inner, h]),
+            ("mlp.down_proj", vec![h, inner]),
+        ] {
+            shapes.push((format!("{p}.{module}.weight"), shape));
+        }
+    }
+    random_weights(shapes, seed, "tiny LLaMA")
+}
+
+/// Draws every tensor in the given order from one seeded generator.
+fn random_weights(shapes: Vec<(String, Vec<usize>)>, seed: u64, source: &str) -> WeightMap {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let unit = Normal::new(0f32, 1.0).expect("a valid normal");
+    let mut tensors = HashMap::new();
+    for (name, shape) in shapes {
+        let is_norm = name.contains("norm") || name.contains(".ln_");
+        let (mean, std) = if is_norm && name.ends_with(".weight") {
+            (1.0, 0.2)
+        } else if name.ends_with(".bias") {
+            (0.0, 0.1)
+        } else if name.contains("wte") || name.contains("wpe") || name.contains("embed_tokens") {
+            (0.0, 0.5)
+        } else {
+            (0.0, 0.15)
+        };
+        let n: usize = shape.iter().product();
+        let values: Vec<f32> = (0..n).map(|_| mean + std * rng.sample(unit)).collect();
+        let t = Tensor::from_vec(values, shape, &Device::Cpu).expect("shape matches the values");
+        tensors.insert(name, t);
+    }
+    WeightMap::new(tensors, source)
+}
