@@ -1,0 +1,491 @@
+//! The `peft` binary as a user runs it: the exact JSON of `peft logits`, adapters, training end to end on a
+//! tiny model, and a clear error with no partial output for each kind of bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn fixture(rel: &str) -> String {
+    root()
+        .join("fixtures")
+        .join(rel)
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn peft(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_peft"))
+        .args(args)
+        .output()
+        .expect("the peft binary runs")
+}
+
+fn ok_json(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("stdout is one JSON object")
+}
+
+/// Asserts a failure whose message contains every `needle`, with nothing on stdout.
+fn fails_with(out: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "should have failed; stderr: {err}");
+    assert!(
+        out.stdout.is_empty(),
+        "partial output on stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for n in needles {
+        assert!(err.contains(n), "error does not mention {n:?}: {err}");
+    }
+}
+
+fn read_json(path: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Checks `peft logits` output against full reference logits of the last position.
+fn check_top_k(json: &Value, reference: &[f64], k: usize) {
+    let top = json["top_k"].as_array().unwrap();
+    assert_eq!(top.len(), k);
+    let mut order: Vec<usize> = (0..reference.len()).collect();
+    order.sort_by(|&a, &b| reference[b].total_cmp(&reference[a]));
+    for (i, pair) in top.iter().enumerate() {
+        let (id, logit) = (
+            pair[0].as_u64().unwrap() as usize,
+            pair[1].as_f64().unwrap(),
+        );
+        assert!(
+            (logit - reference[id]).abs() < 1e-4,
+            "id {id}: {logit} vs {}",
+            reference[id]
+        );
+        assert_eq!(id, order[i], "rank {i}");
+        if i > 0 {
+            assert!(
+                top[i - 1][1].as_f64().unwrap() >= logit,
+                "not sorted by logit"
+            );
+        }
+    }
+}
+
+fn last_row(v: &Value) -> Vec<f64> {
+    let rows = v.as_array().unwrap();
+    rows.last()
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+#[test]
+fn logits_prints_the_documented_json_and_matches_transformers() {
+    let reference = read_json(&fixture("tiny-gpt2/logits.json"));
+    let case = &reference["cases"][0];
+    assert_eq!(case["name"], "single");
+    let ids: Vec<String> = case["input_ids"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+    let out = peft(&[
+        "logits",
+        "--model",
+        &fixture("tiny-gpt2"),
+        "--ids",
+        &ids.join(","),
+        "--top-k",
+        "7",
+    ]);
+    let json = ok_json(&out);
+    assert_eq!(json["input_ids"], case["input_ids"][0]);
+    check_top_k(&json, &last_row(&case["logits"][0]), 7);
+
+    // --text goes through the folder's tokenizer.json; the default is 20 logits.
+    let json = ok_json(&peft(&[
+        "logits",
+        "--model",
+        &fixture("tiny-gpt2"),
+        "--text",
+        "w5 w17 w42",
+    ]));
+    assert_eq!(json["input_ids"], serde_json::json!([5, 17, 42]));
+    assert_eq!(json["top_k"].as_array().unwrap().len(), 20);
+}
+
+#[test]
+fn logits_with_an_hf_peft_adapter_match_hf_peft() {
+    let dir = fixture("adapters/hf-tiny-llama-random");
+    let reference = read_json(&format!("{dir}/logits.json"));
+    let case = &reference["cases"][0];
+    let ids: Vec<String> = case["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+    let out = peft(&[
+        "logits",
+        "--model",
+        &fixture("tiny-llama"),
+        "--adapter",
+        &dir,
+        "--ids",
+        &ids.join(","),
+    ]);
+    let json = ok_json(&out);
+    // Virtual tokens are not listed among the input ids.
+    assert_eq!(json["input_ids"], case["input_ids"]);
+    let full: Vec<f64> = case["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    check_top_k(&json, &full, 20);
+}
+
+#[test]
+fn smollm2_logits_from_the_gguf_match_transformers() {
+    let Some(gguf) = peft_models_cached_smollm2() else {
+        eprintln!("skipping: SmolLM2-135M is not in the zoo cache (run `peft fetch smollm2-135m`)");
+        return;
+    };
+    let reference = read_json(&fixture("smollm2/logits.json"));
+    for case in reference["cases"].as_array().unwrap().iter().take(3) {
+        let text = case["text"].as_str().unwrap();
+        let json = ok_json(&peft(&["logits", "--model", &gguf, "--text", text]));
+        assert_eq!(
+            json["input_ids"], case["input_ids"],
+            "input ids of {text:?}"
+        );
+        for (ours, theirs) in json["top_k"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(case["top"].as_array().unwrap())
+        {
+            let diff = (ours[1].as_f64().unwrap() - theirs[1].as_f64().unwrap()).abs();
+            assert!(diff < 1e-3, "{text:?}: {ours} vs {theirs}");
+            // Ids must agree except between near-ties.
+            if ours[0] != theirs[0] {
+                assert!(diff < 1e-3, "{text:?}: different ids {ours} vs {theirs}");
+            }
+        }
+    }
+}
+
+/// The cached SmolLM2 GGUF path, as `peft fetch` leaves it.
+fn peft_models_cached_smollm2() -> Option<String> {
+    let home = std::env::var_os("PEFT_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/peft")))?;
+    let path = home.join("models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf");
+    path.is_file().then(|| path.to_string_lossy().into_owned())
+}
+
+#[test]
+fn inspect_counts_parameters_like_transformers() {
+    let json = ok_json(&peft(&["inspect", "--model", &fixture("tiny-gpt2")]));
+    assert_eq!(
+        json["total_parameters"],
+        read_json(&fixture("tiny-gpt2/logits.json"))["num_parameters"]
+    );
+    assert_eq!(json["architecture"], "gpt2");
+    let json = ok_json(&peft(&[
+        "inspect",
+        "--model",
+        &fixture("tiny-llama"),
+        "--adapter",
+        &fixture("adapters/hf-tiny-llama-random"),
+    ]));
+    assert_eq!(json["trainable_parameters"], 5 * 32);
+    assert_eq!(json["method"], "PROMPT_TUNING");
+    assert!(json["adapter_file_bytes"].as_u64().unwrap() > 5 * 32 * 4);
+}
+
+#[test]
+fn generate_is_greedy_and_repeatable() {
+    let args = [
+        "generate",
+        "--model",
+        &fixture("tiny-gpt2"),
+        "--prompt",
+        "w1 w2 w3",
+        "--max-new-tokens",
+        "4",
+    ];
+    let a = peft(&args);
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    let text = String::from_utf8_lossy(&a.stdout).into_owned();
+    assert!(
+        text.starts_with("w1 w2 w3") && text.trim().len() > "w1 w2 w3".len(),
+        "{text}"
+    );
+    assert_eq!(peft(&args).stdout, a.stdout);
+    let sampled = peft(
+        &[
+            &args[..],
+            &["--temperature", "1.5", "--top-p", "0.9", "--seed", "3"],
+        ]
+        .concat(),
+    );
+    assert!(sampled.status.success());
+}
+
+/// Writes a toy classification task on the tiny GPT-2 (label w1 when the sentence holds w9) and its
+/// experiment file; returns the experiment path.
+fn toy_experiment(dir: &Path, method: &str, train_rows: &str) -> PathBuf {
+    let mut dev = String::from("sentence\tlabel\n");
+    for i in 0..16 {
+        dev += &format!(
+            "w{} w{} {}\t{}\n",
+            20 + i,
+            30 + i % 7,
+            if i % 2 == 1 { "w9" } else { "w8" },
+            i % 2
+        );
+    }
+    std::fs::write(dir.join("train.tsv"), train_rows).unwrap();
+    std::fs::write(dir.join("dev.tsv"), &dev).unwrap();
+    let exp = format!(
+        r#"
+[model]
+name = "{model}"
+
+[method]
+{method}
+
+[task]
+kind = "classification"
+template = "{{text}} w3"
+label_words = {{ "0" = " w10", "1" = " w11" }}
+
+[data.train]
+path = "train.tsv"
+text = "sentence"
+label = "label"
+
+[data.eval]
+path = "dev.tsv"
+text = "sentence"
+label = "label"
+
+[training]
+max_steps = 100
+batch_size = 8
+learning_rate = 0.3
+eval_every = 20
+progress = false
+output_dir = "{out}"
+"#,
+        model = fixture("tiny-gpt2"),
+        out = dir.join("out").display()
+    );
+    let path = dir.join("exp.toml");
+    std::fs::write(&path, exp).unwrap();
+    path
+}
+
+fn toy_train_rows() -> String {
+    let mut rows = String::from("sentence\tlabel\n");
+    for i in 0..64 {
+        rows += &format!(
+            "w{} w{} {}\t{}\n",
+            40 + i % 30,
+            12 + i % 5,
+            if i % 2 == 1 { "w9" } else { "w8" },
+            i % 2
+        );
+    }
+    rows
+}
+
+const PROMPT: &str = "peft_type = \"PROMPT_TUNING\"\nnum_virtual_tokens = 8";
+
+#[test]
+fn train_runs_end_to_end_and_writes_complete_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = toy_experiment(dir.path(), PROMPT, &toy_train_rows());
+    let out = peft(&["train", exp.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("dev before training (zero-shot, frozen model): accuracy"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("dev after 100 steps: accuracy"), "{stdout}");
+    let after = stdout
+        .lines()
+        .find(|l| l.starts_with("accuracy: "))
+        .expect("a before -> after line");
+    let final_acc: f64 = after.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(final_acc >= 0.8, "the toy task was not learned: {after}");
+    for f in [
+        "metrics.jsonl",
+        "adapter/adapter_model.safetensors",
+        "best/adapter_config.json",
+        "checkpoint/trainer_state.json",
+    ] {
+        assert!(dir.path().join("out").join(f).is_file(), "missing {f}");
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("out"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "temporary files left behind: {leftovers:?}"
+    );
+    // The trained adapter evaluates to the same accuracy through `peft eval`.
+    let adapter = dir.path().join("out/adapter");
+    let metrics = ok_json(&peft(&[
+        "eval",
+        exp.to_str().unwrap(),
+        "--adapter",
+        adapter.to_str().unwrap(),
+    ]));
+    assert!((metrics["accuracy"].as_f64().unwrap() - final_acc).abs() < 1e-9);
+}
+
+#[test]
+fn bad_experiments_fail_before_training_naming_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let run = |exp: &Path| peft(&["train", exp.to_str().unwrap()]);
+
+    let exp = toy_experiment(
+        p,
+        "peft_type = \"PROMPT_TUNNING\"\nnum_virtual_tokens = 4",
+        &toy_train_rows(),
+    );
+    fails_with(&run(&exp), &["PROMPT_TUNNING", "PROMPT_TUNING"]);
+
+    let exp = toy_experiment(
+        p,
+        "peft_type = \"PROMPT_TUNING\"\nnum_virtual_token = 4",
+        &toy_train_rows(),
+    );
+    fails_with(&run(&exp), &["num_virtual_token", "num_virtual_tokens"]);
+
+    let text = std::fs::read_to_string(toy_experiment(p, PROMPT, &toy_train_rows())).unwrap();
+    std::fs::write(
+        p.join("typo.toml"),
+        text.replace("batch_size", "bacth_size"),
+    )
+    .unwrap();
+    fails_with(&run(&p.join("typo.toml")), &["bacth_size"]);
+
+    let exp = toy_experiment(p, PROMPT, "sentence\tlabel\n");
+    fails_with(&run(&exp), &["no examples", "train.tsv"]);
+
+    let exp = toy_experiment(p, PROMPT, "sentence\tlabel\nw1 w2\t0\nw3 w4\t7\n");
+    fails_with(&run(&exp), &["7", "label"]);
+    assert!(
+        !p.join("out").exists(),
+        "a failed run left an output folder"
+    );
+}
+
+#[test]
+fn bad_models_adapters_and_inputs_get_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    fails_with(
+        &peft(&["logits", "--model", "/no/such/model.gguf", "--ids", "1"]),
+        &["/no/such/model.gguf"],
+    );
+
+    let corrupt = dir.path().join("broken.gguf");
+    std::fs::write(&corrupt, b"GGUF but not really").unwrap();
+    fails_with(
+        &peft(&["logits", "--model", corrupt.to_str().unwrap(), "--ids", "1"]),
+        &["broken.gguf"],
+    );
+
+    let folder = dir.path().join("model");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::copy(
+        root().join("fixtures/tiny-gpt2/config.json"),
+        folder.join("config.json"),
+    )
+    .unwrap();
+    std::fs::write(folder.join("model.safetensors"), b"truncated").unwrap();
+    fails_with(
+        &peft(&["logits", "--model", folder.to_str().unwrap(), "--ids", "1"]),
+        &["model.safetensors"],
+    );
+
+    // An adapter made for another model: both shapes are named.
+    let out = peft(&[
+        "logits",
+        "--model",
+        &fixture("tiny-gpt2"),
+        "--adapter",
+        &fixture("adapters/hf-smollm2-text"),
+        "--ids",
+        "1,2",
+    ]);
+    fails_with(&out, &["576", "32"]);
+
+    // No tokenizer.json: --text is refused, --ids works.
+    fails_with(
+        &peft(&[
+            "logits",
+            "--model",
+            &fixture("tiny-llama"),
+            "--text",
+            "hello",
+        ]),
+        &["tokenizer.json", "--ids"],
+    );
+
+    // A prompt longer than the context (64 positions).
+    let long: Vec<String> = (0..70).map(|i| (i % 90).to_string()).collect();
+    fails_with(
+        &peft(&[
+            "logits",
+            "--model",
+            &fixture("tiny-gpt2"),
+            "--ids",
+            &long.join(","),
+        ]),
+        &["context", "64"],
+    );
+    let sixty: Vec<String> = (0..62).map(|i| (i % 90).to_string()).collect();
+    let out = peft(&[
+        "logits",
+        "--model",
+        &fixture("tiny-gpt2"),
+        "--adapter",
+        &fixture("adapters/hf-tiny-gpt2-random"),
+        "--ids",
+        &sixty.join(","),
+    ]);
+    fails_with(&out, &["5 positions", "context of 64"]);
+
+    fails_with(
+        &peft(&["logits", "--model", &fixture("tiny-gpt2"), "--ids", "1,500"]),
+        &["500", "vocabulary"],
+    );
+    fails_with(
+        &peft(&["fetch", "no-such-model"]),
+        &["no-such-model", "smollm2-135m"],
+    );
+}
