@@ -1,0 +1,91 @@
+//! Prompt tuning on the real SmolLM2-135M with real SST-2 rows: two runs with the same seed give identical
+//! losses. Skips, saying why, where the GGUF or `../shared/data` is absent.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use peft_core::data::{ClassEncoder, DataSource, Template, Verbalizer};
+use peft_core::method::{InitCtx, PeftMethod};
+use peft_core::task::VerbalizerClassification;
+use peft_core::train::{TrainConfig, Trainer};
+use peft_prompt::{PromptTuningConfig, PromptTuningInit};
+use rand::SeedableRng;
+
+fn sst2() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/glue/SST-2");
+    if dir.join("train.tsv").is_file() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "skipping: {} is absent (the project's shared data)",
+            dir.display()
+        );
+        None
+    }
+}
+
+fn run_once(loaded: &peft_models::LoadedModel, data: &Path, out: &Path) -> Vec<f64> {
+    let tokenizer = loaded.tokenizer.as_ref().unwrap();
+    let encoder = ClassEncoder::new(
+        tokenizer,
+        Template::new("Review: {text}\nSentiment:").unwrap(),
+        Verbalizer::new([("0", " negative"), ("1", " positive")]).unwrap(),
+        64,
+        true,
+    )
+    .unwrap();
+    let rows = |file: &str, n: usize| {
+        let raw = DataSource::new(data.join(file), "sentence")
+            .with_label("label")
+            .with_limit(n)
+            .read()
+            .unwrap();
+        encoder.encode_all(&raw).unwrap()
+    };
+    let task = VerbalizerClassification::new(
+        rows("train.tsv", 12),
+        rows("dev.tsv", 4),
+        encoder.label_token_ids().to_vec(),
+        0,
+    )
+    .unwrap();
+    let mut cfg = PromptTuningConfig::new(4, PromptTuningInit::Text);
+    cfg.prompt_tuning_init_text = Some("Sentiment of the review:".into());
+    let mut init = InitCtx {
+        model: loaded.model.as_ref(),
+        tokenizer: Some(tokenizer),
+        rng: rand::rngs::StdRng::seed_from_u64(1),
+    };
+    let adapter = cfg.build(&mut init).unwrap();
+    let config = TrainConfig {
+        max_steps: 3,
+        batch_size: 4,
+        learning_rate: 0.03,
+        output_dir: out.to_path_buf(),
+        progress: false,
+        ..TrainConfig::default()
+    };
+    Trainer::new(loaded.model.as_ref(), adapter.as_ref(), &task, config)
+        .run()
+        .unwrap()
+        .losses
+}
+
+#[test]
+fn two_runs_with_the_same_seed_give_identical_losses() {
+    let Some(data) = sst2() else { return };
+    let Some(gguf) = std::env::var_os("PEFT_SMOLLM2_GGUF")
+        .map(PathBuf::from)
+        .or_else(|| peft_models::zoo::cached_path("smollm2-135m"))
+    else {
+        eprintln!("skipping: SmolLM2-135M is not in the zoo cache (run `peft fetch smollm2-135m`)");
+        return;
+    };
+    let loaded = peft_models::gguf::load_gguf(&gguf, &Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let a = run_once(&loaded, &data, &dir.path().join("a"));
+    let b = run_once(&loaded, &data, &dir.path().join("b"));
+    assert_eq!(a.len(), 3);
+    assert!(a.iter().all(|l| l.is_finite() && *l > 0.0), "{a:?}");
+    assert_eq!(a, b, "same seed, different losses");
+}
