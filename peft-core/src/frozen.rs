@@ -182,28 +182,14 @@ mod tests {
             .unwrap()
             .broadcast_add(&b)
             .unwrap();
-        let diff = (y.clone() - &reference)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = crate::compare::max_abs_diff(&y.clone(), &reference).unwrap();
         assert!(diff < 1e-5, "forward differs by {diff}");
 
         let gy = Tensor::randn(0f32, 1., (2, 4, 5), &dev).unwrap();
         let grads = (y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
         let gx = grads.get(x.as_tensor()).expect("input gradient");
         let expected = gy.broadcast_matmul(&w).unwrap();
-        let diff = (gx - expected)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = crate::compare::max_abs_diff(gx, &expected).unwrap();
         assert!(diff < 1e-5, "input gradient differs by {diff}");
         assert!(grads.get(&w).is_none(), "frozen weight received a gradient");
         assert!(grads.get(&b).is_none(), "frozen bias received a gradient");

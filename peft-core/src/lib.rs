@@ -12,6 +12,7 @@
 
 pub mod adapter_io;
 pub mod atomic;
+pub mod compare;
 pub mod data;
 pub mod error;
 pub mod frozen;

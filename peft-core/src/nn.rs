@@ -121,14 +121,7 @@ mod tests {
         let b = Tensor::randn(0f32, 1., 8, &dev).unwrap();
         let ours = layer_norm(&x, &w, Some(&b), 1e-5).unwrap();
         let fused = candle_nn::ops::layer_norm(&x, &w, &b, 1e-5).unwrap();
-        let diff = (ours - fused)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = crate::compare::max_abs_diff(&ours, &fused).unwrap();
         assert!(diff < 1e-5, "differs by {diff}");
     }
 }

@@ -524,14 +524,7 @@ mod tests {
                 &[HEADS * 4, HIDDEN],
             )
             .unwrap();
-        let diff = (q - &q_hf)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = peft_core::compare::max_abs_diff(&q, &q_hf).unwrap();
         assert_eq!(diff, 0.0);
         assert_eq!(ckpt.weights.names().count(), 11);
         let ids = ckpt

@@ -332,16 +332,7 @@ mod tests {
     use peft_core::spec::SiteKind;
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
+        peft_core::compare::max_abs_diff(a, b).unwrap()
     }
 
     #[test]

@@ -172,14 +172,7 @@ fn our_prompt_adapters_load_in_hf_peft_with_equal_logits() {
             &fresh.tensors().unwrap()[0].1,
             &committed.tensors().unwrap()[0].1,
         );
-        let drift = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let drift = peft_core::compare::max_abs_diff(a, b).unwrap();
         assert!(
             drift < 1e-5,
             "{name}: training today differs from the committed adapter by {drift}"
@@ -238,14 +231,7 @@ fn smollm2_hf_text_adapter_matches_and_our_text_init_equals_hf() {
         &ours.tensors().unwrap()[0].1,
         &adapter.adapter.tensors().unwrap()[0].1,
     );
-    let diff = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = peft_core::compare::max_abs_diff(a, b).unwrap();
     assert!(diff < 1e-6, "TEXT init differs from HF PEFT's by {diff}");
 }
 

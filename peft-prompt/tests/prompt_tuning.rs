@@ -33,14 +33,7 @@ fn prompt_of(adapter: &dyn Adapter) -> Vec<Vec<f32>> {
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    peft_core::compare::max_abs_diff(a, b).unwrap()
 }
 
 /// A word-level tokenizer over words "w0".."w127", so that ids stay inside the tiny vocabulary.
