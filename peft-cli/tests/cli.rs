@@ -444,6 +444,23 @@ fn bad_models_adapters_and_inputs_get_clear_errors() {
     ]);
     fails_with(&out, &["576", "32"]);
 
+    // Another base model's name with fitting shapes is only a warning.
+    let out = peft(&[
+        "logits",
+        "--model",
+        &fixture("tiny-gpt2"),
+        "--adapter",
+        &fixture("adapters/hf-tiny-llama-random"),
+        "--ids",
+        "1,2",
+    ]);
+    ok_json(&out);
+    let warning = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        warning.contains("warning") && warning.contains("`tiny-llama`"),
+        "{warning}"
+    );
+
     // No tokenizer.json: --text is refused, --ids works.
     fails_with(
         &peft(&[
