@@ -506,3 +506,66 @@ fn bad_models_adapters_and_inputs_get_clear_errors() {
         &["no-such-model", "smollm2-135m"],
     );
 }
+
+#[test]
+fn causal_lm_training_lowers_held_out_perplexity() {
+    let dir = tempfile::tempdir().unwrap();
+    // A corpus with a fixed cycle of words: learnable, and the held-out file follows the same pattern.
+    let cycle: Vec<String> = (0..12).map(|i| format!("w{}", 10 + (i * 7) % 12)).collect();
+    let line = cycle.join(" ");
+    let doc = |n: usize| -> String {
+        (0..n)
+            .map(|_| format!("{{\"text\": \"{line}\"}}\n"))
+            .collect()
+    };
+    std::fs::write(dir.path().join("train.jsonl"), doc(40)).unwrap();
+    std::fs::write(dir.path().join("dev.jsonl"), doc(8)).unwrap();
+    let exp = format!(
+        r#"
+[model]
+name = "{model}"
+[method]
+peft_type = "PROMPT_TUNING"
+num_virtual_tokens = 8
+[task]
+kind = "causal-lm"
+block_size = 24
+[data.train]
+path = "train.jsonl"
+text = "text"
+[data.eval]
+path = "dev.jsonl"
+text = "text"
+[training]
+max_steps = 150
+batch_size = 4
+learning_rate = 0.3
+progress = false
+output_dir = "{out}"
+"#,
+        model = fixture("tiny-gpt2"),
+        out = dir.path().join("out").display()
+    );
+    std::fs::write(dir.path().join("exp.toml"), exp).unwrap();
+    let out = peft(&["train", dir.path().join("exp.toml").to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("loss: "))
+        .expect("a before -> after line");
+    let parts: Vec<f64> = line
+        .trim_start_matches("loss: ")
+        .split(" -> ")
+        .map(|x| x.parse().unwrap())
+        .collect();
+    assert!(
+        parts[1] < parts[0] * 0.8,
+        "held-out loss did not fall: {line}"
+    );
+    assert!(stdout.contains("perplexity"), "{stdout}");
+}
