@@ -187,13 +187,10 @@ fn smollm2_logits_from_the_gguf_match_transformers() {
     }
 }
 
-/// The cached SmolLM2 GGUF path, as `peft fetch` leaves it.
+/// The SmolLM2 GGUF, from `PEFT_SMOLLM2_GGUF` or the zoo cache.
 fn peft_models_cached_smollm2() -> Option<String> {
-    let home = std::env::var_os("PEFT_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/peft")))?;
-    let path = home.join("models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf");
-    path.is_file().then(|| path.to_string_lossy().into_owned())
+    peft_models::zoo::local_path("smollm2-135m", "PEFT_SMOLLM2_GGUF")
+        .map(|p| p.to_string_lossy().into_owned())
 }
 
 #[test]

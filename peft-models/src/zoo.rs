@@ -145,6 +145,18 @@ pub fn cached_path(name: &str) -> Option<PathBuf> {
     ZooCache::from_env().cached_path(name)
 }
 
+/// Where zoo model `name` is on this machine: the file or folder named by the environment variable
+/// `override_var` when it is set (it must exist), else the default cache's copy. Tests and tools use it to
+/// find real weights, and skip where it returns `None`.
+pub fn local_path(name: &str, override_var: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(override_var).filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        assert!(p.exists(), "{override_var}={} does not exist", p.display());
+        return Some(p);
+    }
+    cached_path(name)
+}
+
 /// Fetches zoo model `name` into the default cache (see [`ZooCache::fetch`]).
 pub fn fetch(name: &str, opts: &FetchOptions) -> Result<PathBuf> {
     ZooCache::from_env().fetch(name, opts)

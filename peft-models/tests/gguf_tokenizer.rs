@@ -20,16 +20,7 @@ struct Case {
 
 /// The GGUF named by `PEFT_SMOLLM2_GGUF`, else the zoo cache's copy, else `None` (the test is skipped).
 fn smollm2_gguf() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("PEFT_SMOLLM2_GGUF").filter(|p| !p.is_empty()) {
-        let p = PathBuf::from(p);
-        assert!(
-            p.is_file(),
-            "PEFT_SMOLLM2_GGUF={} is not a file",
-            p.display()
-        );
-        return Some(p);
-    }
-    peft_models::zoo::cached_path("smollm2-135m")
+    peft_models::zoo::local_path("smollm2-135m", "PEFT_SMOLLM2_GGUF")
 }
 
 fn fixture() -> Fixture {

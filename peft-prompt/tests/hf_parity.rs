@@ -188,9 +188,7 @@ fn our_prompt_adapters_load_in_hf_peft_with_equal_logits() {
 
 /// The SmolLM2 GGUF, from `PEFT_SMOLLM2_GGUF` or the zoo cache.
 fn smollm2() -> Option<LoadedModel> {
-    let path = std::env::var_os("PEFT_SMOLLM2_GGUF")
-        .map(PathBuf::from)
-        .or_else(|| peft_models::zoo::cached_path("smollm2-135m"));
+    let path = peft_models::zoo::local_path("smollm2-135m", "PEFT_SMOLLM2_GGUF");
     match path {
         Some(p) if p.is_file() => Some(peft_models::gguf::load_gguf(&p, &Device::Cpu).unwrap()),
         _ => {

@@ -74,10 +74,7 @@ fn run_once(loaded: &peft_models::LoadedModel, data: &Path, out: &Path) -> Vec<f
 #[test]
 fn two_runs_with_the_same_seed_give_identical_losses() {
     let Some(data) = sst2() else { return };
-    let Some(gguf) = std::env::var_os("PEFT_SMOLLM2_GGUF")
-        .map(PathBuf::from)
-        .or_else(|| peft_models::zoo::cached_path("smollm2-135m"))
-    else {
+    let Some(gguf) = peft_models::zoo::local_path("smollm2-135m", "PEFT_SMOLLM2_GGUF") else {
         eprintln!("skipping: SmolLM2-135M is not in the zoo cache (run `peft fetch smollm2-135m`)");
         return;
     };
