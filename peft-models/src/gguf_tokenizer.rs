@@ -193,14 +193,18 @@ pub fn tokenizer_from_metadata(metadata: &HashMap<String, Value>) -> Result<Gguf
         .filter(|(t, ty)| **ty == TOKEN_TYPE_CONTROL && in_alphabet(t))
         .map(|(t, _)| special(t))
         .collect();
-    tokenizer.add_special_tokens(&control);
+    tokenizer
+        .add_special_tokens(control)
+        .map_err(|e| ModelError::Tokenizer(format!("adding the GGUF's special tokens: {e}")))?;
     let user_defined: Vec<AddedToken> = tokens
         .iter()
         .zip(&types)
         .filter(|(t, ty)| **ty == TOKEN_TYPE_USER_DEFINED && vocab.contains_key(*t))
         .map(|(t, _)| AddedToken::from(t.as_str(), false).normalized(false))
         .collect();
-    tokenizer.add_tokens(&user_defined);
+    tokenizer
+        .add_tokens(user_defined)
+        .map_err(|e| ModelError::Tokenizer(format!("adding the GGUF's special tokens: {e}")))?;
     // transformers registers the named special tokens, and GPT-2's default `<|endoftext|>`, as special; the
     // default only where the vocabulary has it, so that no id beyond the embedding table appears.
     let named: Vec<AddedToken> = [bos_token_id, eos_token_id, unk_token_id, pad_token_id]
@@ -213,7 +217,9 @@ pub fn tokenizer_from_metadata(metadata: &HashMap<String, Value>) -> Result<Gguf
                 .then(|| special("<|endoftext|>")),
         )
         .collect();
-    tokenizer.add_special_tokens(&named);
+    tokenizer
+        .add_special_tokens(named)
+        .map_err(|e| ModelError::Tokenizer(format!("adding the GGUF's special tokens: {e}")))?;
 
     let bos = bos_token_id
         .filter(|_| add_bos)

