@@ -14,14 +14,15 @@
 //! assert!(model.spec().find_site("transformer.h.1.mlp.c_fc").is_some());
 //! ```
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use peft_core::frozen::FrozenLinear;
-use peft_core::hooks::{Ctx, Hooks};
+use peft_core::hooks::Hooks;
 use peft_core::model::{BaseModel, Batch, Output};
 use peft_core::spec::{ModelSpec, Site, SiteId};
 
 use crate::attention::{attend, split_heads, PrefixMasks};
 use crate::config::Gpt2Config;
+use crate::embedding::{embed, lookup, Embedded};
 use crate::error::{ModelError, Result};
 use crate::weights::WeightMap;
 
@@ -313,23 +314,6 @@ fn with_transformer_prefix(weights: &WeightMap) -> WeightMap {
     })
 }
 
-/// Word embeddings of `ids` (any shape) from a `[vocab, hidden]` table, checking the ids against the vocabulary.
-pub(crate) fn lookup(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
-    let (vocab, hidden) = table.dims2()?;
-    let flat = ids.flatten_all()?.to_dtype(DType::U32)?;
-    if flat.elem_count() > 0 {
-        let max = flat.max(0)?.to_scalar::<u32>()? as usize;
-        if max >= vocab {
-            return Err(ModelError::Config(format!(
-                "token id {max} is outside the vocabulary of {vocab} tokens"
-            )));
-        }
-    }
-    let mut dims = ids.dims().to_vec();
-    dims.push(hidden);
-    Ok(table.index_select(&flat, 0)?.reshape(dims)?)
-}
-
 impl BaseModel for Gpt2 {
     fn spec(&self) -> &ModelSpec {
         &self.spec
@@ -344,20 +328,21 @@ impl BaseModel for Gpt2 {
     }
 
     fn forward(&self, batch: &Batch, hooks: &dyn Hooks) -> peft_core::Result<Output> {
-        let mut ctx = Ctx::new(batch.attention_mask.clone());
-        // Prompt tuning sees the word embeddings alone: positions are added over the whole sequence after.
-        let x = hooks.embeddings(lookup(&self.wte, &batch.input_ids)?, &mut ctx)?;
+        let limit = self.config.n_positions;
+        let Embedded {
+            x,
+            ctx,
+            masks,
+            start,
+        } = embed(
+            &self.wte,
+            batch,
+            hooks,
+            self.spec.num_layers,
+            limit,
+            "GPT-2's n_positions",
+        )?;
         let seq = x.dim(1)?;
-        let masks = PrefixMasks::collect(hooks, self.spec.num_layers, &ctx, seq)?;
-        let start = masks.prefix_len();
-        if start + seq > self.config.n_positions {
-            return Err(ModelError::Config(format!(
-                "{} positions (prefix {start} + {seq} tokens) exceed GPT-2's n_positions {}",
-                start + seq,
-                self.config.n_positions
-            ))
-            .into());
-        }
         let mut x = x.broadcast_add(&self.wpe.narrow(0, start, seq)?)?;
         for (i, block) in self.blocks.iter().enumerate() {
             x = self.block_forward(block, &x, &masks, i, hooks)?;

@@ -7,6 +7,7 @@
 
 pub mod attention;
 pub mod config;
+mod embedding;
 pub mod error;
 pub mod folder;
 pub mod gguf;

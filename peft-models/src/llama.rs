@@ -16,14 +16,14 @@
 
 use candle_core::{Device, Tensor};
 use peft_core::frozen::FrozenLinear;
-use peft_core::hooks::{Ctx, Hooks};
+use peft_core::hooks::Hooks;
 use peft_core::model::{BaseModel, Batch, Output};
 use peft_core::spec::{ModelSpec, Site, SiteId};
 
 use crate::attention::{attend, split_heads, PrefixMasks};
 use crate::config::LlamaConfig;
+use crate::embedding::{embed, lookup, Embedded};
 use crate::error::{ModelError, Result};
-use crate::gpt2::lookup;
 use crate::rope::{Rope, RopeTables};
 use crate::weights::WeightMap;
 
@@ -289,19 +289,21 @@ impl BaseModel for Llama {
     }
 
     fn forward(&self, batch: &Batch, hooks: &dyn Hooks) -> peft_core::Result<Output> {
-        let mut ctx = Ctx::new(batch.attention_mask.clone());
-        let x = hooks.embeddings(lookup(&self.embed_tokens, &batch.input_ids)?, &mut ctx)?;
+        let limit = self.spec.max_positions;
+        let Embedded {
+            x,
+            ctx,
+            masks,
+            start,
+        } = embed(
+            &self.embed_tokens,
+            batch,
+            hooks,
+            self.spec.num_layers,
+            limit,
+            "max_position_embeddings",
+        )?;
         let seq = x.dim(1)?;
-        let masks = PrefixMasks::collect(hooks, self.spec.num_layers, &ctx, seq)?;
-        let start = masks.prefix_len();
-        if start + seq > self.spec.max_positions {
-            return Err(ModelError::Config(format!(
-                "{} positions (prefix {start} + {seq} tokens) exceed max_position_embeddings {}",
-                start + seq,
-                self.spec.max_positions
-            ))
-            .into());
-        }
         // Virtual tokens take positions like real ones; a key/value prefix pushes the tokens to `start..`.
         let rope = self.rope.tables(start, seq, &self.device)?;
         let mut x = x;
