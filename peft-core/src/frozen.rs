@@ -51,6 +51,21 @@ impl FrozenLinear {
         self.bias.as_ref()
     }
 
+    /// Adds `delta` (`[out, in]`) to the weight: how a merged adapter's update enters the frozen layer.
+    pub fn add_to_weight(&mut self, delta: &Tensor) -> Result<()> {
+        if delta.dims() != self.weight.dims() {
+            return Err(crate::PeftError::ShapeMismatch {
+                what: "weight delta".into(),
+                expected_from: "the frozen layer".into(),
+                expected: self.weight.dims().to_vec(),
+                got_from: "the adapter".into(),
+                got: delta.dims().to_vec(),
+            });
+        }
+        self.weight = (&self.weight + delta.to_dtype(self.weight.dtype())?.detach())?;
+        Ok(())
+    }
+
     /// Input features.
     pub fn in_features(&self) -> usize {
         self.weight.dims2().map(|d| d.1).unwrap_or(0)

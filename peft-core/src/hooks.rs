@@ -87,13 +87,12 @@ pub trait Hooks: Send + Sync {
         Ok(None)
     }
 
-    /// A frozen projection at `site`. The default adds the trainable bias from [`Hooks::bias`] where one
-    /// replaces the frozen bias.
-    fn linear(&self, site: SiteId, x: &Tensor, base: &FrozenLinear) -> Result<Tensor> {
-        match self.bias(site) {
-            Some(b) => base.forward_with_bias(x, Some(&b)),
-            None => base.forward(x),
-        }
+    /// A frozen projection at `site`, as middleware: `next` computes the projection below this method (the
+    /// frozen layer, with any replacement bias from [`Hooks::bias`], or the next adapter of a stack). LoRA
+    /// returns `next(x) + delta(x)`, IA3 `next(x) * l` or `next(x * l)`; the default is `next(x)`.
+    fn linear(&self, site: SiteId, x: &Tensor, next: &LinearFn) -> Result<Tensor> {
+        let _ = site;
+        next(x)
     }
 
     /// A trainable bias that replaces the frozen bias at `site` (a linear or a norm site).
@@ -101,6 +100,51 @@ pub trait Hooks: Send + Sync {
         let _ = site;
         None
     }
+
+    /// A trained sequence-classification head (HF's `score` / `classifier`, saved with the adapter as HF PEFT's
+    /// `modules_to_save` does), for tasks that classify from the final hidden state instead of a verbalizer.
+    fn classifier(&self) -> Option<ClassifierHead> {
+        None
+    }
+}
+
+/// The projection below a [`Hooks::linear`] call.
+pub type LinearFn<'a> = dyn Fn(&Tensor) -> Result<Tensor> + 'a;
+
+/// A linear classification head `[num_labels, hidden]` (+ `[num_labels]` bias) over pooled hidden states.
+#[derive(Debug, Clone)]
+pub struct ClassifierHead {
+    /// `[num_labels, hidden]`.
+    pub weight: Tensor,
+    /// `[num_labels]`, where the head has a bias.
+    pub bias: Option<Tensor>,
+}
+
+impl ClassifierHead {
+    /// Class logits `[n, num_labels]` of pooled hidden states `[n, hidden]`.
+    pub fn forward(&self, pooled: &Tensor) -> Result<Tensor> {
+        let y = pooled.matmul(&self.weight.t()?)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+/// Runs the frozen projection `frozen` at `site` through the hooks: the frozen layer (with a replacement bias
+/// where [`Hooks::bias`] gives one) wrapped by [`Hooks::linear`]. Models call this for every projection.
+pub fn apply_linear(
+    hooks: &dyn Hooks,
+    site: SiteId,
+    x: &Tensor,
+    frozen: &FrozenLinear,
+) -> Result<Tensor> {
+    let bias = hooks.bias(site);
+    let base = |x: &Tensor| match &bias {
+        Some(b) => frozen.forward_with_bias(x, Some(b)),
+        None => frozen.forward(x),
+    };
+    hooks.linear(site, x, &base)
 }
 
 /// Sequence positions the hooks add in front of the real tokens (virtual tokens plus any key/value prefix),

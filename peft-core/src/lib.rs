@@ -18,11 +18,13 @@ pub mod error;
 pub mod frozen;
 pub mod generate;
 pub mod grad;
+pub mod head;
 pub mod hooks;
 pub mod method;
 pub mod model;
 pub mod nn;
 pub mod spec;
+pub mod stack;
 pub mod task;
 pub mod train;
 

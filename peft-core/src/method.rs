@@ -17,7 +17,7 @@ use candle_core::{Tensor, Var};
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::error::{PeftError, Result};
 use crate::hooks::Hooks;
 use crate::model::BaseModel;
 
@@ -59,6 +59,12 @@ pub trait PeftMethod: Debug + Send + Sync {
 
     /// A copy of this config with the common fields replaced (used when saving).
     fn with_common(&self, common: CommonConfig) -> Box<dyn PeftMethod>;
+
+    /// Whether this is one of HF PEFT's prompt-learning methods (prompt tuning, P-tuning, prefix tuning),
+    /// whose saved keys carry no `base_model.model.` prefix.
+    fn is_prompt_learning(&self) -> bool {
+        false
+    }
 }
 
 /// A built method: named trainable variables, the tensors it saves, and its hooks.
@@ -78,5 +84,24 @@ pub trait Adapter: Hooks + Send + Sync {
     /// Trainable parameter count.
     fn num_trainable(&self) -> usize {
         self.trainable().iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
+    /// Folds the adapter into the frozen weights of `model` (LoRA's `merge`), after which its hooks add nothing.
+    /// Methods that cannot be merged say so; merging twice is an error.
+    fn merge_into(&self, model: &mut dyn BaseModel) -> Result<()> {
+        let _ = model;
+        Err(PeftError::Unsupported(format!(
+            "{} adapters cannot be merged into the model's weights",
+            self.config().typetag_name()
+        )))
+    }
+
+    /// Undoes [`Adapter::merge_into`], restoring the frozen weights; an error when the adapter is not merged.
+    fn unmerge_from(&self, model: &mut dyn BaseModel) -> Result<()> {
+        let _ = model;
+        Err(PeftError::Unsupported(format!(
+            "{} adapters cannot be merged, so there is nothing to unmerge",
+            self.config().typetag_name()
+        )))
     }
 }

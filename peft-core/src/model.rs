@@ -15,7 +15,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::error::{PeftError, Result};
 use crate::frozen::FrozenLinear;
 use crate::hooks::Hooks;
-use crate::spec::ModelSpec;
+use crate::spec::{ModelSpec, SiteId};
 
 /// A right-padded batch of token ids.
 #[derive(Debug, Clone)]
@@ -87,7 +87,13 @@ pub trait BaseModel: Send + Sync {
     /// The LM head (`[vocab, hidden]`; tied to the word embeddings where the checkpoint ties them).
     fn lm_head(&self) -> &FrozenLinear;
 
-    /// Every frozen parameter by its Hugging Face name (for inspection and for methods that start from a
+    /// The frozen projection at a linear `site`.
+    fn frozen_linear(&self, site: SiteId) -> Option<&FrozenLinear>;
+
+    /// The frozen projection at a linear `site`, for merging an adapter's weight delta into it.
+    fn frozen_linear_mut(&mut self, site: SiteId) -> Option<&mut FrozenLinear>;
+
+    /// Every frozen parameter by its Hugging Face name, as loaded (for inspection and for methods that start from a
     /// frozen value, as BitFit does).
     fn parameters(&self) -> Vec<(String, Tensor)>;
 

@@ -74,7 +74,12 @@ struct Projection {
 
 impl Projection {
     fn forward(&self, x: &Tensor, hooks: &dyn Hooks) -> Result<Tensor> {
-        Ok(hooks.linear(self.site, x, &self.linear)?)
+        Ok(peft_core::hooks::apply_linear(
+            hooks,
+            self.site,
+            x,
+            &self.linear,
+        )?)
     }
 }
 
@@ -356,6 +361,29 @@ impl BaseModel for Gpt2 {
 
     fn lm_head(&self) -> &FrozenLinear {
         &self.lm_head
+    }
+
+    fn frozen_linear(&self, site: SiteId) -> Option<&FrozenLinear> {
+        self.blocks
+            .iter()
+            .flat_map(|l| [&l.c_attn, &l.attn_proj, &l.c_fc, &l.mlp_proj])
+            .find(|p| p.site == site)
+            .map(|p| &p.linear)
+    }
+
+    fn frozen_linear_mut(&mut self, site: SiteId) -> Option<&mut FrozenLinear> {
+        self.blocks
+            .iter_mut()
+            .flat_map(|l| {
+                [
+                    &mut l.c_attn,
+                    &mut l.attn_proj,
+                    &mut l.c_fc,
+                    &mut l.mlp_proj,
+                ]
+            })
+            .find(|p| p.site == site)
+            .map(|p| &mut p.linear)
     }
 
     fn parameters(&self) -> Vec<(String, Tensor)> {

@@ -36,7 +36,12 @@ struct Projection {
 
 impl Projection {
     fn forward(&self, x: &Tensor, hooks: &dyn Hooks) -> Result<Tensor> {
-        Ok(hooks.linear(self.site, x, &self.linear)?)
+        Ok(peft_core::hooks::apply_linear(
+            hooks,
+            self.site,
+            x,
+            &self.linear,
+        )?)
     }
 }
 
@@ -319,6 +324,42 @@ impl BaseModel for Llama {
 
     fn lm_head(&self) -> &FrozenLinear {
         &self.lm_head
+    }
+
+    fn frozen_linear(&self, site: SiteId) -> Option<&FrozenLinear> {
+        self.layers
+            .iter()
+            .flat_map(|l| {
+                [
+                    &l.q_proj,
+                    &l.k_proj,
+                    &l.v_proj,
+                    &l.o_proj,
+                    &l.gate_proj,
+                    &l.up_proj,
+                    &l.down_proj,
+                ]
+            })
+            .find(|p| p.site == site)
+            .map(|p| &p.linear)
+    }
+
+    fn frozen_linear_mut(&mut self, site: SiteId) -> Option<&mut FrozenLinear> {
+        self.layers
+            .iter_mut()
+            .flat_map(|l| {
+                [
+                    &mut l.q_proj,
+                    &mut l.k_proj,
+                    &mut l.v_proj,
+                    &mut l.o_proj,
+                    &mut l.gate_proj,
+                    &mut l.up_proj,
+                    &mut l.down_proj,
+                ]
+            })
+            .find(|p| p.site == site)
+            .map(|p| &mut p.linear)
     }
 
     fn parameters(&self) -> Vec<(String, Tensor)> {

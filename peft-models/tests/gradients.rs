@@ -6,8 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::Mutex;
 
 use candle_core::{Device, Tensor, Var};
-use peft_core::frozen::FrozenLinear;
-use peft_core::hooks::{Ctx, Hooks, KvPrefix, NoHooks};
+use peft_core::hooks::{Ctx, Hooks, KvPrefix, LinearFn, NoHooks};
 use peft_core::model::{BaseModel, Batch};
 use peft_core::spec::{SiteId, SiteKind};
 
@@ -195,9 +194,9 @@ struct Visits {
 }
 
 impl Hooks for Visits {
-    fn linear(&self, site: SiteId, x: &Tensor, base: &FrozenLinear) -> peft_core::Result<Tensor> {
+    fn linear(&self, site: SiteId, x: &Tensor, next: &LinearFn) -> peft_core::Result<Tensor> {
         self.linear.lock().unwrap().insert(site);
-        base.forward(x)
+        next(x)
     }
 
     fn bias(&self, site: SiteId) -> Option<Tensor> {

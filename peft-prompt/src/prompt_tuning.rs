@@ -208,6 +208,10 @@ impl PeftMethod for PromptTuningConfig {
             ..self.clone()
         })
     }
+
+    fn is_prompt_learning(&self) -> bool {
+        true
+    }
 }
 
 /// A built prompt: `[total_virtual_tokens, token_dim]` trainable embeddings.
