@@ -1,0 +1,75 @@
+//! The `peft` command as a library: [`run`] parses the command line and runs it. The `peft` binary is
+//! `peft_cli::run()`; a crate that adds a method (see `examples/ia3`) links its method and calls the same
+//! function, so its binary is the whole `peft` command with one more `peft_type`.
+//!
+//! ```no_run
+//! // A third-party binary: link your method (its typetag registration), then hand over to the CLI.
+//! fn main() {
+//!     std::process::exit(peft_cli::run());
+//! }
+//! ```
+
+pub mod commands;
+pub mod experiment;
+pub mod session;
+pub mod task_setup;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Parameter-efficient fine-tuning of frozen transformers (prompt tuning, ...) on candle.
+#[derive(Parser)]
+#[command(name = "peft", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Download a zoo model into the cache ($PEFT_HOME, default ~/.cache/peft).
+    Fetch(commands::fetch::FetchArgs),
+    /// Train the method of an experiment file; prints dev metrics before (zero-shot) and after.
+    Train(commands::train::TrainArgs),
+    /// Evaluate an experiment's dev set, zero-shot or with an adapter.
+    Eval(commands::eval::EvalArgs),
+    /// Generate text from a prompt, with an optional adapter.
+    Generate(commands::generate::GenerateArgs),
+    /// Print the top-k logits of the last input position as one JSON object.
+    Logits(commands::logits::LogitsArgs),
+    /// Show a model's architecture and parameter counts, and an adapter's size.
+    Inspect(commands::inspect::InspectArgs),
+}
+
+/// Parses `std::env::args` and runs the command; returns the process exit code (errors are printed).
+pub fn run() -> i32 {
+    link_methods();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Fetch(a) => commands::fetch::run(a),
+        Command::Train(a) => commands::train::run(a),
+        Command::Eval(a) => commands::eval::run(a),
+        Command::Generate(a) => commands::generate::run(a),
+        Command::Logits(a) => commands::logits::run(a),
+        Command::Inspect(a) => commands::inspect::run(a),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+/// Links the workspace's method crates, so that their typetag registrations are in every binary.
+pub fn link_methods() {
+    peft_prompt::register();
+    peft_prefix::register();
+    peft_lora::register();
+    peft_bitfit::register();
+}
+
+/// Paths given on the command line are taken as they are; this only names the type for the commands.
+pub type CliPath = PathBuf;
