@@ -15,7 +15,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::atomic::{save_safetensors, write_atomic};
+use candle_core::Tensor;
+
 use crate::error::{PeftError, Result};
+use crate::head::{WithClassifier, SEQ_CLS};
 use crate::method::{Adapter, InitCtx, PeftMethod};
 use crate::spec::ModelSpec;
 
@@ -93,7 +96,15 @@ pub fn load_adapter(dir: &Path, init: &mut InitCtx) -> Result<LoadedAdapter> {
         }
     }
     let adapter = config.build(init)?;
-    load_adapter_tensors(dir, adapter.as_ref(), init.model.device())?;
+    let tensors = read_tensors(dir, init.model.device())?;
+    // A sequence-classification adapter carries its trained head (HF PEFT's `modules_to_save`).
+    let adapter: Box<dyn Adapter> = match WithClassifier::saved_head(&tensors) {
+        Some(head) if config.common().task_type.as_deref() == Some(SEQ_CLS) => {
+            Box::new(WithClassifier::with_weight(adapter, head)?)
+        }
+        _ => adapter,
+    };
+    load_into(dir, adapter.as_ref(), &tensors)?;
     Ok(LoadedAdapter { adapter, warnings })
 }
 
@@ -104,6 +115,11 @@ pub fn load_adapter_tensors(
     adapter: &dyn Adapter,
     device: &candle_core::Device,
 ) -> Result<()> {
+    load_into(dir, adapter, &read_tensors(dir, device)?)
+}
+
+/// The tensors of `dir/adapter_model.safetensors`.
+fn read_tensors(dir: &Path, device: &candle_core::Device) -> Result<HashMap<String, Tensor>> {
     let weights = dir.join(WEIGHTS_FILE);
     if !weights.is_file() {
         return Err(PeftError::bad_file(
@@ -111,10 +127,13 @@ pub fn load_adapter_tensors(
             "missing: an HF PEFT adapter folder holds adapter_model.safetensors",
         ));
     }
-    let tensors = candle_core::safetensors::load(&weights, device).map_err(|e| {
-        PeftError::bad_file(&weights, format!("not a readable safetensors file: {e}"))
-    })?;
-    adapter.load_tensors(&tensors).map_err(|e| match e {
+    candle_core::safetensors::load(&weights, device)
+        .map_err(|e| PeftError::bad_file(&weights, format!("not a readable safetensors file: {e}")))
+}
+
+/// Loads `tensors` (read from `dir`) into `adapter`, naming the folder in a shape mismatch.
+fn load_into(dir: &Path, adapter: &dyn Adapter, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    adapter.load_tensors(tensors).map_err(|e| match e {
         PeftError::ShapeMismatch {
             what,
             expected_from,

@@ -150,6 +150,10 @@ impl Adapter for WithClassifier {
         Ok(())
     }
 
+    fn notes(&self) -> Vec<String> {
+        self.inner.notes()
+    }
+
     fn merge_into(&self, model: &mut dyn BaseModel) -> Result<()> {
         self.inner.merge_into(model)
     }

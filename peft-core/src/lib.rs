@@ -13,6 +13,7 @@
 pub mod adapter_io;
 pub mod atomic;
 pub mod compare;
+pub mod conformance;
 pub mod data;
 pub mod error;
 pub mod frozen;

@@ -86,6 +86,12 @@ pub trait Adapter: Hooks + Send + Sync {
         self.trainable().iter().map(|(_, v)| v.elem_count()).sum()
     }
 
+    /// What building the adapter decided beyond the config's words (biases added where the checkpoint has
+    /// none, say), for the user to read; empty by default.
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Folds the adapter into the frozen weights of `model` (LoRA's `merge`), after which its hooks add nothing.
     /// Methods that cannot be merged say so; merging twice is an error.
     fn merge_into(&self, model: &mut dyn BaseModel) -> Result<()> {

@@ -204,6 +204,10 @@ impl Adapter for Stack {
         Ok(all)
     }
 
+    fn notes(&self) -> Vec<String> {
+        self.members.iter().flat_map(|m| m.notes()).collect()
+    }
+
     fn load_tensors(&self, tensors: &HashMap<String, Tensor>) -> Result<()> {
         for (i, m) in self.members.iter().enumerate() {
             let prefix = member_key(i, "");

@@ -9,7 +9,8 @@
   SmolLM2-135M-Instruct loaded from its GGUF, plus `logits.json` with the input ids and the 20 largest
   last-position logits per text, and the init text (our TEXT init must give the same prompt).
 
-`ours` mode (we write, HF PEFT reads): for every `ours-*/` adapter folder under OUT (written by the Rust test
+`ours` mode (we write, HF PEFT reads): for each of its `ours-*/` adapter folders under OUT
+(ours-tiny-gpt2, ours-tiny-llama, ours-smollm2-sst2) (written by the Rust test
 `peft-prompt/tests/hf_parity.rs` with PEFT_WRITE_FIXTURES=1, or by `peft train`), loads it with
 `PeftModel.from_pretrained` on its base model and writes `hf_logits.json` in the same form as above.
 
@@ -43,6 +44,7 @@ SMOL_TEXTS = [
 ]
 INIT_TEXT = "Classify the sentiment of the movie review as positive or negative."
 SMOL_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+OURS_FOLDERS = ["ours-tiny-gpt2", "ours-tiny-llama", "ours-smollm2-sst2"]
 
 
 def load_tiny(name):
@@ -126,7 +128,12 @@ def hf_mode(args):
 def ours_mode(args):
     out = Path(args.out)
     smol = None
-    for folder in sorted(out.glob("ours-*")):
+    # Only prompt tuning's folders: the other methods' scripts own their `ours-*-<method>` fixtures.
+    for name in OURS_FOLDERS:
+        folder = out / name
+        if not folder.is_dir():
+            print(f"skipping {name}: not written yet")
+            continue
         base_name = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
         if base_name.endswith(".gguf"):
             if not args.gguf:

@@ -139,33 +139,48 @@ impl VerbalizerClassification {
         hooks: &dyn Hooks,
         batch_size: usize,
     ) -> Result<Metrics> {
-        if self.eval.is_empty() {
-            return Err(PeftError::Data("the evaluation set is empty".into()));
-        }
-        let (mut correct, mut loss_sum) = (0usize, 0f64);
-        let classes = self.label_token_ids.len();
-        let mut confusion = vec![vec![0usize; classes]; classes];
-        let by_length = sorted_by_length(&self.eval);
-        for chunk in by_length.chunks(batch_size.max(1)) {
-            let logits = self.label_logits(model, hooks, chunk)?.detach();
-            let targets: Vec<u32> = chunk.iter().map(|e| e.label as u32).collect();
-            loss_sum += scalar(&cross_entropy(&logits, &targets)?)? * chunk.len() as f64;
-            let preds = logits
-                .argmax(D::Minus1)?
-                .to_dtype(DType::U32)?
-                .to_vec1::<u32>()?;
-            for (p, e) in preds.iter().zip(chunk) {
-                confusion[e.label][*p as usize] += 1;
-                correct += usize::from(*p as usize == e.label);
-            }
-        }
-        let n = self.eval.len() as f64;
-        let mut m = Metrics::new();
-        m.insert("accuracy".into(), correct as f64 / n);
-        m.insert("loss".into(), loss_sum / n);
-        m.insert("macro_f1".into(), macro_f1(&confusion));
-        Ok(m)
+        classification_metrics(
+            &self.eval,
+            self.label_token_ids.len(),
+            batch_size,
+            |chunk| self.label_logits(model, hooks, chunk),
+        )
     }
+}
+
+/// Accuracy, loss and macro-F1 of class `logits_of` over `examples`, in batches of examples sorted by length
+/// (so that little is padded).
+pub(super) fn classification_metrics(
+    examples: &[ClassExample],
+    classes: usize,
+    batch_size: usize,
+    logits_of: impl Fn(&[&ClassExample]) -> Result<Tensor>,
+) -> Result<Metrics> {
+    if examples.is_empty() {
+        return Err(PeftError::Data("the evaluation set is empty".into()));
+    }
+    let (mut correct, mut loss_sum) = (0usize, 0f64);
+    let mut confusion = vec![vec![0usize; classes]; classes];
+    let by_length = sorted_by_length(examples);
+    for chunk in by_length.chunks(batch_size.max(1)) {
+        let logits = logits_of(chunk)?.detach();
+        let targets: Vec<u32> = chunk.iter().map(|e| e.label as u32).collect();
+        loss_sum += scalar(&cross_entropy(&logits, &targets)?)? * chunk.len() as f64;
+        let preds = logits
+            .argmax(D::Minus1)?
+            .to_dtype(DType::U32)?
+            .to_vec1::<u32>()?;
+        for (p, e) in preds.iter().zip(chunk) {
+            confusion[e.label][*p as usize] += 1;
+            correct += usize::from(*p as usize == e.label);
+        }
+    }
+    let n = examples.len() as f64;
+    let mut m = Metrics::new();
+    m.insert("accuracy".into(), correct as f64 / n);
+    m.insert("loss".into(), loss_sum / n);
+    m.insert("macro_f1".into(), macro_f1(&confusion));
+    Ok(m)
 }
 
 /// References to `examples` ordered by token count (stable), for batches with little padding.

@@ -13,6 +13,7 @@
 mod causal_lm;
 mod classify;
 mod examples;
+mod head_classify;
 
 use std::collections::BTreeMap;
 
@@ -21,6 +22,7 @@ use candle_core::{DType, Device, Tensor};
 pub use causal_lm::CausalLm;
 pub use classify::VerbalizerClassification;
 pub use examples::{ClassExample, LmExample};
+pub use head_classify::HeadClassification;
 
 use crate::error::Result;
 use crate::hooks::Hooks;

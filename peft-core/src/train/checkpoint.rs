@@ -1,5 +1,8 @@
-//! Training checkpoints: the adapter (HF PEFT format), the optimiser moments and the trainer state, written to
-//! a staging folder and renamed into place, so that a crash leaves the previous checkpoint intact.
+//! Training checkpoints: the adapter (HF PEFT format, for inspection), the trainable variables themselves
+//! (`trainable.safetensors`: what a resume restores, since some methods save a folded form that cannot be
+//! trained further, as prefix tuning's projection and P-tuning's encoder), the optimiser moments and the
+//! trainer state, written to a staging folder and renamed into place, so that a crash leaves the previous
+//! checkpoint intact.
 //!
 //! ```no_run
 //! # fn demo(adapter: &dyn peft_core::method::Adapter, spec: &peft_core::spec::ModelSpec,
@@ -15,7 +18,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::adapter_io::{load_adapter_tensors, replace_dir, save_adapter};
+use crate::adapter_io::{replace_dir, save_adapter};
 use crate::atomic::{save_safetensors, write_atomic};
 use crate::error::{PeftError, Result};
 use crate::method::Adapter;
@@ -36,6 +39,7 @@ pub struct TrainerState {
 }
 
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+const TRAINABLE_FILE: &str = "trainable.safetensors";
 const STATE_FILE: &str = "trainer_state.json";
 
 /// Writes a checkpoint folder at `dir`.
@@ -56,6 +60,12 @@ pub fn save_checkpoint(
     let _ = std::fs::remove_dir_all(&staging);
     let written = (|| {
         save_adapter(&staging, adapter, spec)?;
+        let trainable: Vec<(String, candle_core::Tensor)> = adapter
+            .trainable()
+            .into_iter()
+            .map(|(k, v)| (k, v.as_tensor().clone()))
+            .collect();
+        save_safetensors(&staging.join(TRAINABLE_FILE), &trainable, None)?;
         let (tensors, _) = optimizer.state();
         save_safetensors(&staging.join(OPTIMIZER_FILE), &tensors, None)?;
         let json =
@@ -85,7 +95,7 @@ pub fn load_checkpoint(
         .first()
         .map(|(_, v)| v.device().clone())
         .unwrap_or(candle_core::Device::Cpu);
-    load_adapter_tensors(dir, adapter, &device)?;
+    restore_trainable(dir, adapter, &device)?;
     let opt_path = dir.join(OPTIMIZER_FILE);
     let tensors: HashMap<String, candle_core::Tensor> =
         candle_core::safetensors::load(&opt_path, &device).map_err(|e| {
@@ -93,4 +103,34 @@ pub fn load_checkpoint(
         })?;
     optimizer.load_state(&tensors, state.step)?;
     Ok(state)
+}
+
+/// Sets every trainable variable of `adapter` from `dir/trainable.safetensors`, by name.
+fn restore_trainable(
+    dir: &Path,
+    adapter: &dyn Adapter,
+    device: &candle_core::Device,
+) -> Result<()> {
+    let path = dir.join(TRAINABLE_FILE);
+    let saved: HashMap<String, candle_core::Tensor> = candle_core::safetensors::load(&path, device)
+        .map_err(|e| PeftError::bad_file(&path, format!("unreadable trainable state: {e}")))?;
+    for (name, var) in adapter.trainable() {
+        let value = saved.get(&name).ok_or_else(|| {
+            PeftError::bad_file(
+                &path,
+                format!("no tensor `{name}`: the checkpoint was written by another method or configuration"),
+            )
+        })?;
+        if value.dims() != var.dims() {
+            return Err(PeftError::ShapeMismatch {
+                what: name,
+                expected_from: "the adapter".into(),
+                expected: var.dims().to_vec(),
+                got_from: format!("checkpoint {}", dir.display()),
+                got: value.dims().to_vec(),
+            });
+        }
+        var.set(&value.to_dtype(var.dtype())?)?;
+    }
+    Ok(())
 }

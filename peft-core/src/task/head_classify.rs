@@ -1,0 +1,132 @@
+//! Classification by a trained head: the final hidden state of each prompt's last real token (the pooling of
+//! transformers' `*ForSequenceClassification` decoders) goes through the adapter's classifier
+//! ([`Hooks::classifier`], see [`crate::head::WithClassifier`]); the loss is the cross-entropy over classes.
+//! This is how P-tuning v2 classifies, and any method can be trained this way.
+
+use candle_core::Tensor;
+
+use super::classify::classification_metrics;
+use super::examples::ClassExample;
+use super::{cross_entropy, gather_rows, pad_batch, Metrics, StepLoss, Task};
+use crate::error::{PeftError, Result};
+use crate::hooks::Hooks;
+use crate::model::BaseModel;
+
+/// Head classification over encoded examples (labels are class indices).
+pub struct HeadClassification {
+    train: Vec<ClassExample>,
+    eval: Vec<ClassExample>,
+    num_labels: usize,
+    pad_id: u32,
+}
+
+impl HeadClassification {
+    /// A task over `num_labels` classes.
+    pub fn new(
+        train: Vec<ClassExample>,
+        eval: Vec<ClassExample>,
+        num_labels: usize,
+        pad_id: u32,
+    ) -> Result<Self> {
+        for (set, rows) in [("train", &train), ("eval", &eval)] {
+            if let Some((i, e)) = rows.iter().enumerate().find(|(_, e)| e.label >= num_labels) {
+                return Err(PeftError::Data(format!(
+                    "{set} example {i} has label index {} but the head has {num_labels} classes",
+                    e.label
+                )));
+            }
+            if let Some(i) = rows.iter().position(|e| e.input_ids.is_empty()) {
+                return Err(PeftError::Data(format!("{set} example {i} has no tokens")));
+            }
+        }
+        Ok(HeadClassification {
+            train,
+            eval,
+            num_labels,
+            pad_id,
+        })
+    }
+
+    /// Number of classes.
+    pub fn num_labels(&self) -> usize {
+        self.num_labels
+    }
+
+    /// Class logits `[n, num_labels]` for `examples`.
+    pub fn class_logits(
+        &self,
+        model: &dyn BaseModel,
+        hooks: &dyn Hooks,
+        examples: &[&ClassExample],
+    ) -> Result<Tensor> {
+        let head = hooks.classifier().ok_or_else(|| {
+            PeftError::Unsupported(
+                "this task classifies with a trained head, but the adapter has none: wrap it in \
+                 peft_core::head::WithClassifier (the CLI does so for `kind = \"classification-head\"`)"
+                    .into(),
+            )
+        })?;
+        let classes = head.weight.dim(0)?;
+        if classes != self.num_labels {
+            return Err(PeftError::ShapeMismatch {
+                what: "classification head".into(),
+                expected_from: "the task's classes".into(),
+                expected: vec![self.num_labels, model.spec().hidden_size],
+                got_from: "the adapter".into(),
+                got: head.weight.dims().to_vec(),
+            });
+        }
+        let rows: Vec<&[u32]> = examples.iter().map(|e| e.input_ids.as_slice()).collect();
+        let batch = pad_batch(&rows, self.pad_id, model.device())?;
+        let out = model.forward(&batch, hooks)?;
+        let last: Vec<(usize, usize)> = rows
+            .iter()
+            .enumerate()
+            .map(|(b, r)| (b, r.len() - 1))
+            .collect();
+        let pooled = gather_rows(&out.hidden, out.virtual_tokens, &last)?;
+        head.forward(&pooled)
+    }
+}
+
+impl Task for HeadClassification {
+    fn name(&self) -> &str {
+        "classification-head"
+    }
+
+    fn train_len(&self) -> usize {
+        self.train.len()
+    }
+
+    fn loss(
+        &self,
+        model: &dyn BaseModel,
+        hooks: &dyn Hooks,
+        indices: &[usize],
+    ) -> Result<StepLoss> {
+        let examples: Vec<&ClassExample> = indices.iter().map(|&i| &self.train[i]).collect();
+        let logits = self.class_logits(model, hooks, &examples)?;
+        let targets: Vec<u32> = examples.iter().map(|e| e.label as u32).collect();
+        Ok(StepLoss {
+            loss: cross_entropy(&logits, &targets)?,
+            tokens: examples.iter().map(|e| e.input_ids.len()).sum(),
+        })
+    }
+
+    fn evaluate(
+        &self,
+        model: &dyn BaseModel,
+        hooks: &dyn Hooks,
+        batch_size: usize,
+    ) -> Result<Metrics> {
+        crate::grad::no_grad(|| {
+            classification_metrics(&self.eval, self.num_labels, batch_size, |chunk| {
+                self.class_logits(model, hooks, chunk)
+            })
+        })
+    }
+
+    fn primary_metric(&self) -> (&'static str, bool) {
+        ("accuracy", true)
+    }
+}
