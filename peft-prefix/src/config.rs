@@ -1,0 +1,279 @@
+//! HF PEFT's `PrefixTuningConfig` (`peft_type = "PREFIX_TUNING"`): field names, defaults and the way the
+//! model-derived fields are filled in, grouped-query attention included.
+
+use candle_core::Device;
+use peft_core::method::{Adapter, CommonConfig, InitCtx, PeftMethod};
+use peft_core::spec::{ModelSpec, SiteKind};
+use peft_core::{PeftError, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::adapter::PrefixTuning;
+use crate::encoder::{EncoderShape, PrefixEncoder, Start};
+
+/// HF PEFT's `init_weights` of prefix tuning: unset (random) or `"zero"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PrefixInit {
+    /// The prefix (or, with `prefix_projection`, the last projection layer) starts at zero.
+    #[serde(rename = "zero")]
+    Zero,
+}
+
+/// HF PEFT's `PrefixTuningConfig`: same field names, defaults and meaning. P-tuning v2 is this method with
+/// `prefix_projection = false` (see [`PrefixTuningConfig::p_tuning_v2`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrefixTuningConfig {
+    /// Fields every HF PEFT config has.
+    #[serde(flatten)]
+    pub common: CommonConfig,
+    /// Number of virtual tokens: prefix positions in front of every layer's keys and values (required).
+    pub num_virtual_tokens: usize,
+    /// Key/value width per layer; filled from the model as HF PEFT does: `num_key_value_heads * head_dim`
+    /// (the hidden size for models without grouped-query attention).
+    #[serde(default)]
+    pub token_dim: Option<usize>,
+    /// 1 for decoder-only models (2 for encoder-decoder); filled from the model.
+    #[serde(default)]
+    pub num_transformer_submodules: Option<usize>,
+    /// Heads of the prefix; filled from the model: its key/value heads.
+    #[serde(default)]
+    pub num_attention_heads: Option<usize>,
+    /// Layers of the model; filled from the model.
+    #[serde(default)]
+    pub num_layers: Option<usize>,
+    /// Hidden size of the projection MLP; defaults to `token_dim` (filled at build time, as HF PEFT does).
+    #[serde(default)]
+    pub encoder_hidden_size: Option<usize>,
+    /// Whether the prefix comes out of an MLP over a small embedding while training (default false).
+    #[serde(default)]
+    pub prefix_projection: bool,
+    /// Unset: random initialisation; `"zero"`: the prefix (with projection: the last layer) starts at zero.
+    #[serde(default)]
+    pub init_weights: Option<PrefixInit>,
+    /// Extra modules HF PEFT trains and saves; not supported here (must be unset). A trained classification
+    /// head comes from `peft_core::head::WithClassifier` instead.
+    #[serde(default)]
+    pub modules_to_save: Option<Vec<String>>,
+}
+
+impl PrefixTuningConfig {
+    /// Prefix tuning with `n` virtual tokens, no projection, for a causal LM.
+    pub fn new(n: usize) -> Self {
+        PrefixTuningConfig {
+            common: CommonConfig {
+                task_type: Some("CAUSAL_LM".into()),
+                ..CommonConfig::default()
+            },
+            num_virtual_tokens: n,
+            token_dim: None,
+            num_transformer_submodules: None,
+            num_attention_heads: None,
+            num_layers: None,
+            encoder_hidden_size: None,
+            prefix_projection: false,
+            init_weights: None,
+            modules_to_save: None,
+        }
+    }
+
+    /// Prefix tuning as Li & Liang (2021) train it: the prefix comes out of a two-layer MLP
+    /// (`encoder_hidden_size` wide, `token_dim` when `None`) over `n` embeddings; saved folded.
+    pub fn with_projection(n: usize, encoder_hidden_size: Option<usize>) -> Self {
+        PrefixTuningConfig {
+            prefix_projection: true,
+            encoder_hidden_size,
+            ..Self::new(n)
+        }
+    }
+
+    /// P-tuning v2 (Liu et al., 2022): trainable key/value prompts at every layer, without reparameterisation.
+    /// HF PEFT has no separate type for it: it is `PREFIX_TUNING` with `prefix_projection = false`, so an
+    /// adapter saved from this config is an ordinary HF PEFT prefix-tuning adapter.
+    pub fn p_tuning_v2(num_virtual_tokens: usize) -> Self {
+        Self::new(num_virtual_tokens)
+    }
+
+    /// This config with the model-derived fields filled in for `spec`, checked against what the model's
+    /// attention can take.
+    pub fn resolved_for(&self, spec: &ModelSpec) -> Result<PrefixTuningConfig> {
+        if self.num_virtual_tokens == 0 {
+            return Err(PeftError::Config(
+                "num_virtual_tokens must be at least 1".into(),
+            ));
+        }
+        if self.modules_to_save.is_some() {
+            return Err(PeftError::Unsupported(format!(
+                "modules_to_save = {:?} is not supported by prefix tuning here: leave it unset (a trained \
+                 classification head is peft_core::head::WithClassifier)",
+                self.modules_to_save
+            )));
+        }
+        check_attention(spec)?;
+        let width = spec.num_kv_heads * spec.head_dim;
+        let model = || format!("model {}", model_name(spec));
+        let mismatch =
+            |what: &str, expected: usize, got: usize, how: &str| PeftError::ShapeMismatch {
+                what: format!("{what} ({how})"),
+                expected_from: model(),
+                expected: vec![expected],
+                got_from: "the prefix-tuning config".into(),
+                got: vec![got],
+            };
+        if let Some(td) = self.token_dim.filter(|&td| td != width) {
+            return Err(mismatch(
+                "token_dim",
+                width,
+                td,
+                "key/value heads x head dim",
+            ));
+        }
+        if let Some(h) = self.num_attention_heads.filter(|&h| h != spec.num_kv_heads) {
+            return Err(mismatch(
+                "num_attention_heads",
+                spec.num_kv_heads,
+                h,
+                "key/value heads",
+            ));
+        }
+        if let Some(l) = self.num_layers.filter(|&l| l != spec.num_layers) {
+            return Err(mismatch("num_layers", spec.num_layers, l, "layers"));
+        }
+        if let Some(s) = self.num_transformer_submodules.filter(|&s| s != 1) {
+            return Err(PeftError::Config(format!(
+                "num_transformer_submodules = {s} is for encoder-decoder models; {} is decoder-only (use 1)",
+                spec.architecture
+            )));
+        }
+        if self.prefix_projection && self.encoder_hidden_size == Some(0) {
+            return Err(PeftError::Config(
+                "encoder_hidden_size must be at least 1 with prefix_projection".into(),
+            ));
+        }
+        let mut config = self.clone();
+        config.token_dim = Some(width);
+        config.num_attention_heads = Some(spec.num_kv_heads);
+        config.num_layers = Some(spec.num_layers);
+        config.num_transformer_submodules = Some(1);
+        config.encoder_hidden_size = Some(self.encoder_hidden_size.unwrap_or(width));
+        if config.common.task_type.is_none() {
+            config.common.task_type = Some("CAUSAL_LM".into());
+        }
+        Ok(config)
+    }
+
+    /// Sizes of the encoder of a resolved config.
+    pub(crate) fn shape(&self) -> EncoderShape {
+        EncoderShape {
+            num_virtual_tokens: self.num_virtual_tokens,
+            token_dim: self.token_dim.unwrap_or(0),
+            num_layers: self.num_layers.unwrap_or(0),
+            encoder_hidden_size: self.encoder_hidden_size.unwrap_or(0),
+        }
+    }
+
+    /// Whether a built adapter holds the folded prefix: always without projection, and with projection when the
+    /// config is for inference (HF PEFT then builds only the big embedding, which the saved tensor fills).
+    pub fn builds_folded(&self) -> bool {
+        !self.prefix_projection || self.common.inference_mode
+    }
+
+    /// Trainable parameters of an adapter built from this resolved config (HF PEFT's count for the same config).
+    pub fn trainable_parameters(&self) -> usize {
+        let s = self.shape();
+        if self.builds_folded() {
+            s.num_virtual_tokens * s.flat_width()
+        } else {
+            let (td, h) = (s.token_dim, s.encoder_hidden_size);
+            s.num_virtual_tokens * td + (td * h + h) + (h * s.flat_width() + s.flat_width())
+        }
+    }
+}
+
+fn model_name(spec: &ModelSpec) -> &str {
+    if spec.name_or_path.is_empty() {
+        &spec.architecture
+    } else {
+        &spec.name_or_path
+    }
+}
+
+/// Refuses a model whose attention cannot take a key/value prefix.
+fn check_attention(spec: &ModelSpec) -> Result<()> {
+    let problem = if spec.num_layers == 0 {
+        Some("it has no layers".to_string())
+    } else if spec.head_dim == 0 || spec.num_kv_heads == 0 {
+        Some(format!(
+            "its attention has {} key/value heads of dimension {}",
+            spec.num_kv_heads, spec.head_dim
+        ))
+    } else if !spec.num_heads.is_multiple_of(spec.num_kv_heads) {
+        Some(format!(
+            "its {} query heads cannot share {} key/value heads",
+            spec.num_heads, spec.num_kv_heads
+        ))
+    } else {
+        key_projection_mismatch(spec)
+    };
+    match problem {
+        Some(p) => Err(PeftError::Unsupported(format!(
+            "model {} cannot take a key/value prefix: {p}",
+            model_name(spec)
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Where the spec names its key projections (HF's `k_proj`, or GPT-2's fused `c_attn` = query, key, value), their
+/// width must be `num_kv_heads * head_dim`, the width of the prefix keys.
+fn key_projection_mismatch(spec: &ModelSpec) -> Option<String> {
+    let width = spec.num_kv_heads * spec.head_dim;
+    spec.sites.iter().find_map(|site| {
+        let SiteKind::Linear { out_features, .. } = site.kind else {
+            return None;
+        };
+        let keys = match site.short_name() {
+            "k_proj" => out_features,
+            "c_attn" if out_features % 3 == 0 => out_features / 3,
+            _ => return None,
+        };
+        (keys != width).then(|| {
+            format!(
+                "{} gives keys of width {keys}, but {} key/value heads x head_dim {} = {width}",
+                site.name, spec.num_kv_heads, spec.head_dim
+            )
+        })
+    })
+}
+
+#[typetag::serde(name = "PREFIX_TUNING")]
+impl PeftMethod for PrefixTuningConfig {
+    fn build(&self, init: &mut InitCtx) -> Result<Box<dyn Adapter>> {
+        let config = self.resolved_for(init.model.spec())?;
+        let device: Device = init.model.device().clone();
+        let start = match (config.common.inference_mode, config.init_weights) {
+            (true, _) => Start::ForLoading,
+            (false, Some(PrefixInit::Zero)) => Start::Zero,
+            (false, None) => Start::Random,
+        };
+        let encoder = if config.builds_folded() {
+            PrefixEncoder::folded(config.shape(), start, &mut init.rng, &device)?
+        } else {
+            PrefixEncoder::projected(config.shape(), start, &mut init.rng, &device)?
+        };
+        Ok(Box::new(PrefixTuning::new(config, encoder)))
+    }
+
+    fn common(&self) -> &CommonConfig {
+        &self.common
+    }
+
+    fn with_common(&self, common: CommonConfig) -> Box<dyn PeftMethod> {
+        Box::new(PrefixTuningConfig {
+            common,
+            ..self.clone()
+        })
+    }
+
+    fn is_prompt_learning(&self) -> bool {
+        true
+    }
+}
