@@ -1,8 +1,48 @@
-//! LoRA (with merge and unmerge) for the peft workspace.
+//! LoRA (Hu et al., 2021) with HF PEFT's `LoraConfig` and file format: rsLoRA scaling, `target_modules` lists,
+//! regular expressions and `"all-linear"`, `layers_to_transform`, rank / alpha patterns, trainable biases, dropout,
+//! and merging into (and unmerging from) the frozen weights.
 //!
-//! Not implemented yet: this crate is reserved so that the workspace layout is final, and holds no method
-//! until the methods issue lands. It registers nothing, so an experiment naming this method fails with the
-//! list of methods that exist.
+//! Adapters are saved as HF PEFT saves them (`base_model.model.<module>.lora_A.weight`, `lora_B.weight`, trained
+//! biases under `<module>.base_layer.bias` or `<module>.bias`) and load in HF PEFT with the same logits; HF PEFT's
+//! adapters load here. Fields of LoRA variants that are not implemented (DoRA, aLoRA, QALoRA, ...) are read and
+//! written back, and a value that would change the computation is refused with what to change.
+//!
+//! ```
+//! use peft_core::method::{Adapter, InitCtx, PeftMethod};
+//! use peft_core::model::BaseModel;
+//! use rand::SeedableRng;
+//!
+//! peft_lora::register(); // links the LORA tag into this binary
+//! // The same JSON HF PEFT writes to adapter_config.json; unset fields take HF PEFT's defaults.
+//! let config: Box<dyn PeftMethod> = serde_json::from_str(
+//!     r#"{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}"#).unwrap();
+//! let mut model = peft_models::tiny::llama(0);
+//! let mut init = InitCtx { model: &model, tokenizer: None, rng: rand::rngs::StdRng::seed_from_u64(0) };
+//! let adapter = config.build(&mut init).unwrap();
+//! // Two layers, two modules each, A [4, 32] and B [out, 4].
+//! assert_eq!(adapter.trainable().len(), 8);
+//! assert!(adapter.trainable()[0].0.ends_with("self_attn.q_proj.lora_A.weight"));
+//! adapter.merge_into(&mut model).unwrap();
+//! assert!(adapter.merge_into(&mut model).is_err()); // already merged
+//! adapter.unmerge_from(&mut model).unwrap();
+//! ```
+
+mod config;
+mod dropout;
+mod init;
+mod lora;
+mod targets;
+
+pub use config::{
+    BiasMode, HfLoraFields, InitLoraWeights, LayerSelection, LayersPattern, LoraConfig, LoraInit,
+    TargetModules, ALL_LINEAR,
+};
+pub use dropout::Dropout;
+pub use init::{initial_pair, linear_default};
+pub use lora::{bias_key, lora_key, Lora, LoraLayer};
+pub use targets::{
+    default_targets, list_entry_matches, minimal_target_names, resolve_targets, Target,
+};
 
 /// Makes sure this crate's methods are linked (and so registered with typetag) into a binary that names no
 /// other item of it.
