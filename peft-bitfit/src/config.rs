@@ -1,0 +1,137 @@
+//! BitFit's configuration. HF PEFT has no BitFit, so this is a config of its own, tagged `peft_type = "BITFIT"`,
+//! with the common HF PEFT fields so that the standard adapter folder holds it.
+
+use peft_core::method::{Adapter, CommonConfig, InitCtx, PeftMethod};
+use peft_core::{PeftError, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::adapter::BitFit;
+
+/// Which biases train.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "TargetsRepr", into = "TargetsRepr")]
+pub enum BitFitTargets {
+    /// `"all"`: every bias of the frozen model (linear and norm sites that have one); with
+    /// `add_missing_biases`, also a zero bias at every linear site that has none (on LLaMA: every projection).
+    #[default]
+    All,
+    /// `"paper"`: Ben Zaken et al.'s query and second-MLP-layer biases. GPT-2: `c_attn` and `mlp.c_proj`
+    /// (`c_attn` fuses the query, key and value projections, so its whole `3 x hidden` bias trains, not only the
+    /// query third); LLaMA: `q_proj` and `down_proj` (zero biases added there, as LLaMA has none).
+    Paper,
+    /// Module short names or dotted suffixes of module names (`["c_attn", "mlp.c_proj"]`), as HF PEFT's
+    /// `target_modules` lists name them; every name must match at least one site.
+    Modules(Vec<String>),
+}
+
+/// How [`BitFitTargets`] reads and writes: a string (`"all"`, `"paper"`) or a list of module names.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum TargetsRepr {
+    Named(String),
+    Modules(Vec<String>),
+}
+
+impl TryFrom<TargetsRepr> for BitFitTargets {
+    type Error = String;
+
+    fn try_from(repr: TargetsRepr) -> std::result::Result<Self, String> {
+        match repr {
+            TargetsRepr::Named(name) => match name.as_str() {
+                "all" => Ok(BitFitTargets::All),
+                "paper" => Ok(BitFitTargets::Paper),
+                other => Err(format!(
+                    "targets = {other:?} is not known: use \"all\", \"paper\" or a list of module names \
+                     such as [{other:?}]"
+                )),
+            },
+            TargetsRepr::Modules(names) => Ok(BitFitTargets::Modules(names)),
+        }
+    }
+}
+
+impl From<BitFitTargets> for TargetsRepr {
+    fn from(targets: BitFitTargets) -> Self {
+        match targets {
+            BitFitTargets::All => TargetsRepr::Named("all".into()),
+            BitFitTargets::Paper => TargetsRepr::Named("paper".into()),
+            BitFitTargets::Modules(names) => TargetsRepr::Modules(names),
+        }
+    }
+}
+
+/// BitFit (Ben Zaken et al., 2022): only biases train, each starting from the frozen model's value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BitFitConfig {
+    /// Fields every HF PEFT config has.
+    #[serde(flatten)]
+    pub common: CommonConfig,
+    /// Which biases train (default `"all"`).
+    #[serde(default)]
+    pub targets: BitFitTargets,
+    /// Whether a chosen site without a frozen bias gets a zero-initialised trainable one (default true);
+    /// false makes such a site an error. The adapter's [`BitFit::notes`] lists the sites that got one.
+    #[serde(default = "default_add_missing_biases")]
+    pub add_missing_biases: bool,
+}
+
+fn default_add_missing_biases() -> bool {
+    true
+}
+
+impl Default for BitFitConfig {
+    fn default() -> Self {
+        BitFitConfig::new(BitFitTargets::All)
+    }
+}
+
+impl BitFitConfig {
+    /// A config training `targets`, adding missing biases (the default).
+    pub fn new(targets: BitFitTargets) -> Self {
+        BitFitConfig {
+            common: CommonConfig {
+                task_type: Some("CAUSAL_LM".into()),
+                ..CommonConfig::default()
+            },
+            targets,
+            add_missing_biases: true,
+        }
+    }
+}
+
+#[typetag::serde(name = "BITFIT")]
+impl PeftMethod for BitFitConfig {
+    fn build(&self, init: &mut InitCtx) -> Result<Box<dyn Adapter>> {
+        let mut config = self.clone();
+        if config.common.task_type.is_none() {
+            config.common.task_type = Some("CAUSAL_LM".into());
+        }
+        Ok(Box::new(BitFit::new(config, init.model)?))
+    }
+
+    fn common(&self) -> &CommonConfig {
+        &self.common
+    }
+
+    fn with_common(&self, common: CommonConfig) -> Box<dyn PeftMethod> {
+        Box::new(BitFitConfig {
+            common,
+            ..self.clone()
+        })
+    }
+}
+
+/// The module names the `"paper"` preset trains for an architecture.
+pub(crate) fn paper_modules(architecture: &str) -> Result<Vec<String>> {
+    let names: &[&str] = match architecture {
+        "gpt2" => &["c_attn", "mlp.c_proj"],
+        "llama" => &["q_proj", "down_proj"],
+        other => {
+            return Err(PeftError::Config(format!(
+                "BitFit's \"paper\" preset knows gpt2 and llama, not {other}: list the query and second MLP \
+                 projections in targets instead"
+            )))
+        }
+    };
+    Ok(names.iter().map(|s| s.to_string()).collect())
+}

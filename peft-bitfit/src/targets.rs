@@ -1,0 +1,178 @@
+//! Which sites of a frozen model BitFit trains a bias at, and where each bias starts: resolved once from the
+//! config's `targets` against the model's spec.
+
+use candle_core::{DType, Tensor};
+use peft_core::model::BaseModel;
+use peft_core::spec::{Site, SiteId, SiteKind};
+use peft_core::{PeftError, Result};
+
+use crate::config::{paper_modules, BitFitConfig, BitFitTargets};
+
+/// One trained bias: its site, its HF parameter name and its starting value.
+#[derive(Debug, Clone)]
+pub(crate) struct BiasSite {
+    /// The linear or norm site the bias replaces the frozen bias of.
+    pub site: SiteId,
+    /// `<module>.bias`, the HF parameter name.
+    pub key: String,
+    /// The frozen bias `[dim]`, or zeros where the checkpoint has none.
+    pub initial: Tensor,
+    /// True where the checkpoint has no bias and a zero one was added.
+    pub added: bool,
+}
+
+/// Features of a site's bias.
+fn bias_dim(site: &Site) -> usize {
+    match site.kind {
+        SiteKind::Linear { out_features, .. } => out_features,
+        SiteKind::Norm { dim } => dim,
+    }
+}
+
+/// Whether `target` names `site`: its full name, or a dotted suffix of it (`c_attn`, `mlp.c_proj`).
+fn matches(site: &Site, target: &str) -> bool {
+    site.name == target || site.name.ends_with(&format!(".{target}"))
+}
+
+/// The module directly above a site, unless that is a layer index (`attn` of `transformer.h.0.attn.c_proj`).
+fn parent(site: &Site) -> Option<&str> {
+    let parent = site.name.rsplit('.').nth(1)?;
+    (!parent.chars().all(|c| c.is_ascii_digit())).then_some(parent)
+}
+
+/// The names a target list can use, for error messages: every short name, plus `parent.short` where a short
+/// name occurs under several parents (`attn.c_proj`, `mlp.c_proj`).
+pub(crate) fn candidates(model: &dyn BaseModel) -> Vec<String> {
+    let sites = &model.spec().sites;
+    let mut out: Vec<String> = Vec::new();
+    for site in sites {
+        let short = site.short_name().to_string();
+        if !out.contains(&short) {
+            out.push(short);
+        }
+    }
+    for site in sites {
+        let short = site.short_name();
+        let mut parents: Vec<&str> = sites
+            .iter()
+            .filter(|s| s.short_name() == short)
+            .filter_map(parent)
+            .collect();
+        parents.dedup();
+        parents.sort_unstable();
+        parents.dedup();
+        if let (true, Some(p)) = (parents.len() > 1, parent(site)) {
+            let name = format!("{p}.{short}");
+            if !out.contains(&name) {
+                out.push(name);
+            }
+        }
+    }
+    out
+}
+
+/// The frozen bias at `site`, where the checkpoint has one.
+fn frozen_bias(model: &dyn BaseModel, id: SiteId, site: &Site) -> Result<Option<Tensor>> {
+    if !site.has_bias {
+        return Ok(None);
+    }
+    let bias = match site.kind {
+        SiteKind::Linear { .. } => model.frozen_linear(id).and_then(|l| l.bias().cloned()),
+        SiteKind::Norm { .. } => {
+            let key = format!("{}.bias", site.name);
+            model
+                .parameters()
+                .into_iter()
+                .find_map(|(name, t)| (name == key).then_some(t))
+        }
+    };
+    match bias {
+        Some(b) => Ok(Some(b.to_dtype(DType::F32)?)),
+        None => Err(PeftError::Unsupported(format!(
+            "the model's spec says {} has a bias, but the model does not give it (a model bug)",
+            site.name
+        ))),
+    }
+}
+
+/// Resolves the config's targets to bias sites, in the model's site order.
+pub(crate) fn resolve(config: &BitFitConfig, model: &dyn BaseModel) -> Result<Vec<BiasSite>> {
+    let spec = model.spec();
+    let chosen: Vec<SiteId> = match &config.targets {
+        BitFitTargets::All => spec
+            .iter_sites()
+            .filter(|(_, s)| {
+                s.has_bias
+                    || (config.add_missing_biases && matches!(s.kind, SiteKind::Linear { .. }))
+            })
+            .map(|(id, _)| id)
+            .collect(),
+        BitFitTargets::Paper => by_name(model, &paper_modules(&spec.architecture)?)?,
+        BitFitTargets::Modules(names) => by_name(model, names)?,
+    };
+    if chosen.is_empty() {
+        return Err(PeftError::Config(format!(
+            "BitFit found no bias to train in {} ({}): it has no biases, so set add_missing_biases = true",
+            spec.name_or_path, spec.architecture
+        )));
+    }
+    let missing: Vec<&str> = chosen
+        .iter()
+        .map(|&id| spec.site(id))
+        .filter(|s| !s.has_bias)
+        .map(|s| s.name.as_str())
+        .collect();
+    if !config.add_missing_biases && !missing.is_empty() {
+        return Err(PeftError::Config(format!(
+            "BitFit targets {} site(s) without a bias in the checkpoint ({}{}): set add_missing_biases = true \
+             to train zero-initialised biases there, or choose sites that have one",
+            missing.len(),
+            missing[..missing.len().min(4)].join(", "),
+            if missing.len() > 4 { ", ..." } else { "" }
+        )));
+    }
+    chosen
+        .into_iter()
+        .map(|id| {
+            let site = spec.site(id);
+            let frozen = frozen_bias(model, id, site)?;
+            let added = frozen.is_none();
+            let initial = match frozen {
+                Some(b) => b,
+                None => Tensor::zeros(bias_dim(site), DType::F32, model.device())?,
+            };
+            Ok(BiasSite {
+                site: id,
+                key: format!("{}.bias", site.name),
+                initial,
+                added,
+            })
+        })
+        .collect()
+}
+
+/// The sites matched by module names; a name that matches nothing is an error listing the candidates.
+fn by_name(model: &dyn BaseModel, names: &[String]) -> Result<Vec<SiteId>> {
+    let spec = model.spec();
+    if names.is_empty() {
+        return Err(PeftError::Config(format!(
+            "BitFit targets is an empty list: name modules ({}), or use \"all\" or \"paper\"",
+            candidates(model).join(", ")
+        )));
+    }
+    for name in names {
+        if !spec.sites.iter().any(|s| matches(s, name)) {
+            return Err(PeftError::Config(format!(
+                "BitFit target `{name}` matches no module of {} ({}); candidates: {}",
+                spec.name_or_path,
+                spec.architecture,
+                candidates(model).join(", ")
+            )));
+        }
+    }
+    Ok(spec
+        .iter_sites()
+        .filter(|(_, s)| names.iter().any(|n| matches(s, n)))
+        .map(|(id, _)| id)
+        .collect())
+}
