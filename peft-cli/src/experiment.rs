@@ -42,16 +42,30 @@ pub enum TaskKind {
     /// Label words scored by the LM head at the answer position.
     #[serde(rename = "classification")]
     Classification,
+    /// A trained linear head on the last real token's final hidden state (P-tuning v2's setting); the classes
+    /// are `label_words`' labels in order (the words themselves are used only by the zero-shot baseline).
+    #[serde(rename = "classification-head")]
+    ClassificationHead,
     /// Next-token prediction over a text corpus.
     #[serde(rename = "causal-lm")]
     CausalLm,
+}
+
+impl TaskKind {
+    /// Whether the task classifies (with a verbalizer or a head).
+    pub fn is_classification(self) -> bool {
+        matches!(
+            self,
+            TaskKind::Classification | TaskKind::ClassificationHead
+        )
+    }
 }
 
 /// `[task]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskSection {
-    /// `classification` or `causal-lm`.
+    /// `classification`, `classification-head` or `causal-lm`.
     pub kind: TaskKind,
     /// Classification: the prompt, with `{text}` (and `{text_pair}`); the answer follows its last token.
     #[serde(default)]
@@ -160,6 +174,15 @@ pub fn parse_method(table: &toml::Table, text: &str) -> Result<Box<dyn PeftMetho
             );
         }
     }
+    // A STACK's members are method tables of their own: check their keys the same way.
+    if let Some(members) = table.get("adapters").and_then(|a| a.as_array()) {
+        for (i, member) in members.iter().enumerate() {
+            let member = member
+                .as_table()
+                .with_context(|| format!("adapters[{i}] must be a method table"))?;
+            parse_method(member, text).with_context(|| format!("adapters[{i}]"))?;
+        }
+    }
     Ok(method)
 }
 
@@ -199,7 +222,7 @@ fn line_of_key(text: &str, section: &str, key: &str) -> Option<usize> {
 
 fn check_task(task: &TaskSection) -> Result<()> {
     match task.kind {
-        TaskKind::Classification => {
+        TaskKind::Classification | TaskKind::ClassificationHead => {
             let template = task
                 .template
                 .as_deref()

@@ -3,10 +3,9 @@
 //! function, so its binary is the whole `peft` command with one more `peft_type`.
 //!
 //! ```no_run
-//! // A third-party binary: link your method (its typetag registration), then hand over to the CLI.
-//! fn main() {
-//!     std::process::exit(peft_cli::run());
-//! }
+//! // A third-party binary's main: link your method (its typetag registration), then hand over to the CLI.
+//! let code = peft_cli::run();
+//! std::process::exit(code);
 //! ```
 
 pub mod commands;

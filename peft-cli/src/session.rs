@@ -6,10 +6,13 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use peft_core::adapter_io::load_adapter;
+use peft_core::head::WithClassifier;
 use peft_core::hooks::{positions_taken, Hooks, NoHooks};
-use peft_core::method::InitCtx;
+use peft_core::method::{Adapter, InitCtx};
 use peft_models::LoadedModel;
 use rand::SeedableRng;
+
+use crate::experiment::{Experiment, TaskKind};
 
 /// Opens a model by zoo name, folder, `.gguf` file or hub id, on the CPU. A zoo model that is not cached yet is
 /// fetched first.
@@ -30,6 +33,19 @@ pub fn init_ctx(loaded: &LoadedModel, seed: u64) -> InitCtx<'_> {
         tokenizer: loaded.tokenizer.as_ref(),
         rng: rand::rngs::StdRng::seed_from_u64(seed),
     }
+}
+
+/// The experiment's method built fresh on `loaded` (seeded by `[training] seed`), with a trained
+/// classification head added for `kind = "classification-head"`.
+pub fn build_adapter(exp: &Experiment, loaded: &LoadedModel) -> Result<Box<dyn Adapter>> {
+    let mut init = init_ctx(loaded, exp.file.training.seed);
+    let adapter = exp.method.build(&mut init)?;
+    Ok(if exp.file.task.kind == TaskKind::ClassificationHead {
+        let classes = exp.file.task.label_words.as_ref().map_or(0, |v| v.len());
+        Box::new(WithClassifier::new(adapter, classes, &mut init)?)
+    } else {
+        adapter
+    })
 }
 
 /// Runs `f` with the hooks of the adapter at `adapter` (or none), printing the loader's warnings.

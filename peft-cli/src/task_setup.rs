@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use peft_core::data::{chunk_text, ClassEncoder, Template};
-use peft_core::task::{CausalLm, Task, VerbalizerClassification};
+use peft_core::task::{CausalLm, HeadClassification, Task, VerbalizerClassification};
 use peft_models::LoadedModel;
 
 use crate::experiment::{Experiment, TaskKind};
@@ -10,6 +10,26 @@ use crate::experiment::{Experiment, TaskKind};
 /// Reads and encodes the experiment's data. `taken` positions of the context belong to the adapter (virtual
 /// tokens), so prompts get at most `context - taken` tokens unless `max_length` is smaller.
 pub fn build_task(exp: &Experiment, loaded: &LoadedModel, taken: usize) -> Result<Box<dyn Task>> {
+    build_task_as(exp, exp.file.task.kind, loaded, taken)
+}
+
+/// The zero-shot baseline of the experiment's task: a head task is compared with its verbalizer (the frozen
+/// model has no trained head); other tasks with themselves.
+pub fn build_baseline_task(exp: &Experiment, loaded: &LoadedModel) -> Result<Box<dyn Task>> {
+    let kind = match exp.file.task.kind {
+        TaskKind::ClassificationHead => TaskKind::Classification,
+        other => other,
+    };
+    build_task_as(exp, kind, loaded, 0)
+}
+
+/// [`build_task`] with the task kind given.
+fn build_task_as(
+    exp: &Experiment,
+    kind: TaskKind,
+    loaded: &LoadedModel,
+    taken: usize,
+) -> Result<Box<dyn Task>> {
     let tokenizer = loaded
         .tokenizer
         .as_ref()
@@ -29,8 +49,8 @@ pub fn build_task(exp: &Experiment, loaded: &LoadedModel, taken: usize) -> Resul
     };
     let data = &exp.file.data;
     let pad_id = 0;
-    match task.kind {
-        TaskKind::Classification => {
+    match kind {
+        TaskKind::Classification | TaskKind::ClassificationHead => {
             let template = Template::new(task.template.clone().unwrap_or_default())?;
             let verbalizer = task.label_words.clone().context("label_words")?;
             let encoder = ClassEncoder::new(
@@ -46,6 +66,12 @@ pub fn build_task(exp: &Experiment, loaded: &LoadedModel, taken: usize) -> Resul
             let eval = encoder
                 .encode_all(&data.eval.read()?)
                 .with_context(|| format!("encoding {}", data.eval.path.display()))?;
+            if kind == TaskKind::ClassificationHead {
+                let classes = encoder.label_token_ids().len();
+                return Ok(Box::new(HeadClassification::new(
+                    train, eval, classes, pad_id,
+                )?));
+            }
             Ok(Box::new(VerbalizerClassification::new(
                 train,
                 eval,

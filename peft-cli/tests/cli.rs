@@ -245,6 +245,11 @@ fn generate_is_greedy_and_repeatable() {
 /// Writes a toy classification task on the tiny GPT-2 (label w1 when the sentence holds w9) and its
 /// experiment file; returns the experiment path.
 fn toy_experiment(dir: &Path, method: &str, train_rows: &str) -> PathBuf {
+    toy_experiment_of_kind(dir, method, train_rows, "classification")
+}
+
+/// The toy experiment with another task kind (`classification-head`).
+fn toy_experiment_of_kind(dir: &Path, method: &str, train_rows: &str, kind: &str) -> PathBuf {
     let mut dev = String::from("sentence\tlabel\n");
     for i in 0..16 {
         dev += &format!(
@@ -266,7 +271,7 @@ name = "{model}"
 {method}
 
 [task]
-kind = "classification"
+kind = "{kind}"
 template = "{{text}} w3"
 label_words = {{ "0" = " w10", "1" = " w11" }}
 
@@ -289,7 +294,8 @@ progress = false
 output_dir = "{out}"
 "#,
         model = fixture("tiny-gpt2"),
-        out = dir.join("out").display()
+        out = dir.join("out").display(),
+        kind = kind,
     );
     let path = dir.join("exp.toml");
     std::fs::write(&path, exp).unwrap();
@@ -565,4 +571,153 @@ output_dir = "{out}"
         "held-out loss did not fall: {line}"
     );
     assert!(stdout.contains("perplexity"), "{stdout}");
+}
+
+#[test]
+fn p_tuning_v2_trains_a_classification_head_that_is_saved_and_reloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let method = "peft_type = \"PREFIX_TUNING\"\nnum_virtual_tokens = 4";
+    let exp = toy_experiment_of_kind(dir.path(), method, &toy_train_rows(), "classification-head");
+    let text = std::fs::read_to_string(&exp)
+        .unwrap()
+        .replace("learning_rate = 0.3", "learning_rate = 0.05");
+    std::fs::write(&exp, text).unwrap();
+    let out = peft(&["train", exp.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The baseline of a head task is the verbalizer's zero-shot accuracy.
+    assert!(
+        stdout.contains("dev before training (zero-shot, frozen model)"),
+        "{stdout}"
+    );
+    let after = stdout
+        .lines()
+        .find(|l| l.starts_with("accuracy: "))
+        .expect("a before -> after line");
+    let final_acc: f64 = after.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(
+        final_acc >= 0.8,
+        "the toy task was not learned with a head: {after}"
+    );
+    let adapter = dir.path().join("out/adapter");
+    let config = read_json(adapter.join("adapter_config.json").to_str().unwrap());
+    assert_eq!(config["task_type"], "SEQ_CLS");
+    let inspect = ok_json(&peft(&[
+        "inspect",
+        "--model",
+        &fixture("tiny-gpt2"),
+        "--adapter",
+        adapter.to_str().unwrap(),
+    ]));
+    // 4 virtual tokens x 2 layers x (key + value) x 32, plus the [2, 32] head.
+    assert_eq!(inspect["trainable_parameters"], 4 * 2 * 2 * 32 + 2 * 32);
+    let metrics = ok_json(&peft(&[
+        "eval",
+        exp.to_str().unwrap(),
+        "--adapter",
+        adapter.to_str().unwrap(),
+    ]));
+    assert!((metrics["accuracy"].as_f64().unwrap() - final_acc).abs() < 1e-9);
+}
+
+#[test]
+fn a_stack_of_methods_trains_and_its_members_keys_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = "peft_type = \"STACK\"\n\n[[method.adapters]]\npeft_type = \"PROMPT_TUNING\"\n\
+                 num_virtual_tokens = 4\n\n[[method.adapters]]\npeft_type = \"LORA\"\nr = 2";
+    let exp = toy_experiment(dir.path(), stack, &toy_train_rows());
+    let text = std::fs::read_to_string(&exp)
+        .unwrap()
+        .replace("max_steps = 100", "max_steps = 10")
+        .replace("learning_rate = 0.3", "learning_rate = 0.05");
+    std::fs::write(&exp, &text).unwrap();
+    let inspect = ok_json(&peft(&[
+        "inspect",
+        "--model",
+        &fixture("tiny-gpt2"),
+        "--experiment",
+        exp.to_str().unwrap(),
+    ]));
+    // Prompt 4 x 32, plus LoRA r=2 on both layers' c_attn (32 -> 96): 2 x (2 x 32 + 96 x 2).
+    assert_eq!(
+        inspect["trainable_parameters"],
+        4 * 32 + 2 * (2 * 32 + 96 * 2)
+    );
+    let out = peft(&["train", exp.to_str().unwrap(), "--no-baseline"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let saved = read_json(
+        dir.path()
+            .join("out/adapter/adapter_config.json")
+            .to_str()
+            .unwrap(),
+    );
+    assert_eq!(saved["peft_type"], "STACK");
+    assert_eq!(saved["adapters"][1]["peft_type"], "LORA");
+    // A typo inside a member is refused by name before anything runs.
+    std::fs::write(&exp, text.replace("r = 2", "rr = 2")).unwrap();
+    fails_with(
+        &peft(&["train", exp.to_str().unwrap()]),
+        &["adapters[1]", "unknown key `rr`"],
+    );
+}
+
+#[test]
+fn merged_lora_logits_equal_unmerged_and_unmergeable_methods_say_so() {
+    let adapter = fixture("adapters/hf-tiny-gpt2-lora");
+    let args = [
+        "logits",
+        "--model",
+        &fixture("tiny-gpt2"),
+        "--adapter",
+        &adapter,
+        "--ids",
+        "5,17,42,8",
+    ];
+    let plain = ok_json(&peft(&args));
+    let mut merged_args = args.to_vec();
+    merged_args.push("--merge");
+    let merged = ok_json(&peft(&merged_args));
+    let (a, b) = (&plain["top_k"], &merged["top_k"]);
+    for (x, y) in a.as_array().unwrap().iter().zip(b.as_array().unwrap()) {
+        assert_eq!(x[0], y[0], "merging changed the ranking");
+        let d = (x[1].as_f64().unwrap() - y[1].as_f64().unwrap()).abs();
+        assert!(d < 1e-4, "merged logits differ by {d}");
+    }
+    let prompt = fixture("adapters/hf-tiny-gpt2-random");
+    fails_with(
+        &peft(&[
+            "logits",
+            "--model",
+            &fixture("tiny-gpt2"),
+            "--adapter",
+            &prompt,
+            "--ids",
+            "5,17",
+            "--merge",
+        ]),
+        &["PROMPT_TUNING adapters cannot be merged"],
+    );
+}
+
+#[test]
+fn a_lora_target_the_model_lacks_is_named_with_the_candidates() {
+    let dir = tempfile::tempdir().unwrap();
+    let lora = "peft_type = \"LORA\"\nr = 4\ntarget_modules = [\"q_proj\"]";
+    let exp = toy_experiment(dir.path(), lora, &toy_train_rows());
+    fails_with(
+        &peft(&["train", exp.to_str().unwrap()]),
+        &["q_proj", "c_attn"],
+    );
+    assert!(
+        !dir.path().join("out").exists(),
+        "a failed run left outputs"
+    );
 }

@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Args;
 use peft_core::adapter_io::{load_adapter, WEIGHTS_FILE};
 
-use crate::session::{init_ctx, open_model};
+use crate::session::{build_adapter, init_ctx, open_model};
 
 /// Arguments of `peft inspect`.
 #[derive(Args)]
@@ -48,11 +48,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
         }
         (None, Some(path)) => {
             let exp = crate::experiment::Experiment::load(path)?;
-            Some((
-                exp.method
-                    .build(&mut init_ctx(&loaded, exp.file.training.seed))?,
-                None,
-            ))
+            Some((build_adapter(&exp, &loaded)?, None))
         }
         (None, None) => None,
     };
@@ -62,6 +58,10 @@ pub fn run(args: InspectArgs) -> Result<()> {
         report["trainable_parameters"] = trainable.into();
         report["trainable_percent"] =
             (100.0 * trainable as f64 / spec.num_parameters.max(1) as f64).into();
+        let notes = adapter.notes();
+        if !notes.is_empty() {
+            report["notes"] = notes.into();
+        }
         if let Some(bytes) = file_bytes {
             report["adapter_file_bytes"] = bytes.into();
         }

@@ -5,9 +5,12 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use peft_core::adapter_io::load_adapter;
 use peft_core::generate::last_logits;
+use peft_core::hooks::Hooks;
+use peft_models::LoadedModel;
 
-use crate::session::{open_model, with_adapter, Tokens};
+use crate::session::{init_ctx, open_model, with_adapter, Tokens};
 
 /// Arguments of `peft logits`.
 #[derive(Args)]
@@ -24,6 +27,9 @@ pub struct LogitsArgs {
     /// Comma-separated token ids.
     #[arg(long, value_delimiter = ',')]
     ids: Option<Vec<u32>>,
+    /// Merge the adapter into the frozen weights first (LoRA, IA3): the logits must not change.
+    #[arg(long, requires = "adapter")]
+    merge: bool,
     /// How many logits to list.
     #[arg(long, default_value_t = 20)]
     top_k: usize,
@@ -31,24 +37,44 @@ pub struct LogitsArgs {
 
 /// Runs `peft logits`.
 pub fn run(args: LogitsArgs) -> Result<()> {
-    let loaded = open_model(&args.model)?;
+    let mut loaded = open_model(&args.model)?;
     let ids = Tokens::from_args(args.text.as_deref(), args.ids.as_deref()).resolve(&loaded)?;
     if args.top_k == 0 {
         bail!("--top-k must be at least 1");
     }
+    if args.merge {
+        let dir = args.adapter.as_deref().context("--merge needs --adapter")?;
+        let adapter = load_adapter(dir, &mut init_ctx(&loaded, 0))?.adapter;
+        adapter
+            .merge_into(loaded.model.as_mut())
+            .with_context(|| format!("merging {}", dir.display()))?;
+        let json = top_logits(&loaded, adapter.as_ref(), &ids, args.top_k)?;
+        println!("{json}");
+        return Ok(());
+    }
     let json = with_adapter(&loaded, args.adapter.as_deref(), |hooks| {
-        crate::session::check_fits(&loaded, hooks, ids.len())?;
-        let logits: Vec<f32> = last_logits(loaded.model.as_ref(), hooks, &ids)?.to_vec1()?;
-        let mut ranked: Vec<(usize, f32)> = logits.into_iter().enumerate().collect();
-        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        ranked.truncate(args.top_k);
-        let top: Vec<serde_json::Value> = ranked
-            .iter()
-            .map(|(i, v)| serde_json::json!([i, v]))
-            .collect();
-        Ok(serde_json::json!({ "input_ids": ids, "top_k": top }))
+        top_logits(&loaded, hooks, &ids, args.top_k)
     })
     .context("computing logits")?;
     println!("{json}");
     Ok(())
+}
+
+/// The `top_k` last-position logits of `ids` as the command's JSON object.
+fn top_logits(
+    loaded: &LoadedModel,
+    hooks: &dyn Hooks,
+    ids: &[u32],
+    top_k: usize,
+) -> Result<serde_json::Value> {
+    crate::session::check_fits(loaded, hooks, ids.len())?;
+    let logits: Vec<f32> = last_logits(loaded.model.as_ref(), hooks, ids)?.to_vec1()?;
+    let mut ranked: Vec<(usize, f32)> = logits.into_iter().enumerate().collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    ranked.truncate(top_k);
+    let top: Vec<serde_json::Value> = ranked
+        .iter()
+        .map(|(i, v)| serde_json::json!([i, v]))
+        .collect();
+    Ok(serde_json::json!({ "input_ids": ids, "top_k": top }))
 }

@@ -12,8 +12,8 @@ use peft_core::task::Metrics;
 use peft_core::train::Trainer;
 
 use crate::experiment::Experiment;
-use crate::session::{init_ctx, open_model};
-use crate::task_setup::build_task;
+use crate::session::{build_adapter, open_model};
+use crate::task_setup::{build_baseline_task, build_task};
 
 /// Arguments of `peft train`.
 #[derive(Args)]
@@ -62,9 +62,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let loaded = open_model(&exp.file.model.name)?;
     let model = loaded.model.as_ref();
     let spec = model.spec();
-    let adapter = exp
-        .method
-        .build(&mut init_ctx(&loaded, exp.file.training.seed))?;
+    let adapter = build_adapter(&exp, &loaded)?;
     let taken = positions_taken(adapter.as_ref(), spec.hidden_size, model.device())?;
     let task = build_task(&exp, &loaded, taken)?;
     let cfg = exp.file.training.clone();
@@ -78,11 +76,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
         task.train_len()
     );
 
+    for note in adapter.notes() {
+        eprintln!("note: {note}");
+    }
     let before = if args.no_baseline {
         None
     } else {
         let t = Instant::now();
-        let m = task.evaluate(model, &NoHooks, cfg.eval_batch_size)?;
+        let m =
+            build_baseline_task(&exp, &loaded)?.evaluate(model, &NoHooks, cfg.eval_batch_size)?;
         println!(
             "dev before training (zero-shot, frozen model): {} [{:.0}s]",
             show(&m),
