@@ -9,28 +9,22 @@ use peft_bitfit::{BitFit, BitFitConfig, BitFitTargets};
 use peft_core::adapter_io::{load_adapter, CONFIG_FILE, WEIGHTS_FILE};
 use peft_core::generate::last_logits;
 use peft_core::hooks::NoHooks;
-use peft_core::method::{Adapter, InitCtx, PeftMethod};
+use peft_core::method::{Adapter, PeftMethod};
 use peft_core::model::BaseModel;
 use peft_core::spec::SiteKind;
-use peft_core::task::{ClassExample, Task, VerbalizerClassification};
+use peft_core::task::Task;
 use peft_core::train::{TrainConfig, Trainer};
 use peft_core::PeftError;
-use rand::SeedableRng;
-
-fn init(model: &dyn BaseModel) -> InitCtx<'_> {
-    InitCtx {
-        model,
-        tokenizer: None,
-        rng: rand::rngs::StdRng::seed_from_u64(0),
-    }
-}
+use peft_testing::{init, toy_classification_task};
 
 fn modules(names: &[&str]) -> BitFitTargets {
     BitFitTargets::Modules(names.iter().map(|s| s.to_string()).collect())
 }
 
 fn build(model: &dyn BaseModel, targets: BitFitTargets) -> Box<dyn Adapter> {
-    BitFitConfig::new(targets).build(&mut init(model)).unwrap()
+    BitFitConfig::new(targets)
+        .build(&mut init(model, 0))
+        .unwrap()
 }
 
 fn keys(adapter: &dyn Adapter) -> Vec<String> {
@@ -113,10 +107,10 @@ fn all_on_llama_adds_a_zero_bias_at_every_linear_site_and_says_so() {
         add_missing_biases: false,
         ..BitFitConfig::default()
     };
-    let err = cfg.build(&mut init(&model)).err().unwrap().to_string();
+    let err = cfg.build(&mut init(&model, 0)).err().unwrap().to_string();
     assert!(err.contains("add_missing_biases = true"), "{err}");
     cfg.targets = modules(&["q_proj"]);
-    let err = cfg.build(&mut init(&model)).err().unwrap().to_string();
+    let err = cfg.build(&mut init(&model, 0)).err().unwrap().to_string();
     assert!(
         err.contains("model.layers.0.self_attn.q_proj") && err.contains("add_missing_biases"),
         "{err}"
@@ -225,7 +219,7 @@ fn module_names_match_short_names_and_suffixes() {
 fn an_unknown_target_lists_the_candidates() {
     let gpt2 = peft_models::tiny::gpt2(0);
     let err = BitFitConfig::new(modules(&["c_attn", "q_proj"]))
-        .build(&mut init(&gpt2))
+        .build(&mut init(&gpt2, 0))
         .err()
         .unwrap();
     let msg = err.to_string();
@@ -245,7 +239,7 @@ fn an_unknown_target_lists_the_candidates() {
     assert!(!msg.contains("0.ln_1"), "{msg}");
     let llama = peft_models::tiny::llama(0);
     let msg = BitFitConfig::new(modules(&["c_attn"]))
-        .build(&mut init(&llama))
+        .build(&mut init(&llama, 0))
         .err()
         .unwrap()
         .to_string();
@@ -256,7 +250,7 @@ fn an_unknown_target_lists_the_candidates() {
         "{msg}"
     );
     let msg = BitFitConfig::new(modules(&[]))
-        .build(&mut init(&llama))
+        .build(&mut init(&llama, 0))
         .err()
         .unwrap()
         .to_string();
@@ -287,35 +281,10 @@ fn targets_read_and_write_as_a_name_or_a_list() {
     assert!(err.contains("\"all\", \"paper\" or a list"), "{err}");
 }
 
-/// A learnable toy: class 1 when the sentence contains token 9, else class 0; label words are ids 20 and 21.
-fn classification_task(n: usize) -> VerbalizerClassification {
-    let make = |i: usize| {
-        let has = i % 2 == 1;
-        let mut ids = vec![
-            3 + (i % 5) as u32,
-            4,
-            if has { 9 } else { 10 + (i % 3) as u32 },
-            5,
-        ];
-        ids.truncate(3 + i % 2);
-        ClassExample {
-            input_ids: ids,
-            label: usize::from(has),
-        }
-    };
-    VerbalizerClassification::new(
-        (0..n).map(make).collect(),
-        (0..8).map(make).collect(),
-        vec![20, 21],
-        0,
-    )
-    .unwrap()
-}
-
 #[test]
 fn training_moves_only_the_biases_lowers_the_loss_and_reloads_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let task = classification_task(16);
+    let task = toy_classification_task(16);
     for model in [
         Box::new(peft_models::tiny::gpt2(4)) as Box<dyn BaseModel>,
         Box::new(peft_models::tiny::llama(4)),
@@ -409,7 +378,7 @@ fn training_moves_only_the_biases_lowers_the_loss_and_reloads_exactly() {
                 );
             }
         }
-        let loaded = load_adapter(&saved, &mut init(model.as_ref())).unwrap();
+        let loaded = load_adapter(&saved, &mut init(model.as_ref(), 0)).unwrap();
         assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
         let ids = [3u32, 9, 4, 5];
         let a = last_logits(model.as_ref(), adapter.as_ref(), &ids).unwrap();

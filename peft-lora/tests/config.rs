@@ -1,11 +1,9 @@
 //! `LoraConfig` reads HF PEFT's `adapter_config.json` (defaults, every field of 0.21, lenient about fields of
 //! other versions), writes it back, and refuses what this crate cannot reproduce with a message saying what to do.
 
-mod common;
-
-use common::fixture;
 use peft_core::method::PeftMethod;
 use peft_lora::{BiasMode, InitLoraWeights, LayerSelection, LoraConfig, LoraInit, TargetModules};
+use peft_testing::fixture;
 use serde_json::{json, Value};
 
 fn parse(value: Value) -> LoraConfig {

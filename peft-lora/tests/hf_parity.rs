@@ -5,16 +5,16 @@
 //! `PEFT_WRITE_FIXTURES=1 cargo test -p peft-lora --test hf_parity` rewrites the `ours-*-lora*` adapters (then
 //! run the script's `ours` mode to refresh their `hf_logits.json`).
 
-mod common;
-
-use common::*;
-use peft_core::adapter_io::{load_adapter, save_adapter};
+use peft_core::adapter_io::load_adapter;
 use peft_core::hooks::NoHooks;
 use peft_core::method::{Adapter, PeftMethod};
-use peft_core::task::{CausalLm, LmExample};
-use peft_core::train::{TrainConfig, Trainer};
 use peft_lora::{BiasMode, InitLoraWeights, LayerSelection, LayersPattern, LoraConfig};
 use peft_models::LoadedModel;
+use peft_testing::{
+    checked_ids, fixture, full_logits_diff, hf_fixture, hf_logits, ids_of, init, logits, max_diff,
+    ours_fixture, read_json, smollm2, text_lm_task, tiny, top_logits_diff, toy_trained, train,
+    write_fixture, writing_fixtures, SMOLLM2_REVIEWS,
+};
 
 /// HF adapter folders on the tiny models, with the base model each was made for.
 const HF_TINY: [(&str, &str); 3] = [
@@ -28,10 +28,7 @@ fn hf_lora_adapters_load_with_equal_logits_and_trainable_counts_on_tiny_models()
     for (folder, base) in HF_TINY {
         let mut loaded = tiny(base);
         let dir = fixture(&format!("adapters/{folder}"));
-        let adapter = load_adapter(&dir, &mut init(loaded.model.as_ref(), 0)).unwrap();
-        assert!(adapter.warnings.is_empty(), "{:?}", adapter.warnings);
-        let adapter = adapter.adapter;
-        let reference = read_json(&dir.join("logits.json"));
+        let (adapter, reference) = hf_fixture(&dir, &mut init(loaded.model.as_ref(), 0));
         assert_eq!(
             adapter.num_trainable() as u64,
             reference["num_trainable"].as_u64().unwrap(),
@@ -87,42 +84,11 @@ fn our_config(folder: &str) -> LoraConfig {
     }
 }
 
-/// A few causal-LM steps with the shared trainer from HF PEFT's default init (B = 0), so that B moves.
-fn train(
-    loaded: &LoadedModel,
-    folder: &str,
-    base: &str,
-    steps: usize,
-    lr: f64,
-) -> Box<dyn Adapter> {
+/// Our adapter for a tiny fixture model, from HF PEFT's default init (B = 0): training moves B.
+fn our_trained_adapter(loaded: &LoadedModel, folder: &str, base: &str) -> Box<dyn Adapter> {
     let mut config = our_config(folder);
     config.common.base_model_name_or_path = Some(base.to_string());
-    let adapter = config.build(&mut init(loaded.model.as_ref(), 7)).unwrap();
-    let seqs: Vec<LmExample> = [
-        [5u32, 6, 7, 8, 9, 10],
-        [11, 12, 13, 14, 15, 16],
-        [20, 21, 20, 21, 20, 21],
-    ]
-    .iter()
-    .map(|s| LmExample {
-        input_ids: s.to_vec(),
-        labels: s.iter().map(|&i| i as i64).collect(),
-    })
-    .collect();
-    let task = CausalLm::new(seqs.clone(), seqs, 0).unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let config = TrainConfig {
-        max_steps: steps,
-        batch_size: 2,
-        learning_rate: lr,
-        output_dir: out.path().to_path_buf(),
-        progress: false,
-        ..TrainConfig::default()
-    };
-    Trainer::new(loaded.model.as_ref(), adapter.as_ref(), &task, config)
-        .run()
-        .unwrap();
-    adapter
+    toy_trained(loaded, &config, 0.05).0
 }
 
 fn max_abs_b(adapter: &dyn Adapter) -> f32 {
@@ -144,7 +110,6 @@ fn max_abs_b(adapter: &dyn Adapter) -> f32 {
 
 #[test]
 fn our_lora_adapters_load_in_hf_peft_with_equal_logits() {
-    let write = std::env::var_os("PEFT_WRITE_FIXTURES").is_some();
     let ours = [
         ("ours-tiny-gpt2-lora", "tiny-gpt2"),
         ("ours-tiny-llama-lora", "tiny-llama"),
@@ -154,32 +119,16 @@ fn our_lora_adapters_load_in_hf_peft_with_equal_logits() {
         let loaded = tiny(base);
         let model = loaded.model.as_ref();
         let dir = fixture(&format!("adapters/{folder}"));
-        let fresh = train(&loaded, folder, base, 5, 0.05);
+        let fresh = our_trained_adapter(&loaded, folder, base);
         assert!(
             max_abs_b(fresh.as_ref()) > 1e-3,
             "{folder}: training left B at zero"
         );
-        if write {
-            save_adapter(&dir, fresh.as_ref(), model.spec()).unwrap();
-            eprintln!("wrote {}", dir.display());
-            continue;
-        }
         // The committed adapter is what this code trains today (so HF PEFT's logits are about our output).
-        let committed = load_adapter(&dir, &mut init(model, 0)).unwrap().adapter;
-        for ((k, a), (_, b)) in fresh
-            .tensors()
-            .unwrap()
-            .iter()
-            .zip(committed.tensors().unwrap())
-        {
-            let drift = peft_core::compare::max_abs_diff(a, &b).unwrap();
-            assert!(
-                drift < 1e-5,
-                "{folder}: {k} trained today differs from the committed one by {drift}"
-            );
-        }
-        let hf = read_json(&dir.join("hf_logits.json"));
-        assert_eq!(hf["peft_loaded"], true);
+        let Some(committed) = ours_fixture(&dir, fresh.as_ref(), init(model, 0)) else {
+            continue;
+        };
+        let hf = hf_logits(&dir);
         assert_eq!(
             committed.num_trainable() as u64,
             hf["num_trainable"].as_u64().unwrap(),
@@ -216,8 +165,7 @@ fn smollm2_hf_lora_adapter_matches_hf_logits_merged_and_unmerged() {
         }
         for case in reference["cases"].as_array().unwrap() {
             let text = case["text"].as_str().unwrap();
-            let ids = tokenizer.encode(text, true).unwrap().get_ids().to_vec();
-            assert_eq!(ids, ids_of(case), "input ids differ for {text:?}");
+            let ids = checked_ids(&tokenizer, case);
             let diff = top_logits_diff(loaded.model.as_ref(), adapter.as_ref(), case);
             eprintln!("hf-smollm2-lora (merged: {merged}): max top-20 |logit diff| {diff:.2e}");
             assert!(
@@ -238,40 +186,13 @@ fn smollm2_lora_trained_here_loads_in_hf_peft() {
     let Some(loaded) = smollm2() else { return };
     let dir = fixture("adapters/ours-smollm2-lora");
     let model = loaded.model.as_ref();
-    if std::env::var_os("PEFT_WRITE_FIXTURES").is_some() {
-        let tokenizer = loaded.tokenizer.as_ref().unwrap();
-        let encode = |t: &str| tokenizer.encode(t, true).unwrap().get_ids().to_vec();
-        let seqs: Vec<LmExample> = [
-            "Review: a gripping, beautifully shot film.\nSentiment: positive",
-            "Review: dull and far too long, I left early.\nSentiment: negative",
-        ]
-        .iter()
-        .map(|t| {
-            let ids = encode(t);
-            LmExample {
-                labels: ids.iter().map(|&i| i as i64).collect(),
-                input_ids: ids,
-            }
-        })
-        .collect();
+    if writing_fixtures() {
+        let task = text_lm_task(loaded.tokenizer.as_ref().unwrap(), &SMOLLM2_REVIEWS);
         let mut config = our_config("ours-smollm2-lora");
         config.common.base_model_name_or_path = Some("SmolLM2-135M-Instruct.Q4_1.gguf".into());
         let adapter = config.build(&mut init(model, 7)).unwrap();
-        let task = CausalLm::new(seqs.clone(), seqs, 0).unwrap();
-        let out = tempfile::tempdir().unwrap();
-        let train = TrainConfig {
-            max_steps: 3,
-            batch_size: 2,
-            learning_rate: 0.01,
-            output_dir: out.path().to_path_buf(),
-            progress: false,
-            ..TrainConfig::default()
-        };
-        Trainer::new(model, adapter.as_ref(), &task, train)
-            .run()
-            .unwrap();
-        save_adapter(&dir, adapter.as_ref(), model.spec()).unwrap();
-        eprintln!("wrote {}", dir.display());
+        train(model, adapter.as_ref(), &task, 3, 2, 0.01);
+        write_fixture(&dir, adapter.as_ref(), model);
         return;
     }
     let adapter = load_adapter(&dir, &mut init(model, 0)).unwrap().adapter;
@@ -279,8 +200,7 @@ fn smollm2_lora_trained_here_loads_in_hf_peft() {
         max_abs_b(adapter.as_ref()) > 1e-3,
         "the committed adapter was not trained"
     );
-    let hf = read_json(&dir.join("hf_logits.json"));
-    assert_eq!(hf["peft_loaded"], true);
+    let hf = hf_logits(&dir);
     assert_eq!(
         adapter.num_trainable() as u64,
         hf["num_trainable"].as_u64().unwrap()

@@ -1,18 +1,14 @@
 //! The LoRA adapter on the seeded tiny models: initial values, the update and its scale, trainable biases,
 //! merging and unmerging, saving and loading, training, dropout, and the errors a user can meet.
 
-mod common;
-
 use candle_core::{DType, Device, Tensor};
-use common::{init, logits, max_diff};
 use peft_core::adapter_io::{load_adapter, save_adapter};
 use peft_core::hooks::{Hooks, NoHooks};
 use peft_core::method::{Adapter, PeftMethod};
 use peft_core::model::{BaseModel, Batch};
-use peft_core::task::{CausalLm, LmExample};
-use peft_core::train::{TrainConfig, Trainer};
 use peft_core::PeftError;
 use peft_lora::{BiasMode, InitLoraWeights, Lora, LoraConfig, TargetModules};
+use peft_testing::{init, lm_task, logits, max_diff, train};
 
 const IDS: [u32; 6] = [3, 17, 42, 8, 99, 5];
 
@@ -502,24 +498,8 @@ fn training_moves_both_factors_and_lowers_the_loss() {
         0,
     );
     let before = lora.tensors().unwrap();
-    let seqs: Vec<LmExample> = [[5u32, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15, 16]]
-        .iter()
-        .map(|s| LmExample {
-            input_ids: s.to_vec(),
-            labels: s.iter().map(|&i| i as i64).collect(),
-        })
-        .collect();
-    let task = CausalLm::new(seqs.clone(), seqs, 0).unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let config = TrainConfig {
-        max_steps: 10,
-        batch_size: 2,
-        learning_rate: 0.02,
-        output_dir: out.path().to_path_buf(),
-        progress: false,
-        ..TrainConfig::default()
-    };
-    let report = Trainer::new(&model, &lora, &task, config).run().unwrap();
+    let task = lm_task([vec![5, 6, 7, 8, 9, 10], vec![11, 12, 13, 14, 15, 16]]);
+    let report = train(&model, &lora, &task, 10, 2, 0.02);
     let (first, last) = (report.losses[0], *report.losses.last().unwrap());
     assert!(last < first - 0.1, "loss went from {first} to {last}");
     for ((k, a), (_, b)) in before.iter().zip(lora.tensors().unwrap()) {

@@ -10,22 +10,13 @@ use peft_core::frozen::FrozenLinear;
 use peft_core::generate::last_logits;
 use peft_core::head::WithClassifier;
 use peft_core::hooks::{positions_taken, Ctx, Hooks, KvPrefix, NoHooks};
-use peft_core::method::{Adapter, InitCtx, PeftMethod};
+use peft_core::method::{Adapter, PeftMethod};
 use peft_core::model::{BaseModel, Batch, Output};
 use peft_core::spec::{ModelSpec, SiteId};
-use peft_core::task::{CausalLm, LmExample};
 use peft_core::train::{TrainConfig, Trainer};
 use peft_core::PeftError;
 use peft_prefix::{PrefixInit, PrefixTuningConfig, PROMPT_KEY};
-use rand::SeedableRng;
-
-fn init(model: &dyn BaseModel, seed: u64) -> InitCtx<'_> {
-    InitCtx {
-        model,
-        tokenizer: None,
-        rng: rand::rngs::StdRng::seed_from_u64(seed),
-    }
-}
+use peft_testing::{init, seeded_tiny_models, toy_lm_task};
 
 fn build(model: &dyn BaseModel, cfg: &PrefixTuningConfig, seed: u64) -> Box<dyn Adapter> {
     cfg.build(&mut init(model, seed)).unwrap()
@@ -57,13 +48,6 @@ fn prefix(adapter: &dyn Adapter, layer: usize, batch: usize) -> KvPrefix {
         .unwrap()
 }
 
-fn models() -> Vec<Box<dyn BaseModel>> {
-    vec![
-        Box::new(peft_models::tiny::gpt2(3)),
-        Box::new(peft_models::tiny::llama(3)),
-    ]
-}
-
 fn padded_batch() -> Batch {
     let ids = Tensor::new(&[[5u32, 6, 7, 8, 9], [11, 12, 13, 0, 0]], &Device::Cpu).unwrap();
     let mask = Tensor::new(
@@ -93,7 +77,7 @@ fn code(t: usize, slot: usize, h: usize, d: usize) -> f32 {
 
 #[test]
 fn a_hand_made_flat_prefix_lands_in_hf_peft_layer_key_value_head_slots() {
-    for model in models() {
+    for model in seeded_tiny_models(3) {
         let spec = model.spec().clone();
         let (heads, dim, layers, n) = (spec.num_kv_heads, spec.head_dim, spec.num_layers, 3);
         let adapter = build(model.as_ref(), &PrefixTuningConfig::p_tuning_v2(n), 0);
@@ -296,7 +280,7 @@ fn moments(values: &[f32]) -> (f32, f32) {
 #[test]
 fn folding_the_projection_equals_running_it() {
     let dir = tempfile::tempdir().unwrap();
-    for model in models() {
+    for model in seeded_tiny_models(3) {
         let cfg = PrefixTuningConfig::with_projection(3, Some(20));
         let projected = build(model.as_ref(), &cfg, 11);
         // The folded rows, cut per layer, are the projection run for that layer.
@@ -360,7 +344,7 @@ fn folding_the_projection_equals_running_it() {
 
 #[test]
 fn the_prefix_changes_the_prediction_and_padding_does_not_leak() {
-    for model in models() {
+    for model in seeded_tiny_models(3) {
         let adapter = build(model.as_ref(), &PrefixTuningConfig::new(4), 2);
         let ids = [5u32, 6, 7];
         let plain = last_logits(model.as_ref(), &NoHooks, &ids).unwrap();
@@ -378,7 +362,7 @@ fn the_prefix_changes_the_prediction_and_padding_does_not_leak() {
 
 #[test]
 fn gradients_reach_the_prefix_parameters_only() {
-    for model in models() {
+    for model in seeded_tiny_models(3) {
         for cfg in [
             PrefixTuningConfig::p_tuning_v2(3),
             PrefixTuningConfig::with_projection(3, Some(8)),
@@ -416,21 +400,6 @@ fn gradients_reach_the_prefix_parameters_only() {
     }
 }
 
-fn lm_task() -> CausalLm {
-    let seqs: Vec<LmExample> = [
-        [5u32, 6, 7, 8, 9, 10],
-        [11, 12, 13, 14, 15, 16],
-        [20, 21, 20, 21, 20, 21],
-    ]
-    .iter()
-    .map(|s| LmExample {
-        input_ids: s.to_vec(),
-        labels: s.iter().map(|&i| i as i64).collect(),
-    })
-    .collect();
-    CausalLm::new(seqs.clone(), seqs, 0).unwrap()
-}
-
 #[test]
 fn the_shared_trainer_lowers_the_loss_with_and_without_projection() {
     let model = peft_models::tiny::llama(5);
@@ -448,7 +417,7 @@ fn the_shared_trainer_lowers_the_loss_with_and_without_projection() {
             progress: false,
             ..TrainConfig::default()
         };
-        let report = Trainer::new(&model, adapter.as_ref(), &lm_task(), config)
+        let report = Trainer::new(&model, adapter.as_ref(), &toy_lm_task(), config)
             .run()
             .unwrap();
         let (first, last) = (report.losses[0], *report.losses.last().unwrap());

@@ -8,21 +8,13 @@ use candle_core::{DType, Device, IndexOp, Tensor, Var};
 use peft_core::adapter_io::{load_adapter, save_adapter, CONFIG_FILE};
 use peft_core::generate::last_logits;
 use peft_core::hooks::{Ctx, NoHooks};
-use peft_core::method::{Adapter, InitCtx, PeftMethod};
+use peft_core::method::{Adapter, PeftMethod};
 use peft_core::model::BaseModel;
-use peft_core::task::{ClassExample, Task, VerbalizerClassification};
+use peft_core::task::Task;
 use peft_core::train::{TrainConfig, Trainer};
 use peft_core::PeftError;
 use peft_prompt::{PromptEncoderConfig, PromptEncoderReparameterizationType as Kind};
-use rand::SeedableRng;
-
-fn init(model: &dyn BaseModel, seed: u64) -> InitCtx<'_> {
-    InitCtx {
-        model,
-        tokenizer: None,
-        rng: rand::rngs::StdRng::seed_from_u64(seed),
-    }
-}
+use peft_testing::{init, seeded_tiny_models, toy_classification_task};
 
 fn config(n: usize, kind: Kind, hidden: Option<usize>) -> PromptEncoderConfig {
     let mut cfg = PromptEncoderConfig::new(n, kind);
@@ -43,13 +35,6 @@ fn prompt_of(adapter: &dyn Adapter) -> Tensor {
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     peft_core::compare::max_abs_diff(a, b).unwrap()
-}
-
-fn models() -> Vec<Box<dyn BaseModel>> {
-    vec![
-        Box::new(peft_models::tiny::gpt2(3)),
-        Box::new(peft_models::tiny::llama(3)),
-    ]
 }
 
 /// Parameters HF PEFT's `PromptEncoder` has: the embedding plus its head.
@@ -74,7 +59,7 @@ fn an_hf_config_gets_hf_defaults_and_model_fields_when_built() {
     let cfg: Box<dyn PeftMethod> =
         serde_json::from_str(r#"{"peft_type": "P_TUNING", "num_virtual_tokens": 3}"#).unwrap();
     assert!(cfg.is_prompt_learning());
-    for model in models() {
+    for model in seeded_tiny_models(3) {
         let adapter = cfg.build(&mut init(model.as_ref(), 0)).unwrap();
         let saved = serde_json::to_value(adapter.config()).unwrap();
         let spec = model.spec();
@@ -173,7 +158,7 @@ fn encoder_parameters_have_torch_names_counts_and_init() {
 
 #[test]
 fn the_hook_prepends_the_encoder_output_with_mask_one() {
-    for model in models() {
+    for model in seeded_tiny_models(3) {
         for kind in [Kind::Mlp, Kind::Lstm] {
             let adapter = build(model.as_ref(), &config(3, kind, None), 0);
             let h = model.spec().hidden_size;
@@ -203,35 +188,10 @@ fn the_hook_prepends_the_encoder_output_with_mask_one() {
     }
 }
 
-/// A learnable toy: class 1 when the sentence contains token 9, else class 0; label words are ids 20 and 21.
-fn classification_task(n: usize) -> VerbalizerClassification {
-    let make = |i: usize| {
-        let has = i % 2 == 1;
-        let mut ids = vec![
-            3 + (i % 5) as u32,
-            4,
-            if has { 9 } else { 10 + (i % 3) as u32 },
-            5,
-        ];
-        ids.truncate(3 + i % 2);
-        ClassExample {
-            input_ids: ids,
-            label: usize::from(has),
-        }
-    };
-    VerbalizerClassification::new(
-        (0..n).map(make).collect(),
-        (0..8).map(make).collect(),
-        vec![20, 21],
-        0,
-    )
-    .unwrap()
-}
-
 #[test]
 fn encoder_gradients_match_finite_differences_and_frozen_weights_get_none() {
-    let task = classification_task(8);
-    for model in models() {
+    let task = toy_classification_task(8);
+    for model in seeded_tiny_models(3) {
         for kind in [Kind::Mlp, Kind::Lstm] {
             let adapter = build(model.as_ref(), &config(3, kind, Some(8)), 4);
             let loss = task
@@ -284,7 +244,7 @@ fn encoder_gradients_match_finite_differences_and_frozen_weights_get_none() {
 #[test]
 fn saving_writes_the_encoder_output_and_loading_reproduces_the_logits() {
     let dir = tempfile::tempdir().unwrap();
-    for model in models() {
+    for model in seeded_tiny_models(3) {
         for kind in [Kind::Mlp, Kind::Lstm] {
             let adapter = build(model.as_ref(), &config(4, kind, Some(12)), 9);
             let path = dir
@@ -376,7 +336,7 @@ fn invalid_configs_are_refused_with_what_to_do() {
 #[test]
 fn training_through_the_shared_trainer_lowers_the_loss() {
     let model = peft_models::tiny::llama(5);
-    let task = classification_task(16);
+    let task = toy_classification_task(16);
     for (kind, lr) in [(Kind::Mlp, 0.01), (Kind::Lstm, 0.01)] {
         let adapter = build(&model, &config(4, kind, Some(16)), 11);
         let before = prompt_of(adapter.as_ref());

@@ -7,20 +7,19 @@ use peft_core::generate::last_logits;
 use peft_core::hooks::{Ctx, NoHooks};
 use peft_core::method::{Adapter, InitCtx, PeftMethod};
 use peft_core::model::BaseModel;
-use peft_core::task::{ClassExample, Task, VerbalizerClassification};
+use peft_core::task::Task;
 use peft_core::train::{TrainConfig, Trainer};
 use peft_core::PeftError;
 use peft_prompt::{PromptTuningConfig, PromptTuningInit};
-use rand::SeedableRng;
+use peft_testing::{seeded_tiny_models, toy_classification_task};
 use tokenizers::models::wordlevel::WordLevel;
 use tokenizers::pre_tokenizers::whitespace::Whitespace;
 use tokenizers::Tokenizer;
 
 fn init<'a>(model: &'a dyn BaseModel, tokenizer: Option<&'a Tokenizer>, seed: u64) -> InitCtx<'a> {
     InitCtx {
-        model,
         tokenizer,
-        rng: rand::rngs::StdRng::seed_from_u64(seed),
+        ..peft_testing::init(model, seed)
     }
 }
 
@@ -47,13 +46,6 @@ fn tiny_tokenizer() -> Tokenizer {
     let mut t = Tokenizer::new(model);
     t.with_pre_tokenizer(Some(Whitespace {}));
     t
-}
-
-fn models() -> Vec<Box<dyn BaseModel>> {
-    vec![
-        Box::new(peft_models::tiny::gpt2(3)),
-        Box::new(peft_models::tiny::llama(3)),
-    ]
 }
 
 #[test]
@@ -129,7 +121,7 @@ fn text_init_repeats_the_text_embeddings_and_sample_vocab_copies_rows() {
 
 #[test]
 fn the_hook_prepends_virtual_tokens_with_mask_one() {
-    for model in models() {
+    for model in seeded_tiny_models(3) {
         let adapter = build(
             model.as_ref(),
             &PromptTuningConfig::new(3, PromptTuningInit::Random),
@@ -163,7 +155,7 @@ fn the_hook_prepends_virtual_tokens_with_mask_one() {
 #[test]
 fn save_then_load_gives_identical_logits_and_hf_fields() {
     let dir = tempfile::tempdir().unwrap();
-    for model in models() {
+    for model in seeded_tiny_models(3) {
         let adapter = build(
             model.as_ref(),
             &PromptTuningConfig::new(4, PromptTuningInit::Random),
@@ -240,14 +232,14 @@ fn an_adapter_for_another_model_names_both_shapes() {
 
 #[test]
 fn prompt_gradient_matches_finite_differences_and_frozen_weights_get_none() {
-    for model in models() {
+    for model in seeded_tiny_models(3) {
         let adapter = build(
             model.as_ref(),
             &PromptTuningConfig::new(2, PromptTuningInit::Random),
             4,
         );
         let (_, var): (String, Var) = adapter.trainable().remove(0);
-        let task = classification_task(8);
+        let task = toy_classification_task(8);
         let loss_at = |adapter: &dyn Adapter| {
             task.loss(model.as_ref(), adapter, &[0, 1, 2, 3])
                 .unwrap()
@@ -297,31 +289,6 @@ fn prompt_gradient_matches_finite_differences_and_frozen_weights_get_none() {
     }
 }
 
-/// A learnable toy: class 1 when the sentence contains token 9, else class 0; label words are ids 20 and 21.
-fn classification_task(n: usize) -> VerbalizerClassification {
-    let make = |i: usize| {
-        let has = i % 2 == 1;
-        let mut ids = vec![
-            3 + (i % 5) as u32,
-            4,
-            if has { 9 } else { 10 + (i % 3) as u32 },
-            5,
-        ];
-        ids.truncate(3 + i % 2);
-        ClassExample {
-            input_ids: ids,
-            label: usize::from(has),
-        }
-    };
-    VerbalizerClassification::new(
-        (0..n).map(make).collect(),
-        (0..8).map(make).collect(),
-        vec![20, 21],
-        0,
-    )
-    .unwrap()
-}
-
 fn train(
     model: &dyn BaseModel,
     out: &std::path::Path,
@@ -333,7 +300,7 @@ fn train(
         &PromptTuningConfig::new(4, PromptTuningInit::Random),
         11,
     );
-    let task = classification_task(16);
+    let task = toy_classification_task(16);
     let config = TrainConfig {
         max_steps: 20,
         batch_size: 4,

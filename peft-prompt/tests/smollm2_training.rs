@@ -3,13 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::Device;
 use peft_core::data::{ClassEncoder, DataSource, Template, Verbalizer};
-use peft_core::method::{InitCtx, PeftMethod};
+use peft_core::method::PeftMethod;
 use peft_core::task::VerbalizerClassification;
 use peft_core::train::{TrainConfig, Trainer};
 use peft_prompt::{PromptTuningConfig, PromptTuningInit};
-use rand::SeedableRng;
+use peft_testing::{init_loaded, smollm2};
 
 fn sst2() -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/glue/SST-2");
@@ -51,12 +50,7 @@ fn run_once(loaded: &peft_models::LoadedModel, data: &Path, out: &Path) -> Vec<f
     .unwrap();
     let mut cfg = PromptTuningConfig::new(4, PromptTuningInit::Text);
     cfg.prompt_tuning_init_text = Some("Sentiment of the review:".into());
-    let mut init = InitCtx {
-        model: loaded.model.as_ref(),
-        tokenizer: Some(tokenizer),
-        rng: rand::rngs::StdRng::seed_from_u64(1),
-    };
-    let adapter = cfg.build(&mut init).unwrap();
+    let adapter = cfg.build(&mut init_loaded(loaded, 1)).unwrap();
     let config = TrainConfig {
         max_steps: 3,
         batch_size: 4,
@@ -74,11 +68,7 @@ fn run_once(loaded: &peft_models::LoadedModel, data: &Path, out: &Path) -> Vec<f
 #[test]
 fn two_runs_with_the_same_seed_give_identical_losses() {
     let Some(data) = sst2() else { return };
-    let Some(gguf) = peft_models::zoo::local_path("smollm2-135m", "PEFT_SMOLLM2_GGUF") else {
-        eprintln!("skipping: SmolLM2-135M is not in the zoo cache (run `peft fetch smollm2-135m`)");
-        return;
-    };
-    let loaded = peft_models::gguf::load_gguf(&gguf, &Device::Cpu).unwrap();
+    let Some(loaded) = smollm2() else { return };
     let dir = tempfile::tempdir().unwrap();
     let a = run_once(&loaded, &data, &dir.path().join("a"));
     let b = run_once(&loaded, &data, &dir.path().join("b"));

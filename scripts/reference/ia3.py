@@ -25,48 +25,18 @@ Environment: see prompt_tuning.py. From the repository root:
     peft-ref-venv/bin/python scripts/reference/ia3.py ours [--gguf PATH/TO/SmolLM2.gguf] [--out OUT]
 """
 
-import argparse
-import json
 from pathlib import Path
 
 import torch
-from peft import IA3Config, PeftModel, TaskType, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from peft import IA3Config, TaskType, get_peft_model
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TINY_IDS = [[5, 17, 42, 8, 99, 0, 63], [3, 1, 4, 1, 5]]
-SMOL_TEXTS = [
-    "Review: a gripping, beautifully shot film.\nSentiment:",
-    "Review: dull and far too long, I left early.\nSentiment:",
-    "Critique : un film très ennuyeux 😴\nSentiment:",
-]
-SMOL_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+from common import (
+    SMOL_NAME, load_smol, load_tiny, main, ours_models, rewrite_base_name, smol_cases, tiny_cases, write_hf_logits,
+    write_json,
+)
 
-
-def load_tiny(name):
-    return AutoModelForCausalLM.from_pretrained(
-        REPO_ROOT / "fixtures" / name, dtype=torch.float32, attn_implementation="eager"
-    ).eval()
-
-
-def load_smol(gguf):
-    gguf = Path(gguf).resolve()
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32, attn_implementation="eager"
-    ).eval()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    return model, tokenizer
-
-
-@torch.no_grad()
-def last_logits(model, ids):
-    out = model(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long))
-    return out.logits[0, -1].float()
-
-
-def top20(logits):
-    values, ids = torch.topk(logits, 20)
-    return [[int(i), float(v)] for i, v in zip(ids, values)]
+# Keys HF PEFT saves from a Python set: the fixture sorts them, so that regenerating it is stable.
+SET_VALUED = ["target_modules", "feedforward_modules"]
 
 
 @torch.no_grad()
@@ -80,30 +50,6 @@ def perturb(model, scale, seed):
 
 def ia3_parameters(model):
     return sum(p.numel() for n, p in model.named_parameters() if "ia3_l" in n)
-
-
-def rewrite_base_name(folder, name):
-    # save_pretrained also writes a model card naming the local base-model path; the fixture needs none.
-    (folder / "README.md").unlink(missing_ok=True)
-    path = folder / "adapter_config.json"
-    config = json.loads(path.read_text())
-    config["base_model_name_or_path"] = name
-    for key in ["target_modules", "feedforward_modules"]:
-        if isinstance(config.get(key), list):
-            config[key] = sorted(config[key])  # saved from a Python set: sorted, so regenerating is stable
-    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
-def write_json(path, value):
-    path.write_text(json.dumps(value, indent=1) + "\n")
-
-
-def smol_cases(model, tokenizer):
-    cases = []
-    for text in SMOL_TEXTS:
-        ids = tokenizer(text)["input_ids"]
-        cases.append({"text": text, "input_ids": ids, "top": top20(last_logits(model, ids))})
-    return cases
 
 
 def hf_mode(args):
@@ -124,9 +70,8 @@ def hf_mode(args):
         model.eval()
         folder = out / folder_name
         model.save_pretrained(folder)
-        rewrite_base_name(folder, name)
-        cases = [{"input_ids": ids, "logits": last_logits(model, ids).tolist()} for ids in TINY_IDS]
-        write_json(folder / "logits.json", {"trainable_parameters": trainable, "cases": cases})
+        rewrite_base_name(folder, name, SET_VALUED)
+        write_json(folder / "logits.json", {"trainable_parameters": trainable, "cases": tiny_cases(model)})
         print(f"{folder_name}: {trainable} trainable parameters")
     if args.gguf:
         base, tokenizer = load_smol(args.gguf)
@@ -136,43 +81,18 @@ def hf_mode(args):
         model.eval()
         folder = out / "hf-smollm2-ia3"
         model.save_pretrained(folder)
-        rewrite_base_name(folder, SMOL_NAME)
+        rewrite_base_name(folder, SMOL_NAME, SET_VALUED)
         write_json(folder / "logits.json", {"trainable_parameters": trainable, "cases": smol_cases(model, tokenizer)})
         print(f"hf-smollm2-ia3: {trainable} trainable parameters")
 
 
 def ours_mode(args):
     out = Path(args.out)
-    smol = None
-    for folder in sorted(out.glob("ours-*-ia3*")):
-        base_name = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
-        if base_name.endswith(".gguf"):
-            if not args.gguf:
-                print(f"skipping {folder.name}: it needs --gguf")
-                continue
-            smol = smol or load_smol(args.gguf)
-            base, tokenizer = smol
-            model = PeftModel.from_pretrained(base, folder).eval()
-            cases = smol_cases(model, tokenizer)
-            count = ia3_parameters(model)
-            smol = (model.unload(), tokenizer)  # the bare model again, for the next folder
-        else:
-            model = PeftModel.from_pretrained(load_tiny(base_name), folder).eval()
-            cases = [{"input_ids": ids, "logits": last_logits(model, ids).tolist()} for ids in TINY_IDS]
-            count = ia3_parameters(model)
-        write_json(folder / "hf_logits.json", {"peft_loaded": True, "ia3_parameters": count, "cases": cases})
-        print(f"{folder.name}: {len(cases)} cases, {count} IA3 parameters")
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["hf", "ours"])
-    parser.add_argument("--gguf", help="SmolLM2-135M-Instruct GGUF file")
-    parser.add_argument("--out", default=str(REPO_ROOT / "fixtures" / "adapters"))
-    args = parser.parse_args()
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    hf_mode(args) if args.mode == "hf" else ours_mode(args)
+    for folder, _, model, tokenizer in ours_models(sorted(out.glob("ours-*-ia3*")), args.gguf):
+        cases = smol_cases(model, tokenizer) if tokenizer else tiny_cases(model)
+        count = ia3_parameters(model)
+        write_hf_logits(folder, {"ia3_parameters": count, "cases": cases}, f", {count} IA3 parameters")
 
 
 if __name__ == "__main__":
-    main()
+    main(__doc__, hf_mode, ours_mode)

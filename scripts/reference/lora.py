@@ -26,68 +26,23 @@ Machine paths never enter the fixtures: `base_model_name_or_path` is rewritten t
     peft-ref-venv/bin/python scripts/reference/lora.py ours [--gguf PATH/TO/SmolLM2.gguf] [--out OUT]
 """
 
-import argparse
-import json
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from peft import LoraConfig, TaskType, get_peft_model
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TINY_IDS = [[5, 17, 42, 8, 99, 0, 63], [3, 1, 4, 1, 5]]
-SMOL_TEXTS = [
-    "Review: a gripping, beautifully shot film.\nSentiment:",
-    "Review: dull and far too long, I left early.\nSentiment:",
-    "Critique : un film très ennuyeux 😴\nSentiment:",
-]
-SMOL_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+from common import (
+    SMOL_NAME, load_smol, load_tiny, main, ours_models, rewrite_base_name, smol_cases, tiny_cases, write_hf_logits,
+    write_json,
+)
+
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"]
-
-
-def load_tiny(name):
-    return AutoModelForCausalLM.from_pretrained(
-        REPO_ROOT / "fixtures" / name, dtype=torch.float32, attn_implementation="eager"
-    ).eval()
-
-
-def load_smol(gguf):
-    gguf = Path(gguf).resolve()
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32, attn_implementation="eager"
-    ).eval()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    return model, tokenizer
-
-
-@torch.no_grad()
-def last_logits(model, ids):
-    out = model(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long))
-    return out.logits[0, -1].float()
-
-
-def top20(logits):
-    values, ids = torch.topk(logits, 20)
-    return [[int(i), float(v)] for i, v in zip(ids, values)]
 
 
 def num_trainable(model):
     return int(model.get_nb_trainable_parameters()[0])
-
-
-def rewrite_base_name(folder, name):
-    # save_pretrained also writes a model card naming the local base-model path; the fixture needs none.
-    (folder / "README.md").unlink(missing_ok=True)
-    path = folder / "adapter_config.json"
-    config = json.loads(path.read_text())
-    config["base_model_name_or_path"] = name
-    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
-def write_json(path, value):
-    path.write_text(json.dumps(value, indent=1) + "\n")
 
 
 @torch.no_grad()
@@ -99,18 +54,6 @@ def perturb(model, suffix, std):
             p.add_(torch.randn_like(p) * std)
             touched += 1
     assert touched, f"no parameter ends with {suffix}"
-
-
-def tiny_cases(model):
-    return [{"input_ids": ids, "logits": last_logits(model, ids).tolist()} for ids in TINY_IDS]
-
-
-def smol_cases(model, tokenizer):
-    cases = []
-    for text in SMOL_TEXTS:
-        ids = tokenizer(text)["input_ids"]
-        cases.append({"text": text, "input_ids": ids, "top": top20(last_logits(model, ids))})
-    return cases
 
 
 def save_hf(model, folder, base_name, cases):
@@ -187,36 +130,13 @@ def check_loaded_exactly(model, folder):
 
 def ours_mode(args):
     out = Path(args.out)
-    for folder in sorted(out.glob("ours-*-lora*")):
-        base_name = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
-        if base_name.endswith(".gguf"):
-            if not args.gguf:
-                print(f"skipping {folder.name}: it needs --gguf")
-                continue
-            # A fresh base each time: trained biases would stay in it after unloading.
-            base, tokenizer = load_smol(args.gguf)
-            model = PeftModel.from_pretrained(base, folder, is_trainable=True).eval()
-            check_loaded_exactly(model, folder)
-            cases = smol_cases(model, tokenizer)
-            count = num_trainable(model)
-        else:
-            model = PeftModel.from_pretrained(load_tiny(base_name), folder, is_trainable=True).eval()
-            check_loaded_exactly(model, folder)
-            cases = tiny_cases(model)
-            count = num_trainable(model)
-        write_json(folder / "hf_logits.json", {"peft_loaded": True, "num_trainable": count, "cases": cases})
-        print(f"{folder.name}: {len(cases)} cases, {count} trainable parameters")
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["hf", "ours"])
-    parser.add_argument("--gguf", help="SmolLM2-135M-Instruct GGUF file")
-    parser.add_argument("--out", default=str(REPO_ROOT / "fixtures" / "adapters"))
-    args = parser.parse_args()
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    hf_mode(args) if args.mode == "hf" else ours_mode(args)
+    # A pristine base for each adapter: trained biases would stay in a shared one after unloading.
+    for folder, _, model, tokenizer in ours_models(sorted(out.glob("ours-*-lora*")), args.gguf, is_trainable=True):
+        check_loaded_exactly(model, folder)
+        cases = smol_cases(model, tokenizer) if tokenizer else tiny_cases(model)
+        count = num_trainable(model)
+        write_hf_logits(folder, {"num_trainable": count, "cases": cases}, f", {count} trainable parameters")
 
 
 if __name__ == "__main__":
-    main()
+    main(__doc__, hf_mode, ours_mode)

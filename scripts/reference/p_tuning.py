@@ -25,25 +25,15 @@ Set up as described in prompt_tuning.py, then from the repository root:
     peft-ref-venv/bin/python scripts/reference/p_tuning.py ours [--gguf PATH/TO/SmolLM2.gguf] [--out OUT]
 """
 
-import argparse
-import json
 from pathlib import Path
 
 import torch
 from peft import PeftModel, PromptEncoderConfig, TaskType, get_peft_model
 from safetensors.torch import save_file
 
-from prompt_tuning import (
-    REPO_ROOT,
-    SMOL_NAME,
-    SMOL_TEXTS,
-    TINY_IDS,
-    last_logits,
-    load_smol,
-    load_tiny,
-    rewrite_base_name,
-    top20,
-    write_json,
+from common import (
+    SMOL_NAME, TINY_IDS, last_logits, load_smol, load_tiny, main, ours_models, rewrite_base_name, smol_cases,
+    tiny_cases, write_hf_logits, write_json,
 )
 
 # (encoder type, encoder_hidden_size): the LSTM's hidden size is kept small so that its state stays small.
@@ -94,48 +84,17 @@ def hf_mode(args):
         folder = out / "hf-smollm2-p-tuning-mlp"
         model.save_pretrained(folder)
         rewrite_base_name(folder, SMOL_NAME)
-        cases = []
-        for text in SMOL_TEXTS:
-            ids = tokenizer(text)["input_ids"]
-            cases.append({"text": text, "input_ids": ids, "top": top20(last_logits(model, ids))})
-        write_json(folder / "logits.json", {"trainable_params": trainable, "cases": cases})
+        write_json(folder / "logits.json", {"trainable_params": trainable, "cases": smol_cases(model, tokenizer)})
         print(f"{folder.name}: {trainable} trainable parameters")
 
 
 def ours_mode(args):
     out = Path(args.out)
-    smol = None
-    for folder in sorted(out.glob("ours-*p-tuning*")):
-        config = json.loads((folder / "adapter_config.json").read_text())
+    for folder, config, model, tokenizer in ours_models(sorted(out.glob("ours-*p-tuning*")), args.gguf):
         assert config["peft_type"] == "P_TUNING", f"{folder.name} is not a P-tuning adapter"
-        base_name = config["base_model_name_or_path"]
-        if base_name.endswith(".gguf"):
-            if not args.gguf:
-                print(f"skipping {folder.name}: it needs --gguf")
-                continue
-            smol = smol or load_smol(args.gguf)
-            base, tokenizer = smol
-            model = PeftModel.from_pretrained(base, folder).eval()
-            cases = []
-            for text in SMOL_TEXTS:
-                ids = tokenizer(text)["input_ids"]
-                cases.append({"text": text, "input_ids": ids, "top": top20(last_logits(model, ids))})
-        else:
-            model = PeftModel.from_pretrained(load_tiny(base_name), folder).eval()
-            cases = [{"input_ids": ids, "logits": last_logits(model, ids).tolist()} for ids in TINY_IDS]
-        write_json(folder / "hf_logits.json", {"peft_loaded": True, "cases": cases})
-        print(f"{folder.name}: {len(cases)} cases")
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["hf", "ours"])
-    parser.add_argument("--gguf", help="SmolLM2-135M-Instruct GGUF file")
-    parser.add_argument("--out", default=str(REPO_ROOT / "fixtures" / "adapters"))
-    args = parser.parse_args()
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    hf_mode(args) if args.mode == "hf" else ours_mode(args)
+        cases = smol_cases(model, tokenizer) if tokenizer else tiny_cases(model)
+        write_hf_logits(folder, {"cases": cases})
 
 
 if __name__ == "__main__":
-    main()
+    main(__doc__, hf_mode, ours_mode)

@@ -29,15 +29,16 @@ Set-up as in prompt_tuning.py; then, from the repository root:
     peft-ref-venv/bin/python scripts/reference/prefix_tuning.py ours [--gguf PATH/TO/SmolLM2.gguf] [--out OUT]
 """
 
-import argparse
 import copy
-import json
 from pathlib import Path
 
 import torch
-from peft import PeftModel, PrefixEncoder, PrefixTuningConfig, TaskType, get_peft_model
+from peft import PrefixEncoder, PrefixTuningConfig, TaskType, get_peft_model
 
-from prompt_tuning import REPO_ROOT, SMOL_NAME, SMOL_TEXTS, TINY_IDS, load_smol, load_tiny, rewrite_base_name, top20, write_json
+from common import (
+    SMOL_NAME, TINY_IDS, load_smol, load_tiny, main, ours_models, rewrite_base_name, smol_cases, tiny_cases,
+    write_hf_logits, write_json,
+)
 
 TINY_CONFIGS = {
     "hf-tiny-gpt2-prefix": ("tiny-gpt2", dict(num_virtual_tokens=4)),
@@ -51,12 +52,6 @@ SMOL_VIRTUAL_TOKENS = 5
 
 
 @torch.no_grad()
-def last_logits(model, ids):
-    out = model(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long))
-    return out.logits[0, -1].float()
-
-
-@torch.no_grad()
 def padded_case(model, rows):
     """A right-padded batch of `rows` (pad id 0) and the full logits at each row's last real token."""
     width = max(len(r) for r in rows)
@@ -67,17 +62,12 @@ def padded_case(model, rows):
     return {"input_ids": ids, "attention_mask": mask, "logits": logits}
 
 
-def tiny_cases(model):
-    cases = [{"input_ids": ids, "logits": last_logits(model, ids).tolist()} for ids in TINY_IDS]
-    return {"cases": cases, "padded": padded_case(model, TINY_IDS)}
+def tiny_result(model):
+    return {"cases": tiny_cases(model), "padded": padded_case(model, TINY_IDS)}
 
 
-def smol_cases(model, tokenizer):
-    cases = []
-    for text in SMOL_TEXTS:
-        ids = tokenizer(text)["input_ids"]
-        cases.append({"text": text, "input_ids": ids, "top": top20(last_logits(model, ids))})
-    return {"cases": cases}
+def smol_result(model, tokenizer):
+    return {"cases": smol_cases(model, tokenizer)}
 
 
 def expected_trainable(config):
@@ -121,7 +111,7 @@ def hf_mode(args):
         print(f"{folder_name}: token_dim {config.token_dim}, heads {config.num_attention_heads}, {count} trainable")
         folder = out / folder_name
         # Logits of the live model (the projection runs here); the saved prefix is its folded output.
-        result = {"trainable_params": count, **tiny_cases(model)}
+        result = {"trainable_params": count, **tiny_result(model)}
         save(model, folder, name)
         write_json(folder / "logits.json", result)
     if args.gguf:
@@ -134,7 +124,7 @@ def hf_mode(args):
         result = {
             "trainable_params": trainable(model),
             "trainable_params_with_projection": with_projection_count(config),
-            **smol_cases(model, tokenizer),
+            **smol_result(model, tokenizer),
         }
         folder = out / "hf-smollm2-prefix"
         save(model, folder, SMOL_NAME)
@@ -143,33 +133,10 @@ def hf_mode(args):
 
 def ours_mode(args):
     out = Path(args.out)
-    smol = None
-    for folder in sorted(out.glob("ours-*-prefix*")):
-        base_name = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
-        if base_name.endswith(".gguf"):
-            if not args.gguf:
-                print(f"skipping {folder.name}: it needs --gguf")
-                continue
-            smol = smol or load_smol(args.gguf)
-            base, tokenizer = smol
-            model = PeftModel.from_pretrained(copy.deepcopy(base), folder).eval()
-            result = smol_cases(model, tokenizer)
-        else:
-            model = PeftModel.from_pretrained(load_tiny(base_name), folder).eval()
-            result = tiny_cases(model)
-        write_json(folder / "hf_logits.json", {"peft_loaded": True, **result})
-        print(f"{folder.name}: {len(result['cases'])} cases")
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["hf", "ours"])
-    parser.add_argument("--gguf", help="SmolLM2-135M-Instruct GGUF file")
-    parser.add_argument("--out", default=str(REPO_ROOT / "fixtures" / "adapters"))
-    args = parser.parse_args()
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    hf_mode(args) if args.mode == "hf" else ours_mode(args)
+    for folder, _, model, tokenizer in ours_models(sorted(out.glob("ours-*-prefix*")), args.gguf):
+        result = smol_result(model, tokenizer) if tokenizer else tiny_result(model)
+        write_hf_logits(folder, result)
 
 
 if __name__ == "__main__":
-    main()
+    main(__doc__, hf_mode, ours_mode)

@@ -1,14 +1,12 @@
 //! The `peft-ia3` binary (the whole `peft` command with this crate linked) trains IA3 from an experiment file,
 //! and its `inspect` and `logits` commands read the adapter it wrote and HF PEFT's IA3 adapters.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::*;
 use peft_core::adapter_io::{load_adapter, CONFIG_FILE, WEIGHTS_FILE};
+use peft_testing::{fixture, ids_of, init_loaded, logits, read_json, root, tiny};
 use serde_json::Value;
 
 /// Runs `peft-ia3` from the repository root (the tiny experiment names its model relative to it).

@@ -5,19 +5,18 @@
 //! `PEFT_WRITE_FIXTURES=1 cargo test -p peft-ia3-example --test hf_parity` rewrites the `ours-*-ia3` adapters
 //! (then run the script's `ours` mode to refresh `hf_logits.json`).
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::*;
-use peft_core::adapter_io::{load_adapter, save_adapter, WEIGHTS_FILE};
+use peft_core::adapter_io::{load_adapter, WEIGHTS_FILE};
 use peft_core::hooks::NoHooks;
 use peft_core::method::{Adapter, PeftMethod};
-use peft_core::model::BaseModel;
-use peft_core::task::{CausalLm, LmExample};
-use peft_core::train::{TrainConfig, Trainer};
 use peft_ia3_example::Ia3Config;
 use peft_models::LoadedModel;
+use peft_testing::{
+    fixture, full_logits_diff, hf_fixture, hf_logits, ids_of, init_loaded, logits, ours_fixture,
+    read_json, smollm2, text_cases_top_diffs, text_lm_task, tiny, top_diff, top_logits_diff,
+    toy_trained, train, write_fixture, writing_fixtures, SMOLLM2_REVIEWS,
+};
 
 /// (base model fixture, HF adapter fixture).
 const HF_TINY: [(&str, &str); 3] = [
@@ -42,10 +41,7 @@ fn hf_ia3_adapters_load_with_equal_logits_and_counts_on_tiny_models() {
     for (model, name) in HF_TINY {
         let loaded = tiny(model);
         let dir = fixture(&format!("adapters/{name}"));
-        let reference = read_json(&dir.join("logits.json"));
-        let adapter = load_adapter(&dir, &mut init_loaded(&loaded, 0)).unwrap();
-        assert!(adapter.warnings.is_empty(), "{:?}", adapter.warnings);
-        let adapter = adapter.adapter;
+        let (adapter, reference) = hf_fixture(&dir, &mut init_loaded(&loaded, 0));
         assert_eq!(
             adapter.num_trainable() as u64,
             reference["trainable_parameters"].as_u64().unwrap(),
@@ -57,11 +53,11 @@ fn hf_ia3_adapters_load_with_equal_logits_and_counts_on_tiny_models() {
             "{name}"
         );
         for case in reference["cases"].as_array().unwrap() {
-            let diff = full_logits_diff(loaded.model.as_ref(), adapter.as_ref(), case, "logits");
+            let diff = full_logits_diff(loaded.model.as_ref(), adapter.as_ref(), case);
             eprintln!("{name}: max |logit diff| vs HF PEFT {diff:e}");
             assert!(diff < 1e-4, "{name}: max |logit diff| {diff}");
             // The fixture is no identity adapter: the frozen model's logits are far from HF's.
-            let frozen = full_logits_diff(loaded.model.as_ref(), &NoHooks, case, "logits");
+            let frozen = full_logits_diff(loaded.model.as_ref(), &NoHooks, case);
             assert!(
                 frozen > 1e-2,
                 "{name}: the adapter changes logits by only {frozen}"
@@ -113,62 +109,19 @@ fn our_default_config_targets_what_hf_peft_targets() {
 fn our_trained_adapter(loaded: &LoadedModel, name: &str) -> Box<dyn Adapter> {
     let mut cfg = Ia3Config::default();
     cfg.common.base_model_name_or_path = Some(name.to_string());
-    let adapter = cfg.build(&mut init_loaded(loaded, 7)).unwrap();
-    let seqs: Vec<LmExample> = [
-        [5u32, 6, 7, 8, 9, 10],
-        [11, 12, 13, 14, 15, 16],
-        [20, 21, 20, 21, 20, 21],
-    ]
-    .iter()
-    .map(|s| LmExample {
-        input_ids: s.to_vec(),
-        labels: s.iter().map(|&i| i as i64).collect(),
-    })
-    .collect();
-    let task = CausalLm::new(seqs.clone(), seqs, 0).unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let config = TrainConfig {
-        max_steps: 5,
-        batch_size: 2,
-        learning_rate: 0.05,
-        output_dir: out.path().to_path_buf(),
-        progress: false,
-        ..TrainConfig::default()
-    };
-    Trainer::new(loaded.model.as_ref(), adapter.as_ref(), &task, config)
-        .run()
-        .unwrap();
-    adapter
+    toy_trained(loaded, &cfg, 0.05).0
 }
 
 #[test]
 fn our_ia3_adapters_load_in_hf_peft_with_equal_logits() {
-    let write = std::env::var_os("PEFT_WRITE_FIXTURES").is_some();
     for name in ["tiny-gpt2", "tiny-llama"] {
         let loaded = tiny(name);
         let dir = fixture(&format!("adapters/ours-{name}-ia3"));
         let fresh = our_trained_adapter(&loaded, name);
-        if write {
-            save_adapter(&dir, fresh.as_ref(), loaded.model.spec()).unwrap();
-            eprintln!("wrote {}", dir.display());
-            continue;
-        }
         // The committed adapter is what this code writes today (so HF PEFT's logits are about our output).
-        let committed = load_adapter(&dir, &mut init_loaded(&loaded, 0))
-            .unwrap()
-            .adapter;
-        for ((k, a), (_, b)) in fresh
-            .tensors()
-            .unwrap()
-            .iter()
-            .zip(committed.tensors().unwrap())
-        {
-            let drift = peft_core::compare::max_abs_diff(a, &b).unwrap();
-            assert!(
-                drift < 1e-5,
-                "{name} {k}: training today differs from the committed adapter by {drift}"
-            );
-        }
+        let Some(committed) = ours_fixture(&dir, fresh.as_ref(), init_loaded(&loaded, 0)) else {
+            continue;
+        };
         // Training moved the vectors away from ones.
         let moved = fresh
             .tensors()
@@ -183,14 +136,13 @@ fn our_ia3_adapters_load_in_hf_peft_with_equal_logits() {
             moved > 0.05,
             "{name}: training moved the vectors by only {moved}"
         );
-        let hf = read_json(&dir.join("hf_logits.json"));
-        assert_eq!(hf["peft_loaded"], true);
+        let hf = hf_logits(&dir);
         assert_eq!(
             hf["ia3_parameters"].as_u64().unwrap(),
             committed.num_trainable() as u64
         );
         for case in hf["cases"].as_array().unwrap() {
-            let diff = full_logits_diff(loaded.model.as_ref(), committed.as_ref(), case, "logits");
+            let diff = full_logits_diff(loaded.model.as_ref(), committed.as_ref(), case);
             eprintln!("ours-{name}-ia3: max |logit diff| vs HF PEFT {diff:e}");
             assert!(diff < 1e-4, "{name}: max |logit diff| vs HF PEFT {diff}");
         }
@@ -202,9 +154,7 @@ fn smollm2_hf_ia3_adapter_matches_hf_logits_and_count() {
     peft_ia3_example::register();
     let Some(loaded) = smollm2() else { return };
     let dir = fixture("adapters/hf-smollm2-ia3");
-    let reference = read_json(&dir.join("logits.json"));
-    let adapter = load_adapter(&dir, &mut init_loaded(&loaded, 0)).unwrap();
-    assert!(adapter.warnings.is_empty(), "{:?}", adapter.warnings);
+    let (adapter, reference) = hf_fixture(&dir, &mut init_loaded(&loaded, 0));
     let ours = Ia3Config::default()
         .build(&mut init_loaded(&loaded, 0))
         .unwrap();
@@ -213,12 +163,7 @@ fn smollm2_hf_ia3_adapter_matches_hf_logits_and_count() {
         reference["trainable_parameters"].as_u64().unwrap()
     );
     assert_eq!(trainable_names(ours.as_ref()), saved_keys(&dir));
-    let tokenizer = loaded.tokenizer.as_ref().unwrap();
-    for case in reference["cases"].as_array().unwrap() {
-        let text = case["text"].as_str().unwrap();
-        let ids = tokenizer.encode(text, true).unwrap().get_ids().to_vec();
-        assert_eq!(ids, ids_of(case), "input ids differ for {text:?}");
-        let diff = top_logits_diff(loaded.model.as_ref(), adapter.adapter.as_ref(), case);
+    for (text, diff) in text_cases_top_diffs(&loaded, adapter.as_ref(), &reference) {
         eprintln!("hf-smollm2-ia3: max |top-20 logit diff| {diff:e} for {text:?}");
         assert!(diff < 1e-3, "max |logit diff| {diff} for {text:?}");
     }
@@ -229,33 +174,8 @@ fn smollm2_trained_adapter(loaded: &LoadedModel) -> Box<dyn Adapter> {
     let mut cfg = Ia3Config::default();
     cfg.common.base_model_name_or_path = Some(loaded.model.spec().name_or_path.clone());
     let adapter = cfg.build(&mut init_loaded(loaded, 7)).unwrap();
-    let tokenizer = loaded.tokenizer.as_ref().unwrap();
-    let seqs: Vec<LmExample> = [
-        "Review: a gripping, beautifully shot film.\nSentiment: positive",
-        "Review: dull and far too long, I left early.\nSentiment: negative",
-    ]
-    .iter()
-    .map(|t| {
-        let ids = tokenizer.encode(*t, true).unwrap().get_ids().to_vec();
-        LmExample {
-            labels: ids.iter().map(|&i| i as i64).collect(),
-            input_ids: ids,
-        }
-    })
-    .collect();
-    let task = CausalLm::new(seqs.clone(), seqs, 0).unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let config = TrainConfig {
-        max_steps: 3,
-        batch_size: 2,
-        learning_rate: 0.05,
-        output_dir: out.path().to_path_buf(),
-        progress: false,
-        ..TrainConfig::default()
-    };
-    Trainer::new(loaded.model.as_ref(), adapter.as_ref(), &task, config)
-        .run()
-        .unwrap();
+    let task = text_lm_task(loaded.tokenizer.as_ref().unwrap(), &SMOLLM2_REVIEWS);
+    train(loaded.model.as_ref(), adapter.as_ref(), &task, 3, 2, 0.05);
     adapter
 }
 
@@ -263,18 +183,16 @@ fn smollm2_trained_adapter(loaded: &LoadedModel) -> Box<dyn Adapter> {
 fn smollm2_ia3_adapter_trained_here_loads_in_hf_peft() {
     let Some(loaded) = smollm2() else { return };
     let dir = fixture("adapters/ours-smollm2-ia3");
-    if std::env::var_os("PEFT_WRITE_FIXTURES").is_some() {
+    if writing_fixtures() {
         let adapter = smollm2_trained_adapter(&loaded);
-        save_adapter(&dir, adapter.as_ref(), loaded.model.spec()).unwrap();
-        eprintln!("wrote {}", dir.display());
+        write_fixture(&dir, adapter.as_ref(), loaded.model.as_ref());
         return;
     }
     peft_ia3_example::register();
     let adapter = load_adapter(&dir, &mut init_loaded(&loaded, 0))
         .unwrap()
         .adapter;
-    let hf = read_json(&dir.join("hf_logits.json"));
-    assert_eq!(hf["peft_loaded"], true);
+    let hf = hf_logits(&dir);
     assert_eq!(
         hf["ia3_parameters"].as_u64().unwrap(),
         adapter.num_trainable() as u64
@@ -283,21 +201,14 @@ fn smollm2_ia3_adapter_trained_here_loads_in_hf_peft() {
         let diff = top_logits_diff(loaded.model.as_ref(), adapter.as_ref(), case);
         eprintln!("ours-smollm2-ia3: max |top-20 logit diff| vs HF PEFT {diff:e}");
         assert!(diff < 1e-3, "max |logit diff| vs HF PEFT {diff}");
-        let frozen = top_logits_diff_allowing_other_top1(loaded.model.as_ref(), case);
+        // Over the reference's top-20 ids (the frozen model's top-1 may differ).
+        let frozen = top_diff(
+            &logits(loaded.model.as_ref(), &NoHooks, &ids_of(case)),
+            case,
+        );
         assert!(
             frozen > 1e-3,
             "the trained adapter is indistinguishable from the frozen model ({frozen})"
         );
     }
-}
-
-/// Max |frozen - reference| over the reference's top-20 ids (the top-1 may differ).
-fn top_logits_diff_allowing_other_top1(model: &dyn BaseModel, case: &serde_json::Value) -> f32 {
-    let ours = logits(model, &NoHooks, &ids_of(case));
-    case["top"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (ours[p[0].as_u64().unwrap() as usize] - p[1].as_f64().unwrap() as f32).abs())
-        .fold(0f32, f32::max)
 }

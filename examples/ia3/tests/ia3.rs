@@ -1,28 +1,19 @@
 //! IA3 on the seeded tiny models: HF PEFT's shapes and names, the hook's arithmetic, initialisation, the file
 //! format and its errors, training through the shared trainer, merging, and the experiment-file path.
 
-mod common;
-
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
-use common::*;
 use peft_core::adapter_io::{load_adapter, save_adapter, CONFIG_FILE, WEIGHTS_FILE};
 use peft_core::hooks::NoHooks;
 use peft_core::method::{Adapter, PeftMethod};
 use peft_core::model::BaseModel;
 use peft_core::spec::SiteKind;
-use peft_core::task::{CausalLm, LmExample};
-use peft_core::train::{TrainConfig, Trainer};
 use peft_core::PeftError;
 use peft_ia3_example::{Ia3Config, ModuleSelection};
-
-fn models() -> Vec<Box<dyn BaseModel>> {
-    vec![
-        Box::new(peft_models::tiny::gpt2(3)),
-        Box::new(peft_models::tiny::llama(3)),
-    ]
-}
+use peft_testing::{
+    fixture, init, lm_task, logits, max_diff, read_json, seeded_tiny_models, train,
+};
 
 fn build(model: &dyn BaseModel, cfg: &Ia3Config) -> Box<dyn Adapter> {
     cfg.build(&mut init(model, 0)).unwrap()
@@ -68,7 +59,7 @@ fn default_targets_follow_hf_shapes_and_names() {
             ],
         ),
     ];
-    for (model, (arch, per_layer)) in models().iter().zip(expected) {
+    for (model, (arch, per_layer)) in seeded_tiny_models(3).iter().zip(expected) {
         let spec = model.spec();
         assert_eq!(spec.architecture, arch);
         let adapter = build(model.as_ref(), &Ia3Config::default());
@@ -124,7 +115,7 @@ fn default_targets_follow_hf_shapes_and_names() {
 
 #[test]
 fn ones_init_leaves_the_model_unchanged() {
-    for model in models() {
+    for model in seeded_tiny_models(3) {
         let adapter = build(model.as_ref(), &Ia3Config::default());
         let diff = max_diff(
             &logits(model.as_ref(), adapter.as_ref(), &IDS),
@@ -208,7 +199,7 @@ fn init_ia3_weights_false_draws_seeded_standard_normals() {
 #[test]
 fn saved_adapters_round_trip_in_hf_format() {
     peft_ia3_example::register();
-    for model in models() {
+    for model in seeded_tiny_models(3) {
         let mut cfg = Ia3Config::default();
         cfg.common.base_model_name_or_path = Some(model.spec().name_or_path.clone());
         let adapter = build(model.as_ref(), &cfg);
@@ -333,35 +324,11 @@ fn load_errors_name_the_key_and_both_shapes() {
 
 #[test]
 fn the_shared_trainer_trains_the_vectors_and_nothing_else() {
-    for model in models() {
+    for model in seeded_tiny_models(3) {
         let adapter = build(model.as_ref(), &Ia3Config::default());
         let params_before = model.parameters();
-        let seqs: Vec<LmExample> = (0..6u32)
-            .map(|i| {
-                let ids: Vec<u32> = (0..8).map(|t| 10 + (i + t * 3) % 7).collect();
-                LmExample {
-                    labels: ids.iter().map(|&x| x as i64).collect(),
-                    input_ids: ids,
-                }
-            })
-            .collect();
-        let task = CausalLm::new(seqs.clone(), seqs, 0).unwrap();
-        let out = tempfile::tempdir().unwrap();
-        let report = Trainer::new(
-            model.as_ref(),
-            adapter.as_ref(),
-            &task,
-            TrainConfig {
-                max_steps: 30,
-                batch_size: 3,
-                learning_rate: 0.1,
-                output_dir: out.path().to_path_buf(),
-                progress: false,
-                ..TrainConfig::default()
-            },
-        )
-        .run()
-        .unwrap();
+        let task = lm_task((0..6u32).map(|i| (0..8).map(|t| 10 + (i + t * 3) % 7).collect()));
+        let report = train(model.as_ref(), adapter.as_ref(), &task, 30, 3, 0.1);
         let (first, last) = (report.losses[0], *report.losses.last().unwrap());
         assert!(last < first * 0.9, "loss did not fall: {first} -> {last}");
         // The frozen weights are untouched.
@@ -393,7 +360,7 @@ fn the_shared_trainer_trains_the_vectors_and_nothing_else() {
 
 #[test]
 fn merging_folds_the_vectors_into_weights_and_bias_and_unmerging_restores_them() {
-    let mut models = models();
+    let mut models = seeded_tiny_models(3);
     for model in models.iter_mut() {
         let adapter = build(model.as_ref(), &Ia3Config::default());
         perturb(adapter.as_ref(), 0.4, 3);

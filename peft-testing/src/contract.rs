@@ -1,0 +1,39 @@
+//! The workspace's method contract (`peft_core::conformance`), run the same way for every method.
+
+use peft_core::conformance::{check_adapter, check_resume, Conformance};
+use peft_core::method::{Adapter, PeftMethod};
+use peft_core::model::BaseModel;
+
+use crate::{init, rule_lm_task, seeded_tiny_models};
+
+/// Each of `configs`, built (init seed 1) on the seeded tiny GPT-2 and LLaMA (seed 3), keeps the method contract
+/// over 12 steps of the [`rule_lm_task`] (the loss falls, every trainable tensor moves and no frozen one does,
+/// save -> load keeps the logits), every trainable tensor checked.
+pub fn assert_contract_on_tiny_models<M: PeftMethod>(configs: &[M]) {
+    let task = rule_lm_task();
+    for model in &seeded_tiny_models(3) {
+        for config in configs {
+            let adapter = config.build(&mut init(model.as_ref(), 1)).unwrap();
+            let how = Conformance {
+                steps: 12,
+                ..Conformance::default()
+            };
+            let report = check_adapter(model.as_ref(), None, adapter.as_ref(), &task, &how)
+                .unwrap_or_else(|e| panic!("{} {config:?}: {e}", model.spec().architecture));
+            assert_eq!(report.trainable_tensors, adapter.trainable().len());
+        }
+    }
+}
+
+/// A run of `config` (init seed 2) on `model`, 6 steps of the [`rule_lm_task`] stopped halfway and resumed,
+/// ends within 1e-6 of an uninterrupted one.
+pub fn assert_resume_exact(model: &dyn BaseModel, config: &dyn PeftMethod) {
+    let task = rule_lm_task();
+    let build = || -> peft_core::Result<Box<dyn Adapter>> { config.build(&mut init(model, 2)) };
+    let how = Conformance {
+        steps: 6,
+        ..Conformance::default()
+    };
+    let worst = check_resume(model, &build, &task, &how).unwrap();
+    assert!(worst < 1e-6, "resumed run differs by {worst}");
+}
