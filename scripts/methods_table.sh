@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 names=("$@")
 if [ ${#names[@]} -eq 0 ]; then
-    names=(prompt-tuning-100 p-tuning prefix-tuning p-tuning-v2 lora bitfit ia3)
+    names=(prompt-tuning-100 p-tuning prefix-tuning p-tuning-v2-verbalizer p-tuning-v2 lora bitfit ia3)
 fi
 table=out/methods-table.md
 mkdir -p out
@@ -26,11 +26,15 @@ for name in "${names[@]}"; do
     # output_dir is relative to the working directory (the repository root).
     /usr/bin/time -v -o "out/sst2-$name.time" "$bin" train "$exp" --no-baseline \
         >"out/sst2-$name.log" 2>"out/sst2-$name.err" || { echo "$name failed: see out/sst2-$name.err"; continue; }
-    inspect=$("$bin" inspect --model smollm2-135m --adapter "$out_dir/adapter" 2>/dev/null)
-    python3 - "$name" "$out_dir" "out/sst2-$name.time" "$inspect" >>"$table" <<'PY'
+    # Trainable parameters as trained (a saved prefix / P-tuning adapter is folded, so count the fresh build);
+    # the file size of the saved adapter.
+    trained=$("$bin" inspect --model smollm2-135m --experiment "$exp" 2>/dev/null)
+    saved=$("$bin" inspect --model smollm2-135m --adapter "$out_dir/adapter" 2>/dev/null)
+    python3 - "$name" "$out_dir" "out/sst2-$name.time" "$trained" "$saved" >>"$table" <<'PY'
 import json, statistics, sys
-name, out_dir, time_file, inspect = sys.argv[1:5]
-info = json.loads(inspect)
+name, out_dir, time_file, trained, saved = sys.argv[1:6]
+info = json.loads(trained)
+info["adapter_file_bytes"] = json.loads(saved)["adapter_file_bytes"]
 rows = [json.loads(l) for l in open(f"{out_dir}/metrics.jsonl")]
 steps = [r for r in rows if "loss" in r and "elapsed_s" in r]
 # Seconds per step in each logged window (log_every steps apart).
