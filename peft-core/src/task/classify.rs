@@ -26,22 +26,8 @@ impl VerbalizerClassification {
         label_token_ids: Vec<u32>,
         pad_id: u32,
     ) -> Result<Self> {
-        for (set, rows) in [("train", &train), ("eval", &eval)] {
-            if let Some((i, e)) = rows
-                .iter()
-                .enumerate()
-                .find(|(_, e)| e.label >= label_token_ids.len())
-            {
-                return Err(PeftError::Data(format!(
-                    "{set} example {i} has label index {} but the verbalizer has {} label words",
-                    e.label,
-                    label_token_ids.len()
-                )));
-            }
-            if let Some(i) = rows.iter().position(|e| e.input_ids.is_empty()) {
-                return Err(PeftError::Data(format!("{set} example {i} has no tokens")));
-            }
-        }
+        let words = format!("the verbalizer has {} label words", label_token_ids.len());
+        check_class_examples(&train, &eval, label_token_ids.len(), &words)?;
         Ok(VerbalizerClassification {
             train,
             eval,
@@ -57,15 +43,7 @@ impl VerbalizerClassification {
         hooks: &dyn Hooks,
         examples: &[&ClassExample],
     ) -> Result<Tensor> {
-        let rows: Vec<&[u32]> = examples.iter().map(|e| e.input_ids.as_slice()).collect();
-        let batch = pad_batch(&rows, self.pad_id, model.device())?;
-        let out = model.forward(&batch, hooks)?;
-        let answers: Vec<(usize, usize)> = rows
-            .iter()
-            .enumerate()
-            .map(|(b, r)| (b, r.len() - 1))
-            .collect();
-        let hidden = gather_rows(&out.hidden, out.virtual_tokens, &answers)?;
+        let hidden = last_token_states(model, hooks, examples, self.pad_id)?;
         model.logits_of(&hidden, &self.label_token_ids)
     }
 
@@ -181,6 +159,47 @@ pub(super) fn classification_metrics(
     m.insert("loss".into(), loss_sum / n);
     m.insert("macro_f1".into(), macro_f1(&confusion));
     Ok(m)
+}
+
+/// Refuses examples whose label index is not below `classes` (`has` says what sets the count, for the
+/// message) and examples without tokens.
+pub(super) fn check_class_examples(
+    train: &[ClassExample],
+    eval: &[ClassExample],
+    classes: usize,
+    has: &str,
+) -> Result<()> {
+    for (set, rows) in [("train", train), ("eval", eval)] {
+        if let Some((i, e)) = rows.iter().enumerate().find(|(_, e)| e.label >= classes) {
+            return Err(PeftError::Data(format!(
+                "{set} example {i} has label index {} but {has}",
+                e.label
+            )));
+        }
+        if let Some(i) = rows.iter().position(|e| e.input_ids.is_empty()) {
+            return Err(PeftError::Data(format!("{set} example {i} has no tokens")));
+        }
+    }
+    Ok(())
+}
+
+/// Final hidden states `[n, hidden]` of each example's last real token (the answer position of a verbalizer,
+/// the pooled state of a head), from one right-padded forward pass.
+pub(super) fn last_token_states(
+    model: &dyn BaseModel,
+    hooks: &dyn Hooks,
+    examples: &[&ClassExample],
+    pad_id: u32,
+) -> Result<Tensor> {
+    let rows: Vec<&[u32]> = examples.iter().map(|e| e.input_ids.as_slice()).collect();
+    let batch = pad_batch(&rows, pad_id, model.device())?;
+    let out = model.forward(&batch, hooks)?;
+    let last: Vec<(usize, usize)> = rows
+        .iter()
+        .enumerate()
+        .map(|(b, r)| (b, r.len() - 1))
+        .collect();
+    gather_rows(&out.hidden, out.virtual_tokens, &last)
 }
 
 /// References to `examples` ordered by token count (stable), for batches with little padding.

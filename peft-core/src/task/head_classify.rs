@@ -5,9 +5,9 @@
 
 use candle_core::Tensor;
 
-use super::classify::classification_metrics;
+use super::classify::{check_class_examples, classification_metrics, last_token_states};
 use super::examples::ClassExample;
-use super::{cross_entropy, gather_rows, pad_batch, Metrics, StepLoss, Task};
+use super::{cross_entropy, Metrics, StepLoss, Task};
 use crate::error::{PeftError, Result};
 use crate::hooks::Hooks;
 use crate::model::BaseModel;
@@ -28,17 +28,8 @@ impl HeadClassification {
         num_labels: usize,
         pad_id: u32,
     ) -> Result<Self> {
-        for (set, rows) in [("train", &train), ("eval", &eval)] {
-            if let Some((i, e)) = rows.iter().enumerate().find(|(_, e)| e.label >= num_labels) {
-                return Err(PeftError::Data(format!(
-                    "{set} example {i} has label index {} but the head has {num_labels} classes",
-                    e.label
-                )));
-            }
-            if let Some(i) = rows.iter().position(|e| e.input_ids.is_empty()) {
-                return Err(PeftError::Data(format!("{set} example {i} has no tokens")));
-            }
-        }
+        let has = format!("the head has {num_labels} classes");
+        check_class_examples(&train, &eval, num_labels, &has)?;
         Ok(HeadClassification {
             train,
             eval,
@@ -76,15 +67,7 @@ impl HeadClassification {
                 got: head.weight.dims().to_vec(),
             });
         }
-        let rows: Vec<&[u32]> = examples.iter().map(|e| e.input_ids.as_slice()).collect();
-        let batch = pad_batch(&rows, self.pad_id, model.device())?;
-        let out = model.forward(&batch, hooks)?;
-        let last: Vec<(usize, usize)> = rows
-            .iter()
-            .enumerate()
-            .map(|(b, r)| (b, r.len() - 1))
-            .collect();
-        let pooled = gather_rows(&out.hidden, out.virtual_tokens, &last)?;
+        let pooled = last_token_states(model, hooks, examples, self.pad_id)?;
         head.forward(&pooled)
     }
 }
