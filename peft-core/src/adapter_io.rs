@@ -18,7 +18,7 @@ use crate::atomic::{save_safetensors, write_atomic};
 use candle_core::Tensor;
 
 use crate::error::{PeftError, Result};
-use crate::head::{WithClassifier, SEQ_CLS};
+use crate::head::{WithClassifier, SEQ_CLS, TOKEN_CLS};
 use crate::method::{Adapter, InitCtx, PeftMethod};
 use crate::spec::ModelSpec;
 
@@ -97,10 +97,12 @@ pub fn load_adapter(dir: &Path, init: &mut InitCtx) -> Result<LoadedAdapter> {
     }
     let adapter = config.build(init)?;
     let tensors = read_tensors(dir, init.model.device())?;
-    // A sequence-classification adapter carries its trained head (HF PEFT's `modules_to_save`).
+    // A sequence- or token-classification adapter carries its trained head (HF PEFT's `modules_to_save`).
+    let task_type = config.common().task_type.as_deref();
     let adapter: Box<dyn Adapter> = match WithClassifier::saved_head(&tensors) {
-        Some(head) if config.common().task_type.as_deref() == Some(SEQ_CLS) => {
-            Box::new(WithClassifier::with_weight(adapter, head)?)
+        Some(head) if task_type == Some(SEQ_CLS) => Box::new(WithClassifier::with_head(adapter, head)?),
+        Some(head) if task_type == Some(TOKEN_CLS) => {
+            Box::new(WithClassifier::with_head(adapter, head)?.for_tokens())
         }
         _ => adapter,
     };

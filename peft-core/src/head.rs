@@ -23,6 +23,9 @@ use crate::spec::SiteId;
 /// HF PEFT's task type for sequence classification.
 pub const SEQ_CLS: &str = "SEQ_CLS";
 
+/// HF PEFT's task type for token classification.
+pub const TOKEN_CLS: &str = "TOKEN_CLS";
+
 /// The saved key of a head module's weight: prompt-learning methods wrap the model directly
 /// (`base_model.<module>`), the others through a tuner model (`base_model.model.<module>`).
 pub fn head_key(module: &str, prompt_learning: bool) -> String {
@@ -33,57 +36,116 @@ pub fn head_key(module: &str, prompt_learning: bool) -> String {
     }
 }
 
-/// An adapter plus a trained linear head over the pooled final hidden state.
+/// An adapter plus a trained linear head over the pooled final hidden state (or over every token's state,
+/// for token classification).
 pub struct WithClassifier {
     inner: Box<dyn Adapter>,
     config: Box<dyn PeftMethod>,
     weight: Var,
-    key: String,
+    bias: Option<Var>,
+    module: String,
+}
+
+/// A head found among saved tensors.
+pub struct SavedHead {
+    /// The head's module name (`score`, `classifier`).
+    pub module: String,
+    /// `[num_labels, hidden]`.
+    pub weight: Tensor,
+    /// `[num_labels]`, where the head has a bias.
+    pub bias: Option<Tensor>,
 }
 
 impl WithClassifier {
-    /// Wraps `inner` with a fresh `[num_labels, hidden]` head, initialised N(0, 0.02) as transformers
-    /// initialises `score` (no bias, as GPT-2 and LLaMA heads have none).
+    /// Wraps `inner` with a fresh `[num_labels, hidden]` head named and shaped as transformers names the
+    /// model's head ([`ModelSpec::classifier_module`](crate::spec::ModelSpec), with a bias where the
+    /// architecture's head has one), initialised N(0, 0.02) with a zero bias as transformers initialises it.
     pub fn new(inner: Box<dyn Adapter>, num_labels: usize, init: &mut InitCtx) -> Result<Self> {
         if num_labels < 2 {
             return Err(PeftError::Config(format!(
                 "a classification head needs at least 2 labels, got {num_labels}"
             )));
         }
-        let hidden = init.model.spec().hidden_size;
+        let spec = init.model.spec();
+        let (hidden, module, has_bias) = (
+            spec.hidden_size,
+            spec.classifier_module.clone(),
+            spec.classifier_bias,
+        );
         let normal = Normal::new(0f32, 0.02).expect("valid std");
         let values: Vec<f32> = (0..num_labels * hidden)
             .map(|_| normal.sample(&mut init.rng))
             .collect();
-        let weight = Tensor::from_vec(values, (num_labels, hidden), init.model.device())?;
-        Self::with_weight(inner, weight)
+        let device = init.model.device();
+        let weight = Tensor::from_vec(values, (num_labels, hidden), device)?;
+        let bias = if has_bias {
+            Some(Tensor::zeros(num_labels, DType::F32, device)?)
+        } else {
+            None
+        };
+        Self::with_head(
+            inner,
+            SavedHead {
+                module,
+                weight,
+                bias,
+            },
+        )
     }
 
-    /// Wraps `inner` around a head weight read from a saved adapter.
-    pub fn with_weight(inner: Box<dyn Adapter>, weight: Tensor) -> Result<Self> {
+    /// Wraps `inner` around a head read from a saved adapter.
+    pub fn with_head(inner: Box<dyn Adapter>, head: SavedHead) -> Result<Self> {
         let mut common = inner.config().common().clone();
-        common.task_type = Some(SEQ_CLS.into());
+        if common.task_type.as_deref() != Some(TOKEN_CLS) {
+            common.task_type = Some(SEQ_CLS.into());
+        }
         let config = inner.config().with_common(common);
-        let key = head_key("score", config.is_prompt_learning());
+        let bias = match head.bias {
+            Some(b) => Some(Var::from_tensor(&b.to_dtype(DType::F32)?)?),
+            None => None,
+        };
         Ok(WithClassifier {
             inner,
             config,
-            weight: Var::from_tensor(&weight.to_dtype(DType::F32)?)?,
-            key,
+            weight: Var::from_tensor(&head.weight.to_dtype(DType::F32)?)?,
+            bias,
+            module: head.module,
         })
     }
 
-    /// Finds a saved head among `tensors` (a key ending in `score.weight` or `classifier.weight`).
-    pub fn saved_head(tensors: &HashMap<String, Tensor>) -> Option<Tensor> {
-        tensors
-            .iter()
-            .find(|(k, _)| k.ends_with(".score.weight") || k.ends_with(".classifier.weight"))
-            .map(|(_, t)| t.clone())
+    /// The same head for token classification (HF PEFT's `TOKEN_CLS` task type in the saved config).
+    pub fn for_tokens(mut self) -> Self {
+        let mut common = self.config.common().clone();
+        common.task_type = Some(TOKEN_CLS.into());
+        self.config = self.config.with_common(common);
+        self
+    }
+
+    /// Finds a saved head among `tensors` (keys ending in `score.weight` or `classifier.weight`, with the
+    /// matching `.bias` where there is one).
+    pub fn saved_head(tensors: &HashMap<String, Tensor>) -> Option<SavedHead> {
+        let (key, weight) = tensors.iter().find(|(k, _)| {
+            k.ends_with(".score.weight") || k.ends_with(".classifier.weight")
+        })?;
+        let stem = key.strip_suffix(".weight")?;
+        let module = stem.rsplit('.').next()?.to_string();
+        Some(SavedHead {
+            module,
+            weight: weight.clone(),
+            bias: tensors.get(&format!("{stem}.bias")).cloned(),
+        })
     }
 
     /// Number of classes.
     pub fn num_labels(&self) -> usize {
         self.weight.dim(0).unwrap_or(0)
+    }
+
+    /// Saved names of the weight and the bias.
+    fn keys(&self) -> (String, String) {
+        let weight = head_key(&self.module, self.config.is_prompt_learning());
+        let bias = format!("{}.bias", weight.trim_end_matches(".weight"));
+        (weight, bias)
     }
 }
 
@@ -107,7 +169,7 @@ impl Hooks for WithClassifier {
     fn classifier(&self) -> Option<ClassifierHead> {
         Some(ClassifierHead {
             weight: crate::grad::param(&self.weight),
-            bias: None,
+            bias: self.bias.as_ref().map(crate::grad::param),
         })
     }
 }
@@ -119,34 +181,60 @@ impl Adapter for WithClassifier {
 
     fn trainable(&self) -> Vec<(String, Var)> {
         let mut vars = self.inner.trainable();
-        vars.push((self.key.clone(), self.weight.clone()));
+        let (wk, bk) = self.keys();
+        vars.push((wk, self.weight.clone()));
+        if let Some(b) = &self.bias {
+            vars.push((bk, b.clone()));
+        }
         vars
     }
 
     fn tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let mut tensors = self.inner.tensors()?;
-        tensors.push((self.key.clone(), self.weight.as_tensor().clone()));
+        let (wk, bk) = self.keys();
+        tensors.push((wk, self.weight.as_tensor().clone()));
+        if let Some(b) = &self.bias {
+            tensors.push((bk, b.as_tensor().clone()));
+        }
         Ok(tensors)
     }
 
     fn load_tensors(&self, tensors: &HashMap<String, Tensor>) -> Result<()> {
         self.inner.load_tensors(tensors)?;
-        let saved = Self::saved_head(tensors).ok_or_else(|| {
-            PeftError::Config(format!(
-                "the adapter has no classification head (`{}`)",
-                self.key
-            ))
-        })?;
-        if saved.dims() != self.weight.dims() {
-            return Err(PeftError::ShapeMismatch {
-                what: self.key.clone(),
-                expected_from: "the classification head".into(),
-                expected: self.weight.dims().to_vec(),
-                got_from: "the saved adapter".into(),
-                got: saved.dims().to_vec(),
-            });
+        let (wk, bk) = self.keys();
+        let saved = Self::saved_head(tensors)
+            .ok_or_else(|| PeftError::Config(format!("the adapter has no classification head (`{wk}`)")))?;
+        let pairs = [
+            (wk, Some(&self.weight), Some(saved.weight)),
+            (bk, self.bias.as_ref(), saved.bias),
+        ];
+        for (key, var, saved) in pairs {
+            match (var, saved) {
+                (Some(var), Some(saved)) => {
+                    if saved.dims() != var.dims() {
+                        return Err(PeftError::ShapeMismatch {
+                            what: key,
+                            expected_from: "the classification head".into(),
+                            expected: var.dims().to_vec(),
+                            got_from: "the saved adapter".into(),
+                            got: saved.dims().to_vec(),
+                        });
+                    }
+                    var.set(&saved.to_dtype(DType::F32)?)?;
+                }
+                (None, None) => {}
+                (Some(_), None) => {
+                    return Err(PeftError::Config(format!(
+                        "the saved adapter lacks the classification head's `{key}`"
+                    )))
+                }
+                (None, Some(_)) => {
+                    return Err(PeftError::Config(format!(
+                        "the saved adapter has `{key}`, which this model's head does not have"
+                    )))
+                }
+            }
         }
-        self.weight.set(&saved.to_dtype(DType::F32)?)?;
         Ok(())
     }
 

@@ -129,6 +129,20 @@ pub struct ModelSpec {
     pub name_or_path: String,
     /// Injection sites, indexed by [`SiteId`].
     pub sites: Vec<Site>,
+    /// Whether the model is an encoder-decoder (T5): HF's `is_encoder_decoder`.
+    #[serde(default)]
+    pub is_encoder_decoder: bool,
+    /// The module name of transformers' classification head for this architecture (`score` for decoders,
+    /// `classifier` for BERT), under which HF PEFT saves a trained head.
+    #[serde(default = "default_classifier_module")]
+    pub classifier_module: String,
+    /// Whether that head has a bias (BERT's `classifier` does, decoders' `score` does not).
+    #[serde(default)]
+    pub classifier_bias: bool,
+}
+
+fn default_classifier_module() -> String {
+    "score".into()
 }
 
 impl ModelSpec {
@@ -154,6 +168,9 @@ impl ModelSpec {
             num_parameters: 0,
             name_or_path: String::new(),
             sites: Vec::new(),
+            is_encoder_decoder: false,
+            classifier_module: default_classifier_module(),
+            classifier_bias: false,
         }
     }
 

@@ -28,7 +28,7 @@ use crate::loaded::LoadedModel;
 use crate::weights::WeightMap;
 
 /// The `model_type` values [`load_folder`] knows.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["gpt2", "llama"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["gpt2", "llama", "opt", "bert", "t5"];
 
 /// Loads the model, tokenizer (optional) and eos id of a Hugging Face folder onto `device`.
 pub fn load_folder(dir: &Path, device: &Device) -> Result<LoadedModel> {
@@ -60,6 +60,9 @@ pub fn load_folder(dir: &Path, device: &Device) -> Result<LoadedModel> {
                     cfg.eos_token_id,
                 )
             }
+            "opt" => crate::opt::from_folder(config, &config_path, &weights, &name)?,
+            "bert" => crate::bert::from_folder(config, &config_path, &weights, &name)?,
+            "t5" => crate::t5::from_folder(config, &config_path, &weights, &name)?,
             other => {
                 return Err(ModelError::Config(format!(
                     "{}: model_type `{other}` is not supported; supported model types: {}",

@@ -359,8 +359,8 @@ impl BaseModel for Gpt2 {
         })
     }
 
-    fn lm_head(&self) -> &FrozenLinear {
-        &self.lm_head
+    fn lm_head(&self) -> Option<&FrozenLinear> {
+        Some(&self.lm_head)
     }
 
     fn frozen_linear(&self, site: SiteId) -> Option<&FrozenLinear> {

@@ -1,4 +1,4 @@
-//! The frozen model zoo: GPT-2 and LLaMA with Hugging Face parameter names, and their loaders.
+//! The frozen model zoo: GPT-2, LLaMA, OPT, BERT and T5 with Hugging Face parameter names, and their loaders.
 //!
 //! ```
 //! let cfg: peft_models::config::Gpt2Config = serde_json::from_str("{}").unwrap();
@@ -6,6 +6,7 @@
 //! ```
 
 pub mod attention;
+pub mod bert;
 pub mod config;
 mod embedding;
 pub mod error;
@@ -14,9 +15,11 @@ pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod gpt2;
 pub mod llama;
+pub mod opt;
 pub mod loaded;
 pub mod resolve;
 pub mod rope;
+pub mod t5;
 pub mod tiny;
 pub mod weights;
 pub mod zoo;

@@ -322,8 +322,8 @@ impl BaseModel for Llama {
         })
     }
 
-    fn lm_head(&self) -> &FrozenLinear {
-        &self.lm_head
+    fn lm_head(&self) -> Option<&FrozenLinear> {
+        Some(&self.lm_head)
     }
 
     fn frozen_linear(&self, site: SiteId) -> Option<&FrozenLinear> {
@@ -409,7 +409,7 @@ mod tests {
         cfg.tie_word_embeddings = true;
         let tied = Llama::from_weights(&cfg, &w, "x").unwrap();
         let emb = w.get_any("model.embed_tokens.weight").unwrap();
-        assert_eq!(max_diff(tied.lm_head().weight(), &emb), 0.0);
+        assert_eq!(max_diff(tied.lm_head().unwrap().weight(), &emb), 0.0);
         assert!(!tied.parameters().iter().any(|(n, _)| n == "lm_head.weight"));
         cfg.tie_word_embeddings = false;
         let names: Vec<String> = w

@@ -471,7 +471,7 @@ impl BaseModel for WithSpec {
     fn forward(&self, batch: &Batch, hooks: &dyn Hooks) -> peft_core::Result<Output> {
         self.inner.forward(batch, hooks)
     }
-    fn lm_head(&self) -> &FrozenLinear {
+    fn lm_head(&self) -> Option<&FrozenLinear> {
         self.inner.lm_head()
     }
     fn frozen_linear(&self, site: SiteId) -> Option<&FrozenLinear> {

@@ -1,11 +1,13 @@
-//! Classification by a trained head: the final hidden state of each prompt's last real token (the pooling of
-//! transformers' `*ForSequenceClassification` decoders) goes through the adapter's classifier
+//! Classification by a trained head: the model's pooled state ([`BaseModel::pooled`]: the last real token's
+//! final state for decoders, as transformers' `*ForSequenceClassification` decoders pool, BERT's pooler over
+//! the first position) goes through the adapter's classifier
 //! ([`Hooks::classifier`], see [`crate::head::WithClassifier`]); the loss is the cross-entropy over classes.
 //! This is how P-tuning v2 classifies, and any method can be trained this way.
 
 use candle_core::Tensor;
 
-use super::classify::{check_class_examples, classification_metrics, last_token_states};
+use super::classify::{check_class_examples, classification_metrics};
+use super::pad_batch;
 use super::examples::ClassExample;
 use super::{cross_entropy, Metrics, StepLoss, Task};
 use crate::error::{PeftError, Result};
@@ -67,8 +69,10 @@ impl HeadClassification {
                 got: head.weight.dims().to_vec(),
             });
         }
-        let pooled = last_token_states(model, hooks, examples, self.pad_id)?;
-        head.forward(&pooled)
+        let rows: Vec<&[u32]> = examples.iter().map(|e| e.input_ids.as_slice()).collect();
+        let batch = pad_batch(&rows, self.pad_id, model.device())?;
+        let out = model.forward(&batch, hooks)?;
+        head.forward(&model.pooled(&out, &batch)?)
     }
 }
 
