@@ -100,7 +100,9 @@ pub fn load_adapter(dir: &Path, init: &mut InitCtx) -> Result<LoadedAdapter> {
     // A sequence- or token-classification adapter carries its trained head (HF PEFT's `modules_to_save`).
     let task_type = config.common().task_type.as_deref();
     let adapter: Box<dyn Adapter> = match WithClassifier::saved_head(&tensors) {
-        Some(head) if task_type == Some(SEQ_CLS) => Box::new(WithClassifier::with_head(adapter, head)?),
+        Some(head) if task_type == Some(SEQ_CLS) => {
+            Box::new(WithClassifier::with_head(adapter, head)?)
+        }
         Some(head) if task_type == Some(TOKEN_CLS) => {
             Box::new(WithClassifier::with_head(adapter, head)?.for_tokens())
         }

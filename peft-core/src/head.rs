@@ -124,9 +124,9 @@ impl WithClassifier {
     /// Finds a saved head among `tensors` (keys ending in `score.weight` or `classifier.weight`, with the
     /// matching `.bias` where there is one).
     pub fn saved_head(tensors: &HashMap<String, Tensor>) -> Option<SavedHead> {
-        let (key, weight) = tensors.iter().find(|(k, _)| {
-            k.ends_with(".score.weight") || k.ends_with(".classifier.weight")
-        })?;
+        let (key, weight) = tensors
+            .iter()
+            .find(|(k, _)| k.ends_with(".score.weight") || k.ends_with(".classifier.weight"))?;
         let stem = key.strip_suffix(".weight")?;
         let module = stem.rsplit('.').next()?.to_string();
         Some(SavedHead {
@@ -202,8 +202,9 @@ impl Adapter for WithClassifier {
     fn load_tensors(&self, tensors: &HashMap<String, Tensor>) -> Result<()> {
         self.inner.load_tensors(tensors)?;
         let (wk, bk) = self.keys();
-        let saved = Self::saved_head(tensors)
-            .ok_or_else(|| PeftError::Config(format!("the adapter has no classification head (`{wk}`)")))?;
+        let saved = Self::saved_head(tensors).ok_or_else(|| {
+            PeftError::Config(format!("the adapter has no classification head (`{wk}`)"))
+        })?;
         let pairs = [
             (wk, Some(&self.weight), Some(saved.weight)),
             (bk, self.bias.as_ref(), saved.bias),

@@ -168,7 +168,7 @@ fn load_tokenizer(dir: &Path) -> Result<Option<tokenizers::Tokenizer>> {
     })
 }
 
-fn read_json(path: &Path, hint: &str) -> Result<Value> {
+pub(crate) fn read_json(path: &Path, hint: &str) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         let what = if e.kind() == std::io::ErrorKind::NotFound {
             "not found".to_string()
@@ -190,7 +190,10 @@ fn read_json(path: &Path, hint: &str) -> Result<Value> {
     })
 }
 
-fn parse_config<T: serde::de::DeserializeOwned>(path: &Path, config: Value) -> Result<T> {
+pub(crate) fn parse_config<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    config: Value,
+) -> Result<T> {
     serde_json::from_value(config)
         .map_err(|e| bad_file(path, format!("does not describe this architecture ({e})")))
 }
@@ -249,7 +252,7 @@ fn normalise_llama(path: &Path, config: &mut Value) -> Result<()> {
     Ok(())
 }
 
-fn bad_file(path: &Path, message: impl Into<String>) -> ModelError {
+pub(crate) fn bad_file(path: &Path, message: impl Into<String>) -> ModelError {
     ModelError::BadFile {
         path: PathBuf::from(path),
         message: message.into(),
@@ -282,14 +285,14 @@ mod tests {
         let cfg = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
         std::fs::write(
             dir.path().join("config.json"),
-            cfg.replace("\"gpt2\"", "\"bert\""),
+            cfg.replace("\"gpt2\"", "\"mamba\""),
         )
         .unwrap();
         let err = load_folder(dir.path(), &Device::Cpu)
             .err()
             .unwrap()
             .to_string();
-        assert!(err.contains("bert") && err.contains("gpt2, llama"), "{err}");
+        assert!(err.contains("mamba") && err.contains("gpt2, llama, opt, bert, t5"), "{err}");
     }
 
     #[test]

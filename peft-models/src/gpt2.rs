@@ -18,91 +18,14 @@ use candle_core::{Device, Tensor};
 use peft_core::frozen::FrozenLinear;
 use peft_core::hooks::Hooks;
 use peft_core::model::{BaseModel, Batch, Output};
-use peft_core::spec::{ModelSpec, Site, SiteId};
+use peft_core::spec::{ModelSpec, SiteId};
 
 use crate::attention::{attend, split_heads, PrefixMasks};
 use crate::config::Gpt2Config;
 use crate::embedding::{embed, lookup, Embedded};
 use crate::error::{ModelError, Result};
+use crate::parts::{Activation, LayerNorm, Loader, Projection};
 use crate::weights::WeightMap;
-
-/// The MLP activations GPT-2 checkpoints name in `activation_function`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Activation {
-    /// `gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`: the tanh approximation.
-    GeluTanh,
-    /// `gelu`: the exact (erf) form.
-    GeluErf,
-    /// `relu`.
-    Relu,
-    /// `silu` / `swish`.
-    Silu,
-}
-
-impl Activation {
-    fn parse(name: &str) -> Result<Self> {
-        Ok(match name {
-            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
-            "gelu" => Activation::GeluErf,
-            "relu" => Activation::Relu,
-            "silu" | "swish" => Activation::Silu,
-            other => {
-                return Err(ModelError::Config(format!(
-                    "GPT-2 activation_function `{other}` is not supported (supported: gelu_new, gelu_pytorch_tanh, \
-                     gelu_fast, gelu, relu, silu)"
-                )))
-            }
-        })
-    }
-
-    fn apply(self, x: &Tensor) -> Result<Tensor> {
-        Ok(match self {
-            Activation::GeluTanh => x.gelu()?,
-            Activation::GeluErf => x.gelu_erf()?,
-            Activation::Relu => x.relu()?,
-            Activation::Silu => x.silu()?,
-        })
-    }
-}
-
-/// A frozen projection and the site it is reported under.
-#[derive(Debug, Clone)]
-struct Projection {
-    site: SiteId,
-    linear: FrozenLinear,
-}
-
-impl Projection {
-    fn forward(&self, x: &Tensor, hooks: &dyn Hooks) -> Result<Tensor> {
-        Ok(peft_core::hooks::apply_linear(
-            hooks,
-            self.site,
-            x,
-            &self.linear,
-        )?)
-    }
-}
-
-/// A LayerNorm whose bias a hook may replace (BitFit).
-#[derive(Debug, Clone)]
-struct LayerNorm {
-    site: SiteId,
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
-}
-
-impl LayerNorm {
-    fn forward(&self, x: &Tensor, hooks: &dyn Hooks) -> Result<Tensor> {
-        let bias = hooks.bias(self.site).unwrap_or_else(|| self.bias.clone());
-        Ok(peft_core::nn::layer_norm(
-            x,
-            &self.weight,
-            Some(&bias),
-            self.eps,
-        )?)
-    }
-}
 
 /// One transformer block.
 #[derive(Debug, Clone)]
@@ -137,56 +60,6 @@ pub struct Gpt2 {
     parameters: Vec<(String, Tensor)>,
 }
 
-/// Collects the loaded tensors under their HF names while the model is built.
-struct Loader<'a> {
-    weights: &'a WeightMap,
-    spec: ModelSpec,
-    parameters: Vec<(String, Tensor)>,
-    hidden: usize,
-    eps: f64,
-}
-
-impl Loader<'_> {
-    fn tensor(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let t = self.weights.get(name, shape)?;
-        self.parameters.push((name.to_string(), t.clone()));
-        Ok(t)
-    }
-
-    /// A Conv1D module: weight `[in, out]` in the checkpoint, `[out, in]` in the returned projection (and in
-    /// [`BaseModel::parameters`], so that the listed tensor is the one the forward pass uses).
-    fn conv1d(
-        &mut self,
-        module: &str,
-        layer: usize,
-        in_f: usize,
-        out_f: usize,
-    ) -> Result<Projection> {
-        let name = format!("{module}.weight");
-        let weight = self.weights.get(&name, &[in_f, out_f])?.t()?.contiguous()?;
-        let bias = self.tensor(&format!("{module}.bias"), &[out_f])?;
-        let linear = FrozenLinear::new(weight, Some(bias));
-        self.parameters.push((name, linear.weight().clone()));
-        let site = self
-            .spec
-            .add_site(Site::conv1d(module, Some(layer), in_f, out_f));
-        Ok(Projection { site, linear })
-    }
-
-    fn layer_norm(&mut self, module: &str, layer: Option<usize>) -> Result<LayerNorm> {
-        let h = self.hidden;
-        let weight = self.tensor(&format!("{module}.weight"), &[h])?;
-        let bias = self.tensor(&format!("{module}.bias"), &[h])?;
-        let site = self.spec.add_site(Site::norm(module, layer, h, true));
-        Ok(LayerNorm {
-            site,
-            weight,
-            bias,
-            eps: self.eps,
-        })
-    }
-}
-
 impl Gpt2 {
     /// Builds the model from checkpoint tensors named as `GPT2LMHeadModel` saves them
     /// (`transformer.wte.weight`, ...) or as a bare `GPT2Model` does (`wte.weight`, ...).
@@ -210,13 +83,8 @@ impl Gpt2 {
             cfg.n_positions,
         );
         spec.name_or_path = name_or_path.to_string();
-        let mut ld = Loader {
-            weights: &weights,
-            spec,
-            parameters: Vec::new(),
-            hidden: h,
-            eps: cfg.layer_norm_epsilon,
-        };
+        let mut ld = Loader::new(&weights, spec);
+        let eps = cfg.layer_norm_epsilon;
 
         let wte = ld.tensor("transformer.wte.weight", &[cfg.vocab_size, h])?;
         let wpe = ld.tensor("transformer.wpe.weight", &[cfg.n_positions, h])?;
@@ -234,22 +102,17 @@ impl Gpt2 {
                 scale /= (i + 1) as f64;
             }
             blocks.push(Block {
-                ln_1: ld.layer_norm(&format!("{p}.ln_1"), Some(i))?,
+                ln_1: ld.layer_norm(&format!("{p}.ln_1"), Some(i), h, true, eps)?,
                 c_attn: ld.conv1d(&format!("{p}.attn.c_attn"), i, h, 3 * h)?,
                 attn_proj: ld.conv1d(&format!("{p}.attn.c_proj"), i, h, h)?,
-                ln_2: ld.layer_norm(&format!("{p}.ln_2"), Some(i))?,
+                ln_2: ld.layer_norm(&format!("{p}.ln_2"), Some(i), h, true, eps)?,
                 c_fc: ld.conv1d(&format!("{p}.mlp.c_fc"), i, h, inner)?,
                 mlp_proj: ld.conv1d(&format!("{p}.mlp.c_proj"), i, inner, h)?,
                 scale,
             });
         }
-        let ln_f = ld.layer_norm("transformer.ln_f", None)?;
-        let Loader {
-            mut spec,
-            parameters,
-            ..
-        } = ld;
-        spec.num_parameters = parameters.iter().map(|(_, t)| t.elem_count()).sum();
+        let ln_f = ld.layer_norm("transformer.ln_f", None, h, true, eps)?;
+        let (spec, parameters) = ld.finish();
         Ok(Gpt2 {
             config: cfg.clone(),
             spec,

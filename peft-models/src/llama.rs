@@ -18,50 +18,15 @@ use candle_core::{Device, Tensor};
 use peft_core::frozen::FrozenLinear;
 use peft_core::hooks::Hooks;
 use peft_core::model::{BaseModel, Batch, Output};
-use peft_core::spec::{ModelSpec, Site, SiteId};
+use peft_core::spec::{ModelSpec, SiteId};
 
 use crate::attention::{attend, split_heads, PrefixMasks};
 use crate::config::LlamaConfig;
 use crate::embedding::{embed, lookup, Embedded};
 use crate::error::{ModelError, Result};
+use crate::parts::{Loader, Projection, RmsNorm};
 use crate::rope::{Rope, RopeTables};
 use crate::weights::WeightMap;
-
-/// A frozen projection and the site it is reported under.
-#[derive(Debug, Clone)]
-struct Projection {
-    site: SiteId,
-    linear: FrozenLinear,
-}
-
-impl Projection {
-    fn forward(&self, x: &Tensor, hooks: &dyn Hooks) -> Result<Tensor> {
-        Ok(peft_core::hooks::apply_linear(
-            hooks,
-            self.site,
-            x,
-            &self.linear,
-        )?)
-    }
-}
-
-/// An RMS norm; it has no bias in the checkpoint, but a hook may add one (BitFit).
-#[derive(Debug, Clone)]
-struct RmsNorm {
-    site: SiteId,
-    weight: Tensor,
-    eps: f64,
-}
-
-impl RmsNorm {
-    fn forward(&self, x: &Tensor, hooks: &dyn Hooks) -> Result<Tensor> {
-        let y = peft_core::nn::rms_norm(x, &self.weight, self.eps)?;
-        Ok(match hooks.bias(self.site) {
-            Some(b) => y.broadcast_add(&b)?,
-            None => y,
-        })
-    }
-}
 
 /// One decoder layer.
 #[derive(Debug, Clone)]
@@ -89,59 +54,6 @@ pub struct Llama {
     norm: RmsNorm,
     lm_head: FrozenLinear,
     parameters: Vec<(String, Tensor)>,
-}
-
-/// Collects the loaded tensors under their HF names while the model is built.
-struct Loader<'a> {
-    weights: &'a WeightMap,
-    spec: ModelSpec,
-    parameters: Vec<(String, Tensor)>,
-    eps: f64,
-}
-
-impl Loader<'_> {
-    fn tensor(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let t = self.weights.get(name, shape)?;
-        self.parameters.push((name.to_string(), t.clone()));
-        Ok(t)
-    }
-
-    fn linear(
-        &mut self,
-        module: &str,
-        layer: usize,
-        in_f: usize,
-        out_f: usize,
-        bias: bool,
-    ) -> Result<Projection> {
-        let weight = self.tensor(&format!("{module}.weight"), &[out_f, in_f])?;
-        let bias = if bias {
-            Some(self.tensor(&format!("{module}.bias"), &[out_f])?)
-        } else {
-            None
-        };
-        let site = self.spec.add_site(Site::linear(
-            module,
-            Some(layer),
-            in_f,
-            out_f,
-            bias.is_some(),
-        ));
-        Ok(Projection {
-            site,
-            linear: FrozenLinear::new(weight, bias),
-        })
-    }
-
-    fn rms_norm(&mut self, module: &str, layer: Option<usize>, dim: usize) -> Result<RmsNorm> {
-        let weight = self.tensor(&format!("{module}.weight"), &[dim])?;
-        let site = self.spec.add_site(Site::norm(module, layer, dim, false));
-        Ok(RmsNorm {
-            site,
-            weight,
-            eps: self.eps,
-        })
-    }
 }
 
 impl Llama {
@@ -176,12 +88,8 @@ impl Llama {
         );
         spec.head_dim = head_dim;
         spec.name_or_path = name_or_path.to_string();
-        let mut ld = Loader {
-            weights,
-            spec,
-            parameters: Vec::new(),
-            eps: cfg.rms_norm_eps,
-        };
+        let mut ld = Loader::new(weights, spec);
+        let eps = cfg.rms_norm_eps;
 
         let embed_tokens = ld.tensor("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
         let (q_out, kv_out, inner) = (heads * head_dim, kv_heads * head_dim, cfg.intermediate_size);
@@ -190,33 +98,29 @@ impl Llama {
             let p = format!("model.layers.{i}");
             let (ab, mb) = (cfg.attention_bias, cfg.mlp_bias);
             layers.push(Layer {
-                input_layernorm: ld.rms_norm(&format!("{p}.input_layernorm"), Some(i), h)?,
-                q_proj: ld.linear(&format!("{p}.self_attn.q_proj"), i, h, q_out, ab)?,
-                k_proj: ld.linear(&format!("{p}.self_attn.k_proj"), i, h, kv_out, ab)?,
-                v_proj: ld.linear(&format!("{p}.self_attn.v_proj"), i, h, kv_out, ab)?,
-                o_proj: ld.linear(&format!("{p}.self_attn.o_proj"), i, q_out, h, ab)?,
+                input_layernorm: ld.rms_norm(&format!("{p}.input_layernorm"), Some(i), h, eps)?,
+                q_proj: ld.linear(&format!("{p}.self_attn.q_proj"), Some(i), h, q_out, ab)?,
+                k_proj: ld.linear(&format!("{p}.self_attn.k_proj"), Some(i), h, kv_out, ab)?,
+                v_proj: ld.linear(&format!("{p}.self_attn.v_proj"), Some(i), h, kv_out, ab)?,
+                o_proj: ld.linear(&format!("{p}.self_attn.o_proj"), Some(i), q_out, h, ab)?,
                 post_attention_layernorm: ld.rms_norm(
                     &format!("{p}.post_attention_layernorm"),
                     Some(i),
                     h,
+                    eps,
                 )?,
-                gate_proj: ld.linear(&format!("{p}.mlp.gate_proj"), i, h, inner, mb)?,
-                up_proj: ld.linear(&format!("{p}.mlp.up_proj"), i, h, inner, mb)?,
-                down_proj: ld.linear(&format!("{p}.mlp.down_proj"), i, inner, h, mb)?,
+                gate_proj: ld.linear(&format!("{p}.mlp.gate_proj"), Some(i), h, inner, mb)?,
+                up_proj: ld.linear(&format!("{p}.mlp.up_proj"), Some(i), h, inner, mb)?,
+                down_proj: ld.linear(&format!("{p}.mlp.down_proj"), Some(i), inner, h, mb)?,
             });
         }
-        let norm = ld.rms_norm("model.norm", None, h)?;
+        let norm = ld.rms_norm("model.norm", None, h, eps)?;
         let head = if cfg.tie_word_embeddings {
             embed_tokens.clone()
         } else {
             ld.tensor("lm_head.weight", &[cfg.vocab_size, h])?
         };
-        let Loader {
-            mut spec,
-            parameters,
-            ..
-        } = ld;
-        spec.num_parameters = parameters.iter().map(|(_, t)| t.elem_count()).sum();
+        let (spec, parameters) = ld.finish();
         Ok(Llama {
             config: cfg.clone(),
             spec,

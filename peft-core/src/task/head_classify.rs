@@ -7,8 +7,8 @@
 use candle_core::Tensor;
 
 use super::classify::{check_class_examples, classification_metrics};
-use super::pad_batch;
 use super::examples::ClassExample;
+use super::pad_batch;
 use super::{cross_entropy, Metrics, StepLoss, Task};
 use crate::error::{PeftError, Result};
 use crate::hooks::Hooks;

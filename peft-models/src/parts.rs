@@ -1,0 +1,250 @@
+//! The building blocks every architecture of the zoo shares: a frozen projection and norms that run
+//! through the hooks, the MLP activations checkpoints name, and a loader that collects tensors under their
+//! Hugging Face names while registering each module as an injection site.
+//!
+//! ```
+//! use peft_models::parts::Activation;
+//! assert_eq!(Activation::parse("gelu_new").unwrap(), Activation::GeluTanh);
+//! assert!(Activation::parse("swiglu").unwrap_err().to_string().contains("swiglu"));
+//! ```
+
+use candle_core::Tensor;
+use peft_core::frozen::FrozenLinear;
+use peft_core::hooks::Hooks;
+use peft_core::spec::{ModelSpec, Site, SiteId};
+
+use crate::error::{ModelError, Result};
+use crate::weights::WeightMap;
+
+/// The MLP activations checkpoints name (`activation_function`, `hidden_act`, `dense_act_fn`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`: the tanh approximation.
+    GeluTanh,
+    /// `gelu`: the exact (erf) form.
+    GeluErf,
+    /// `relu`.
+    Relu,
+    /// `silu` / `swish`.
+    Silu,
+}
+
+impl Activation {
+    /// The activation a config names.
+    pub fn parse(name: &str) -> Result<Self> {
+        Ok(match name {
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+            "gelu" => Activation::GeluErf,
+            "relu" => Activation::Relu,
+            "silu" | "swish" => Activation::Silu,
+            other => {
+                return Err(ModelError::Config(format!(
+                    "activation `{other}` is not supported (supported: gelu_new, gelu_pytorch_tanh, gelu_fast, \
+                     gelu, relu, silu)"
+                )))
+            }
+        })
+    }
+
+    /// Applies the activation elementwise.
+    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Activation::GeluTanh => x.gelu()?,
+            Activation::GeluErf => x.gelu_erf()?,
+            Activation::Relu => x.relu()?,
+            Activation::Silu => x.silu()?,
+        })
+    }
+}
+
+/// A frozen projection and the site it is reported under.
+#[derive(Debug, Clone)]
+pub struct Projection {
+    /// The injection site.
+    pub site: SiteId,
+    /// The frozen weight and bias.
+    pub linear: FrozenLinear,
+}
+
+impl Projection {
+    /// The projection of `x` through the hooks (LoRA, IA3, BitFit's bias).
+    pub fn forward(&self, x: &Tensor, hooks: &dyn Hooks) -> Result<Tensor> {
+        Ok(peft_core::hooks::apply_linear(
+            hooks,
+            self.site,
+            x,
+            &self.linear,
+        )?)
+    }
+}
+
+/// A LayerNorm (with or without a bias in the checkpoint) whose bias a hook may replace or add (BitFit).
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    /// The injection site.
+    pub site: SiteId,
+    /// Scale.
+    pub weight: Tensor,
+    /// Shift, where the checkpoint has one.
+    pub bias: Option<Tensor>,
+    /// Epsilon.
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    /// The normalised `x`.
+    pub fn forward(&self, x: &Tensor, hooks: &dyn Hooks) -> Result<Tensor> {
+        let bias = hooks.bias(self.site).or_else(|| self.bias.clone());
+        Ok(peft_core::nn::layer_norm(
+            x,
+            &self.weight,
+            bias.as_ref(),
+            self.eps,
+        )?)
+    }
+}
+
+/// An RMS norm (LLaMA's, T5's); it has no bias in the checkpoint, but a hook may add one (BitFit).
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    /// The injection site.
+    pub site: SiteId,
+    /// Scale.
+    pub weight: Tensor,
+    /// Epsilon.
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    /// The normalised `x`.
+    pub fn forward(&self, x: &Tensor, hooks: &dyn Hooks) -> Result<Tensor> {
+        let y = peft_core::nn::rms_norm(x, &self.weight, self.eps)?;
+        Ok(match hooks.bias(self.site) {
+            Some(b) => y.broadcast_add(&b)?,
+            None => y,
+        })
+    }
+}
+
+/// Collects the loaded tensors under their HF names while a model is built, and registers every module it
+/// loads as an injection site of `spec`.
+pub struct Loader<'a> {
+    /// The checkpoint.
+    pub weights: &'a WeightMap,
+    /// The spec being built.
+    pub spec: ModelSpec,
+    /// Every tensor loaded so far, by HF name.
+    pub parameters: Vec<(String, Tensor)>,
+}
+
+impl<'a> Loader<'a> {
+    /// A loader that fills `spec`.
+    pub fn new(weights: &'a WeightMap, spec: ModelSpec) -> Self {
+        Loader {
+            weights,
+            spec,
+            parameters: Vec::new(),
+        }
+    }
+
+    /// The tensor `name` of the given shape, recorded as a parameter.
+    pub fn tensor(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.weights.get(name, shape)?;
+        self.parameters.push((name.to_string(), t.clone()));
+        Ok(t)
+    }
+
+    /// A `nn.Linear` module (`[out, in]` weight, optional bias).
+    pub fn linear(
+        &mut self,
+        module: &str,
+        layer: Option<usize>,
+        in_f: usize,
+        out_f: usize,
+        bias: bool,
+    ) -> Result<Projection> {
+        let weight = self.tensor(&format!("{module}.weight"), &[out_f, in_f])?;
+        let bias = if bias {
+            Some(self.tensor(&format!("{module}.bias"), &[out_f])?)
+        } else {
+            None
+        };
+        let site = self
+            .spec
+            .add_site(Site::linear(module, layer, in_f, out_f, bias.is_some()));
+        Ok(Projection {
+            site,
+            linear: FrozenLinear::new(weight, bias),
+        })
+    }
+
+    /// A GPT-2 Conv1D module: weight `[in, out]` in the checkpoint, `[out, in]` in the returned projection (and
+    /// in the parameters, so that the listed tensor is the one the forward pass uses).
+    pub fn conv1d(
+        &mut self,
+        module: &str,
+        layer: usize,
+        in_f: usize,
+        out_f: usize,
+    ) -> Result<Projection> {
+        let name = format!("{module}.weight");
+        let weight = self.weights.get(&name, &[in_f, out_f])?.t()?.contiguous()?;
+        let bias = self.tensor(&format!("{module}.bias"), &[out_f])?;
+        let linear = FrozenLinear::new(weight, Some(bias));
+        self.parameters.push((name, linear.weight().clone()));
+        let site = self
+            .spec
+            .add_site(Site::conv1d(module, Some(layer), in_f, out_f));
+        Ok(Projection { site, linear })
+    }
+
+    /// A LayerNorm over `dim` features, with a bias where `bias` says the checkpoint has one.
+    pub fn layer_norm(
+        &mut self,
+        module: &str,
+        layer: Option<usize>,
+        dim: usize,
+        bias: bool,
+        eps: f64,
+    ) -> Result<LayerNorm> {
+        let weight = self.tensor(&format!("{module}.weight"), &[dim])?;
+        let bias = if bias {
+            Some(self.tensor(&format!("{module}.bias"), &[dim])?)
+        } else {
+            None
+        };
+        let site = self
+            .spec
+            .add_site(Site::norm(module, layer, dim, bias.is_some()));
+        Ok(LayerNorm {
+            site,
+            weight,
+            bias,
+            eps,
+        })
+    }
+
+    /// An RMS norm over `dim` features.
+    pub fn rms_norm(
+        &mut self,
+        module: &str,
+        layer: Option<usize>,
+        dim: usize,
+        eps: f64,
+    ) -> Result<RmsNorm> {
+        let weight = self.tensor(&format!("{module}.weight"), &[dim])?;
+        let site = self.spec.add_site(Site::norm(module, layer, dim, false));
+        Ok(RmsNorm { site, weight, eps })
+    }
+
+    /// The finished spec (with its parameter count) and the parameters.
+    pub fn finish(self) -> (ModelSpec, Vec<(String, Tensor)>) {
+        let Loader {
+            mut spec,
+            parameters,
+            ..
+        } = self;
+        spec.num_parameters = parameters.iter().map(|(_, t)| t.elem_count()).sum();
+        (spec, parameters)
+    }
+}
