@@ -2,6 +2,7 @@
 //! with the common HF PEFT fields so that the standard adapter folder holds it.
 
 use peft_core::method::{Adapter, CommonConfig, InitCtx, PeftMethod};
+use peft_core::spec::ModelSpec;
 use peft_core::{PeftError, Result};
 use serde::{Deserialize, Serialize};
 
@@ -15,9 +16,11 @@ pub enum BitFitTargets {
     /// `add_missing_biases`, also a zero bias at every linear site that has none (on LLaMA: every projection).
     #[default]
     All,
-    /// `"paper"`: Ben Zaken et al.'s query and second-MLP-layer biases. GPT-2: `c_attn` and `mlp.c_proj`
-    /// (`c_attn` fuses the query, key and value projections, so its whole `3 x hidden` bias trains, not only the
-    /// query third); LLaMA: `q_proj` and `down_proj` (zero biases added there, as LLaMA has none).
+    /// `"paper"`: Ben Zaken et al.'s query and intermediate-MLP biases (`b_q`, `b_m2`). GPT-2: `c_attn` and
+    /// `mlp.c_fc` (`c_attn` fuses the query, key and value projections, so its whole `3 x hidden` bias trains, not
+    /// only the query third); LLaMA: `q_proj`, `gate_proj` and `up_proj` (zero biases added there, as LLaMA has
+    /// none); OPT: `q_proj`, `fc1`; BERT: `attention.self.query`, `intermediate.dense`; T5: `q` and `wi` (or
+    /// `wi_0`, `wi_1`).
     Paper,
     /// Module short names or dotted suffixes of module names (`["c_attn", "mlp.c_proj"]`), as HF PEFT's
     /// `target_modules` lists name them; every name must match at least one site.
@@ -121,17 +124,32 @@ impl PeftMethod for BitFitConfig {
     }
 }
 
-/// The module names the `"paper"` preset trains for an architecture.
-pub(crate) fn paper_modules(architecture: &str) -> Result<Vec<String>> {
-    let names: &[&str] = match architecture {
-        "gpt2" => &["c_attn", "mlp.c_proj"],
-        "llama" => &["q_proj", "down_proj"],
+/// The module names the `"paper"` preset trains for a model: the query projection and the intermediate
+/// (first, widening) MLP projection, the paper's `b_q` and `b_m2` (in BERT-large these are 0.04% of the
+/// parameters, which is what fixes `m2` as the 4h-wide layer). Gated MLPs (LLaMA, T5 v1.1) have two
+/// intermediate projections; both train.
+pub(crate) fn paper_modules(spec: &ModelSpec) -> Result<Vec<String>> {
+    let names: &[&str] = match spec.architecture.as_str() {
+        "gpt2" => &["c_attn", "mlp.c_fc"],
+        "llama" => &["q_proj", "gate_proj", "up_proj"],
+        "opt" => &["q_proj", "fc1"],
+        "bert" => &["attention.self.query", "intermediate.dense"],
+        // Self- and cross-attention queries; `wi` (relu) or `wi_0` + `wi_1` (gated), whichever the model has.
+        "t5" => &["q", "wi", "wi_0", "wi_1"],
         other => {
             return Err(PeftError::Config(format!(
-                "BitFit's \"paper\" preset knows gpt2 and llama, not {other}: list the query and second MLP \
-                 projections in targets instead"
+                "BitFit's \"paper\" preset knows gpt2, llama, opt, bert and t5, not {other}: list the query and \
+                 intermediate MLP projections in targets instead"
             )))
         }
     };
-    Ok(names.iter().map(|s| s.to_string()).collect())
+    Ok(names
+        .iter()
+        .filter(|n| {
+            spec.sites
+                .iter()
+                .any(|s| s.short_name() == **n || s.name.ends_with(&format!(".{n}")))
+        })
+        .map(|s| s.to_string())
+        .collect())
 }

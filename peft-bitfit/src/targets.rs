@@ -107,7 +107,7 @@ pub(crate) fn resolve(config: &BitFitConfig, model: &dyn BaseModel) -> Result<Ve
             })
             .map(|(id, _)| id)
             .collect(),
-        BitFitTargets::Paper => by_name(model, &paper_modules(&spec.architecture)?)?,
+        BitFitTargets::Paper => by_name(model, &paper_modules(spec)?)?,
         BitFitTargets::Modules(names) => by_name(model, names)?,
     };
     if chosen.is_empty() {

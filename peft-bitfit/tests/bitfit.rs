@@ -152,22 +152,22 @@ fn the_paper_preset_trains_query_and_second_mlp_biases() {
         bitfit.keys(),
         [
             "transformer.h.0.attn.c_attn.bias",
-            "transformer.h.0.mlp.c_proj.bias",
+            "transformer.h.0.mlp.c_fc.bias",
             "transformer.h.1.attn.c_attn.bias",
-            "transformer.h.1.mlp.c_proj.bias"
+            "transformer.h.1.mlp.c_fc.bias"
         ]
     );
     let frozen = frozen_biases(&gpt2);
     let expected: usize = bitfit.keys().iter().map(|k| frozen[*k].elem_count()).sum();
     assert_eq!(bitfit.num_trainable(), expected);
-    assert_eq!(expected, 2 * (3 * 32 + 32));
+    assert_eq!(expected, 2 * (3 * 32 + 4 * 32));
     assert!(
         bitfit.notes().iter().any(|n| n.contains("fuses")),
         "{:?}",
         bitfit.notes()
     );
     // The preset is the same as naming its modules.
-    let named = BitFit::new(BitFitConfig::new(modules(&["c_attn", "mlp.c_proj"])), &gpt2).unwrap();
+    let named = BitFit::new(BitFitConfig::new(modules(&["c_attn", "mlp.c_fc"])), &gpt2).unwrap();
     assert_eq!(named.keys(), bitfit.keys());
 
     let llama = peft_models::tiny::llama(0);
@@ -176,19 +176,21 @@ fn the_paper_preset_trains_query_and_second_mlp_biases() {
         bitfit.keys(),
         [
             "model.layers.0.self_attn.q_proj.bias",
-            "model.layers.0.mlp.down_proj.bias",
+            "model.layers.0.mlp.gate_proj.bias",
+            "model.layers.0.mlp.up_proj.bias",
             "model.layers.1.self_attn.q_proj.bias",
-            "model.layers.1.mlp.down_proj.bias"
+            "model.layers.1.mlp.gate_proj.bias",
+            "model.layers.1.mlp.up_proj.bias"
         ]
     );
-    // q_proj: heads x head_dim outputs; down_proj: hidden outputs.
+    // q_proj: heads x head_dim outputs; gate_proj and up_proj: intermediate outputs.
     let spec = llama.spec();
     assert_eq!(
         bitfit.num_trainable(),
-        2 * (spec.num_heads * spec.head_dim + spec.hidden_size)
+        2 * (spec.num_heads * spec.head_dim + 2 * 64)
     );
     assert!(
-        bitfit.notes()[0].contains("4 site(s)"),
+        bitfit.notes()[0].contains("6 site(s)"),
         "{:?}",
         bitfit.notes()
     );
@@ -397,7 +399,7 @@ fn a_file_for_other_sites_or_shapes_is_refused_by_name() {
     let gpt2 = peft_models::tiny::gpt2(0);
     let adapter = build(&gpt2, BitFitTargets::Paper);
     let mut tensors: HashMap<String, Tensor> = adapter.tensors().unwrap().into_iter().collect();
-    let key = "transformer.h.0.mlp.c_proj.bias".to_string();
+    let key = "transformer.h.0.mlp.c_fc.bias".to_string();
     tensors.insert(
         key.clone(),
         Tensor::zeros(48, candle_core::DType::F32, &Device::Cpu).unwrap(),
@@ -406,7 +408,7 @@ fn a_file_for_other_sites_or_shapes_is_refused_by_name() {
     let msg = err.to_string();
     assert!(matches!(err, PeftError::ShapeMismatch { .. }), "{msg}");
     assert!(
-        msg.contains(&key) && msg.contains("[32]") && msg.contains("[48]"),
+        msg.contains(&key) && msg.contains("[128]") && msg.contains("[48]"),
         "{msg}"
     );
     tensors.remove(&key);

@@ -49,6 +49,10 @@ pub enum TaskKind {
     /// Next-token prediction over a text corpus.
     #[serde(rename = "causal-lm")]
     CausalLm,
+    /// Encoder-decoder generation (T5): the rendered `template` (default `{text}`) is the source, the data's
+    /// label field the target; teacher-forced loss, greedy exact match in evaluation.
+    #[serde(rename = "seq2seq")]
+    Seq2Seq,
 }
 
 impl TaskKind {
@@ -65,7 +69,7 @@ impl TaskKind {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskSection {
-    /// `classification`, `classification-head` or `causal-lm`.
+    /// `classification`, `classification-head`, `causal-lm` or `seq2seq`.
     pub kind: TaskKind,
     /// Classification: the prompt, with `{text}` (and `{text_pair}`); the answer follows its last token.
     #[serde(default)]
@@ -235,6 +239,14 @@ fn check_task(task: &TaskSection) -> Result<()> {
         TaskKind::CausalLm => {
             if task.template.is_some() || task.label_words.is_some() {
                 bail!("`template` and `label_words` belong to classification tasks, not causal-lm");
+            }
+        }
+        TaskKind::Seq2Seq => {
+            if let Some(t) = task.template.as_deref() {
+                Template::new(t)?;
+            }
+            if task.label_words.is_some() {
+                bail!("`label_words` belong to classification tasks; a seq2seq target is the data's label field");
             }
         }
     }

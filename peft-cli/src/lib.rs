@@ -37,6 +37,8 @@ enum Command {
     Generate(commands::generate::GenerateArgs),
     /// Print the top-k logits of the last input position as one JSON object.
     Logits(commands::logits::LogitsArgs),
+    /// Print a sentence embedding (mean-pooled, L2-normalised last hidden state) as one JSON object.
+    Embed(commands::embed::EmbedArgs),
     /// Show a model's architecture and parameter counts, and an adapter's size.
     Inspect(commands::inspect::InspectArgs),
 }
@@ -51,6 +53,7 @@ pub fn run() -> i32 {
         Command::Eval(a) => commands::eval::run(a),
         Command::Generate(a) => commands::generate::run(a),
         Command::Logits(a) => commands::logits::run(a),
+        Command::Embed(a) => commands::embed::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
     };
     match result {

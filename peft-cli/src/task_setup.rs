@@ -2,7 +2,9 @@
 
 use anyhow::{bail, Context, Result};
 use peft_core::data::{chunk_text, ClassEncoder, Template};
-use peft_core::task::{CausalLm, HeadClassification, Task, VerbalizerClassification};
+use peft_core::task::{
+    CausalLm, HeadClassification, Seq2Seq, Seq2SeqExample, Task, VerbalizerClassification,
+};
 use peft_models::LoadedModel;
 
 use crate::experiment::{Experiment, TaskKind};
@@ -14,13 +16,41 @@ pub fn build_task(exp: &Experiment, loaded: &LoadedModel, taken: usize) -> Resul
 }
 
 /// The zero-shot baseline of the experiment's task: a head task is compared with its verbalizer (the frozen
-/// model has no trained head); other tasks with themselves.
-pub fn build_baseline_task(exp: &Experiment, loaded: &LoadedModel) -> Result<Box<dyn Task>> {
+/// model has no trained head); other tasks with themselves. `None` where the model cannot score label words
+/// (an encoder without an LM head): [`majority_baseline`] is the comparison then.
+pub fn build_baseline_task(
+    exp: &Experiment,
+    loaded: &LoadedModel,
+) -> Result<Option<Box<dyn Task>>> {
     let kind = match exp.file.task.kind {
+        TaskKind::ClassificationHead if loaded.model.lm_head().is_none() => return Ok(None),
         TaskKind::ClassificationHead => TaskKind::Classification,
         other => other,
     };
-    build_task_as(exp, kind, loaded, 0)
+    build_task_as(exp, kind, loaded, 0).map(Some)
+}
+
+/// The accuracy on the dev set of always predicting the training set's most frequent label.
+pub fn majority_baseline(exp: &Experiment) -> Result<(String, f64)> {
+    let count = |source: &peft_core::data::DataSource| -> Result<Vec<String>> {
+        Ok(source.read()?.into_iter().filter_map(|r| r.label).collect())
+    };
+    let train = count(&exp.file.data.train)?;
+    let eval = count(&exp.file.data.eval)?;
+    let mut freq = std::collections::BTreeMap::<&str, usize>::new();
+    for l in &train {
+        *freq.entry(l).or_default() += 1;
+    }
+    let majority = freq
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(l, _)| l.to_string())
+        .context("the training set has no labels")?;
+    if eval.is_empty() {
+        bail!("the evaluation set has no labels");
+    }
+    let hits = eval.iter().filter(|l| **l == majority).count();
+    Ok((majority, hits as f64 / eval.len() as f64))
 }
 
 /// [`build_task`] with the task kind given.
@@ -53,13 +83,18 @@ fn build_task_as(
         TaskKind::Classification | TaskKind::ClassificationHead => {
             let template = Template::new(task.template.clone().unwrap_or_default())?;
             let verbalizer = task.label_words.clone().context("label_words")?;
-            let encoder = ClassEncoder::new(
+            let mut encoder = ClassEncoder::new(
                 tokenizer,
                 template,
                 verbalizer,
                 max_len,
                 task.add_special_tokens,
             )?;
+            if kind == TaskKind::ClassificationHead {
+                // A head reads a pooled state, so the input is the tokenizer's whole encoding (BERT's final
+                // [SEP] included), as transformers' sequence classifiers receive it.
+                encoder = encoder.keeping_trailing_special_tokens();
+            }
             let train = encoder
                 .encode_all(&data.train.read()?)
                 .with_context(|| format!("encoding {}", data.train.path.display()))?;
@@ -77,6 +112,52 @@ fn build_task_as(
                 eval,
                 encoder.label_token_ids().to_vec(),
                 pad_id,
+            )?))
+        }
+        TaskKind::Seq2Seq => {
+            let template = Template::new(task.template.clone().unwrap_or_else(|| "{text}".into()))?;
+            let eos = loaded.eos_token_id;
+            let encode = |text: &str, what: &str, row: usize| -> Result<Vec<u32>> {
+                let mut ids = tokenizer
+                    .encode(text, task.add_special_tokens)
+                    .map_err(|e| anyhow::anyhow!("tokenizing the {what} of example {row}: {e}"))?
+                    .get_ids()
+                    .to_vec();
+                // T5's tokenizer appends </s>; one that does not gets the model's eos here.
+                if let Some(e) = eos.filter(|e| ids.last() != Some(e)) {
+                    ids.push(e);
+                }
+                Ok(ids)
+            };
+            let examples = |source: &peft_core::data::DataSource| -> Result<Vec<Seq2SeqExample>> {
+                let rows = source.read()?;
+                rows.iter()
+                    .enumerate()
+                    .map(|(row, r)| {
+                        let target = r.label.as_deref().with_context(|| {
+                            format!(
+                                "{} example {row} has no target: name it as the label field",
+                                source.path.display()
+                            )
+                        })?;
+                        let mut input_ids = encode(
+                            &template.render(&r.text, r.text_pair.as_deref().unwrap_or("")),
+                            "source",
+                            row,
+                        )?;
+                        input_ids.truncate(max_len);
+                        Ok(Seq2SeqExample {
+                            input_ids,
+                            labels: encode(target, "target", row)?,
+                        })
+                    })
+                    .collect()
+            };
+            Ok(Box::new(Seq2Seq::new(
+                examples(&data.train)?,
+                examples(&data.eval)?,
+                pad_id,
+                eos,
             )?))
         }
         TaskKind::CausalLm => {

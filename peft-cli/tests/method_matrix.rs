@@ -1,13 +1,18 @@
-//! Every method of the workspace x {GPT-2, LLaMA} seeded tiny models, through the shared conformance check
-//! (`peft_core::conformance`): 20 trainer steps, the loss falls, every trainable tensor moves and no frozen
-//! tensor does (tensor by tensor), and save -> load gives the same logits. Composition (a STACK) and a trained
-//! classification head are cells of the same matrix.
+//! Every method of the workspace x every architecture of the zoo (GPT-2, LLaMA, OPT, BERT, T5 in its gated
+//! and relu variants), on seeded tiny models, through the shared conformance check (`peft_core::conformance`):
+//! 20 trainer steps, the loss falls, every trainable tensor moves and no frozen tensor does (tensor by tensor),
+//! save -> load gives the same outputs, and a stopped-and-resumed run equals an uninterrupted one. Each
+//! architecture trains its own kind of task: decoders a causal LM, BERT a classification head (the method
+//! plus HF's `classifier`), T5 a seq2seq copy task. Composition (a STACK) and trained heads are cells of the
+//! same matrix.
 
 use peft_core::conformance::{check_adapter, check_resume, Conformance};
 use peft_core::head::WithClassifier;
 use peft_core::method::{Adapter, InitCtx, PeftMethod};
 use peft_core::model::BaseModel;
-use peft_core::task::{CausalLm, ClassExample, HeadClassification, LmExample, Task};
+use peft_core::task::{
+    CausalLm, ClassExample, HeadClassification, LmExample, Seq2Seq, Seq2SeqExample, Task,
+};
 use rand::SeedableRng;
 use serde_json::json;
 
@@ -72,6 +77,88 @@ fn models() -> Vec<(&'static str, Box<dyn BaseModel>)> {
     ]
 }
 
+/// An architecture's name, a tiny model of it and the task it trains in the matrix.
+type Cell = (&'static str, Box<dyn BaseModel>, Box<dyn Task>);
+
+/// Every architecture, with the task it trains in the matrix.
+fn zoo() -> Vec<Cell> {
+    peft_cli::link_methods();
+    vec![
+        (
+            "gpt2",
+            Box::new(peft_models::tiny::gpt2(11)),
+            Box::new(lm_task()),
+        ),
+        (
+            "llama",
+            Box::new(peft_models::tiny::llama(12)),
+            Box::new(lm_task()),
+        ),
+        (
+            "opt",
+            Box::new(peft_models::opt::tiny(13)),
+            Box::new(lm_task()),
+        ),
+        (
+            "bert",
+            Box::new(peft_models::bert::tiny(14)),
+            Box::new(head_task()),
+        ),
+        (
+            "t5",
+            Box::new(peft_models::t5::tiny(15)),
+            Box::new(copy_task()),
+        ),
+        (
+            "t5-relu",
+            Box::new(peft_models::t5::tiny_with(16, false)),
+            Box::new(copy_task()),
+        ),
+    ]
+}
+
+/// Two classes told apart by the first token.
+fn head_examples() -> Vec<ClassExample> {
+    (0..16u32)
+        .map(|i| ClassExample {
+            input_ids: vec![if i % 2 == 0 { 7 } else { 70 }, 20 + i, 40 + i, 60],
+            label: (i % 2) as usize,
+        })
+        .collect()
+}
+
+fn head_task() -> HeadClassification {
+    HeadClassification::new(head_examples(), head_examples(), 2, 0).unwrap()
+}
+
+/// Copy the source (then eos = 1).
+fn copy_task() -> Seq2Seq {
+    let examples: Vec<Seq2SeqExample> = (0..16u32)
+        .map(|s| {
+            let ids: Vec<u32> = (0..5u32).map(|t| 2 + (s * 7 + t * 3) % 100).collect();
+            Seq2SeqExample {
+                labels: ids.iter().copied().chain([1]).collect(),
+                input_ids: ids,
+            }
+        })
+        .collect();
+    Seq2Seq::new(examples.clone(), examples, 0, Some(1)).unwrap()
+}
+
+/// The method, with a trained head where the architecture classifies with one.
+fn build_for(arch: &str, model: &dyn BaseModel, config: &serde_json::Value) -> Box<dyn Adapter> {
+    let inner = build(model, config);
+    if arch != "bert" {
+        return inner;
+    }
+    let mut init = InitCtx {
+        model,
+        tokenizer: None,
+        rng: rand::rngs::StdRng::seed_from_u64(6),
+    };
+    Box::new(WithClassifier::new(inner, 2, &mut init).unwrap())
+}
+
 /// Short sequences that follow a rule (counting by a per-sequence stride), so an adapter can lower the loss.
 fn lm_task() -> CausalLm {
     let seqs: Vec<LmExample> = (0..16u32)
@@ -116,20 +203,21 @@ fn check(model: &dyn BaseModel, adapter: &dyn Adapter, task: &dyn Task, lr: f64)
 
 #[test]
 fn every_method_on_every_tiny_architecture_keeps_the_contract() {
-    let task = lm_task();
     let mut failures = Vec::new();
-    for (arch, model) in models() {
+    for (arch, model, task) in zoo() {
+        let task = task.as_ref();
         for (name, config, lr) in methods() {
-            let adapter = build(model.as_ref(), &config);
-            let mut line = check(model.as_ref(), adapter.as_ref(), &task, lr);
+            let adapter = build_for(arch, model.as_ref(), &config);
+            let mut line = check(model.as_ref(), adapter.as_ref(), task, lr);
             let how = Conformance {
                 learning_rate: lr,
                 steps: 6,
                 ..Conformance::default()
             };
-            let rebuild =
-                || -> peft_core::Result<Box<dyn Adapter>> { Ok(build(model.as_ref(), &config)) };
-            match check_resume(model.as_ref(), &rebuild, &task, &how) {
+            let rebuild = || -> peft_core::Result<Box<dyn Adapter>> {
+                Ok(build_for(arch, model.as_ref(), &config))
+            };
+            match check_resume(model.as_ref(), &rebuild, task, &how) {
                 Ok(diff) if diff <= 1e-6 => line.push_str(&format!(", resume diff {diff:e}")),
                 Ok(diff) => line = format!("FAILED: stopped + resumed differs by {diff:e}"),
                 Err(e) => line = format!("FAILED: resume: {e}"),
@@ -146,13 +234,7 @@ fn every_method_on_every_tiny_architecture_keeps_the_contract() {
 #[test]
 fn p_tuning_v2_with_a_trained_head_keeps_the_contract() {
     // Two classes told apart by the first token; the head reads the last token's state.
-    let examples: Vec<ClassExample> = (0..16u32)
-        .map(|i| ClassExample {
-            input_ids: vec![if i % 2 == 0 { 7 } else { 70 }, 20 + i, 40 + i, 60],
-            label: (i % 2) as usize,
-        })
-        .collect();
-    let task = HeadClassification::new(examples.clone(), examples, 2, 0).unwrap();
+    let task = head_task();
     let mut failures = Vec::new();
     for (arch, model) in models() {
         let inner = build(

@@ -19,9 +19,10 @@ use rand::SeedableRng;
 use crate::adapter_io::{load_adapter, save_adapter};
 use crate::compare::max_abs_diff;
 use crate::error::{PeftError, Result};
-use crate::generate::last_logits;
+use crate::generate::{last_decoder_logits, last_logits};
+use crate::hooks::Hooks;
 use crate::method::{Adapter, InitCtx};
-use crate::model::BaseModel;
+use crate::model::{BaseModel, Batch};
 use crate::spec::SiteKind;
 use crate::task::Task;
 use crate::train::{TrainConfig, Trainer};
@@ -140,8 +141,8 @@ pub fn check_adapter(
             rng: rand::rngs::StdRng::seed_from_u64(7),
         };
         let loaded = load_adapter(&dir, &mut init)?;
-        let ours = last_logits(model, adapter, &how.probe)?;
-        let theirs = last_logits(model, loaded.adapter.as_ref(), &how.probe)?;
+        let ours = probe_output(model, adapter, &how.probe)?;
+        let theirs = probe_output(model, loaded.adapter.as_ref(), &how.probe)?;
         max_abs_diff(&ours, &theirs)
     })();
     let _ = std::fs::remove_dir_all(&out);
@@ -158,6 +159,35 @@ pub fn check_adapter(
         trainable_tensors: trainable_before.len(),
         frozen_tensors: frozen_before.len(),
         reload_diff,
+    })
+}
+
+/// What an adapter's output on `probe` is, for any architecture: the last-position logits of a model with an
+/// LM head (of the decoder, fed the start token and the probe's first id, for an encoder-decoder), otherwise
+/// the final states of every position; plus the trained head's logits where the hooks carry one.
+pub fn probe_output(model: &dyn BaseModel, hooks: &dyn Hooks, probe: &[u32]) -> Result<Tensor> {
+    crate::grad::no_grad(|| {
+        let mut parts = Vec::new();
+        if let Some(ed) = model.encoder_decoder() {
+            let dec = [ed.decoder_start_token_id(), probe[0]];
+            parts.push(last_decoder_logits(model, hooks, probe, &dec)?);
+        } else if model.lm_head().is_some() {
+            parts.push(last_logits(model, hooks, probe)?);
+        }
+        if model.lm_head().is_none() || hooks.classifier().is_some() {
+            let batch = Batch::single(probe, model.device())?;
+            let out = model.forward(&batch, hooks)?;
+            parts.push(out.hidden.flatten_all()?);
+            if let Some(head) = hooks.classifier() {
+                if !model.spec().is_encoder_decoder {
+                    parts.push(
+                        head.forward(&model.pooled(&out, &batch, hooks)?)?
+                            .flatten_all()?,
+                    );
+                }
+            }
+        }
+        Ok(Tensor::cat(&parts, 0)?)
     })
 }
 

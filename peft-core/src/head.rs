@@ -36,6 +36,13 @@ pub fn head_key(module: &str, prompt_learning: bool) -> String {
     }
 }
 
+/// Whether a saved key belongs to a classification head (`score` / `classifier` weight or bias).
+fn is_head_key(key: &str) -> bool {
+    [".score.weight", ".classifier.weight", ".score.bias", ".classifier.bias"]
+        .iter()
+        .any(|s| key.ends_with(s))
+}
+
 /// An adapter plus a trained linear head over the pooled final hidden state (or over every token's state,
 /// for token classification).
 pub struct WithClassifier {
@@ -200,8 +207,14 @@ impl Adapter for WithClassifier {
     }
 
     fn load_tensors(&self, tensors: &HashMap<String, Tensor>) -> Result<()> {
-        self.inner.load_tensors(tensors)?;
         let (wk, bk) = self.keys();
+        // The inner adapter sees its own tensors only (its strict checks would refuse the head's).
+        let inner: HashMap<String, Tensor> = tensors
+            .iter()
+            .filter(|(k, _)| !is_head_key(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        self.inner.load_tensors(&inner)?;
         let saved = Self::saved_head(tensors).ok_or_else(|| {
             PeftError::Config(format!("the adapter has no classification head (`{wk}`)"))
         })?;

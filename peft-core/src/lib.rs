@@ -24,6 +24,7 @@ pub mod hooks;
 pub mod method;
 pub mod model;
 pub mod nn;
+pub mod prompt_learning;
 pub mod spec;
 pub mod stack;
 pub mod task;

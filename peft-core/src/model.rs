@@ -190,8 +190,10 @@ pub trait BaseModel: Send + Sync {
 
     /// What a sequence-classification head reads, `[batch, hidden]`, from a forward pass `out` over `batch`:
     /// by default the final state of each row's last real token (transformers' `*ForSequenceClassification`
-    /// decoders); BERT overrides it with its pooler over the first position.
-    fn pooled(&self, out: &Output, batch: &Batch) -> Result<Tensor> {
+    /// decoders); BERT overrides it with its pooler over the first position (a frozen projection, so it runs
+    /// through `hooks` as every other site does).
+    fn pooled(&self, out: &Output, batch: &Batch, hooks: &dyn Hooks) -> Result<Tensor> {
+        let _ = hooks;
         let lengths: Vec<f32> = batch.attention_mask.sum(1)?.to_vec1::<f32>()?;
         let (_, s, h) = out.hidden.dims3()?;
         let mut rows = Vec::with_capacity(lengths.len());

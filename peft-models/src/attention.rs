@@ -4,6 +4,8 @@
 //!
 //! The prefix behaves as Hugging Face's `past_key_values`: its positions come before the tokens, so token `t`
 //! sits at key index `prefix + t` and sees every prefix position that the padding mask does not hide.
+//! Encoders (BERT) attend in both directions: [`bidirectional_bias`] and [`PrefixMasks::collect_bidirectional`]
+//! hide padding only.
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
@@ -47,6 +49,18 @@ pub fn causal_bias(key_mask: &Tensor, queries: usize) -> Result<Tensor> {
     let padding = ((key_mask.to_dtype(DType::F32)?.affine(-1.0, 1.0)? * MASKED as f64)?)
         .reshape((batch, 1, 1, keys))?;
     Ok(causal.broadcast_add(&padding)?.detach())
+}
+
+/// The additive attention bias `[batch, 1, queries, keys]` of bidirectional (encoder) attention: every query
+/// sees every key whose `key_mask[b, j]` is 1 (a key/value prefix included), [`MASKED`] hides the others.
+pub fn bidirectional_bias(key_mask: &Tensor, queries: usize) -> Result<Tensor> {
+    let (batch, keys) = key_mask.dims2()?;
+    let padding = ((key_mask.to_dtype(DType::F32)?.affine(-1.0, 1.0)? * MASKED as f64)?)
+        .reshape((batch, 1, 1, keys))?;
+    Ok(padding
+        .broadcast_as((batch, 1, queries, keys))?
+        .contiguous()?
+        .detach())
 }
 
 /// The mask over keys for a layer with a prefix of `prefix` positions: the model's mask covers either the
@@ -169,6 +183,26 @@ impl PrefixMasks {
     /// Every layer that has a prefix must have the same length (it sets the positions of the real tokens);
     /// a layer without one attends to the tokens only.
     pub fn collect(hooks: &dyn Hooks, layers: usize, ctx: &Ctx, seq: usize) -> Result<Self> {
+        Self::collect_with(hooks, layers, ctx, seq, causal_bias)
+    }
+
+    /// [`PrefixMasks::collect`] for an encoder: the masks hide padding only ([`bidirectional_bias`]).
+    pub fn collect_bidirectional(
+        hooks: &dyn Hooks,
+        layers: usize,
+        ctx: &Ctx,
+        seq: usize,
+    ) -> Result<Self> {
+        Self::collect_with(hooks, layers, ctx, seq, bidirectional_bias)
+    }
+
+    fn collect_with(
+        hooks: &dyn Hooks,
+        layers: usize,
+        ctx: &Ctx,
+        seq: usize,
+        mask_bias: fn(&Tensor, usize) -> Result<Tensor>,
+    ) -> Result<Self> {
         let prefixes = (0..layers)
             .map(|l| hooks.attention_prefix(l, ctx))
             .collect::<peft_core::Result<Vec<_>>>()?;
@@ -191,11 +225,11 @@ impl PrefixMasks {
         }
         let len = len.unwrap_or(0);
         let keys = key_mask_with_prefix(&ctx.attention_mask, len, seq)?;
-        let with_prefix = causal_bias(&keys, seq)?;
+        let with_prefix = mask_bias(&keys, seq)?;
         let without_prefix = if len == 0 {
             with_prefix.clone()
         } else {
-            causal_bias(&keys.narrow(1, len, seq)?, seq)?
+            mask_bias(&keys.narrow(1, len, seq)?, seq)?
         };
         Ok(PrefixMasks {
             prefixes,
@@ -265,6 +299,24 @@ mod tests {
             .to_vec2::<f32>()
             .unwrap();
         assert_eq!(causal, vec![vec![0., 0., 0., MASKED], vec![0., 0., 0., 0.]]);
+    }
+
+    #[test]
+    fn bidirectional_bias_hides_padding_only() {
+        let dev = Device::Cpu;
+        let mask = Tensor::new(&[[1f32, 1., 1., 0.]], &dev).unwrap();
+        let bias = bidirectional_bias(&mask, 2).unwrap();
+        assert_eq!(bias.dims(), &[1, 1, 2, 4]);
+        let rows = bias
+            .squeeze(0)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        for row in rows {
+            assert_eq!(row, vec![0., 0., 0., MASKED]);
+        }
     }
 
     #[test]

@@ -154,18 +154,22 @@ fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tens
         .collect()
 }
 
-/// `tokenizer.json` where the folder has one.
+/// `tokenizer.json` where the folder has one. A padding setting in the file is switched off (all-MiniLM-L6-v2's
+/// pads every encoding to 128 tokens): batches are padded by the tasks, and a single text must keep its own
+/// length, as `tokenizer(text)` gives it in transformers.
 fn load_tokenizer(dir: &Path) -> Result<Option<tokenizers::Tokenizer>> {
     let path = dir.join("tokenizer.json");
     if !path.is_file() {
         return Ok(None);
     }
-    tokenizers::Tokenizer::from_file(&path).map(Some).map_err(|e| {
+    let mut tokenizer = tokenizers::Tokenizer::from_file(&path).map_err(|e| {
         bad_file(
             &path,
             format!("could not be read as a tokenizers JSON file ({e}): re-download it, or remove it to load the model without a tokenizer"),
         )
-    })
+    })?;
+    tokenizer.with_padding(None);
+    Ok(Some(tokenizer))
 }
 
 pub(crate) fn read_json(path: &Path, hint: &str) -> Result<Value> {
@@ -292,7 +296,10 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert!(err.contains("mamba") && err.contains("gpt2, llama, opt, bert, t5"), "{err}");
+        assert!(
+            err.contains("mamba") && err.contains("gpt2, llama, opt, bert, t5"),
+            "{err}"
+        );
     }
 
     #[test]

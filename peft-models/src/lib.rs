@@ -20,6 +20,7 @@ pub mod opt;
 pub mod parts;
 pub mod resolve;
 pub mod rope;
+pub mod sentence;
 pub mod t5;
 pub mod tiny;
 pub mod weights;

@@ -143,7 +143,11 @@ pub fn llama_weights(seed: u64) -> WeightMap {
 }
 
 /// Draws every tensor in the given order from one seeded generator.
-pub(crate) fn random_weights(shapes: Vec<(String, Vec<usize>)>, seed: u64, source: &str) -> WeightMap {
+pub(crate) fn random_weights(
+    shapes: Vec<(String, Vec<usize>)>,
+    seed: u64,
+    source: &str,
+) -> WeightMap {
     let mut rng = StdRng::seed_from_u64(seed);
     let unit = Normal::new(0f32, 1.0).expect("a valid normal");
     let mut tensors = HashMap::new();

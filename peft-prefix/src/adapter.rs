@@ -7,6 +7,7 @@ use std::sync::{RwLock, RwLockReadGuard};
 use candle_core::{DType, Tensor, Var};
 use peft_core::hooks::{Ctx, Hooks, KvPrefix};
 use peft_core::method::{Adapter, PeftMethod};
+use peft_core::prompt_learning::decoder_prefix_slot;
 use peft_core::{PeftError, Result};
 
 use crate::config::PrefixTuningConfig;
@@ -67,7 +68,12 @@ impl Hooks for PrefixTuning {
         }
         let batch = ctx.attention_mask.dim(0)?;
         let heads = self.config.num_attention_heads.unwrap_or(1);
-        let (start, len) = layer_columns(layer, self.token_dim());
+        let slot = decoder_prefix_slot(
+            layer,
+            self.num_layers(),
+            self.config.num_transformer_submodules.unwrap_or(1),
+        );
+        let (start, len) = layer_columns(slot, self.token_dim());
         let columns = self.encoder().columns(start, len)?;
         Ok(Some(split_layer(
             &columns,

@@ -3,6 +3,7 @@
 
 use candle_core::Device;
 use peft_core::method::{Adapter, CommonConfig, InitCtx, PeftMethod};
+use peft_core::prompt_learning::{default_task_type_of, transformer_submodules};
 use peft_core::spec::{ModelSpec, SiteKind};
 use peft_core::{PeftError, Result};
 use serde::{Deserialize, Serialize};
@@ -137,12 +138,6 @@ impl PrefixTuningConfig {
         if let Some(l) = self.num_layers.filter(|&l| l != spec.num_layers) {
             return Err(mismatch("num_layers", spec.num_layers, l, "layers"));
         }
-        if let Some(s) = self.num_transformer_submodules.filter(|&s| s != 1) {
-            return Err(PeftError::Config(format!(
-                "num_transformer_submodules = {s} is for encoder-decoder models; {} is decoder-only (use 1)",
-                spec.architecture
-            )));
-        }
         if self.prefix_projection && self.encoder_hidden_size == Some(0) {
             return Err(PeftError::Config(
                 "encoder_hidden_size must be at least 1 with prefix_projection".into(),
@@ -152,11 +147,16 @@ impl PrefixTuningConfig {
         config.token_dim = Some(width);
         config.num_attention_heads = Some(spec.num_kv_heads);
         config.num_layers = Some(spec.num_layers);
-        config.num_transformer_submodules = Some(1);
         config.encoder_hidden_size = Some(self.encoder_hidden_size.unwrap_or(width));
         if config.common.task_type.is_none() {
-            config.common.task_type = Some("CAUSAL_LM".into());
+            // A spec alone cannot tell an encoder without an LM head; the task (or HF's config) names it then.
+            config.common.task_type = Some(default_task_type_of(spec, true).into());
         }
+        config.num_transformer_submodules = Some(transformer_submodules(
+            spec,
+            self.num_transformer_submodules,
+            config.common.task_type.as_deref(),
+        )?);
         Ok(config)
     }
 

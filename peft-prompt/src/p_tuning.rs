@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Tensor, Var};
 use peft_core::hooks::{Ctx, Hooks};
 use peft_core::method::{Adapter, CommonConfig, InitCtx, PeftMethod};
+use peft_core::prompt_learning::{default_task_type, transformer_submodules};
 use peft_core::{PeftError, Result};
 use serde::{Deserialize, Serialize};
 
@@ -105,13 +106,6 @@ impl PromptEncoderConfig {
                 });
             }
         }
-        if self.num_transformer_submodules.unwrap_or(1) != 1 {
-            return Err(PeftError::Config(format!(
-                "num_transformer_submodules = {} is for encoder-decoder models; {} is decoder-only (use 1)",
-                self.num_transformer_submodules.unwrap_or(1),
-                spec.architecture
-            )));
-        }
         if self.modules_to_save.as_ref().is_some_and(|m| !m.is_empty()) {
             return Err(PeftError::Unsupported(
                 "modules_to_save is not supported by P-tuning here".into(),
@@ -148,13 +142,17 @@ impl PeftMethod for PromptEncoderConfig {
         self.validate(spec)?;
         let mut config = self.clone();
         config.token_dim = Some(spec.hidden_size);
-        config.num_transformer_submodules = Some(1);
+        if config.common.task_type.is_none() {
+            config.common.task_type = Some(default_task_type(init.model).into());
+        }
+        config.num_transformer_submodules = Some(transformer_submodules(
+            spec,
+            self.num_transformer_submodules,
+            config.common.task_type.as_deref(),
+        )?);
         config.num_attention_heads = Some(spec.num_heads);
         config.num_layers = Some(spec.num_layers);
         config.encoder_hidden_size = Some(self.encoder_hidden_size.unwrap_or(spec.hidden_size));
-        if config.common.task_type.is_none() {
-            config.common.task_type = Some("CAUSAL_LM".into());
-        }
         let (total, dim) = (config.total_virtual_tokens(), spec.hidden_size);
         let device = init.model.device().clone();
         let prompt = if config.common.inference_mode {
@@ -231,8 +229,10 @@ impl PTuning {
 impl Hooks for PTuning {
     fn embeddings(&self, x: Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         let (b, _, h) = x.dims3()?;
-        let prompt = self.prompt()?;
-        let n = prompt.dim(0)?;
+        // An encoder-decoder adapter encodes twice the virtual tokens; HF PEFT feeds the first half to the
+        // encoder.
+        let n = self.config.num_virtual_tokens;
+        let prompt = self.prompt()?.narrow(0, 0, n)?;
         // One encoder pass for the whole batch, broadcast to every row (HF PEFT repeats one sample).
         let prompt = prompt
             .to_dtype(x.dtype())?

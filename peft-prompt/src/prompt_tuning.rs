@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Tensor, Var};
 use peft_core::hooks::{Ctx, Hooks};
 use peft_core::method::{Adapter, CommonConfig, InitCtx, PeftMethod};
+use peft_core::prompt_learning::{default_task_type, transformer_submodules};
 use peft_core::{PeftError, Result};
 use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
@@ -164,13 +165,6 @@ impl PeftMethod for PromptTuningConfig {
                 });
             }
         }
-        if self.num_transformer_submodules.unwrap_or(1) != 1 {
-            return Err(PeftError::Config(format!(
-                "num_transformer_submodules = {} is for encoder-decoder models; {} is decoder-only (use 1)",
-                self.num_transformer_submodules.unwrap_or(1),
-                spec.architecture
-            )));
-        }
         if self.modules_to_save.as_ref().is_some_and(|m| !m.is_empty()) {
             return Err(PeftError::Unsupported(
                 "modules_to_save is not supported by prompt tuning here".into(),
@@ -178,12 +172,16 @@ impl PeftMethod for PromptTuningConfig {
         }
         let mut config = self.clone();
         config.token_dim = Some(spec.hidden_size);
-        config.num_transformer_submodules = Some(1);
+        if config.common.task_type.is_none() {
+            config.common.task_type = Some(default_task_type(init.model).into());
+        }
+        config.num_transformer_submodules = Some(transformer_submodules(
+            spec,
+            self.num_transformer_submodules,
+            config.common.task_type.as_deref(),
+        )?);
         config.num_attention_heads = Some(spec.num_heads);
         config.num_layers = Some(spec.num_layers);
-        if config.common.task_type.is_none() {
-            config.common.task_type = Some("CAUSAL_LM".into());
-        }
         if config.prompt_tuning_init == PromptTuningInit::Text
             && config.tokenizer_name_or_path.is_none()
         {
@@ -234,8 +232,11 @@ const PROMPT_KEY: &str = "prompt_embeddings";
 impl Hooks for PromptTuning {
     fn embeddings(&self, x: Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         let (b, _, h) = x.dims3()?;
-        let (n, _) = self.embedding.dims2()?;
+        // An encoder-decoder adapter holds a second set of rows that HF PEFT never feeds (it prepends only
+        // the first `num_virtual_tokens` to the encoder).
+        let n = self.config.num_virtual_tokens;
         let prompt = peft_core::grad::param(&self.embedding)
+            .narrow(0, 0, n)?
             .to_dtype(x.dtype())?
             .unsqueeze(0)?
             .broadcast_as((b, n, h))?;

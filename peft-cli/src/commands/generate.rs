@@ -1,11 +1,13 @@
-//! `peft generate`: greedy or temperature / top-p sampling, with an optional adapter.
+//! `peft generate`: greedy or temperature / top-p sampling, with an optional adapter. A decoder-only model
+//! prints the prompt and its continuation; an encoder-decoder model (T5) reads the prompt with its encoder and
+//! prints the decoder's output (decoded with a key/value cache).
 
 use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use peft_core::generate::{generate, Sampling};
+use peft_core::generate::{generate, generate_seq2seq, Sampling};
 use rand::SeedableRng;
 
 use crate::session::{open_model, with_adapter, Tokens};
@@ -58,6 +60,19 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
     let new = with_adapter(&loaded, args.adapter.as_deref(), |hooks| {
         crate::session::check_fits(&loaded, hooks, ids.len())?;
+        let model = loaded.model.as_ref();
+        if model.encoder_decoder().is_some() {
+            return generate_seq2seq(
+                model,
+                hooks,
+                &ids,
+                args.max_new_tokens,
+                &sampling,
+                loaded.eos_token_id,
+                &mut rng,
+            )
+            .map_err(Into::into);
+        }
         generate(
             loaded.model.as_ref(),
             hooks,
@@ -73,6 +88,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         .decode(&new, true)
         .map_err(|e| anyhow::anyhow!("decoding: {e}"))?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{}{}", args.prompt, text)?;
+    if loaded.model.encoder_decoder().is_some() {
+        writeln!(out, "{text}")?;
+    } else {
+        writeln!(out, "{}{}", args.prompt, text)?;
+    }
     Ok(())
 }

@@ -1,12 +1,14 @@
 //! `peft logits`: the logits of the last input position, as one JSON object other tools rely on:
 //! `{"input_ids": [...], "top_k": [[token_id, logit], ...]}` sorted by logit, virtual tokens not listed.
+//! For an encoder-decoder model (T5) the input goes to the encoder and `--decoder-ids` to the decoder; the
+//! logits are those of the last decoder position, and the object also lists `"decoder_input_ids"`.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use peft_core::adapter_io::load_adapter;
-use peft_core::generate::last_logits;
+use peft_core::generate::{last_decoder_logits, last_logits};
 use peft_core::hooks::Hooks;
 use peft_models::LoadedModel;
 
@@ -30,6 +32,10 @@ pub struct LogitsArgs {
     /// Merge the adapter into the frozen weights first (LoRA, IA3): the logits must not change.
     #[arg(long, requires = "adapter")]
     merge: bool,
+    /// Encoder-decoder models: comma-separated decoder input ids (start with the decoder start token, 0 for
+    /// T5); default: the start token alone.
+    #[arg(long, value_delimiter = ',')]
+    decoder_ids: Option<Vec<u32>>,
     /// How many logits to list.
     #[arg(long, default_value_t = 20)]
     top_k: usize,
@@ -48,12 +54,24 @@ pub fn run(args: LogitsArgs) -> Result<()> {
         adapter
             .merge_into(loaded.model.as_mut())
             .with_context(|| format!("merging {}", dir.display()))?;
-        let json = top_logits(&loaded, adapter.as_ref(), &ids, args.top_k)?;
+        let json = top_logits(
+            &loaded,
+            adapter.as_ref(),
+            &ids,
+            args.decoder_ids.as_deref(),
+            args.top_k,
+        )?;
         println!("{json}");
         return Ok(());
     }
     let json = with_adapter(&loaded, args.adapter.as_deref(), |hooks| {
-        top_logits(&loaded, hooks, &ids, args.top_k)
+        top_logits(
+            &loaded,
+            hooks,
+            &ids,
+            args.decoder_ids.as_deref(),
+            args.top_k,
+        )
     })
     .context("computing logits")?;
     println!("{json}");
@@ -65,10 +83,28 @@ fn top_logits(
     loaded: &LoadedModel,
     hooks: &dyn Hooks,
     ids: &[u32],
+    decoder_ids: Option<&[u32]>,
     top_k: usize,
 ) -> Result<serde_json::Value> {
     crate::session::check_fits(loaded, hooks, ids.len())?;
-    let logits: Vec<f32> = last_logits(loaded.model.as_ref(), hooks, ids)?.to_vec1()?;
+    let model = loaded.model.as_ref();
+    let (logits, decoder_ids): (Vec<f32>, Option<Vec<u32>>) = match model.encoder_decoder() {
+        Some(ed) => {
+            let dec = match decoder_ids {
+                Some([]) => bail!("--decoder-ids is empty: give at least the decoder start token"),
+                Some(d) => d.to_vec(),
+                None => vec![ed.decoder_start_token_id()],
+            };
+            let logits = last_decoder_logits(model, hooks, ids, &dec)?.to_vec1()?;
+            (logits, Some(dec))
+        }
+        None if decoder_ids.is_some() => bail!(
+            "--decoder-ids is for encoder-decoder models (T5); {} is a {} model",
+            model.spec().name_or_path,
+            model.spec().architecture
+        ),
+        None => (last_logits(model, hooks, ids)?.to_vec1()?, None),
+    };
     let mut ranked: Vec<(usize, f32)> = logits.into_iter().enumerate().collect();
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     ranked.truncate(top_k);
@@ -76,5 +112,10 @@ fn top_logits(
         .iter()
         .map(|(i, v)| serde_json::json!([i, v]))
         .collect();
-    Ok(serde_json::json!({ "input_ids": ids, "top_k": top }))
+    Ok(match decoder_ids {
+        Some(dec) => {
+            serde_json::json!({ "input_ids": ids, "decoder_input_ids": dec, "top_k": top })
+        }
+        None => serde_json::json!({ "input_ids": ids, "top_k": top }),
+    })
 }

@@ -13,7 +13,7 @@ use peft_core::train::Trainer;
 
 use crate::experiment::Experiment;
 use crate::session::{build_adapter, open_model};
-use crate::task_setup::{build_baseline_task, build_task};
+use crate::task_setup::{build_baseline_task, build_task, majority_baseline};
 
 /// Arguments of `peft train`.
 #[derive(Args)]
@@ -83,14 +83,25 @@ pub fn run(args: TrainArgs) -> Result<()> {
         None
     } else {
         let t = Instant::now();
-        let m =
-            build_baseline_task(&exp, &loaded)?.evaluate(model, &NoHooks, cfg.eval_batch_size)?;
-        println!(
-            "dev before training (zero-shot, frozen model): {} [{:.0}s]",
-            show(&m),
-            t.elapsed().as_secs_f64()
-        );
-        Some(m)
+        match build_baseline_task(&exp, &loaded)? {
+            Some(task) => {
+                let m = task.evaluate(model, &NoHooks, cfg.eval_batch_size)?;
+                println!(
+                    "dev before training (zero-shot, frozen model): {} [{:.0}s]",
+                    show(&m),
+                    t.elapsed().as_secs_f64()
+                );
+                Some(m)
+            }
+            None => {
+                let (label, accuracy) = majority_baseline(&exp)?;
+                println!(
+                    "dev baseline (majority class `{label}` of the training set; the model has no LM head for \
+                     a zero-shot verbalizer): accuracy {accuracy:.4}"
+                );
+                Some(Metrics::from([("accuracy".to_string(), accuracy)]))
+            }
+        }
     };
     let t = Instant::now();
     let report = Trainer::new(model, adapter.as_ref(), task.as_ref(), cfg.clone()).run()?;

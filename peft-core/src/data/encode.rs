@@ -57,6 +57,7 @@ pub struct ClassEncoder<'t> {
     label_token_ids: Vec<u32>,
     max_len: usize,
     add_special_tokens: bool,
+    keep_trailing_special: bool,
 }
 
 impl<'t> ClassEncoder<'t> {
@@ -78,12 +79,20 @@ impl<'t> ClassEncoder<'t> {
             label_token_ids,
             max_len,
             add_special_tokens,
+            keep_trailing_special: false,
         };
         let template_len = encoder.encode_str(&encoder.template.render("", ""))?.len();
         if template_len > max_len {
             return Err(encoder.template_too_long(template_len));
         }
         Ok(encoder)
+    }
+
+    /// Keeps the special tokens the post-processor appends (BERT's final `[SEP]`): for a head that reads a
+    /// pooled state, not a label word after the prompt.
+    pub fn keeping_trailing_special_tokens(mut self) -> Self {
+        self.keep_trailing_special = true;
+        self
     }
 
     /// The token id scored for each class, in class order.
@@ -190,6 +199,9 @@ impl<'t> ClassEncoder<'t> {
     /// Ids of a rendered prompt, without the special tokens the post-processor appends after it.
     fn encode_str(&self, prompt: &str) -> Result<Vec<u32>> {
         let enc = encode(&self.tokenizer, prompt, self.add_special_tokens)?;
+        if self.keep_trailing_special {
+            return Ok(enc.get_ids().to_vec());
+        }
         let special = enc.get_special_tokens_mask();
         let end = special.iter().rposition(|&s| s == 0).map_or(0, |i| i + 1);
         Ok(enc.get_ids()[..end].to_vec())

@@ -210,7 +210,7 @@ fn sorted_by_length(examples: &[ClassExample]) -> Vec<&ClassExample> {
 }
 
 /// Macro-averaged F1 from a confusion matrix `[true][predicted]`.
-fn macro_f1(confusion: &[Vec<usize>]) -> f64 {
+pub(super) fn macro_f1(confusion: &[Vec<usize>]) -> f64 {
     let k = confusion.len();
     let mut sum = 0.0;
     for (c, row) in confusion.iter().enumerate() {

@@ -72,7 +72,7 @@ impl HeadClassification {
         let rows: Vec<&[u32]> = examples.iter().map(|e| e.input_ids.as_slice()).collect();
         let batch = pad_batch(&rows, self.pad_id, model.device())?;
         let out = model.forward(&batch, hooks)?;
-        head.forward(&model.pooled(&out, &batch)?)
+        head.forward(&model.pooled(&out, &batch, hooks)?)
     }
 }
 

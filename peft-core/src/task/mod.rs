@@ -14,6 +14,8 @@ mod causal_lm;
 mod classify;
 mod examples;
 mod head_classify;
+mod seq2seq;
+mod token_classify;
 
 use std::collections::BTreeMap;
 
@@ -23,6 +25,8 @@ pub use causal_lm::CausalLm;
 pub use classify::VerbalizerClassification;
 pub use examples::{ClassExample, LmExample};
 pub use head_classify::HeadClassification;
+pub use seq2seq::{Seq2Seq, Seq2SeqExample};
+pub use token_classify::{TokenClassification, TokenExample};
 
 use crate::error::Result;
 use crate::hooks::Hooks;
