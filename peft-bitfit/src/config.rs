@@ -92,10 +92,7 @@ impl BitFitConfig {
     /// A config training `targets`, adding missing biases (the default).
     pub fn new(targets: BitFitTargets) -> Self {
         BitFitConfig {
-            common: CommonConfig {
-                task_type: Some("CAUSAL_LM".into()),
-                ..CommonConfig::default()
-            },
+            common: CommonConfig::default(),
             targets,
             add_missing_biases: true,
         }
@@ -107,7 +104,8 @@ impl PeftMethod for BitFitConfig {
     fn build(&self, init: &mut InitCtx) -> Result<Box<dyn Adapter>> {
         let mut config = self.clone();
         if config.common.task_type.is_none() {
-            config.common.task_type = Some("CAUSAL_LM".into());
+            config.common.task_type =
+                Some(peft_core::prompt_learning::default_task_type(init.model).into());
         }
         Ok(Box::new(BitFit::new(config, init.model)?))
     }

@@ -53,6 +53,10 @@ pub enum TaskKind {
     /// label field the target; teacher-forced loss, greedy exact match in evaluation.
     #[serde(rename = "seq2seq")]
     Seq2Seq,
+    /// A trained head on every token (named entities, parts of speech): JSONL rows whose `text` field is a list
+    /// of words and whose `label` field is a list of tags, one per word; `labels` lists the tags in class order.
+    #[serde(rename = "token-classification")]
+    TokenClassification,
 }
 
 impl TaskKind {
@@ -69,7 +73,7 @@ impl TaskKind {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskSection {
-    /// `classification`, `classification-head`, `causal-lm` or `seq2seq`.
+    /// `classification`, `classification-head`, `causal-lm`, `seq2seq` or `token-classification`.
     pub kind: TaskKind,
     /// Classification: the prompt, with `{text}` (and `{text_pair}`); the answer follows its last token.
     #[serde(default)]
@@ -77,6 +81,9 @@ pub struct TaskSection {
     /// Classification: label value -> label word, in class order (`{ "0" = " negative", "1" = " positive" }`).
     #[serde(default)]
     pub label_words: Option<Verbalizer>,
+    /// Token classification: the tag names in class order (`["O", "B-PER", "I-PER"]`).
+    #[serde(default)]
+    pub labels: Option<Vec<String>>,
     /// Longest prompt in tokens, virtual tokens excluded. Default: the model's context minus the virtual tokens.
     #[serde(default)]
     pub max_length: Option<usize>,
@@ -239,6 +246,15 @@ fn check_task(task: &TaskSection) -> Result<()> {
         TaskKind::CausalLm => {
             if task.template.is_some() || task.label_words.is_some() {
                 bail!("`template` and `label_words` belong to classification tasks, not causal-lm");
+            }
+        }
+        TaskKind::TokenClassification => {
+            match task.labels.as_deref() {
+                Some(l) if l.len() >= 2 => {}
+                _ => bail!("a token-classification task needs `labels`, the tag names in class order (at least 2)"),
+            }
+            if task.template.is_some() || task.label_words.is_some() {
+                bail!("`template` and `label_words` do not apply to token classification (the words are the input)");
             }
         }
         TaskKind::Seq2Seq => {

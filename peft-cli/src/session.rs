@@ -36,15 +36,20 @@ pub fn init_ctx(loaded: &LoadedModel, seed: u64) -> InitCtx<'_> {
 }
 
 /// The experiment's method built fresh on `loaded` (seeded by `[training] seed`), with a trained
-/// classification head added for `kind = "classification-head"`.
+/// classification head added for `kind = "classification-head"` and `"token-classification"`.
 pub fn build_adapter(exp: &Experiment, loaded: &LoadedModel) -> Result<Box<dyn Adapter>> {
     let mut init = init_ctx(loaded, exp.file.training.seed);
     let adapter = exp.method.build(&mut init)?;
-    Ok(if exp.file.task.kind == TaskKind::ClassificationHead {
-        let classes = exp.file.task.label_words.as_ref().map_or(0, |v| v.len());
-        Box::new(WithClassifier::new(adapter, classes, &mut init)?)
-    } else {
-        adapter
+    Ok(match exp.file.task.kind {
+        TaskKind::ClassificationHead => {
+            let classes = exp.file.task.label_words.as_ref().map_or(0, |v| v.len());
+            Box::new(WithClassifier::new(adapter, classes, &mut init)?)
+        }
+        TaskKind::TokenClassification => {
+            let classes = exp.file.task.labels.as_ref().map_or(0, Vec::len);
+            Box::new(WithClassifier::new(adapter, classes, &mut init)?.for_tokens())
+        }
+        _ => adapter,
     })
 }
 

@@ -1,9 +1,11 @@
 //! Turns an experiment's `[task]` and `[data]` into a task over the model's tokenizer.
 
 use anyhow::{bail, Context, Result};
-use peft_core::data::{chunk_text, ClassEncoder, Template};
+use peft_core::data::tagged::{encode_tagged, parse_tagged};
+use peft_core::data::{chunk_text, ClassEncoder, Field, Template};
 use peft_core::task::{
-    CausalLm, HeadClassification, Seq2Seq, Seq2SeqExample, Task, VerbalizerClassification,
+    CausalLm, HeadClassification, Seq2Seq, Seq2SeqExample, Task, TokenClassification, TokenExample,
+    VerbalizerClassification,
 };
 use peft_models::LoadedModel;
 
@@ -24,6 +26,8 @@ pub fn build_baseline_task(
 ) -> Result<Option<Box<dyn Task>>> {
     let kind = match exp.file.task.kind {
         TaskKind::ClassificationHead if loaded.model.lm_head().is_none() => return Ok(None),
+        // A frozen model has no per-token head to evaluate.
+        TaskKind::TokenClassification => return Ok(None),
         TaskKind::ClassificationHead => TaskKind::Classification,
         other => other,
     };
@@ -111,6 +115,49 @@ fn build_task_as(
                 train,
                 eval,
                 encoder.label_token_ids().to_vec(),
+                pad_id,
+            )?))
+        }
+        TaskKind::TokenClassification => {
+            let labels = task.labels.clone().context("labels")?;
+            let examples = |source: &peft_core::data::DataSource| -> Result<Vec<TokenExample>> {
+                let name = |f: &Option<Field>, what: &str| -> Result<String> {
+                    match f {
+                        Some(Field::Name(n)) => Ok(n.clone()),
+                        _ => bail!(
+                            "token classification reads JSONL: `{what}` must name the key of the {what} list"
+                        ),
+                    }
+                };
+                let content = std::fs::read_to_string(&source.path)
+                    .with_context(|| format!("reading {}", source.path.display()))?;
+                let mut rows = parse_tagged(
+                    &content,
+                    &name(&Some(source.text.clone()), "text")?,
+                    &name(&source.label, "label")?,
+                    &source.path.display().to_string(),
+                )?;
+                if let Some(limit) = source.limit {
+                    rows.truncate(limit);
+                }
+                rows.iter()
+                    .enumerate()
+                    .map(|(i, r)| {
+                        Ok(encode_tagged(
+                            tokenizer,
+                            r,
+                            &labels,
+                            max_len,
+                            task.add_special_tokens,
+                            i,
+                        )?)
+                    })
+                    .collect()
+            };
+            Ok(Box::new(TokenClassification::new(
+                examples(&data.train)?,
+                examples(&data.eval)?,
+                labels.len(),
                 pad_id,
             )?))
         }

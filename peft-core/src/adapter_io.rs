@@ -2,6 +2,12 @@
 //! method's config, tagged by `peft_type`) and `adapter_model.safetensors` (tensors by HF PEFT key). The
 //! folder is written beside its target and renamed into place, so a crash never leaves half an adapter.
 //!
+//! Where transformers' task-head models nest the base model under a name our sites lack
+//! ([`ModelSpec::base_model_prefix`]: `bert.` for BERT), a `SEQ_CLS` / `TOKEN_CLS` adapter is saved with HF
+//! PEFT's keys (`base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight`; the head's
+//! `base_model.model.classifier.weight` stays as it is), and the prefix is stripped from any key holding it
+//! when loading.
+//!
 //! ```no_run
 //! # fn demo(adapter: &dyn peft_core::method::Adapter, mut init: peft_core::method::InitCtx) -> peft_core::Result<()> {
 //! let dir = std::path::Path::new("out/adapter");
@@ -46,17 +52,23 @@ pub fn save_adapter(dir: &Path, adapter: &dyn Adapter, spec: &ModelSpec) -> Resu
     let json = serde_json::to_string_pretty(&config)
         .map_err(|e| PeftError::Config(format!("serialising the adapter config: {e}")))?;
 
+    let tensors = adapter.tensors()?;
+    let task_type = adapter.config().common().task_type.as_deref();
+    let tensors = match &spec.base_model_prefix {
+        Some(prefix) if matches!(task_type, Some(SEQ_CLS | TOKEN_CLS)) => tensors
+            .into_iter()
+            .map(|(k, t)| (task_model_key(&k, prefix, &spec.classifier_module), t))
+            .collect(),
+        _ => tensors,
+    };
+
     let staging = sibling(dir, "staging");
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).map_err(|e| PeftError::io("creating folder", &staging, e))?;
     let written = (|| {
         write_atomic(&staging.join(CONFIG_FILE), json.as_bytes())?;
         let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-        save_safetensors(
-            &staging.join(WEIGHTS_FILE),
-            &adapter.tensors()?,
-            Some(metadata),
-        )
+        save_safetensors(&staging.join(WEIGHTS_FILE), &tensors, Some(metadata))
     })();
     if let Err(e) = written {
         let _ = std::fs::remove_dir_all(&staging);
@@ -96,7 +108,13 @@ pub fn load_adapter(dir: &Path, init: &mut InitCtx) -> Result<LoadedAdapter> {
         }
     }
     let adapter = config.build(init)?;
-    let tensors = read_tensors(dir, init.model.device())?;
+    let mut tensors = read_tensors(dir, init.model.device())?;
+    if let Some(prefix) = &init.model.spec().base_model_prefix {
+        tensors = tensors
+            .into_iter()
+            .map(|(k, t)| (base_model_key(&k, prefix), t))
+            .collect();
+    }
     // A sequence- or token-classification adapter carries its trained head (HF PEFT's `modules_to_save`).
     let task_type = config.common().task_type.as_deref();
     let adapter: Box<dyn Adapter> = match WithClassifier::saved_head(&tensors) {
@@ -155,6 +173,34 @@ fn load_into(dir: &Path, adapter: &dyn Adapter, tensors: &HashMap<String, Tensor
     })
 }
 
+/// Where HF PEFT keys the tensors of an adapter on a model with a tuner (LoRA, IA3, ...).
+const TUNER_ROOT: &str = "base_model.model.";
+
+/// The key HF PEFT gives `key` in an adapter for a task-head model that nests the base model under `prefix`:
+/// `base_model.model.<site>...` becomes `base_model.model.<prefix>.<site>...`, except for the task head's own
+/// keys (`base_model.model.<classifier_module>.*`, which sits beside the base model). Other keys
+/// (`prompt_embeddings`, `base_model.classifier.weight` of prompt-learning methods) are unchanged.
+fn task_model_key(key: &str, prefix: &str, classifier_module: &str) -> String {
+    match key.strip_prefix(TUNER_ROOT) {
+        Some(rest) if !rest.starts_with(&format!("{classifier_module}.")) => {
+            format!("{TUNER_ROOT}{prefix}.{rest}")
+        }
+        _ => key.to_string(),
+    }
+}
+
+/// `key` without the task-head model's `prefix` ([`task_model_key`] undone); a key without it is unchanged.
+fn base_model_key(key: &str, prefix: &str) -> String {
+    match key
+        .strip_prefix(TUNER_ROOT)
+        .and_then(|rest| rest.strip_prefix(prefix))
+        .and_then(|rest| rest.strip_prefix('.'))
+    {
+        Some(rest) => format!("{TUNER_ROOT}{rest}"),
+        None => key.to_string(),
+    }
+}
+
 /// Whether two model names plausibly name the same model: equal, or one a path ending in the other
 /// (`tiny-gpt2` and `fixtures/tiny-gpt2`, `org/model` and `/cache/org/model`).
 fn same_model_name(a: &str, b: &str) -> bool {
@@ -193,7 +239,37 @@ pub fn replace_dir(staging: &Path, dir: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::same_model_name;
+    use super::{base_model_key, same_model_name, task_model_key};
+
+    #[test]
+    fn task_model_keys_nest_sites_under_the_prefix_but_not_the_head() {
+        let site = "base_model.model.encoder.layer.0.attention.self.query.lora_A.weight";
+        let nested = "base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight";
+        assert_eq!(task_model_key(site, "bert", "classifier"), nested);
+        assert_eq!(base_model_key(nested, "bert"), site);
+        for unchanged in [
+            "base_model.model.classifier.weight",
+            "base_model.model.classifier.bias",
+            "base_model.classifier.weight",
+            "prompt_embeddings",
+            "encoder.layer.0.output.dense.bias",
+        ] {
+            assert_eq!(task_model_key(unchanged, "bert", "classifier"), unchanged);
+            assert_eq!(base_model_key(unchanged, "bert"), unchanged);
+        }
+        // A site whose name merely starts like the prefix is not stripped.
+        let lookalike = "base_model.model.bertish.dense.lora_A.weight";
+        assert_eq!(base_model_key(lookalike, "bert"), lookalike);
+        // The key of a site named like the head module but deeper is nested (only `classifier.` is the head).
+        assert_eq!(
+            task_model_key(
+                "base_model.model.classifier_x.lora_A.weight",
+                "bert",
+                "classifier"
+            ),
+            "base_model.model.bert.classifier_x.lora_A.weight"
+        );
+    }
 
     #[test]
     fn model_names_match_by_path_suffix() {

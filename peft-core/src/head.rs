@@ -4,9 +4,13 @@
 //! [`Hooks::classifier`](crate::hooks::Hooks::classifier).
 //!
 //! ```
-//! use peft_core::head::head_key;
+//! use peft_core::head::{check_modules_to_save, head_key};
 //! assert_eq!(head_key("score", true), "base_model.score.weight");
 //! assert_eq!(head_key("score", false), "base_model.model.score.weight");
+//! // What HF PEFT writes into a SEQ_CLS adapter's config is accepted; other modules are not.
+//! let heads = vec!["classifier".to_string(), "score".to_string()];
+//! assert!(check_modules_to_save(Some(&heads), Some("SEQ_CLS"), "LoRA").is_ok());
+//! assert!(check_modules_to_save(Some(&heads), Some("CAUSAL_LM"), "LoRA").is_err());
 //! ```
 
 use std::collections::HashMap;
@@ -36,11 +40,44 @@ pub fn head_key(module: &str, prompt_learning: bool) -> String {
     }
 }
 
+/// Module names transformers gives classification heads, which HF PEFT's `PeftModelForSequenceClassification`
+/// and `PeftModelForTokenClassification` add to every adapter config's `modules_to_save`.
+pub const HEAD_MODULES: [&str; 2] = ["classifier", "score"];
+
+/// Checks a method config's `modules_to_save`: unset or empty, or, for a `SEQ_CLS` / `TOKEN_CLS` adapter,
+/// naming classification heads only (HF PEFT writes `["classifier", "score"]` there, repeated for some
+/// methods); such a head is carried by [`WithClassifier`], which [`crate::adapter_io`] wraps around an adapter
+/// whose file holds one. Anything else is refused, naming `method`, since no other module can be trained and
+/// saved whole here.
+pub fn check_modules_to_save(
+    modules: Option<&Vec<String>>,
+    task_type: Option<&str>,
+    method: &str,
+) -> Result<()> {
+    let Some(modules) = modules.filter(|m| !m.is_empty()) else {
+        return Ok(());
+    };
+    let classifies = matches!(task_type, Some(SEQ_CLS | TOKEN_CLS));
+    if classifies && modules.iter().all(|m| HEAD_MODULES.contains(&m.as_str())) {
+        return Ok(());
+    }
+    Err(PeftError::Unsupported(format!(
+        "modules_to_save = {modules:?} is not supported by {method} here: only a classification head \
+         ({HEAD_MODULES:?}, task_type SEQ_CLS or TOKEN_CLS) is; remove it (train a classifier head with the \
+         head-classification task instead)"
+    )))
+}
+
 /// Whether a saved key belongs to a classification head (`score` / `classifier` weight or bias).
 fn is_head_key(key: &str) -> bool {
-    [".score.weight", ".classifier.weight", ".score.bias", ".classifier.bias"]
-        .iter()
-        .any(|s| key.ends_with(s))
+    [
+        ".score.weight",
+        ".classifier.weight",
+        ".score.bias",
+        ".classifier.bias",
+    ]
+    .iter()
+    .any(|s| key.ends_with(s))
 }
 
 /// An adapter plus a trained linear head over the pooled final hidden state (or over every token's state,

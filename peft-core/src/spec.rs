@@ -139,6 +139,15 @@ pub struct ModelSpec {
     /// Whether that head has a bias (BERT's `classifier` does, decoders' `score` does not).
     #[serde(default)]
     pub classifier_bias: bool,
+    /// transformers' `base_model_prefix` where its task-head models nest the base model under a name our site
+    /// names lack: `Some("bert")` for BERT, whose sites are named as a bare `BertModel` names them
+    /// (`encoder.layer.0.attention.self.query`) while `BertForSequenceClassification` holds them as
+    /// `bert.encoder.layer.0...`. `None` where our names already are the task models' (decoders name their sites
+    /// as their `*ForCausalLM`, whose body `*ForSequenceClassification` nests the same way).
+    /// [`adapter_io`](crate::adapter_io) adds it to the keys of a saved `SEQ_CLS` / `TOKEN_CLS` adapter and
+    /// strips it when loading, as HF PEFT keys such an adapter.
+    #[serde(default)]
+    pub base_model_prefix: Option<String>,
 }
 
 fn default_classifier_module() -> String {
@@ -171,6 +180,7 @@ impl ModelSpec {
             is_encoder_decoder: false,
             classifier_module: default_classifier_module(),
             classifier_bias: false,
+            base_model_prefix: None,
         }
     }
 

@@ -335,10 +335,7 @@ fn number_map<S: Serializer>(
 impl Default for LoraConfig {
     fn default() -> Self {
         LoraConfig {
-            common: CommonConfig {
-                task_type: Some("CAUSAL_LM".into()),
-                ..CommonConfig::default()
-            },
+            common: CommonConfig::default(),
             r: default_r(),
             target_modules: None,
             exclude_modules: None,
@@ -408,13 +405,12 @@ impl LoraConfig {
                 "lora_bias = true (a bias on lora_B) is not implemented here; set lora_bias = false".into(),
             ));
         }
-        if self.modules_to_save.as_ref().is_some_and(|m| !m.is_empty()) {
-            return Err(PeftError::Unsupported(format!(
-                "modules_to_save = {:?} is not supported by LoRA here: remove it (train a classifier head with \
-                 the head-classification task instead)",
-                self.modules_to_save.as_deref().unwrap_or_default()
-            )));
-        }
+        // HF PEFT lists the classification head of a SEQ_CLS adapter here; the head travels as WithClassifier.
+        peft_core::head::check_modules_to_save(
+            self.modules_to_save.as_ref(),
+            self.common.task_type.as_deref(),
+            "LoRA",
+        )?;
         if self.common.inference_mode {
             // A saved adapter: its tensors come from the file, so only inits that changed the base weights
             // (PiSSA, OLoRA, LoftQ, ...) make it unusable on the unchanged base model.

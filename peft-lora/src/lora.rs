@@ -70,7 +70,8 @@ impl LoraConfig {
         // HF PEFT switches fan_in_fan_out on for Conv1D modules (and off for nn.Linear), with a warning.
         config.fan_in_fan_out = targets.iter().any(|t| t.fan_in_fan_out);
         if config.common.task_type.is_none() {
-            config.common.task_type = Some("CAUSAL_LM".into());
+            config.common.task_type =
+                Some(peft_core::prompt_learning::default_task_type(init.model).into());
         }
 
         let fresh = if self.common.inference_mode {

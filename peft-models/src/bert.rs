@@ -149,6 +149,8 @@ impl Bert {
         spec.name_or_path = name_or_path.to_string();
         spec.classifier_module = "classifier".into();
         spec.classifier_bias = true;
+        // BertForSequenceClassification / BertForTokenClassification nest these sites under `bert.`.
+        spec.base_model_prefix = Some("bert".into());
         let mut ld = Loader::new(&weights, spec);
         let eps = cfg.layer_norm_eps;
 
@@ -541,6 +543,7 @@ mod tests {
         );
         assert_eq!(spec.classifier_module, "classifier");
         assert!(spec.classifier_bias);
+        assert_eq!(spec.base_model_prefix.as_deref(), Some("bert"));
         assert!(!spec.is_encoder_decoder);
         // embeddings.LayerNorm, 6 linears + 2 norms per layer, the pooler.
         assert_eq!(spec.sites.len(), 1 + 8 * 2 + 1);

@@ -303,6 +303,47 @@ mod tests {
     }
 
     #[test]
+    fn bf16_storage_loads_as_its_values_in_f32() {
+        use peft_core::hooks::NoHooks;
+        use peft_core::model::Batch;
+        // The same checkpoint stored as bf16, and as f32 holding the bf16-rounded values: equal logits.
+        let source = fixture("tiny-gpt2");
+        let raw =
+            candle_core::safetensors::load(source.join("model.safetensors"), &Device::Cpu).unwrap();
+        let (bf16_dir, f32_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (mut bf16, mut rounded) = (HashMap::new(), HashMap::new());
+        for (name, t) in raw {
+            if t.dtype() != DType::F32 {
+                continue;
+            }
+            let b = t.to_dtype(DType::BF16).unwrap();
+            rounded.insert(name.clone(), b.to_dtype(DType::F32).unwrap());
+            bf16.insert(name, b);
+        }
+        for (dir, tensors) in [(&bf16_dir, &bf16), (&f32_dir, &rounded)] {
+            copy_dir(&source, dir.path());
+            candle_core::safetensors::save(tensors, dir.path().join("model.safetensors")).unwrap();
+        }
+        let logits = |dir: &Path| {
+            let m = load_folder(dir, &Device::Cpu).unwrap().model;
+            let out = m
+                .forward(
+                    &Batch::single(&[5, 17, 42], &Device::Cpu).unwrap(),
+                    &NoHooks,
+                )
+                .unwrap();
+            m.logits(&out.hidden).unwrap()
+        };
+        let (a, b) = (logits(bf16_dir.path()), logits(f32_dir.path()));
+        assert_eq!(peft_core::compare::max_abs_diff(&a, &b).unwrap(), 0.0);
+        let original = logits(&source);
+        assert!(
+            peft_core::compare::max_abs_diff(&a, &original).unwrap() > 0.0,
+            "bf16 rounding changed nothing"
+        );
+    }
+
+    #[test]
     fn missing_and_corrupt_files_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let err = load_folder(dir.path(), &Device::Cpu).err().unwrap();

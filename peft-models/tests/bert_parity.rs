@@ -4,60 +4,17 @@
 //! with a key/value prefix given as past key values, and that batch with virtual tokens prepended to the word
 //! embeddings (prompt tuning). The folder is loaded with `load_folder`; every value must agree within 1e-4.
 
-use std::path::{Path, PathBuf};
-
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use peft_core::hooks::{Ctx, Hooks, KvPrefix, NoHooks};
 use peft_core::model::Batch;
-use peft_models::folder::load_folder;
+use peft_testing::{nested_tensor, tensor_diff};
 use serde_json::Value;
 
 const TOLERANCE: f32 = 1e-4;
 
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/tiny-bert")
-}
-
 /// The fixture is committed: a missing folder is a failure, never a skip.
 fn load() -> (peft_models::LoadedModel, Value) {
-    let dir = fixture();
-    let loaded = load_folder(&dir, &Device::Cpu).unwrap_or_else(|e| {
-        panic!(
-            "fixture {} does not load ({e}); regenerate it with scripts/reference/bert_model.py",
-            dir.display()
-        )
-    });
-    let text = std::fs::read_to_string(dir.join("states.json")).unwrap_or_else(|e| {
-        panic!(
-            "{}/states.json: {e}; regenerate it with scripts/reference/bert_model.py",
-            dir.display()
-        )
-    });
-    (
-        loaded,
-        serde_json::from_str(&text).expect("states.json is valid JSON"),
-    )
-}
-
-/// A nested JSON array of numbers as a tensor.
-fn tensor(v: &Value) -> Tensor {
-    fn shape(v: &Value, dims: &mut Vec<usize>) {
-        if let Some(a) = v.as_array() {
-            dims.push(a.len());
-            shape(&a[0], dims);
-        }
-    }
-    fn flatten(v: &Value, out: &mut Vec<f32>) {
-        match v.as_array() {
-            Some(a) => a.iter().for_each(|x| flatten(x, out)),
-            None => out.push(v.as_f64().expect("a number") as f32),
-        }
-    }
-    let mut dims = Vec::new();
-    shape(v, &mut dims);
-    let mut values = Vec::new();
-    flatten(v, &mut values);
-    Tensor::from_vec(values, dims, &Device::Cpu).unwrap()
+    peft_testing::fixture_model("tiny-bert", "states.json", "bert_model.py")
 }
 
 /// Returns the recorded key/value prefix of each layer, as HF's past key values.
@@ -88,10 +45,6 @@ impl Hooks for RecordedVirtual {
     }
 }
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    peft_core::compare::max_abs_diff(a, b).unwrap()
-}
-
 #[test]
 fn bert_matches_transformers() {
     let (loaded, record) = load();
@@ -101,13 +54,15 @@ fn bert_matches_transformers() {
     for case in record["cases"].as_array().expect("cases") {
         let name = case["name"].as_str().unwrap();
         names.push(name.to_string());
-        let ids = tensor(&case["input_ids"]).to_dtype(DType::U32).unwrap();
-        let mut mask = tensor(&case["attention_mask"]);
+        let ids = nested_tensor(&case["input_ids"])
+            .to_dtype(DType::U32)
+            .unwrap();
+        let mut mask = nested_tensor(&case["attention_mask"]);
         let mut virtual_tokens = 0;
         let hooks: Box<dyn Hooks> = if let Some(prefix) = case.get("prefix") {
             let p = prefix["len"].as_u64().unwrap() as usize;
-            let keys = tensor(&prefix["key"]);
-            let values = tensor(&prefix["value"]);
+            let keys = nested_tensor(&prefix["key"]);
+            let values = nested_tensor(&prefix["value"]);
             let layers = keys.dim(0).unwrap();
             // HF's mask covers prefix and tokens; the batch carries the tokens' part, the model adds the prefix
             // (all ones in the fixture, as HF PEFT does).
@@ -124,7 +79,7 @@ fn bert_matches_transformers() {
                 values: (0..layers).map(|l| values.get(l).unwrap()).collect(),
             })
         } else if let Some(virt) = case.get("virtual") {
-            let embeddings = tensor(&virt["embeddings"]);
+            let embeddings = nested_tensor(&virt["embeddings"]);
             virtual_tokens = embeddings.dim(0).unwrap();
             Box::new(RecordedVirtual(embeddings))
         } else {
@@ -132,21 +87,21 @@ fn bert_matches_transformers() {
         };
         let mut batch = Batch::new(ids, mask).unwrap();
         if let Some(types) = case.get("token_type_ids") {
-            batch = batch.with_token_type_ids(tensor(types)).unwrap();
+            batch = batch.with_token_type_ids(nested_tensor(types)).unwrap();
         }
         let out = model.forward(&batch, hooks.as_ref()).unwrap();
         assert_eq!(out.virtual_tokens, virtual_tokens, "{name}");
-        let expected = tensor(&case["last_hidden_state"]);
+        let expected = nested_tensor(&case["last_hidden_state"]);
         assert_eq!(out.hidden.dims(), expected.dims(), "{name}: hidden shape");
-        let hidden = max_diff(&out.hidden, &expected);
+        let hidden = tensor_diff(&out.hidden, &expected);
         let pooled = model.pooled(&out, &batch, &NoHooks).unwrap();
-        let expected_pooled = tensor(&case["pooler_output"]);
+        let expected_pooled = nested_tensor(&case["pooler_output"]);
         assert_eq!(
             pooled.dims(),
             expected_pooled.dims(),
             "{name}: pooled shape"
         );
-        let pooled = max_diff(&pooled, &expected_pooled);
+        let pooled = tensor_diff(&pooled, &expected_pooled);
         println!(
             "tiny-bert/{name}: max |hidden diff| = {hidden:.3e}, max |pooled diff| = {pooled:.3e}"
         );

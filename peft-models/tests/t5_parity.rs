@@ -7,67 +7,21 @@
 //! and every logit must agree within 1e-4, through `forward` and decoding one id at a time through the cache.
 //! The relative position buckets are checked against transformers' over a range of distances.
 
-use std::path::{Path, PathBuf};
-
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use peft_core::hooks::{Ctx, Hooks, KvPrefix, NoHooks};
 use peft_core::model::{Batch, DecoderCache};
-use peft_models::folder::load_folder;
 use peft_models::t5::relative_position::bucket;
+use peft_testing::{nested_tensor, tensor_diff};
 use serde_json::Value;
 
 const TOLERANCE: f32 = 1e-4;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fixtures")
-        .join(name)
-}
-
-/// The fixtures are committed: a missing folder is a failure, never a skip.
 fn load(name: &str) -> (peft_models::LoadedModel, Value) {
-    let dir = fixture(name);
-    let loaded = load_folder(&dir, &Device::Cpu).unwrap_or_else(|e| {
-        panic!(
-            "fixture {} does not load ({e}); regenerate it with scripts/reference/t5_model.py",
-            dir.display()
-        )
-    });
-    let text = std::fs::read_to_string(dir.join("logits.json")).unwrap_or_else(|e| {
-        panic!(
-            "{}/logits.json: {e}; regenerate it with scripts/reference/t5_model.py",
-            dir.display()
-        )
-    });
-    (
-        loaded,
-        serde_json::from_str(&text).expect("logits.json is valid JSON"),
-    )
-}
-
-/// A nested JSON array of numbers as a tensor.
-fn tensor(v: &Value) -> Tensor {
-    fn shape(v: &Value, dims: &mut Vec<usize>) {
-        if let Some(a) = v.as_array() {
-            dims.push(a.len());
-            shape(&a[0], dims);
-        }
-    }
-    fn flatten(v: &Value, out: &mut Vec<f32>) {
-        match v.as_array() {
-            Some(a) => a.iter().for_each(|x| flatten(x, out)),
-            None => out.push(v.as_f64().expect("a number") as f32),
-        }
-    }
-    let mut dims = Vec::new();
-    shape(v, &mut dims);
-    let mut values = Vec::new();
-    flatten(v, &mut values);
-    Tensor::from_vec(values, dims, &Device::Cpu).unwrap()
+    peft_testing::fixture_model(name, "logits.json", "t5_model.py")
 }
 
 fn ids(v: &Value) -> Tensor {
-    tensor(v).to_dtype(DType::U32).unwrap()
+    nested_tensor(v).to_dtype(DType::U32).unwrap()
 }
 
 /// The recorded key/value prefix of each decoder layer, as HF PEFT's self-attention cache.
@@ -100,7 +54,10 @@ impl Hooks for RecordedVirtualTokens {
 
 fn hooks_of(case: &Value) -> Box<dyn Hooks> {
     if let Some(prefix) = case.get("prefix").filter(|p| !p.is_null()) {
-        let (keys, values) = (tensor(&prefix["key"]), tensor(&prefix["value"]));
+        let (keys, values) = (
+            nested_tensor(&prefix["key"]),
+            nested_tensor(&prefix["value"]),
+        );
         assert_eq!(
             keys.dim(3).unwrap(),
             prefix["len"].as_u64().unwrap() as usize
@@ -111,14 +68,10 @@ fn hooks_of(case: &Value) -> Box<dyn Hooks> {
             values: (0..layers).map(|l| values.get(l).unwrap()).collect(),
         })
     } else if let Some(virtual_tokens) = case.get("virtual_tokens").filter(|v| !v.is_null()) {
-        Box::new(RecordedVirtualTokens(tensor(virtual_tokens)))
+        Box::new(RecordedVirtualTokens(nested_tensor(virtual_tokens)))
     } else {
         Box::new(NoHooks)
     }
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    peft_core::compare::max_abs_diff(a, b).unwrap()
 }
 
 /// Checks every case of a fixture, through `forward` and step by step through the decoder cache; returns the
@@ -131,11 +84,14 @@ fn check(name: &str) -> (f32, f32) {
     for case in record["cases"].as_array().expect("cases") {
         let case_name = case["name"].as_str().unwrap();
         let decoder_ids = ids(&case["decoder_input_ids"]);
-        let batch = Batch::new(ids(&case["input_ids"]), tensor(&case["attention_mask"]))
-            .unwrap()
-            .with_decoder_input_ids(decoder_ids.clone())
-            .unwrap();
-        let expected = tensor(&case["logits"]);
+        let batch = Batch::new(
+            ids(&case["input_ids"]),
+            nested_tensor(&case["attention_mask"]),
+        )
+        .unwrap()
+        .with_decoder_input_ids(decoder_ids.clone())
+        .unwrap();
+        let expected = nested_tensor(&case["logits"]);
         let hooks = hooks_of(case);
 
         let out = model.forward(&batch, hooks.as_ref()).unwrap();
@@ -146,7 +102,7 @@ fn check(name: &str) -> (f32, f32) {
             expected.dims(),
             "{name}/{case_name}: logits shape"
         );
-        let full = max_diff(&logits, &expected);
+        let full = tensor_diff(&logits, &expected);
 
         // One decoder id at a time through the cache.
         let encoded = ed.encode(&batch, hooks.as_ref()).unwrap();
@@ -159,7 +115,7 @@ fn check(name: &str) -> (f32, f32) {
             })
             .collect();
         let stepped = model.logits(&Tensor::cat(&steps, 1).unwrap()).unwrap();
-        let steps = max_diff(&stepped, &expected);
+        let steps = tensor_diff(&stepped, &expected);
 
         println!("{name}/{case_name}: max |logit diff| = {full:.3e} (forward), {steps:.3e} (cached steps)");
         assert!(

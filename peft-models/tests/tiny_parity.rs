@@ -3,62 +3,16 @@
 //! computes for them, plain, right-padded, and with a key/value prefix given as past key values. The folders
 //! are loaded with `load_folder` and every logit must agree within 1e-4.
 
-use std::path::{Path, PathBuf};
-
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use peft_core::hooks::{Ctx, Hooks, KvPrefix, NoHooks};
 use peft_core::model::Batch;
-use peft_models::folder::load_folder;
+use peft_testing::nested_tensor;
 use serde_json::Value;
 
 const TOLERANCE: f32 = 1e-4;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fixtures")
-        .join(name)
-}
-
-/// The fixtures are committed: a missing folder is a failure, never a skip.
 fn load(name: &str) -> (peft_models::LoadedModel, Value) {
-    let dir = fixture(name);
-    let loaded = load_folder(&dir, &Device::Cpu).unwrap_or_else(|e| {
-        panic!(
-            "fixture {} does not load ({e}); regenerate it with scripts/reference/tiny_models.py",
-            dir.display()
-        )
-    });
-    let text = std::fs::read_to_string(dir.join("logits.json")).unwrap_or_else(|e| {
-        panic!(
-            "{}/logits.json: {e}; regenerate it with scripts/reference/tiny_models.py",
-            dir.display()
-        )
-    });
-    (
-        loaded,
-        serde_json::from_str(&text).expect("logits.json is valid JSON"),
-    )
-}
-
-/// A nested JSON array of numbers as a tensor.
-fn tensor(v: &Value) -> Tensor {
-    fn shape(v: &Value, dims: &mut Vec<usize>) {
-        if let Some(a) = v.as_array() {
-            dims.push(a.len());
-            shape(&a[0], dims);
-        }
-    }
-    fn flatten(v: &Value, out: &mut Vec<f32>) {
-        match v.as_array() {
-            Some(a) => a.iter().for_each(|x| flatten(x, out)),
-            None => out.push(v.as_f64().expect("a number") as f32),
-        }
-    }
-    let mut dims = Vec::new();
-    shape(v, &mut dims);
-    let mut values = Vec::new();
-    flatten(v, &mut values);
-    Tensor::from_vec(values, dims, &Device::Cpu).unwrap()
+    peft_testing::fixture_model(name, "logits.json", "tiny_models.py")
 }
 
 /// Returns the recorded key/value prefix of each layer, as HF's past key values.
@@ -83,16 +37,16 @@ fn check(name: &str) -> f32 {
     let mut worst = 0f32;
     for case in record["cases"].as_array().expect("cases") {
         let case_name = case["name"].as_str().unwrap();
-        let ids = tensor(&case["input_ids"])
+        let ids = nested_tensor(&case["input_ids"])
             .to_dtype(candle_core::DType::U32)
             .unwrap();
-        let mut mask = tensor(&case["attention_mask"]);
-        let expected = tensor(&case["logits"]);
+        let mut mask = nested_tensor(&case["attention_mask"]);
+        let expected = nested_tensor(&case["logits"]);
         let hooks: Box<dyn Hooks> = match case.get("prefix").filter(|p| !p.is_null()) {
             Some(prefix) => {
                 let p = prefix["len"].as_u64().unwrap() as usize;
-                let keys = tensor(&prefix["key"]);
-                let values = tensor(&prefix["value"]);
+                let keys = nested_tensor(&prefix["key"]);
+                let values = nested_tensor(&prefix["value"]);
                 let layers = keys.dim(0).unwrap();
                 // HF's mask covers prefix and tokens; the batch carries the tokens' part, the model adds the
                 // prefix (all ones in the fixture, as HF PEFT does).

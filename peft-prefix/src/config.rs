@@ -101,13 +101,12 @@ impl PrefixTuningConfig {
                 "num_virtual_tokens must be at least 1".into(),
             ));
         }
-        if self.modules_to_save.is_some() {
-            return Err(PeftError::Unsupported(format!(
-                "modules_to_save = {:?} is not supported by prefix tuning here: leave it unset (a trained \
-                 classification head is peft_core::head::WithClassifier)",
-                self.modules_to_save
-            )));
-        }
+        // HF PEFT lists the classification head of a SEQ_CLS adapter here; the head travels as WithClassifier.
+        peft_core::head::check_modules_to_save(
+            self.modules_to_save.as_ref(),
+            self.common.task_type.as_deref(),
+            "prefix tuning",
+        )?;
         check_attention(spec)?;
         let width = spec.num_kv_heads * spec.head_dim;
         let model = || format!("model {}", model_name(spec));

@@ -66,10 +66,7 @@ impl PromptEncoderConfig {
     /// A config with `n` virtual tokens and the given encoder, every other field at HF PEFT's default.
     pub fn new(n: usize, encoder: PromptEncoderReparameterizationType) -> Self {
         PromptEncoderConfig {
-            common: CommonConfig {
-                task_type: Some("CAUSAL_LM".into()),
-                ..CommonConfig::default()
-            },
+            common: CommonConfig::default(),
             num_virtual_tokens: n,
             token_dim: None,
             num_transformer_submodules: None,
@@ -106,11 +103,12 @@ impl PromptEncoderConfig {
                 });
             }
         }
-        if self.modules_to_save.as_ref().is_some_and(|m| !m.is_empty()) {
-            return Err(PeftError::Unsupported(
-                "modules_to_save is not supported by P-tuning here".into(),
-            ));
-        }
+        // HF PEFT lists the classification head of a SEQ_CLS adapter here; the head travels as WithClassifier.
+        peft_core::head::check_modules_to_save(
+            self.modules_to_save.as_ref(),
+            self.common.task_type.as_deref(),
+            "P-tuning",
+        )?;
         if self.encoder_hidden_size == Some(0) {
             return Err(PeftError::Config(
                 "encoder_hidden_size must be at least 1 (or left out: it then equals token_dim)"

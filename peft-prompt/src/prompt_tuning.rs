@@ -165,11 +165,12 @@ impl PeftMethod for PromptTuningConfig {
                 });
             }
         }
-        if self.modules_to_save.as_ref().is_some_and(|m| !m.is_empty()) {
-            return Err(PeftError::Unsupported(
-                "modules_to_save is not supported by prompt tuning here".into(),
-            ));
-        }
+        // HF PEFT lists the classification head of a SEQ_CLS adapter here; the head travels as WithClassifier.
+        peft_core::head::check_modules_to_save(
+            self.modules_to_save.as_ref(),
+            self.common.task_type.as_deref(),
+            "prompt tuning",
+        )?;
         let mut config = self.clone();
         config.token_dim = Some(spec.hidden_size);
         if config.common.task_type.is_none() {

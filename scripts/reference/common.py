@@ -25,6 +25,8 @@ SMOL_TEXTS = [
 ]
 # The name SmolLM2-based fixtures give their base model (never a machine path).
 SMOL_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Base models whose `ours-*` adapters zoo_adapters.py checks (the per-method scripts skip them).
+ZOO_BASES = ("tiny-t5", "tiny-opt", "tiny-bert")
 
 
 def load_tiny(name):
@@ -102,11 +104,15 @@ def ours_models(folders, gguf, **kwargs):
     """For each of the `ours-*` adapter `folders`: the folder, its adapter config, HF PEFT's model with the adapter
     loaded (`PeftModel.from_pretrained(base, folder, **kwargs)`, in eval mode), and the tokenizer where the base is
     SmolLM2 (else None). Every adapter gets a pristine base: its tiny model loaded afresh, or a copy of SmolLM2
-    (loaded once, from `gguf`); a folder on SmolLM2 is skipped, saying so, when no `gguf` was given."""
+    (loaded once, from `gguf`); a folder on SmolLM2 is skipped, saying so, when no `gguf` was given, and so is
+    one on a ZOO_BASES model (zoo_adapters.py handles those)."""
     smol = None
     for folder in folders:
         config = json.loads((folder / "adapter_config.json").read_text())
         base_name = config["base_model_name_or_path"]
+        if base_name in ZOO_BASES:
+            print(f"skipping {folder.name}: zoo_adapters.py checks it")
+            continue
         if base_name.endswith(".gguf"):
             if not gguf:
                 print(f"skipping {folder.name}: it needs --gguf")

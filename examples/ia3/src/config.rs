@@ -3,7 +3,7 @@
 
 use candle_core::{Tensor, Var};
 use peft_core::method::{Adapter, CommonConfig, InitCtx, PeftMethod};
-use peft_core::{PeftError, Result};
+use peft_core::Result;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
@@ -50,10 +50,7 @@ fn default_true() -> bool {
 impl Default for Ia3Config {
     fn default() -> Self {
         Ia3Config {
-            common: CommonConfig {
-                task_type: Some("CAUSAL_LM".into()),
-                ..CommonConfig::default()
-            },
+            common: CommonConfig::default(),
             target_modules: None,
             exclude_modules: None,
             feedforward_modules: None,
@@ -88,12 +85,12 @@ impl Ia3Config {
 #[typetag::serde(name = "IA3")]
 impl PeftMethod for Ia3Config {
     fn build(&self, init: &mut InitCtx) -> Result<Box<dyn Adapter>> {
-        if self.modules_to_save.as_ref().is_some_and(|m| !m.is_empty()) {
-            return Err(PeftError::Unsupported(format!(
-                "modules_to_save = {:?} is not supported by IA3 here: leave it unset",
-                self.modules_to_save.as_deref().unwrap_or_default()
-            )));
-        }
+        // HF PEFT lists the classification head of a SEQ_CLS adapter here; the head travels as WithClassifier.
+        peft_core::head::check_modules_to_save(
+            self.modules_to_save.as_ref(),
+            self.common.task_type.as_deref(),
+            "IA3",
+        )?;
         let spec = init.model.spec();
         let resolved = resolve(
             spec,
@@ -106,7 +103,8 @@ impl PeftMethod for Ia3Config {
         config.feedforward_modules = Some(resolved.feedforward_modules);
         config.fan_in_fan_out = resolved.targets.iter().any(|t| t.fan_in_fan_out);
         if config.common.task_type.is_none() {
-            config.common.task_type = Some("CAUSAL_LM".into());
+            config.common.task_type =
+                Some(peft_core::prompt_learning::default_task_type(init.model).into());
         }
         let vectors = resolved
             .targets

@@ -84,6 +84,11 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         )
         .map_err(Into::into)
     })?;
+    // The eos that ended the generation is not part of the text (a tokenizer may not mark it special).
+    let new = match new.split_last() {
+        Some((last, rest)) if Some(*last) == loaded.eos_token_id => rest.to_vec(),
+        _ => new,
+    };
     let text = tokenizer
         .decode(&new, true)
         .map_err(|e| anyhow::anyhow!("decoding: {e}"))?;

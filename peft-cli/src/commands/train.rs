@@ -11,7 +11,7 @@ use peft_core::hooks::{positions_taken, NoHooks};
 use peft_core::task::Metrics;
 use peft_core::train::Trainer;
 
-use crate::experiment::Experiment;
+use crate::experiment::{Experiment, TaskKind};
 use crate::session::{build_adapter, open_model};
 use crate::task_setup::{build_baseline_task, build_task, majority_baseline};
 
@@ -92,6 +92,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
                     t.elapsed().as_secs_f64()
                 );
                 Some(m)
+            }
+            None if exp.file.task.kind == TaskKind::TokenClassification => {
+                println!(
+                    "dev before training: none (the frozen model has no token-classification head)"
+                );
+                None
             }
             None => {
                 let (label, accuracy) = majority_baseline(&exp)?;

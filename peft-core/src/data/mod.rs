@@ -42,6 +42,7 @@
 pub mod batch;
 pub mod encode;
 pub mod source;
+pub mod tagged;
 pub mod template;
 
 #[cfg(test)]
