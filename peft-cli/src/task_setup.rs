@@ -97,7 +97,11 @@ fn build_task_as(
             if kind == TaskKind::ClassificationHead {
                 // A head reads a pooled state, so the input is the tokenizer's whole encoding (BERT's final
                 // [SEP] included), as transformers' sequence classifiers receive it.
-                encoder = encoder.keeping_trailing_special_tokens();
+                // A text_pair the template does not place is the tokenizer's second segment (BERT: token
+                // type 1), as `tokenizer(text, text_pair)` gives it.
+                encoder = encoder
+                    .keeping_trailing_special_tokens()
+                    .with_pair_encoding();
             }
             let train = encoder
                 .encode_all(&data.train.read()?)

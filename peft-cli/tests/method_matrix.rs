@@ -123,6 +123,7 @@ fn head_examples() -> Vec<ClassExample> {
         .map(|i| ClassExample {
             input_ids: vec![if i % 2 == 0 { 7 } else { 70 }, 20 + i, 40 + i, 60],
             label: (i % 2) as usize,
+            token_type_ids: vec![],
         })
         .collect()
 }

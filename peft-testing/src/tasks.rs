@@ -64,6 +64,7 @@ pub fn toy_classification_task(n: usize) -> VerbalizerClassification {
         ClassExample {
             input_ids: ids,
             label: usize::from(has),
+            token_type_ids: vec![],
         }
     };
     VerbalizerClassification::new(

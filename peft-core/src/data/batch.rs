@@ -4,7 +4,7 @@
 //! ```
 //! use candle_core::Device;
 //! use peft_core::data::{ClassBatch, ClassExample};
-//! let rows = [ClassExample { input_ids: vec![5, 6, 7], label: 1 }, ClassExample { input_ids: vec![8], label: 0 }];
+//! let rows = [ClassExample { input_ids: vec![5, 6, 7], label: 1, token_type_ids: vec![] }, ClassExample { input_ids: vec![8], label: 0, token_type_ids: vec![] }];
 //! let batch = ClassBatch::collate(&rows, 0).unwrap();
 //! assert_eq!(batch.ids.input_ids, [5, 6, 7, 8, 0, 0]);
 //! assert_eq!(batch.ids.attention_mask, [1., 1., 1., 1., 0., 0.]);
@@ -231,10 +231,12 @@ mod tests {
             ClassExample {
                 input_ids: vec![4],
                 label: 2,
+                token_type_ids: vec![],
             },
             ClassExample {
                 input_ids: vec![1, 2, 3],
                 label: 0,
+                token_type_ids: vec![],
             },
         ];
         let b = ClassBatch::collate(rows.iter().rev(), 0).unwrap();
@@ -251,7 +253,8 @@ mod tests {
         assert!(ClassBatch::collate(
             &[ClassExample {
                 input_ids: vec![],
-                label: 0
+                label: 0,
+                token_type_ids: vec![],
             }],
             0
         )

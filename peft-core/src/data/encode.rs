@@ -58,6 +58,7 @@ pub struct ClassEncoder<'t> {
     max_len: usize,
     add_special_tokens: bool,
     keep_trailing_special: bool,
+    pair_encoding: bool,
 }
 
 impl<'t> ClassEncoder<'t> {
@@ -80,6 +81,7 @@ impl<'t> ClassEncoder<'t> {
             max_len,
             add_special_tokens,
             keep_trailing_special: false,
+            pair_encoding: false,
         };
         let template_len = encoder.encode_str(&encoder.template.render("", ""))?.len();
         if template_len > max_len {
@@ -92,6 +94,14 @@ impl<'t> ClassEncoder<'t> {
     /// pooled state, not a label word after the prompt.
     pub fn keeping_trailing_special_tokens(mut self) -> Self {
         self.keep_trailing_special = true;
+        self
+    }
+
+    /// Encodes a `text_pair` that the template does not place as the tokenizer's second segment, as
+    /// `tokenizer(text, text_pair)` does in transformers (BERT: `[CLS] text [SEP] pair [SEP]` with token types 0
+    /// and 1): the template renders the first segment.
+    pub fn with_pair_encoding(mut self) -> Self {
+        self.pair_encoding = true;
         self
     }
 
@@ -123,8 +133,13 @@ impl<'t> ClassEncoder<'t> {
             ))
         })?;
         let label = self.verbalizer.class_of(label, row)?;
-        let input_ids = self.encode_prompt(&example.text, example.text_pair.as_deref(), row)?;
-        Ok(ClassExample { input_ids, label })
+        let (input_ids, token_type_ids) =
+            self.encode_prompt_with_types(&example.text, example.text_pair.as_deref(), row)?;
+        Ok(ClassExample {
+            input_ids,
+            label,
+            token_type_ids,
+        })
     }
 
     /// Encodes every example, stopping at the first error.
@@ -144,6 +159,19 @@ impl<'t> ClassEncoder<'t> {
         text_pair: Option<&str>,
         row: usize,
     ) -> Result<Vec<u32>> {
+        Ok(self.encode_prompt_with_types(text, text_pair, row)?.0)
+    }
+
+    /// [`ClassEncoder::encode_prompt`] with the segment ids: empty unless the pair is encoded as two segments
+    /// ([`ClassEncoder::with_pair_encoding`]).
+    pub fn encode_prompt_with_types(
+        &self,
+        text: &str,
+        text_pair: Option<&str>,
+        row: usize,
+    ) -> Result<(Vec<u32>, Vec<u32>)> {
+        let as_segments =
+            self.pair_encoding && !self.template.uses_text_pair() && text_pair.is_some();
         let text_pair = match (self.template.uses_text_pair(), text_pair) {
             (true, Some(p)) => p,
             (true, None) => {
@@ -153,6 +181,7 @@ impl<'t> ClassEncoder<'t> {
                     self.template.as_str()
                 )))
             }
+            (false, Some(p)) if as_segments => p,
             (false, Some(_)) => {
                 return Err(PeftError::Data(format!(
                     "example {row} has a text_pair but the template {:?} has no {{text_pair}}; add it to the \
@@ -164,9 +193,16 @@ impl<'t> ClassEncoder<'t> {
         };
         let (mut text, mut pair) = (text.to_string(), text_pair.to_string());
         loop {
-            let ids = self.encode_str(&self.template.render(&text, &pair))?;
+            let (ids, types) = if as_segments {
+                self.encode_segments(&self.template.render(&text, ""), &pair)?
+            } else {
+                (
+                    self.encode_str(&self.template.render(&text, &pair))?,
+                    Vec::new(),
+                )
+            };
             if ids.len() <= self.max_len {
-                return Ok(ids);
+                return Ok((ids, types));
             }
             let over = ids.len() - self.max_len;
             let (a, b) = (
@@ -193,6 +229,24 @@ impl<'t> ClassEncoder<'t> {
              shorten the template or give the model more context (max_len = context - virtual tokens)",
             self.template.as_str(),
             self.max_len
+        ))
+    }
+
+    /// Ids and segment ids of two segments encoded as a pair.
+    fn encode_segments(&self, first: &str, second: &str) -> Result<(Vec<u32>, Vec<u32>)> {
+        let enc = self
+            .tokenizer
+            .encode((first, second), self.add_special_tokens)
+            .map_err(|e| PeftError::Tokenizer(format!("encoding a text pair: {e}")))?;
+        let end = if self.keep_trailing_special {
+            enc.len()
+        } else {
+            let special = enc.get_special_tokens_mask();
+            special.iter().rposition(|&s| s == 0).map_or(0, |i| i + 1)
+        };
+        Ok((
+            enc.get_ids()[..end].to_vec(),
+            enc.get_type_ids()[..end].to_vec(),
         ))
     }
 
@@ -570,6 +624,72 @@ mod tests {
             err.contains("example 4") && err.contains("text_pair"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn pairs_become_two_segments_with_token_types() {
+        use tokenizers::models::wordlevel::WordLevel;
+        use tokenizers::pre_tokenizers::whitespace::Whitespace;
+        use tokenizers::processors::template::TemplateProcessing;
+        // A BERT-like tokenizer: [CLS] a [SEP] (b [SEP] with type 1).
+        let words = [
+            "[UNK]", "[CLS]", "[SEP]", "it", "rains", "wet", "negative", "positive",
+        ];
+        let vocab = words
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w.to_string(), i as u32))
+            .collect();
+        let model = WordLevel::builder()
+            .vocab(vocab)
+            .unk_token("[UNK]".into())
+            .build()
+            .unwrap();
+        let mut tok = Tokenizer::new(model);
+        tok.with_pre_tokenizer(Some(Whitespace {}));
+        tok.with_post_processor(Some(
+            TemplateProcessing::builder()
+                .try_single("[CLS] $A [SEP]")
+                .unwrap()
+                .try_pair("[CLS] $A [SEP] $B:1 [SEP]:1")
+                .unwrap()
+                .special_tokens(vec![("[CLS]", 1), ("[SEP]", 2)])
+                .build()
+                .unwrap(),
+        ));
+        let encoder = |max_len| {
+            ClassEncoder::new(
+                &tok,
+                Template::new("{text}").unwrap(),
+                Verbalizer::new([("0", "negative"), ("1", "positive")]).unwrap(),
+                max_len,
+                true,
+            )
+            .unwrap()
+            .keeping_trailing_special_tokens()
+        };
+        // Without pair encoding a pair the template does not place is refused; with it, two segments.
+        assert!(encoder(16)
+            .encode_prompt("it rains", Some("wet"), 0)
+            .is_err());
+        let (ids, types) = encoder(16)
+            .with_pair_encoding()
+            .encode_prompt_with_types("it rains", Some("wet"), 0)
+            .unwrap();
+        assert_eq!(ids, [1, 3, 4, 2, 5, 2]);
+        assert_eq!(types, [0, 0, 0, 0, 1, 1]);
+        // Too long: the longer field loses its end first; the types stay aligned.
+        let (ids, types) = encoder(5)
+            .with_pair_encoding()
+            .encode_prompt_with_types("it rains", Some("wet"), 0)
+            .unwrap();
+        assert_eq!((ids, types), (vec![1, 3, 2, 5, 2], vec![0, 0, 0, 1, 1]));
+        // A single text keeps no types.
+        let (_, types) = encoder(16)
+            .with_pair_encoding()
+            .encode_prompt_with_types("it rains", None, 0)
+            .unwrap();
+        assert!(types.is_empty());
     }
 
     #[test]

@@ -7,6 +7,8 @@ pub struct ClassExample {
     pub input_ids: Vec<u32>,
     /// Index of the class in the verbalizer.
     pub label: usize,
+    /// Segment ids aligned with `input_ids` (BERT's `token_type_ids` of a sentence pair); empty means all 0.
+    pub token_type_ids: Vec<u32>,
 }
 
 /// A causal-LM example: token ids and aligned labels (-100 where no loss).

@@ -70,7 +70,25 @@ impl HeadClassification {
             });
         }
         let rows: Vec<&[u32]> = examples.iter().map(|e| e.input_ids.as_slice()).collect();
-        let batch = pad_batch(&rows, self.pad_id, model.device())?;
+        let mut batch = pad_batch(&rows, self.pad_id, model.device())?;
+        if examples.iter().any(|e| !e.token_type_ids.is_empty()) {
+            // Sentence pairs: segment ids padded with 0, as the padding tokens' own.
+            let mut types = Vec::with_capacity(examples.len());
+            for (i, e) in examples.iter().enumerate() {
+                match e.token_type_ids.len() {
+                    0 => types.push(vec![0; e.input_ids.len()]),
+                    n if n == e.input_ids.len() => types.push(e.token_type_ids.clone()),
+                    n => {
+                        return Err(PeftError::Data(format!(
+                            "example {i} has {n} token type ids for {} tokens",
+                            e.input_ids.len()
+                        )))
+                    }
+                }
+            }
+            let rows: Vec<&[u32]> = types.iter().map(Vec::as_slice).collect();
+            batch = batch.with_token_type_ids(pad_batch(&rows, 0, model.device())?.input_ids)?;
+        }
         let out = model.forward(&batch, hooks)?;
         head.forward(&model.pooled(&out, &batch, hooks)?)
     }
