@@ -132,4 +132,16 @@ impl Adapter for PrefixTuning {
         }
         Ok(())
     }
+
+    fn notes(&self) -> Vec<String> {
+        if self.config.num_transformer_submodules.unwrap_or(1) != 2 {
+            return Vec::new();
+        }
+        vec![format!(
+            "encoder-decoder: the prefixes feed the decoder's self-attention only (decoder layer i takes prefix \
+             slot 2i mod {}, as HF PEFT arranges them); the encoder's self-attention and the cross-attention get \
+             none",
+            self.num_layers()
+        )]
+    }
 }

@@ -57,13 +57,11 @@ pub struct PrefixTuningConfig {
 }
 
 impl PrefixTuningConfig {
-    /// Prefix tuning with `n` virtual tokens, no projection, for a causal LM.
+    /// Prefix tuning with `n` virtual tokens, no projection; the task type is the model's default when built
+    /// (`CAUSAL_LM` on a decoder, `SEQ_2_SEQ_LM` on an encoder-decoder).
     pub fn new(n: usize) -> Self {
         PrefixTuningConfig {
-            common: CommonConfig {
-                task_type: Some("CAUSAL_LM".into()),
-                ..CommonConfig::default()
-            },
+            common: CommonConfig::default(),
             num_virtual_tokens: n,
             token_dim: None,
             num_transformer_submodules: None,

@@ -155,8 +155,7 @@ fn config_fields_are_filled_from_the_model_as_hf_peft_fills_them() {
         );
     }
     // Defaults of an HF config that names only the required field; P-tuning v2 is prefix tuning unprojected.
-    let parsed: PrefixTuningConfig =
-        serde_json::from_str(r#"{"num_virtual_tokens": 7, "task_type": "CAUSAL_LM"}"#).unwrap();
+    let parsed: PrefixTuningConfig = serde_json::from_str(r#"{"num_virtual_tokens": 7}"#).unwrap();
     assert_eq!(parsed, PrefixTuningConfig::p_tuning_v2(7));
     assert!(!parsed.prefix_projection && parsed.encoder_hidden_size.is_none());
     assert!(PrefixTuningConfig::new(3).is_prompt_learning());
@@ -612,4 +611,36 @@ fn errors_say_what_is_wrong() {
 
     // A layer the prefix was not built for.
     assert!(adapter.attention_prefix(2, &ctx(1)).is_err());
+}
+
+#[test]
+fn on_an_encoder_decoder_the_prefix_feeds_decoder_layers_from_hf_peft_slots_and_says_so() {
+    let t5 = peft_models::t5::tiny(2);
+    let adapter = build(&t5, &PrefixTuningConfig::p_tuning_v2(3), 0);
+    let saved = serde_json::to_value(adapter.config()).unwrap();
+    assert_eq!(saved["task_type"], "SEQ_2_SEQ_LM");
+    assert_eq!(saved["num_transformer_submodules"], 2);
+    assert!(
+        adapter
+            .notes()
+            .iter()
+            .any(|n| n.contains("decoder's self-attention only")),
+        "{:?}",
+        adapter.notes()
+    );
+    // Decoder layer 1 of 2 takes slot 2 mod 2 = 0: the same prefix as layer 0.
+    let (l0, l1) = (
+        prefix(adapter.as_ref(), 0, 1),
+        prefix(adapter.as_ref(), 1, 1),
+    );
+    assert_eq!(max_diff(&l0.key, &l1.key), 0.0);
+    // A decoder-only model's layers keep their own slots, and there is no note.
+    let gpt2 = peft_models::tiny::gpt2(2);
+    let adapter = build(&gpt2, &PrefixTuningConfig::p_tuning_v2(3), 0);
+    assert!(adapter.notes().is_empty());
+    let (l0, l1) = (
+        prefix(adapter.as_ref(), 0, 1),
+        prefix(adapter.as_ref(), 1, 1),
+    );
+    assert!(max_diff(&l0.key, &l1.key) > 0.0);
 }

@@ -66,13 +66,11 @@ pub struct PromptTuningConfig {
 }
 
 impl PromptTuningConfig {
-    /// A config with `n` virtual tokens and the given initialisation.
+    /// A config with `n` virtual tokens and the given initialisation; the task type is the model's default when
+    /// built.
     pub fn new(n: usize, init: PromptTuningInit) -> Self {
         PromptTuningConfig {
-            common: CommonConfig {
-                task_type: Some("CAUSAL_LM".into()),
-                ..CommonConfig::default()
-            },
+            common: CommonConfig::default(),
             num_virtual_tokens: n,
             token_dim: None,
             num_transformer_submodules: None,
