@@ -70,14 +70,17 @@ pub fn check_modules_to_save(
 
 /// Whether a saved key belongs to a classification head (`score` / `classifier` weight or bias).
 fn is_head_key(key: &str) -> bool {
-    [
-        ".score.weight",
-        ".classifier.weight",
-        ".score.bias",
-        ".classifier.bias",
-    ]
-    .iter()
-    .any(|s| key.ends_with(s))
+    head_module_of(key, "weight").is_some() || head_module_of(key, "bias").is_some()
+}
+
+/// The head module (one of [`HEAD_MODULES`]) whose `param` (`weight`, `bias`) the saved `key` is.
+fn head_module_of<'k>(key: &'k str, param: &str) -> Option<&'k str> {
+    let module = key
+        .strip_suffix(param)?
+        .strip_suffix('.')?
+        .rsplit('.')
+        .next()?;
+    HEAD_MODULES.contains(&module).then_some(module)
 }
 
 /// An adapter plus a trained linear head over the pooled final hidden state (or over every token's state,
@@ -168,11 +171,10 @@ impl WithClassifier {
     /// Finds a saved head among `tensors` (keys ending in `score.weight` or `classifier.weight`, with the
     /// matching `.bias` where there is one).
     pub fn saved_head(tensors: &HashMap<String, Tensor>) -> Option<SavedHead> {
-        let (key, weight) = tensors
+        let (key, weight, module) = tensors
             .iter()
-            .find(|(k, _)| k.ends_with(".score.weight") || k.ends_with(".classifier.weight"))?;
+            .find_map(|(k, w)| Some((k, w, head_module_of(k, "weight")?.to_string())))?;
         let stem = key.strip_suffix(".weight")?;
-        let module = stem.rsplit('.').next()?.to_string();
         Some(SavedHead {
             module,
             weight: weight.clone(),

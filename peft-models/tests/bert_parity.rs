@@ -4,10 +4,11 @@
 //! with a key/value prefix given as past key values, and that batch with virtual tokens prepended to the word
 //! embeddings (prompt tuning). The folder is loaded with `load_folder`; every value must agree within 1e-4.
 
-use candle_core::{DType, Tensor};
-use peft_core::hooks::{Ctx, Hooks, KvPrefix, NoHooks};
+use candle_core::DType;
+use peft_core::hooks::{Hooks, NoHooks};
 use peft_core::model::Batch;
 use peft_testing::{nested_tensor, tensor_diff};
+use peft_testing::{RecordedPrefix, RecordedVirtualTokens};
 use serde_json::Value;
 
 const TOLERANCE: f32 = 1e-4;
@@ -15,34 +16,6 @@ const TOLERANCE: f32 = 1e-4;
 /// The fixture is committed: a missing folder is a failure, never a skip.
 fn load() -> (peft_models::LoadedModel, Value) {
     peft_testing::fixture_model("tiny-bert", "states.json", "bert_model.py")
-}
-
-/// Returns the recorded key/value prefix of each layer, as HF's past key values.
-struct RecordedPrefix {
-    keys: Vec<Tensor>,
-    values: Vec<Tensor>,
-}
-
-impl Hooks for RecordedPrefix {
-    fn attention_prefix(&self, layer: usize, _ctx: &Ctx) -> peft_core::Result<Option<KvPrefix>> {
-        Ok(Some(KvPrefix {
-            key: self.keys[layer].clone(),
-            value: self.values[layer].clone(),
-        }))
-    }
-}
-
-/// Prepends the recorded virtual-token embeddings `[n, hidden]` to every row, as prompt tuning does.
-struct RecordedVirtual(Tensor);
-
-impl Hooks for RecordedVirtual {
-    fn embeddings(&self, x: Tensor, ctx: &mut Ctx) -> peft_core::Result<Tensor> {
-        let (b, _, h) = x.dims3()?;
-        let n = self.0.dim(0)?;
-        ctx.prepend_virtual_tokens(n)?;
-        let prompt = self.0.unsqueeze(0)?.broadcast_as((b, n, h))?;
-        Ok(Tensor::cat(&[&prompt, &x], 1)?)
-    }
 }
 
 #[test]
@@ -63,7 +36,6 @@ fn bert_matches_transformers() {
             let p = prefix["len"].as_u64().unwrap() as usize;
             let keys = nested_tensor(&prefix["key"]);
             let values = nested_tensor(&prefix["value"]);
-            let layers = keys.dim(0).unwrap();
             // HF's mask covers prefix and tokens; the batch carries the tokens' part, the model adds the prefix
             // (all ones in the fixture, as HF PEFT does).
             let width = mask.dim(1).unwrap();
@@ -74,14 +46,11 @@ fn bert_matches_transformers() {
                 .iter()
                 .all(|&m| m == 1.0));
             mask = mask.narrow(1, p, width - p).unwrap();
-            Box::new(RecordedPrefix {
-                keys: (0..layers).map(|l| keys.get(l).unwrap()).collect(),
-                values: (0..layers).map(|l| values.get(l).unwrap()).collect(),
-            })
+            Box::new(RecordedPrefix::new(&keys, &values))
         } else if let Some(virt) = case.get("virtual") {
             let embeddings = nested_tensor(&virt["embeddings"]);
             virtual_tokens = embeddings.dim(0).unwrap();
-            Box::new(RecordedVirtual(embeddings))
+            Box::new(RecordedVirtualTokens(embeddings))
         } else {
             Box::new(NoHooks)
         };

@@ -10,10 +10,11 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use peft_core::hooks::{Ctx, Hooks, KvPrefix, NoHooks};
+use peft_core::hooks::{Hooks, NoHooks};
 use peft_core::model::Batch;
 use peft_models::folder::load_folder;
 use peft_testing::nested_tensor;
+use peft_testing::RecordedPrefix;
 use serde_json::Value;
 
 const TOLERANCE: f32 = 1e-4;
@@ -26,21 +27,6 @@ fn fixture(name: &str) -> PathBuf {
 
 fn load(name: &str) -> (peft_models::LoadedModel, Value) {
     peft_testing::fixture_model(name, "logits.json", "opt_model.py")
-}
-
-/// Returns the recorded key/value prefix of each layer, as HF's past key values.
-struct RecordedPrefix {
-    keys: Vec<Tensor>,
-    values: Vec<Tensor>,
-}
-
-impl Hooks for RecordedPrefix {
-    fn attention_prefix(&self, layer: usize, _ctx: &Ctx) -> peft_core::Result<Option<KvPrefix>> {
-        Ok(Some(KvPrefix {
-            key: self.keys[layer].clone(),
-            value: self.values[layer].clone(),
-        }))
-    }
 }
 
 /// The largest absolute differences of one case: over the real tokens, and over every position that sees a key
@@ -110,7 +96,6 @@ fn check(name: &str) -> f32 {
                 prefix_len = p;
                 let keys = nested_tensor(&prefix["key"]);
                 let values = nested_tensor(&prefix["value"]);
-                let layers = keys.dim(0).unwrap();
                 // HF's mask covers prefix and tokens; the batch carries the tokens' part, the model adds the
                 // prefix (all ones in the fixture, as HF PEFT does).
                 let width = mask.dim(1).unwrap();
@@ -123,10 +108,7 @@ fn check(name: &str) -> f32 {
                     .unwrap();
                 assert!(prefix_mask.iter().all(|&m| m == 1.0));
                 mask = mask.narrow(1, p, width - p).unwrap();
-                Box::new(RecordedPrefix {
-                    keys: (0..layers).map(|l| keys.get(l).unwrap()).collect(),
-                    values: (0..layers).map(|l| values.get(l).unwrap()).collect(),
-                })
+                Box::new(RecordedPrefix::new(&keys, &values))
             }
             None => Box::new(NoHooks),
         };

@@ -8,10 +8,11 @@
 //! The relative position buckets are checked against transformers' over a range of distances.
 
 use candle_core::{DType, Tensor};
-use peft_core::hooks::{Ctx, Hooks, KvPrefix, NoHooks};
+use peft_core::hooks::{Hooks, NoHooks};
 use peft_core::model::{Batch, DecoderCache};
 use peft_models::t5::relative_position::bucket;
 use peft_testing::{nested_tensor, tensor_diff};
+use peft_testing::{RecordedPrefix, RecordedVirtualTokens};
 use serde_json::Value;
 
 const TOLERANCE: f32 = 1e-4;
@@ -24,34 +25,6 @@ fn ids(v: &Value) -> Tensor {
     nested_tensor(v).to_dtype(DType::U32).unwrap()
 }
 
-/// The recorded key/value prefix of each decoder layer, as HF PEFT's self-attention cache.
-struct RecordedPrefix {
-    keys: Vec<Tensor>,
-    values: Vec<Tensor>,
-}
-
-impl Hooks for RecordedPrefix {
-    fn attention_prefix(&self, layer: usize, _ctx: &Ctx) -> peft_core::Result<Option<KvPrefix>> {
-        Ok(Some(KvPrefix {
-            key: self.keys[layer].clone(),
-            value: self.values[layer].clone(),
-        }))
-    }
-}
-
-/// The recorded virtual-token embeddings `[n, d_model]`, prepended to the encoder input as prompt tuning does.
-struct RecordedVirtualTokens(Tensor);
-
-impl Hooks for RecordedVirtualTokens {
-    fn embeddings(&self, x: Tensor, ctx: &mut Ctx) -> peft_core::Result<Tensor> {
-        let (b, _, h) = x.dims3()?;
-        let n = self.0.dim(0)?;
-        ctx.prepend_virtual_tokens(n)?;
-        let prompt = self.0.unsqueeze(0)?.broadcast_as((b, n, h))?;
-        Ok(Tensor::cat(&[&prompt, &x], 1)?)
-    }
-}
-
 fn hooks_of(case: &Value) -> Box<dyn Hooks> {
     if let Some(prefix) = case.get("prefix").filter(|p| !p.is_null()) {
         let (keys, values) = (
@@ -62,11 +35,7 @@ fn hooks_of(case: &Value) -> Box<dyn Hooks> {
             keys.dim(3).unwrap(),
             prefix["len"].as_u64().unwrap() as usize
         );
-        let layers = keys.dim(0).unwrap();
-        Box::new(RecordedPrefix {
-            keys: (0..layers).map(|l| keys.get(l).unwrap()).collect(),
-            values: (0..layers).map(|l| values.get(l).unwrap()).collect(),
-        })
+        Box::new(RecordedPrefix::new(&keys, &values))
     } else if let Some(virtual_tokens) = case.get("virtual_tokens").filter(|v| !v.is_null()) {
         Box::new(RecordedVirtualTokens(nested_tensor(virtual_tokens)))
     } else {

@@ -43,7 +43,9 @@ pub use models::{seeded_tiny_models, smollm2, tiny};
 pub use ours::{
     committed_adapter, hf_logits, ours_fixture, write_fixture, writing_fixtures, DRIFT_TOLERANCE,
 };
-pub use parity::{fixture_model, nested_tensor, tensor_diff};
+pub use parity::{
+    fixture_model, nested_tensor, tensor_diff, RecordedPrefix, RecordedVirtualTokens,
+};
 pub use paths::{fixture, root};
 pub use tasks::{
     lm_task, rule_lm_task, text_lm_task, toy_classification_task, toy_lm_task, SMOLLM2_REVIEWS,

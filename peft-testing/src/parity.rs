@@ -1,7 +1,9 @@
 //! What the model parity tests (`peft-models/tests/*_parity.rs`) share: a committed fixture folder loaded with
-//! its reference JSON, and the nested JSON arrays of the reference scripts as tensors.
+//! its reference JSON, the nested JSON arrays of the reference scripts as tensors, and hooks that feed a
+//! recorded key/value prefix or recorded virtual tokens.
 
 use candle_core::{Device, Tensor};
+use peft_core::hooks::{Ctx, Hooks, KvPrefix};
 use peft_models::folder::load_folder;
 use peft_models::LoadedModel;
 use serde_json::Value;
@@ -54,4 +56,44 @@ pub fn nested_tensor(v: &Value) -> Tensor {
 /// Largest absolute difference of two tensors of one shape.
 pub fn tensor_diff(a: &Tensor, b: &Tensor) -> f32 {
     peft_core::compare::max_abs_diff(a, b).expect("tensors of one shape")
+}
+
+/// Hooks returning a recorded key/value prefix per layer, as HF's past key values (or HF PEFT's decoder cache).
+pub struct RecordedPrefix {
+    keys: Vec<Tensor>,
+    values: Vec<Tensor>,
+}
+
+impl RecordedPrefix {
+    /// From keys and values stacked by layer: `[layers, batch, heads, prefix, head_dim]` each.
+    pub fn new(keys: &Tensor, values: &Tensor) -> Self {
+        let layers = keys.dim(0).expect("stacked keys");
+        RecordedPrefix {
+            keys: (0..layers).map(|l| keys.get(l).unwrap()).collect(),
+            values: (0..layers).map(|l| values.get(l).unwrap()).collect(),
+        }
+    }
+}
+
+impl Hooks for RecordedPrefix {
+    fn attention_prefix(&self, layer: usize, _ctx: &Ctx) -> peft_core::Result<Option<KvPrefix>> {
+        Ok(Some(KvPrefix {
+            key: self.keys[layer].clone(),
+            value: self.values[layer].clone(),
+        }))
+    }
+}
+
+/// Hooks prepending recorded virtual-token embeddings `[n, hidden]` to every row, as prompt tuning does
+/// (for an encoder-decoder, to the encoder's input).
+pub struct RecordedVirtualTokens(pub Tensor);
+
+impl Hooks for RecordedVirtualTokens {
+    fn embeddings(&self, x: Tensor, ctx: &mut Ctx) -> peft_core::Result<Tensor> {
+        let (b, _, h) = x.dims3()?;
+        let n = self.0.dim(0)?;
+        ctx.prepend_virtual_tokens(n)?;
+        let prompt = self.0.unsqueeze(0)?.broadcast_as((b, n, h))?;
+        Ok(Tensor::cat(&[&prompt, &x], 1)?)
+    }
 }
