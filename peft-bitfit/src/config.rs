@@ -76,6 +76,10 @@ pub struct BitFitConfig {
     /// false makes such a site an error. The adapter's [`BitFit::notes`] lists the sites that got one.
     #[serde(default = "default_add_missing_biases")]
     pub add_missing_biases: bool,
+    /// Only the biases of these layer indices train (as LoRA's `layers_to_transform`); sites outside any layer
+    /// (final norms) are then left out. Default: every layer.
+    #[serde(default)]
+    pub layers_to_transform: Option<Vec<usize>>,
 }
 
 fn default_add_missing_biases() -> bool {
@@ -95,6 +99,7 @@ impl BitFitConfig {
             common: CommonConfig::default(),
             targets,
             add_missing_biases: true,
+            layers_to_transform: None,
         }
     }
 }
@@ -119,6 +124,20 @@ impl PeftMethod for BitFitConfig {
             common,
             ..self.clone()
         })
+    }
+
+    fn size_knob(&self) -> Option<&'static str> {
+        Some("layers_to_transform")
+    }
+
+    /// The configured targets in the top `size` layers only (the layers nearest the output).
+    fn with_size(&self, size: usize, spec: &ModelSpec) -> Option<Box<dyn PeftMethod>> {
+        let layers = spec.num_layers;
+        let k = size.clamp(1, layers.max(1));
+        Some(Box::new(BitFitConfig {
+            layers_to_transform: Some((layers.saturating_sub(k)..layers).collect()),
+            ..self.clone()
+        }))
     }
 }
 

@@ -110,6 +110,21 @@ pub(crate) fn resolve(config: &BitFitConfig, model: &dyn BaseModel) -> Result<Ve
         BitFitTargets::Paper => by_name(model, &paper_modules(spec)?)?,
         BitFitTargets::Modules(names) => by_name(model, names)?,
     };
+    let chosen: Vec<SiteId> = match &config.layers_to_transform {
+        None => chosen,
+        Some(layers) => {
+            if let Some(bad) = layers.iter().find(|&&l| l >= spec.num_layers) {
+                return Err(PeftError::Config(format!(
+                    "BitFit layers_to_transform names layer {bad}, but {} has layers 0..{}",
+                    spec.name_or_path, spec.num_layers
+                )));
+            }
+            chosen
+                .into_iter()
+                .filter(|&id| spec.site(id).layer.is_some_and(|l| layers.contains(&l)))
+                .collect()
+        }
+    };
     if chosen.is_empty() {
         return Err(PeftError::Config(format!(
             "BitFit found no bias to train in {} ({}): it has no biases, so set add_missing_biases = true",

@@ -421,3 +421,48 @@ fn a_file_for_other_sites_or_shapes_is_refused_by_name() {
     let msg = adapter.load_tensors(&tensors).unwrap_err().to_string();
     assert!(msg.contains("transformer.ln_f.bias"), "{msg}");
 }
+
+#[test]
+fn layers_to_transform_keeps_the_chosen_layers_and_sizes_by_top_layers() {
+    let model = peft_models::tiny::gpt2(0);
+    let spec = model.spec();
+    let only_top = BitFitConfig {
+        layers_to_transform: Some(vec![spec.num_layers - 1]),
+        ..BitFitConfig::new(BitFitTargets::All)
+    };
+    let adapter = only_top.build(&mut peft_testing::init(&model, 0)).unwrap();
+    let top = format!(".h.{}.", spec.num_layers - 1);
+    let got = keys(adapter.as_ref());
+    assert!(
+        !got.is_empty() && got.iter().all(|k| k.contains(&top)),
+        "{got:?}"
+    );
+    // The size knob counts top layers: one layer is what the list above chose; every layer is `all`
+    // without the final norm (a site outside any layer).
+    let sized = BitFitConfig::new(BitFitTargets::All)
+        .with_size(1, spec)
+        .unwrap()
+        .build(&mut peft_testing::init(&model, 0))
+        .unwrap();
+    assert_eq!(keys(sized.as_ref()), got);
+    let every = BitFitConfig::new(BitFitTargets::All)
+        .with_size(spec.num_layers + 5, spec)
+        .unwrap()
+        .build(&mut peft_testing::init(&model, 0))
+        .unwrap();
+    let all = build(&model, BitFitTargets::All);
+    assert!(every.num_trainable() < all.num_trainable());
+    assert!(keys(all.as_ref())
+        .iter()
+        .any(|k| k.starts_with("transformer.ln_f")));
+    let bad = BitFitConfig {
+        layers_to_transform: Some(vec![spec.num_layers]),
+        ..BitFitConfig::new(BitFitTargets::All)
+    };
+    let err = bad
+        .build(&mut peft_testing::init(&model, 0))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains(&format!("layer {}", spec.num_layers)), "{err}");
+}

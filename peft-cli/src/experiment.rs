@@ -29,7 +29,7 @@ pub struct ExperimentFile {
 }
 
 /// `[model]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
     /// A zoo name (`smollm2-135m`), an HF model folder, a `.gguf` file, or a hub id (`org/name`).
@@ -70,12 +70,13 @@ impl TaskKind {
 }
 
 /// `[task]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskSection {
     /// `classification`, `classification-head`, `causal-lm`, `seq2seq` or `token-classification`.
     pub kind: TaskKind,
-    /// Classification: the prompt, with `{text}` (and `{text_pair}`); the answer follows its last token.
+    /// Classification: the prompt, with `{text}` (and `{text_pair}`, and any `{name}` the data's `fields`
+    /// declare); the answer follows its last token.
     #[serde(default)]
     pub template: Option<String>,
     /// Classification: label value -> label word, in class order (`{ "0" = " negative", "1" = " positive" }`).
@@ -103,7 +104,7 @@ fn default_block() -> usize {
 }
 
 /// `[data]`: `[data.train]` and `[data.eval]`. Relative paths are taken from the experiment file's folder.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
     /// Training examples.
@@ -231,7 +232,7 @@ fn line_of_key(text: &str, section: &str, key: &str) -> Option<usize> {
     None
 }
 
-fn check_task(task: &TaskSection) -> Result<()> {
+pub(crate) fn check_task(task: &TaskSection) -> Result<()> {
     match task.kind {
         TaskKind::Classification | TaskKind::ClassificationHead => {
             let template = task

@@ -9,8 +9,11 @@
 //! ```
 
 pub mod commands;
+pub mod compare;
 pub mod experiment;
+pub mod plots;
 pub mod session;
+pub mod task_file;
 pub mod task_setup;
 
 use std::path::PathBuf;
@@ -41,6 +44,11 @@ enum Command {
     Embed(commands::embed::EmbedArgs),
     /// Show a model's architecture and parameter counts, and an adapter's size.
     Inspect(commands::inspect::InspectArgs),
+    /// Run a grid of models x tasks x methods x seeds and write tables and plots (see README).
+    Compare(compare::CompareArgs),
+    /// Run one cell of a grid (started by `peft compare`).
+    #[command(hide = true)]
+    CompareCell(compare::CellArgs),
 }
 
 /// Parses `std::env::args` and runs the command; returns the process exit code (errors are printed).
@@ -55,6 +63,8 @@ pub fn run() -> i32 {
         Command::Logits(a) => commands::logits::run(a),
         Command::Embed(a) => commands::embed::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
+        Command::Compare(a) => compare::run(a),
+        Command::CompareCell(a) => compare::run_cell(a),
     };
     match result {
         Ok(()) => 0,
@@ -71,6 +81,7 @@ pub fn link_methods() {
     peft_prefix::register();
     peft_lora::register();
     peft_bitfit::register();
+    peft_baselines::register();
 }
 
 /// Paths given on the command line are taken as they are; this only names the type for the commands.

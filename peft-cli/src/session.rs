@@ -9,7 +9,7 @@ use peft_core::adapter_io::load_adapter;
 use peft_core::head::WithClassifier;
 use peft_core::hooks::{positions_taken, Hooks, NoHooks};
 use peft_core::method::{Adapter, InitCtx};
-use peft_models::LoadedModel;
+use peft_models::{LoadOptions, LoadedModel};
 use rand::SeedableRng;
 
 use crate::experiment::{Experiment, TaskKind};
@@ -17,13 +17,28 @@ use crate::experiment::{Experiment, TaskKind};
 /// Opens a model by zoo name, folder, `.gguf` file or hub id, on the CPU. A zoo model that is not cached yet is
 /// fetched first.
 pub fn open_model(name: &str) -> Result<LoadedModel> {
+    open_model_with(name, LoadOptions::default())
+}
+
+/// [`open_model`] with options (trainable weights for full fine-tuning).
+pub fn open_model_with(name: &str, options: LoadOptions) -> Result<LoadedModel> {
     if peft_models::zoo::entry(name).is_ok() && peft_models::zoo::cached_path(name).is_none() {
         eprintln!("{name} is not in the cache yet: fetching it (once)");
         let path = peft_models::zoo::fetch(name, &peft_models::zoo::FetchOptions::default())?;
         eprintln!("fetched {name} into {}", path.display());
     }
-    peft_models::resolve::load_model(name, &Device::Cpu)
+    peft_models::resolve::load_model_with_options(name, &Device::Cpu, options)
         .with_context(|| format!("loading model `{name}`"))
+}
+
+/// Opens the experiment's model, with trainable weights where its method trains them (full fine-tuning).
+pub fn open_model_for(exp: &Experiment) -> Result<LoadedModel> {
+    open_model_with(
+        &exp.file.model.name,
+        LoadOptions {
+            trainable_weights: exp.method.trains_base_weights(),
+        },
+    )
 }
 
 /// A fresh initialisation context over `loaded` with `seed`.

@@ -191,11 +191,10 @@ fn build_task_as(
                                 source.path.display()
                             )
                         })?;
-                        let mut input_ids = encode(
-                            &template.render(&r.text, r.text_pair.as_deref().unwrap_or("")),
-                            "source",
-                            row,
-                        )?;
+                        let source_text = template.render_example(r).with_context(|| {
+                            format!("{} {}", source.path.display(), r.position(row))
+                        })?;
+                        let mut input_ids = encode(&source_text, "source", row)?;
                         input_ids.truncate(max_len);
                         Ok(Seq2SeqExample {
                             input_ids,

@@ -32,13 +32,22 @@ pub struct FrozenLinear {
 }
 
 impl FrozenLinear {
-    /// A layer from a `[out, in]` weight and an optional `[out]` bias. Both are detached so that they can never
-    /// join a gradient graph.
+    /// A layer from a `[out, in]` weight and an optional `[out]` bias. Plain tensors are detached so that they
+    /// can never join a gradient graph. A weight that is a candle variable (or computed from one) is kept as it
+    /// is and then receives its gradient: that is how full fine-tuning, the baseline every PEFT method is
+    /// compared with, trains a model loaded with trainable weights.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        let keep = |t: Tensor| if t.track_op() { t } else { t.detach() };
         FrozenLinear {
-            weight: weight.detach(),
-            bias: bias.map(|b| b.detach()),
+            weight: keep(weight),
+            bias: bias.map(keep),
         }
+    }
+
+    /// Whether the weight or bias is trained (full fine-tuning): then the product runs through candle's
+    /// differentiable matmul instead of the input-gradient-only op.
+    pub fn is_trained(&self) -> bool {
+        self.weight.track_op() || self.bias.as_ref().is_some_and(Tensor::track_op)
     }
 
     /// The `[out, in]` weight.
@@ -79,12 +88,19 @@ impl FrozenLinear {
     /// `x W^T + b` over the last dimension of `x`; the frozen bias is added inside the op, so that no
     /// gradient is kept for it.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.is_trained() {
+            return self.forward_with_bias(x, self.bias.as_ref());
+        }
         frozen_affine(x, &self.weight, self.bias.as_ref())
     }
 
     /// `x W^T` plus a replacement bias instead of the frozen one (BitFit passes its trainable bias here).
     pub fn forward_with_bias(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        let y = frozen_affine(x, &self.weight, None)?;
+        let y = if self.weight.track_op() {
+            x.broadcast_matmul(&self.weight.t()?)?
+        } else {
+            frozen_affine(x, &self.weight, None)?
+        };
         Ok(match bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,

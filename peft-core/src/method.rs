@@ -65,6 +65,25 @@ pub trait PeftMethod: Debug + Send + Sync {
     fn is_prompt_learning(&self) -> bool {
         false
     }
+
+    /// The integer setting that sizes this method (`num_virtual_tokens`, `r`), for matching a parameter
+    /// budget; `None` (the default) for a method of fixed size. The trainable count must grow with it.
+    fn size_knob(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// This config with its [`PeftMethod::size_knob`] set to `size` (at least 1) for the model `spec`
+    /// describes; `None` without a knob.
+    fn with_size(&self, size: usize, spec: &crate::spec::ModelSpec) -> Option<Box<dyn PeftMethod>> {
+        let _ = (size, spec);
+        None
+    }
+
+    /// Whether the method trains the base model's own weights (full fine-tuning): the model must then be
+    /// loaded with trainable weights (`peft` does so for such a method).
+    fn trains_base_weights(&self) -> bool {
+        false
+    }
 }
 
 /// A built method: named trainable variables, the tensors it saves, and its hooks.

@@ -52,6 +52,25 @@ impl PeftMethod for LoraConfig {
             ..self.clone()
         })
     }
+
+    fn size_knob(&self) -> Option<&'static str> {
+        Some("r")
+    }
+
+    /// Rank `size`, with `lora_alpha` scaled along so that `lora_alpha / r` (the update's scale) stays as
+    /// configured.
+    fn with_size(
+        &self,
+        size: usize,
+        _spec: &peft_core::spec::ModelSpec,
+    ) -> Option<Box<dyn PeftMethod>> {
+        let r = size.max(1);
+        Some(Box::new(LoraConfig {
+            r,
+            lora_alpha: self.lora_alpha * r as f64 / self.r.max(1) as f64,
+            ..self.clone()
+        }))
+    }
 }
 
 impl LoraConfig {

@@ -24,7 +24,7 @@ use crate::config::{Gpt2Config, LlamaConfig};
 use crate::error::{ModelError, Result};
 use crate::gpt2::Gpt2;
 use crate::llama::Llama;
-use crate::loaded::LoadedModel;
+use crate::loaded::{LoadOptions, LoadedModel};
 use crate::weights::WeightMap;
 
 /// The `model_type` values [`load_folder`] knows.
@@ -32,6 +32,11 @@ pub const SUPPORTED_MODEL_TYPES: &[&str] = &["gpt2", "llama", "opt", "bert", "t5
 
 /// Loads the model, tokenizer (optional) and eos id of a Hugging Face folder onto `device`.
 pub fn load_folder(dir: &Path, device: &Device) -> Result<LoadedModel> {
+    load_folder_with(dir, device, LoadOptions::default())
+}
+
+/// [`load_folder`] with options (trainable weights for full fine-tuning).
+pub fn load_folder_with(dir: &Path, device: &Device, options: LoadOptions) -> Result<LoadedModel> {
     let config_path = dir.join("config.json");
     let mut config = read_json(
         &config_path,
@@ -41,7 +46,10 @@ pub fn load_folder(dir: &Path, device: &Device) -> Result<LoadedModel> {
         bad_file(&config_path, "has no `model_type` string: it is not a transformers config (re-save the model with save_pretrained)")
     })?;
     normalise_token_ids(&mut config);
-    let weights = load_weights(dir, device)?;
+    let mut weights = load_weights(dir, device)?;
+    if options.trainable_weights {
+        weights.make_trainable()?;
+    }
     let name = dir.display().to_string();
     let (model, eos_token_id): (Box<dyn peft_core::model::BaseModel>, Option<u32>) =
         match model_type.as_str() {

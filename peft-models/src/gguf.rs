@@ -33,7 +33,7 @@ use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
 use crate::gguf_tokenizer::{as_i64, tokenizer_from_metadata, GgufTokenizer};
 use crate::llama::Llama;
-use crate::loaded::LoadedModel;
+use crate::loaded::{LoadOptions, LoadedModel};
 use crate::weights::WeightMap;
 
 /// Everything a GGUF file holds, converted to this crate's types, before a model is built from it.
@@ -49,7 +49,15 @@ pub struct GgufCheckpoint {
 
 /// Loads a LLaMA GGUF file as a frozen model with its tokenizer; the model is named after the file.
 pub fn load_gguf(path: &Path, device: &Device) -> Result<LoadedModel> {
-    let ckpt = read_gguf(path, device)?;
+    load_gguf_with(path, device, LoadOptions::default())
+}
+
+/// [`load_gguf`] with options (trainable weights for full fine-tuning).
+pub fn load_gguf_with(path: &Path, device: &Device, options: LoadOptions) -> Result<LoadedModel> {
+    let mut ckpt = read_gguf(path, device)?;
+    if options.trainable_weights {
+        ckpt.weights.make_trainable()?;
+    }
     let name = path.file_name().map_or_else(
         || path.display().to_string(),
         |n| n.to_string_lossy().into_owned(),

@@ -30,4 +30,4 @@ pub use error::{ModelError, Result};
 pub use folder::load_folder;
 pub use gpt2::Gpt2;
 pub use llama::Llama;
-pub use loaded::LoadedModel;
+pub use loaded::{LoadOptions, LoadedModel};

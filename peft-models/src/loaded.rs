@@ -12,3 +12,10 @@ pub struct LoadedModel {
     /// Token id that ends a generation, where the checkpoint names one.
     pub eos_token_id: Option<u32>,
 }
+
+/// How a model is loaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Every weight becomes a trainable variable (full fine-tuning) instead of a frozen tensor.
+    pub trainable_weights: bool,
+}

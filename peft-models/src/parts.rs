@@ -188,10 +188,17 @@ impl<'a> Loader<'a> {
         out_f: usize,
     ) -> Result<Projection> {
         let name = format!("{module}.weight");
-        let weight = self.weights.get(&name, &[in_f, out_f])?.t()?.contiguous()?;
+        let stored = self.weights.get(&name, &[in_f, out_f])?;
+        let weight = stored.t()?.contiguous()?;
         let bias = self.tensor(&format!("{module}.bias"), &[out_f])?;
         let linear = FrozenLinear::new(weight, Some(bias));
-        self.parameters.push((name, linear.weight().clone()));
+        // A trainable weight (full fine-tuning) is listed as the variable itself, in the checkpoint's layout.
+        let listed = if stored.is_variable() {
+            stored
+        } else {
+            linear.weight().clone()
+        };
+        self.parameters.push((name, listed));
         let site = self
             .spec
             .add_site(Site::conv1d(module, Some(layer), in_f, out_f));

@@ -27,9 +27,9 @@ use hf_hub::api::sync::ApiBuilder;
 use hf_hub::Cache;
 
 use crate::error::{ModelError, Result};
-use crate::folder::load_folder;
-use crate::gguf::load_gguf;
-use crate::loaded::LoadedModel;
+use crate::folder::load_folder_with;
+use crate::gguf::load_gguf_with;
+use crate::loaded::{LoadOptions, LoadedModel};
 use crate::zoo::{self, ZooCache, ZooEntry, ZooFormat};
 
 /// How long to wait for the hub's first answer before calling it unreachable; `PEFT_HUB_TIMEOUT_SECS`
@@ -56,6 +56,26 @@ pub fn load_model(spec: &str, device: &Device) -> Result<LoadedModel> {
 
 /// [`load_model`] with zoo names looked up in `zoo_cache`.
 pub fn load_model_with(spec: &str, device: &Device, zoo_cache: &ZooCache) -> Result<LoadedModel> {
+    load_model_from(spec, device, zoo_cache, LoadOptions::default())
+}
+
+/// [`load_model`] with options (trainable weights for full fine-tuning).
+pub fn load_model_with_options(
+    spec: &str,
+    device: &Device,
+    options: LoadOptions,
+) -> Result<LoadedModel> {
+    load_model_from(spec, device, &ZooCache::from_env(), options)
+}
+
+fn load_model_from(
+    spec: &str,
+    device: &Device,
+    zoo_cache: &ZooCache,
+    options: LoadOptions,
+) -> Result<LoadedModel> {
+    let load_gguf = |p: &Path, d: &Device| load_gguf_with(p, d, options);
+    let load_folder = |p: &Path, d: &Device| load_folder_with(p, d, options);
     match classify(spec)? {
         ModelSource::Zoo(e) => {
             let path = zoo_cache.cached_path(e.name).ok_or_else(|| {

@@ -83,7 +83,12 @@ pub fn llama(seed: u64) -> Llama {
 
 /// The checkpoint tensors of [`gpt2`], HF names and layouts (Conv1D weights `[in, out]`).
 pub fn gpt2_weights(seed: u64) -> WeightMap {
-    let c = gpt2_config();
+    random_weights(gpt2_shapes(&gpt2_config()), seed, "tiny GPT-2")
+}
+
+/// The tensor names and shapes of a GPT-2 checkpoint of configuration `c` (Conv1D weights `[in, out]`), in
+/// a fixed order.
+pub fn gpt2_shapes(c: &Gpt2Config) -> Vec<(String, Vec<usize>)> {
     let (h, inner) = (c.n_embd, c.inner());
     let mut shapes = vec![
         ("transformer.wte.weight".to_string(), vec![c.vocab_size, h]),
@@ -107,12 +112,17 @@ pub fn gpt2_weights(seed: u64) -> WeightMap {
             shapes.push((format!("{p}.{ln}.bias"), vec![h]));
         }
     }
-    random_weights(shapes, seed, "tiny GPT-2")
+    shapes
 }
 
 /// The checkpoint tensors of [`llama`], HF names.
 pub fn llama_weights(seed: u64) -> WeightMap {
-    let c = llama_config();
+    random_weights(llama_shapes(&llama_config()), seed, "tiny LLaMA")
+}
+
+/// The tensor names and shapes of a LLaMA checkpoint of configuration `c` with an untied head, in a fixed
+/// order.
+pub fn llama_shapes(c: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
     let (h, d, inner) = (c.hidden_size, c.head_dim(), c.intermediate_size);
     let (q, kv) = (c.num_attention_heads * d, c.kv_heads() * d);
     let mut shapes = vec![
@@ -139,7 +149,7 @@ pub fn llama_weights(seed: u64) -> WeightMap {
             shapes.push((format!("{p}.{module}.weight"), shape));
         }
     }
-    random_weights(shapes, seed, "tiny LLaMA")
+    shapes
 }
 
 /// Draws every tensor in the given order from one seeded generator.

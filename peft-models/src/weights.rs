@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Tensor, Var};
 
 use crate::error::{ModelError, Result};
 
@@ -72,6 +72,22 @@ impl WeightMap {
                 source_desc: self.source.clone(),
             })?;
         Ok(t.to_dtype(DType::F32)?)
+    }
+
+    /// Turns every tensor into an f32 candle variable, so that a model built from this map trains all its
+    /// weights (full fine-tuning); a name used twice (a tied head) is one variable. Returns the variables by
+    /// name.
+    pub fn make_trainable(&mut self) -> Result<Vec<(String, Var)>> {
+        let mut names: Vec<String> = self.tensors.keys().cloned().collect();
+        names.sort();
+        let mut vars = Vec::with_capacity(names.len());
+        for name in names {
+            let t = &self.tensors[&name];
+            let var = Var::from_tensor(&t.to_dtype(DType::F32)?)?;
+            self.tensors.insert(name.clone(), var.as_tensor().clone());
+            vars.push((name, var));
+        }
+        Ok(vars)
     }
 
     /// Renames every key with `f` (e.g. to add the `transformer.` prefix of a bare `GPT2Model` checkpoint).

@@ -273,4 +273,19 @@ impl PeftMethod for PrefixTuningConfig {
     fn is_prompt_learning(&self) -> bool {
         true
     }
+
+    fn size_knob(&self) -> Option<&'static str> {
+        Some("num_virtual_tokens")
+    }
+
+    fn with_size(
+        &self,
+        size: usize,
+        _spec: &peft_core::spec::ModelSpec,
+    ) -> Option<Box<dyn PeftMethod>> {
+        Some(Box::new(Self {
+            num_virtual_tokens: size.max(1),
+            ..self.clone()
+        }))
+    }
 }

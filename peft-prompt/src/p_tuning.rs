@@ -184,6 +184,21 @@ impl PeftMethod for PromptEncoderConfig {
     fn is_prompt_learning(&self) -> bool {
         true
     }
+
+    fn size_knob(&self) -> Option<&'static str> {
+        Some("num_virtual_tokens")
+    }
+
+    fn with_size(
+        &self,
+        size: usize,
+        _spec: &peft_core::spec::ModelSpec,
+    ) -> Option<Box<dyn PeftMethod>> {
+        Some(Box::new(Self {
+            num_virtual_tokens: size.max(1),
+            ..self.clone()
+        }))
+    }
 }
 
 /// Where the virtual-token embeddings come from.

@@ -42,9 +42,19 @@ pub fn committed_adapter(
     assert_eq!(ours.len(), theirs.len(), "{name}: tensor counts differ");
     for ((k, a), (_, b)) in ours.iter().zip(&theirs) {
         let drift = peft_core::compare::max_abs_diff(a, b).unwrap();
+        if drift < DRIFT_TOLERANCE {
+            continue;
+        }
+        // Adam turns a gradient that is zero in exact arithmetic (GPT-2's key bias: softmax ignores a shift
+        // shared by all of a query's scores) into steps of +-lr out of rounding noise, so such a tensor differs
+        // between matmul kernels (AVX-512 or not) without changing any output. Then the outputs must agree.
+        let vocab = ctx.model.spec().vocab_size as u32;
+        let probe: Vec<u32> = (1..9).map(|i| (i * 7) % vocab).collect();
+        let with = |h: &dyn Adapter| crate::logits(ctx.model, h, &probe);
+        let out = crate::max_diff(&with(fresh), &with(committed.as_ref()));
         assert!(
-            drift < DRIFT_TOLERANCE,
-            "{name}: {k} trained today differs from the committed one by {drift}"
+            out < 1e-4,
+            "{name}: {k} trained today differs from the committed one by {drift}, and the logits by {out}"
         );
     }
     committed

@@ -12,7 +12,7 @@ use peft_core::task::Metrics;
 use peft_core::train::Trainer;
 
 use crate::experiment::{Experiment, TaskKind};
-use crate::session::{build_adapter, open_model};
+use crate::session::{build_adapter, open_model_for};
 use crate::task_setup::{build_baseline_task, build_task, majority_baseline};
 
 /// Arguments of `peft train`.
@@ -59,7 +59,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         cfg.seed = s;
     }
     cfg.resume |= args.resume;
-    let loaded = open_model(&exp.file.model.name)?;
+    let loaded = open_model_for(&exp)?;
     let model = loaded.model.as_ref();
     let spec = model.spec();
     let adapter = build_adapter(&exp, &loaded)?;

@@ -35,7 +35,7 @@ use std::borrow::Cow;
 
 use tokenizers::{Encoding, Tokenizer};
 
-use super::source::RawExample;
+use super::source::{DataSource, RawExample};
 use super::template::{encode_plain, untruncated, Template, Verbalizer};
 use crate::error::{PeftError, Result};
 pub use crate::task::{ClassExample, LmExample};
@@ -125,16 +125,18 @@ impl<'t> ClassEncoder<'t> {
         self.max_len
     }
 
-    /// Encodes example `row` (its index, for error messages); it must have a label the verbalizer knows.
+    /// Encodes example `row` (its index, for error messages); it must have a label the verbalizer knows, and
+    /// a value for every placeholder of the template. Errors name the example's index and, when known, its
+    /// line in the file ([`RawExample::line`]).
     pub fn encode(&self, example: &RawExample, row: usize) -> Result<ClassExample> {
+        let at = example.position(row);
         let label = example.label.as_deref().ok_or_else(|| {
             PeftError::Data(format!(
-                "example {row} has no label; name the label field in the data source"
+                "{at} has no label; name the label field in the data source"
             ))
         })?;
-        let label = self.verbalizer.class_of(label, row)?;
-        let (input_ids, token_type_ids) =
-            self.encode_prompt_with_types(&example.text, example.text_pair.as_deref(), row)?;
+        let label = self.verbalizer.class_at(label, &at)?;
+        let (input_ids, token_type_ids) = self.encode_example_prompt(example, row)?;
         Ok(ClassExample {
             input_ids,
             label,
@@ -151,8 +153,20 @@ impl<'t> ClassEncoder<'t> {
             .collect()
     }
 
+    /// Reads `source` and encodes every example; an error names the file besides the example and its line
+    /// (`train.tsv: example 4 (line 6): label "2" is not in the verbalizer; known labels: "0", "1" ...`).
+    /// The template's placeholders are checked against the source before the file is read.
+    pub fn encode_source(&self, source: &DataSource) -> Result<Vec<ClassExample>> {
+        source.check_template(&self.template)?;
+        self.encode_all(&source.read()?).map_err(|e| match e {
+            PeftError::Data(msg) => PeftError::Data(format!("{}: {msg}", source.path.display())),
+            other => other,
+        })
+    }
+
     /// The prompt ids of one (possibly unlabelled) example: at most `max_len` tokens, the last of which is
     /// the answer position. Fields are cut from their end, the longer field first, until the prompt fits.
+    /// A template with field placeholders needs [`ClassEncoder::encode_example_prompt`].
     pub fn encode_prompt(
         &self,
         text: &str,
@@ -170,55 +184,99 @@ impl<'t> ClassEncoder<'t> {
         text_pair: Option<&str>,
         row: usize,
     ) -> Result<(Vec<u32>, Vec<u32>)> {
+        let example = RawExample {
+            text: text.to_string(),
+            text_pair: text_pair.map(str::to_string),
+            ..RawExample::default()
+        };
+        self.encode_example_prompt(&example, row)
+    }
+
+    /// The prompt ids and segment ids of one (possibly unlabelled) example, every placeholder filled from its
+    /// fields (`text`, `text_pair`, `extra`): at most `max_len` tokens, the last of which is the answer
+    /// position. Fields are cut from their end, the longest first, until the prompt fits.
+    ///
+    /// Errors: a placeholder the example has no value for, and a `text_pair` or `extra` field that the
+    /// template does not place (it would be silently ignored), except a pair encoded as the second segment.
+    pub fn encode_example_prompt(
+        &self,
+        example: &RawExample,
+        row: usize,
+    ) -> Result<(Vec<u32>, Vec<u32>)> {
+        let at = || example.position(row);
+        let template = &self.template;
         let as_segments =
-            self.pair_encoding && !self.template.uses_text_pair() && text_pair.is_some();
-        let text_pair = match (self.template.uses_text_pair(), text_pair) {
-            (true, Some(p)) => p,
+            self.pair_encoding && !template.uses_text_pair() && example.text_pair.is_some();
+        match (template.uses_text_pair(), &example.text_pair) {
             (true, None) => {
                 return Err(PeftError::Data(format!(
-                    "example {row} has no text_pair but the template {:?} uses {{text_pair}}; name the \
-                     text_pair field in the data source",
-                    self.template.as_str()
+                    "{} has no text_pair but the template {:?} uses {{text_pair}}; name the text_pair field \
+                     in the data source",
+                    at(),
+                    template.as_str()
                 )))
             }
-            (false, Some(p)) if as_segments => p,
-            (false, Some(_)) => {
+            (false, Some(_)) if !as_segments => {
                 return Err(PeftError::Data(format!(
-                    "example {row} has a text_pair but the template {:?} has no {{text_pair}}; add it to the \
-                     template or drop text_pair from the data source",
-                    self.template.as_str()
+                    "{} has a text_pair but the template {:?} has no {{text_pair}}; add it to the template or \
+                     drop text_pair from the data source",
+                    at(),
+                    template.as_str()
                 )))
             }
-            (false, None) => "",
-        };
-        let (mut text, mut pair) = (text.to_string(), text_pair.to_string());
+            _ => {}
+        }
+        let used = template.field_placeholders();
+        if let Some(missing) = used.iter().find(|f| !example.extra.contains_key(**f)) {
+            let msg = template.missing_message(missing, &example.field_names());
+            return Err(PeftError::Data(format!("{}: {msg}", at())));
+        }
+        if let Some(unused) = example.extra.keys().find(|k| !used.contains(&k.as_str())) {
+            return Err(PeftError::Data(format!(
+                "{} has the field {{{unused}}} but the template {:?} does not place it; add it to the template \
+                 or drop it from the data source's `fields`",
+                at(),
+                template.as_str()
+            )));
+        }
+        // The values that can be cut, by placeholder name: text, the pair when it goes in, the used fields.
+        let mut values: Vec<(&str, String)> = vec![("text", example.text.clone())];
+        if let Some(pair) = example.text_pair.as_ref() {
+            values.push(("text_pair", pair.clone()));
+        }
+        values.extend(used.iter().map(|&n| (n, example.extra[n].clone())));
         loop {
+            let value = |name: &str| {
+                values
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| v.as_str())
+            };
+            let prompt = template
+                .render_with(value)
+                .map_err(|missing| template.missing(missing, &example.field_names()))?;
             let (ids, types) = if as_segments {
-                self.encode_segments(&self.template.render(&text, ""), &pair)?
+                self.encode_segments(&prompt, value("text_pair").unwrap_or_default())?
             } else {
-                (
-                    self.encode_str(&self.template.render(&text, &pair))?,
-                    Vec::new(),
-                )
+                (self.encode_str(&prompt)?, Vec::new())
             };
             if ids.len() <= self.max_len {
                 return Ok((ids, types));
             }
             let over = ids.len() - self.max_len;
-            let (a, b) = (
-                encode_plain(&self.tokenizer, &text)?.len(),
-                encode_plain(&self.tokenizer, &pair)?.len(),
-            );
-            if a + b == 0 {
+            let lens = values
+                .iter()
+                .map(|(_, v)| Ok(encode_plain(&self.tokenizer, v)?.len()))
+                .collect::<Result<Vec<usize>>>()?;
+            if lens.iter().sum::<usize>() == 0 {
                 // Nothing left to cut (fields that encode to no token, e.g. only spaces).
                 return Err(self.template_too_long(ids.len()));
             }
-            let (keep_a, keep_b) = longest_first(a, b, over);
-            if keep_a < a {
-                text = cut_to_tokens(&self.tokenizer, &text, keep_a)?;
-            }
-            if keep_b < b {
-                pair = cut_to_tokens(&self.tokenizer, &pair, keep_b)?;
+            let keep = longest_first(&lens, over);
+            for ((_, value), (&len, &keep)) in values.iter_mut().zip(lens.iter().zip(&keep)) {
+                if keep < len {
+                    *value = cut_to_tokens(&self.tokenizer, value, keep)?;
+                }
             }
         }
     }
@@ -262,19 +320,40 @@ impl<'t> ClassEncoder<'t> {
     }
 }
 
-/// How many tokens each of two fields keeps when `over` tokens must go, taken from the longer one first.
-fn longest_first(a: usize, b: usize, over: usize) -> (usize, usize) {
-    let (long, short, swapped) = if a >= b { (a, b, false) } else { (b, a, true) };
-    // First bring the longer field down to the shorter one, then take from both in turn.
-    let first = over.min(long - short);
-    let rest = over - first;
-    let long_keep = (long - first).saturating_sub(rest.div_ceil(2));
-    let short_keep = short.saturating_sub(rest / 2);
-    if swapped {
-        (short_keep, long_keep)
-    } else {
-        (long_keep, short_keep)
+/// How many tokens each field keeps when `over` tokens must go, taken from the longest first: the longest
+/// field is brought down to the next one, then both down to the third, and so on; a remainder that does not
+/// split evenly is taken from the fields that were longer to begin with (the earlier one on a tie).
+fn longest_first(lens: &[usize], over: usize) -> Vec<usize> {
+    let mut keep = lens.to_vec();
+    let mut order: Vec<usize> = (0..lens.len()).collect();
+    order.sort_by_key(|&i| (std::cmp::Reverse(lens[i]), i));
+    let mut left = over;
+    // `order[..top]` are the fields at the current (highest) length.
+    let mut top = 1;
+    while left > 0 && !order.is_empty() {
+        let level = keep[order[0]];
+        if level == 0 {
+            break;
+        }
+        while top < order.len() && keep[order[top]] == level {
+            top += 1;
+        }
+        let next = order.get(top).map_or(0, |&i| keep[i]);
+        let step = level - next;
+        if left >= step * top {
+            for &i in &order[..top] {
+                keep[i] = next;
+            }
+            left -= step * top;
+        } else {
+            let (each, extra) = (left / top, left % top);
+            for (j, &i) in order[..top].iter().enumerate() {
+                keep[i] -= each + usize::from(j < extra);
+            }
+            left = 0;
+        }
     }
+    keep
 }
 
 /// The prefix of `text` made of its first `keep` tokens, always strictly shorter than `text` when `keep` is
@@ -419,10 +498,15 @@ mod tests {
 
     #[test]
     fn longest_first_splits_the_overflow() {
-        assert_eq!(longest_first(10, 4, 3), (7, 4));
-        assert_eq!(longest_first(10, 4, 8), (3, 3));
-        assert_eq!(longest_first(4, 10, 9), (3, 2));
-        assert_eq!(longest_first(3, 0, 5), (0, 0));
+        assert_eq!(longest_first(&[10, 4], 3), [7, 4]);
+        assert_eq!(longest_first(&[10, 4], 8), [3, 3]);
+        assert_eq!(longest_first(&[4, 10], 9), [3, 2]);
+        assert_eq!(longest_first(&[3, 0], 5), [0, 0]);
+        // Three fields: the longest comes down to the second, then both to the third, then all three.
+        assert_eq!(longest_first(&[9, 5, 3], 4), [5, 5, 3]);
+        assert_eq!(longest_first(&[9, 5, 3], 9), [2, 3, 3]);
+        assert_eq!(longest_first(&[2, 9, 5], 100), [0, 0, 0]);
+        assert_eq!(longest_first(&[], 3), Vec::<usize>::new());
     }
 
     #[test]
@@ -443,6 +527,7 @@ mod tests {
             text: "great fun".into(),
             text_pair: None,
             label: Some("1".into()),
+            ..RawExample::default()
         };
         let ex = enc.encode(&raw, 0).unwrap();
         assert_eq!(ex.label, 1);
@@ -462,6 +547,7 @@ mod tests {
             text: long.into(),
             text_pair: None,
             label: Some("0".into()),
+            ..RawExample::default()
         };
         let ex = enc.encode(&raw, 3).unwrap();
         assert!(ex.input_ids.len() <= tail.len() + 5);
@@ -490,6 +576,7 @@ mod tests {
             text: "great fun ".repeat(20),
             text_pair: Some("fun".into()),
             label: Some("not_entailment".into()),
+            ..RawExample::default()
         };
         let ex = enc.encode(&raw, 0).unwrap();
         assert!(ex.input_ids.len() <= empty + 12);
@@ -515,6 +602,7 @@ mod tests {
             text: "fun".into(),
             text_pair: None,
             label: Some("2".into()),
+            ..RawExample::default()
         };
         let err = enc
             .encode_all(&[
@@ -529,6 +617,47 @@ mod tests {
         assert!(
             msg.contains("example 1") && msg.contains("\"2\"") && msg.contains("\"0\", \"1\""),
             "{msg}"
+        );
+    }
+
+    #[test]
+    fn field_placeholders_are_encoded_and_cut_longest_first() {
+        let tok = byte_bpe();
+        let template = Template::new("{text} Question: {choice1} or {choice2} Answer:").unwrap();
+        let verbalizer = Verbalizer::new([("0", " positive"), ("1", " negative")]).unwrap();
+        let empty = encode_plain(&tok, &template.render("", "")).unwrap().len();
+        let enc = ClassEncoder::new(&tok, template, verbalizer, empty + 6, false).unwrap();
+        let mut raw = RawExample {
+            text: "fun".into(),
+            label: Some("1".into()),
+            line: 7,
+            ..RawExample::default()
+        };
+        raw.extra.insert("choice1".into(), "great ".repeat(10));
+        raw.extra.insert("choice2".into(), "fun".into());
+        let ex = enc.encode(&raw, 2).unwrap();
+        assert_eq!(ex.label, 1);
+        assert!(ex.input_ids.len() <= empty + 6);
+        let prompt = tok.decode(&ex.input_ids, false).unwrap();
+        // Only the long choice lost tokens; the short fields and the template's tail are whole.
+        assert!(prompt.starts_with("fun Question: great"), "{prompt:?}");
+        assert!(prompt.ends_with(" or fun Answer:"), "{prompt:?}");
+
+        let mut missing = raw.clone();
+        missing.extra.remove("choice2");
+        let err = enc.encode(&missing, 2).unwrap_err().to_string();
+        assert!(
+            err.contains("example 2 (line 7)")
+                && err.contains("{choice2}")
+                && err.contains("known placeholders: {text}, {choice1}"),
+            "{err}"
+        );
+        let mut unused = raw;
+        unused.extra.insert("question".into(), "cause".into());
+        let err = enc.encode(&unused, 0).unwrap_err().to_string();
+        assert!(
+            err.contains("{question}") && err.contains("does not place it"),
+            "{err}"
         );
     }
 

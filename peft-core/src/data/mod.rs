@@ -1,9 +1,11 @@
 //! The data pipeline: files -> raw examples -> prompts -> token ids -> padded batches.
 //!
 //! - [`source`]: [`DataSource`] reads JSONL / CSV / TSV / `label text` files into [`RawExample`]s, with the
-//!   columns named by the user; [`read_text`] reads a plain-text corpus.
-//! - [`template`]: a [`Template`] renders an example into a prompt whose last token is the answer position; a
-//!   [`Verbalizer`] maps label values to label words and those to token ids.
+//!   columns named by the user (text, text pair, label, and any further `fields` a template places), and
+//!   `skip` / `limit` to cut one file into parts; [`read_text`] reads a plain-text corpus.
+//! - [`template`]: a [`Template`] renders an example into a prompt whose last token is the answer position
+//!   (`{text}`, `{text_pair}` and `{name}` for each field); a [`Verbalizer`] maps label values to label words
+//!   and those to token ids.
 //! - [`encode`]: [`ClassEncoder`] makes [`ClassExample`]s (truncating text, never the template's tail);
 //!   [`chunk_text`] and [`encode_prompt_completion`] make [`LmExample`]s.
 //! - [`batch`]: [`ClassBatch`] / [`LmBatch`] pad on the right, with masks, -100 labels, answer positions and

@@ -15,11 +15,13 @@
 //! assert_eq!(cola.format().unwrap(), Format::Tsv);
 //! ```
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::template::{check_field_name, Template};
 use crate::error::{PeftError, Result};
 
 /// The layout of a data file.
@@ -91,7 +93,7 @@ impl fmt::Display for Field {
 }
 
 /// One example as read from a file, before any template or tokenizer is applied.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RawExample {
     /// The main text.
     pub text: String,
@@ -100,6 +102,42 @@ pub struct RawExample {
     /// The label as a string (`"1"`, `"entailment"`; JSON `true` becomes `"true"`, `1` becomes `"1"`), when
     /// the source names a label field.
     pub label: Option<String>,
+    /// The values of the source's `fields` table, by placeholder name (COPA's `choice1`, say).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, String>,
+    /// The 1-based line of the file where the row starts, for messages; 0 when not known.
+    #[serde(default)]
+    pub line: usize,
+}
+
+impl RawExample {
+    /// The value of placeholder `name`: `text`, `text_pair` (when present) or a name of `extra`.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        match name {
+            "text" => Some(&self.text),
+            "text_pair" => self.text_pair.as_deref(),
+            other => self.extra.get(other).map(String::as_str),
+        }
+    }
+
+    /// The placeholder names this example has values for: `text`, `text_pair` (when present), then `extra`'s.
+    pub fn field_names(&self) -> Vec<&str> {
+        let mut names = vec!["text"];
+        if self.text_pair.is_some() {
+            names.push("text_pair");
+        }
+        names.extend(self.extra.keys().map(String::as_str));
+        names
+    }
+
+    /// Where the example is, for messages: `example 3 (line 5)` (`row` is its 0-based index).
+    pub fn position(&self, row: usize) -> String {
+        if self.line > 0 {
+            format!("example {row} (line {})", self.line)
+        } else {
+            format!("example {row}")
+        }
+    }
 }
 
 /// Which file to read and which columns hold what: the `[data]`-style table of an experiment file.
@@ -108,6 +146,15 @@ pub struct RawExample {
 /// path = "../shared/data/glue/RTE/dev.tsv"
 /// text = "sentence1"
 /// text_pair = "sentence2"
+/// label = "label"
+/// ```
+///
+/// More fields, for templates that place more than two texts, go in `fields` (placeholder name -> field):
+///
+/// ```toml
+/// path = "../shared/data/superglue/COPA/val.jsonl"
+/// text = "premise"
+/// fields = { choice1 = "choice1", choice2 = "choice2", question = "question" }
 /// label = "label"
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,16 +175,29 @@ pub struct DataSource {
     /// Where the second text of a pair task is. Default: none.
     #[serde(default)]
     pub text_pair: Option<Field>,
+    /// Further values a template places as `{name}`: placeholder name -> where the value is (the same rules
+    /// as `text`). Names are letters, digits and `_`, other than `text`, `text_pair` and `label`.
+    /// Default: none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fields: BTreeMap<String, Field>,
     /// Where the label is. Default: none (unlabelled examples, e.g. a test split or a plain corpus).
     #[serde(default)]
     pub label: Option<Field>,
-    /// Keep only the first `limit` examples, in file order. Default: all.
+    /// Skip the first `skip` examples, in file order (blank lines do not count), before `limit` applies: with
+    /// `limit`, one file splits into a training and a held-out part. Default: 0.
+    #[serde(default)]
+    pub skip: usize,
+    /// Keep only the first `limit` examples, in file order (after `skip`). Default: all.
     #[serde(default)]
     pub limit: Option<usize>,
     /// Strip leading and trailing whitespace from every value (SST-2's TSV ends each sentence with a space).
     /// Default: `true`.
     #[serde(default = "default_true")]
     pub trim: bool,
+    /// Replace bytes that are not UTF-8 with U+FFFD instead of refusing the file (TREC's training file has
+    /// one stray byte). Default: `false`.
+    #[serde(default)]
+    pub lossy_utf8: bool,
 }
 
 fn default_true() -> bool {
@@ -153,9 +213,12 @@ impl DataSource {
             has_header: true,
             text: text.into(),
             text_pair: None,
+            fields: BTreeMap::new(),
             label: None,
+            skip: 0,
             limit: None,
             trim: true,
+            lossy_utf8: false,
         }
     }
 
@@ -183,10 +246,57 @@ impl DataSource {
         self
     }
 
-    /// Keeps only the first `limit` examples.
+    /// Sets where the value of placeholder `{name}` is (see [`DataSource::fields`]).
+    pub fn with_field(mut self, name: impl Into<String>, field: impl Into<Field>) -> Self {
+        self.fields.insert(name.into(), field.into());
+        self
+    }
+
+    /// Keeps only the first `limit` examples (after any skipped ones).
     pub fn with_limit(mut self, limit: usize) -> Self {
         self.limit = Some(limit);
         self
+    }
+
+    /// Skips the first `skip` examples.
+    pub fn with_skip(mut self, skip: usize) -> Self {
+        self.skip = skip;
+        self
+    }
+
+    /// Replaces bytes that are not UTF-8 instead of refusing the file.
+    pub fn with_lossy_utf8(mut self) -> Self {
+        self.lossy_utf8 = true;
+        self
+    }
+
+    /// The placeholder names this source provides to a template: `text`, `text_pair` when it names one,
+    /// then the names of `fields`.
+    pub fn placeholders(&self) -> Vec<&str> {
+        let mut names = vec!["text"];
+        if self.text_pair.is_some() {
+            names.push("text_pair");
+        }
+        names.extend(self.fields.keys().map(String::as_str));
+        names
+    }
+
+    /// Checks, before any file is read, that this source provides every placeholder of `template`; the error
+    /// names the missing placeholder, the known ones and the file.
+    pub fn check_template(&self, template: &Template) -> Result<()> {
+        let known = self.placeholders();
+        match template
+            .placeholders()
+            .into_iter()
+            .find(|p| !known.contains(p))
+        {
+            Some(missing) => Err(PeftError::Data(format!(
+                "{}: {}",
+                self.path.display(),
+                template.missing_message(missing, &known)
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// This source with a relative `path` resolved against `dir` (the folder of the config file that named it).
@@ -209,13 +319,24 @@ impl DataSource {
 
     /// Reads every example of the file (up to `limit`). An empty result is an error.
     pub fn read(&self) -> Result<Vec<RawExample>> {
-        let content = read_utf8(&self.path)?;
+        let content = if self.lossy_utf8 {
+            let bytes =
+                std::fs::read(&self.path).map_err(|e| PeftError::io("reading", &self.path, e))?;
+            String::from_utf8_lossy(&bytes).into_owned()
+        } else {
+            read_utf8(&self.path)?
+        };
         self.parse_str(&content)
     }
 
     /// Parses `content` as if it were the file at `path` (whose name is used for the format and messages).
     pub fn parse_str(&self, content: &str) -> Result<Vec<RawExample>> {
         let content = content.strip_prefix('\u{feff}').unwrap_or(content);
+        for name in self.fields.keys() {
+            check_field_name(name).map_err(|why| {
+                PeftError::Data(format!("{}: fields: {why}", self.path.display()))
+            })?;
+        }
         let mut out = Vec::new();
         match self.format()? {
             Format::Jsonl => self.parse_jsonl(content, &mut out)?,
@@ -224,8 +345,13 @@ impl DataSource {
             Format::Lines => self.parse_lines(content, &mut out)?,
         }
         if out.is_empty() {
+            let skipped = if self.skip > 0 {
+                format!(" after skipping {} (skip = {})", self.skip, self.skip)
+            } else {
+                String::new()
+            };
             return Err(PeftError::Data(format!(
-                "no examples in {}",
+                "no examples in {}{skipped}",
                 self.path.display()
             )));
         }
@@ -236,6 +362,12 @@ impl DataSource {
         self.limit.is_some_and(|l| out.len() >= l)
     }
 
+    /// Counts one non-blank row and says whether it is skipped (`skip`).
+    fn skipped(&self, seen: &mut usize) -> bool {
+        *seen += 1;
+        *seen <= self.skip
+    }
+
     fn clean(&self, value: &str) -> String {
         if self.trim {
             value.trim().to_string()
@@ -244,27 +376,41 @@ impl DataSource {
         }
     }
 
-    /// The configured fields in a fixed order: text, text_pair, label.
-    fn fields(&self) -> [Option<&Field>; 3] {
-        [
+    /// The configured fields in a fixed order: text, text_pair, label, then `fields` in name order.
+    fn columns(&self) -> Vec<Option<&Field>> {
+        let mut columns = vec![
             Some(&self.text),
             self.text_pair.as_ref(),
             self.label.as_ref(),
-        ]
+        ];
+        columns.extend(self.fields.values().map(Some));
+        columns
     }
 
-    fn example(&self, mut values: [Option<String>; 3]) -> RawExample {
+    /// The example from values in [`DataSource::columns`] order, read at 1-based `line`.
+    fn example(&self, values: Vec<Option<String>>, line: usize) -> RawExample {
+        let mut values = values.into_iter();
+        let mut next = || values.next().flatten();
+        let (text, text_pair, label) = (next().unwrap_or_default(), next(), next());
+        let extra = self
+            .fields
+            .keys()
+            .map(|name| (name.clone(), next().unwrap_or_default()))
+            .collect();
         RawExample {
-            text: values[0].take().unwrap_or_default(),
-            text_pair: values[1].take(),
-            label: values[2].take(),
+            text,
+            text_pair,
+            label,
+            extra,
+            line,
         }
     }
 
     fn parse_jsonl(&self, content: &str, out: &mut Vec<RawExample>) -> Result<()> {
-        if let Some(Field::Index(i)) = self
-            .fields()
-            .into_iter()
+        let columns = self.columns();
+        if let Some(Field::Index(i)) = columns
+            .iter()
+            .copied()
             .flatten()
             .find(|f| matches!(f, Field::Index(_)))
         {
@@ -273,11 +419,12 @@ impl DataSource {
                 self.path.display()
             )));
         }
+        let mut seen = 0;
         for (n, line) in content.lines().enumerate() {
             if self.full(out) {
                 break;
             }
-            if line.trim().is_empty() {
+            if line.trim().is_empty() || self.skipped(&mut seen) {
                 continue;
             }
             let at = || format!("{} line {}", self.path.display(), n + 1);
@@ -286,8 +433,8 @@ impl DataSource {
             let object = value.as_object().ok_or_else(|| {
                 PeftError::Data(format!("{}: expected a JSON object, found {value}", at()))
             })?;
-            let mut values: [Option<String>; 3] = Default::default();
-            for (slot, field) in values.iter_mut().zip(self.fields()) {
+            let mut values: Vec<Option<String>> = vec![None; columns.len()];
+            for (slot, field) in values.iter_mut().zip(&columns) {
                 let Some(Field::Name(key)) = field else {
                     continue;
                 };
@@ -312,7 +459,7 @@ impl DataSource {
                 };
                 *slot = Some(self.clean(&s));
             }
-            out.push(self.example(values));
+            out.push(self.example(values, n + 1));
         }
         Ok(())
     }
@@ -349,8 +496,9 @@ impl DataSource {
             None
         };
         // Resolve every field to a column index once, against the header.
-        let mut columns: [Option<usize>; 3] = [None; 3];
-        for (slot, field) in columns.iter_mut().zip(self.fields()) {
+        let fields = self.columns();
+        let mut columns: Vec<Option<usize>> = vec![None; fields.len()];
+        for (slot, field) in columns.iter_mut().zip(fields) {
             let Some(field) = field else { continue };
             *slot = Some(match (field, &header) {
                 (Field::Index(i), _) => *i,
@@ -370,17 +518,23 @@ impl DataSource {
                 }
             });
         }
+        let mut seen = 0;
+        let mut lines = LineCounter::new(content);
         for record in records {
             if self.full(out) {
                 break;
             }
             let record = record.map_err(csv_err)?;
-            let line = record.position().map_or(0, |p| p.line());
-            if record.iter().all(|c| c.trim().is_empty()) {
+            // csv's own line count leaves out blank lines, and its position is where it started reading
+            // (before any blank lines): count newlines up to the record's first character instead.
+            let line = record
+                .position()
+                .map_or(0, |p| lines.line_at(p.byte() as usize));
+            if record.iter().all(|c| c.trim().is_empty()) || self.skipped(&mut seen) {
                 continue;
             }
-            let mut values: [Option<String>; 3] = Default::default();
-            for (slot, column) in values.iter_mut().zip(columns) {
+            let mut values: Vec<Option<String>> = vec![None; columns.len()];
+            for (slot, &column) in values.iter_mut().zip(&columns) {
                 let Some(column) = column else { continue };
                 let cell = record.get(column).ok_or_else(|| {
                     let name = header
@@ -395,13 +549,14 @@ impl DataSource {
                 })?;
                 *slot = Some(self.clean(cell));
             }
-            out.push(self.example(values));
+            out.push(self.example(values, line));
         }
         Ok(())
     }
 
     fn parse_lines(&self, content: &str, out: &mut Vec<RawExample>) -> Result<()> {
-        for field in self.fields().into_iter().flatten() {
+        let columns = self.columns();
+        for field in columns.iter().copied().flatten() {
             let ok = matches!(field, Field::Index(0 | 1)) || *field == Field::Name("line".into());
             if !ok {
                 return Err(PeftError::Data(format!(
@@ -411,11 +566,12 @@ impl DataSource {
                 )));
             }
         }
+        let mut seen = 0;
         for (n, line) in content.lines().enumerate() {
             if self.full(out) {
                 break;
             }
-            if line.trim().is_empty() {
+            if line.trim().is_empty() || self.skipped(&mut seen) {
                 continue;
             }
             let trimmed = line.trim_start();
@@ -423,8 +579,8 @@ impl DataSource {
                 Some((a, b)) => (a, Some(b)),
                 None => (trimmed, None),
             };
-            let mut values: [Option<String>; 3] = Default::default();
-            for (slot, field) in values.iter_mut().zip(self.fields()) {
+            let mut values: Vec<Option<String>> = vec![None; columns.len()];
+            for (slot, field) in values.iter_mut().zip(&columns) {
                 let Some(field) = field else { continue };
                 let value = match field {
                     Field::Index(0) => first,
@@ -439,9 +595,42 @@ impl DataSource {
                 };
                 *slot = Some(self.clean(value));
             }
-            out.push(self.example(values));
+            out.push(self.example(values, n + 1));
         }
         Ok(())
+    }
+}
+
+/// The 1-based line of byte offsets in a text, for offsets asked in increasing order (one pass in all).
+struct LineCounter<'a> {
+    bytes: &'a [u8],
+    offset: usize,
+    line: usize,
+}
+
+impl<'a> LineCounter<'a> {
+    fn new(text: &'a str) -> Self {
+        LineCounter {
+            bytes: text.as_bytes(),
+            offset: 0,
+            line: 1,
+        }
+    }
+
+    /// The line of the first byte at or after `offset` that is not a line break.
+    fn line_at(&mut self, offset: usize) -> usize {
+        let mut end = offset.min(self.bytes.len());
+        while end < self.bytes.len() && matches!(self.bytes[end], b'\n' | b'\r') {
+            end += 1;
+        }
+        if end > self.offset {
+            self.line += self.bytes[self.offset..end]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count();
+            self.offset = end;
+        }
+        self.line
     }
 }
 
@@ -459,7 +648,7 @@ fn read_utf8(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).map_err(|e| PeftError::io("reading", path, e))?;
     String::from_utf8(bytes).map_err(|e| {
         PeftError::Data(format!(
-            "{}: not UTF-8 (first bad byte at offset {})",
+            "{}: not UTF-8 (first bad byte at offset {}); a data source with lossy_utf8 = true replaces such bytes",
             path.display(),
             e.utf8_error().valid_up_to()
         ))
@@ -621,6 +810,134 @@ mod tests {
             rows.iter().map(|r| r.text.as_str()).collect::<Vec<_>>(),
             ["a", "b"]
         );
+    }
+
+    #[test]
+    fn fields_are_read_in_every_format_with_their_lines() {
+        let jsonl = DataSource::new("copa.jsonl", "premise")
+            .with_field("choice1", "choice1")
+            .with_field("question", "question")
+            .with_label("label");
+        let rows = jsonl
+            .parse_str(
+                "\n{\"premise\": \"p\", \"choice1\": \"c\", \"question\": \"cause\", \"label\": 0}\n",
+            )
+            .unwrap();
+        assert_eq!(rows[0].field("choice1"), Some("c"));
+        assert_eq!(rows[0].field("question"), Some("cause"));
+        assert_eq!(rows[0].field_names(), ["text", "choice1", "question"]);
+        assert_eq!(rows[0].line, 2);
+        let err = jsonl
+            .parse_str("{\"premise\": \"p\", \"label\": 0, \"question\": \"q\"}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no field `choice1`"), "{err}");
+
+        let csv = DataSource::new("ag.csv", "Title")
+            .with_field("description", 2)
+            .with_label(0);
+        let rows = csv
+            .parse_str("Class Index,Title,Description\n3,\"A, b\",\"two\nlines\"\n4,T,D\n")
+            .unwrap();
+        assert_eq!(rows[0].extra["description"], "two\nlines");
+        assert_eq!((rows[0].line, rows[1].line), (2, 4));
+
+        let tsv = DataSource::new("wic.tsv", "s1").with_field("word", "w");
+        let err = tsv.parse_str("s1\tx\na\tb\n").unwrap_err().to_string();
+        assert!(
+            err.contains("no column `w`") && err.contains("s1, x"),
+            "{err}"
+        );
+
+        let lines = DataSource::new("trec.all", 1)
+            .with_field("first", 0)
+            .with_format(Format::Lines);
+        assert_eq!(
+            lines.parse_str("5 How far ?\n").unwrap()[0].extra["first"],
+            "5"
+        );
+    }
+
+    #[test]
+    fn field_names_must_be_placeholders_of_their_own() {
+        for bad in ["text", "text_pair", "label", "two words", ""] {
+            let err = DataSource::new("x.jsonl", "t")
+                .with_field(bad, "k")
+                .parse_str("{\"t\": \"a\", \"k\": \"b\"}\n")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("x.jsonl: fields:"), "{bad:?}: {err}");
+        }
+        let src: DataSource = toml::from_str(
+            "path = \"a.jsonl\"\ntext = \"p\"\nfields = { choice1 = \"c1\", n = 2 }",
+        )
+        .unwrap();
+        assert_eq!(src.fields["choice1"], Field::Name("c1".into()));
+        assert_eq!(src.fields["n"], Field::Index(2));
+        assert_eq!(src.placeholders(), ["text", "choice1", "n"]);
+        assert!(src
+            .check_template(&Template::new("{text} {n}").unwrap())
+            .is_ok());
+        let err = src
+            .check_template(&Template::new("{text} {text_pair}").unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("a.jsonl")
+                && err.contains("{text_pair}")
+                && err.contains("{text}, {choice1}, {n}"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn skip_and_limit_split_one_file() {
+        let content = "t\na\nb\n\nc\nd\ne\n";
+        let texts = |src: DataSource| -> Vec<String> {
+            src.parse_str(content)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.text)
+                .collect()
+        };
+        let head = DataSource::new("x.tsv", "t").with_limit(3);
+        let tail = DataSource::new("x.tsv", "t").with_skip(3);
+        assert_eq!(texts(head), ["a", "b", "c"]);
+        assert_eq!(texts(tail.clone()), ["d", "e"]);
+        assert_eq!(texts(tail.with_limit(1)), ["d"]);
+        let lines = DataSource::new("corpus.txt", "line").with_skip(1);
+        assert_eq!(lines.parse_str("x\n\ny\nz\n").unwrap()[0].line, 3);
+        let jsonl = DataSource::new("x.jsonl", "t").with_skip(1);
+        assert_eq!(
+            jsonl.parse_str("{\"t\": 1}\n{\"t\": 2}\n").unwrap()[0].text,
+            "2"
+        );
+        let err = DataSource::new("x.tsv", "t")
+            .with_skip(9)
+            .parse_str(content)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no examples in x.tsv after skipping 9"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn lossy_utf8_replaces_stray_bytes_instead_of_failing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("trec.all");
+        std::fs::write(&path, b"4 a sister\xf0city ?\n").unwrap();
+        let src = DataSource::new(&path, 1)
+            .with_label(0)
+            .with_format(Format::Lines);
+        let err = src.read().unwrap_err().to_string();
+        assert!(
+            err.contains("not UTF-8") && err.contains("lossy_utf8"),
+            "{err}"
+        );
+        let rows = src.with_lossy_utf8().read().unwrap();
+        assert_eq!(rows[0].text, "a sister\u{fffd}city ?");
     }
 
     #[test]

@@ -2,13 +2,22 @@
 //!
 //! A [`Template`] such as `"{text} Sentiment:"` renders an example into a prompt; the answer is predicted at
 //! the prompt's last token, so the next token the LM would produce is the label word of a [`Verbalizer`].
+//! Besides `{text}` and `{text_pair}`, a template may name any field the data source declares in its
+//! `fields` table (`{premise}`, `{choice1}`).
 //!
 //! ```
-//! use peft_core::data::{Template, Verbalizer};
+//! use peft_core::data::{DataSource, Template, Verbalizer};
 //! let template = Template::new("Premise: {text} Hypothesis: {text_pair} Answer:").unwrap();
 //! assert_eq!(template.render("It rains.", "It is wet."), "Premise: It rains. Hypothesis: It is wet. Answer:");
 //! let verbalizer = Verbalizer::new([("entailment", " yes"), ("not_entailment", " no")]).unwrap();
 //! assert_eq!(verbalizer.index_of("not_entailment"), Some(1));
+//!
+//! // Any field of the data: COPA's two choices.
+//! let copa = DataSource::new("val.jsonl", "premise").with_field("choice1", "choice1").with_field("choice2", "choice2");
+//! let rows = copa.parse_str(r#"{"premise": "It rained.", "choice1": "Wet.", "choice2": "Dry."}"#).unwrap();
+//! let template = Template::new("{text} 1: {choice1} 2: {choice2} Answer:").unwrap();
+//! assert_eq!(template.render_example(&rows[0]).unwrap(), "It rained. 1: Wet. 2: Dry. Answer:");
+//! assert!(template.check_placeholders(&["text", "choice1"]).is_err());
 //! ```
 
 use std::borrow::Cow;
@@ -19,6 +28,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokenizers::Tokenizer;
 
+use super::source::RawExample;
 use crate::error::{PeftError, Result};
 
 /// A piece of a parsed template.
@@ -27,10 +37,13 @@ enum Part {
     Literal(String),
     Text,
     TextPair,
+    /// A field the data source declares in its `fields` table.
+    Field(String),
 }
 
-/// A prompt template: literal text with the placeholders `{text}` (required) and `{text_pair}` (optional);
-/// `{{` and `}}` stand for literal braces. Serialises as its source string.
+/// A prompt template: literal text with the placeholders `{text}` (required), `{text_pair}` (optional) and
+/// `{name}` for any field the data source declares in `fields`; `{{` and `}}` stand for literal braces.
+/// `{label}` is refused: the label is the answer, never part of the prompt. Serialises as its source string.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Template {
@@ -38,8 +51,30 @@ pub struct Template {
     parts: Vec<Part>,
 }
 
+/// Whether `name` can be a data field placeholder: letters, digits and `_`, and none of the names with a
+/// meaning of their own (`text`, `text_pair`, `label`). The error says why not.
+pub(crate) fn check_field_name(name: &str) -> std::result::Result<(), String> {
+    if name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || c == '_') {
+        return Err(format!(
+            "{name:?} is not a placeholder name (letters, digits and _ only)"
+        ));
+    }
+    match name {
+        "text" | "text_pair" => Err(format!(
+            "`{name}` is set by the data source's own `{name}` key, not by `fields`"
+        )),
+        "label" => Err(
+            "`label` is the answer, which a prompt must not contain; name the label with `label`"
+                .into(),
+        ),
+        _ => Ok(()),
+    }
+}
+
 impl Template {
-    /// Parses `source`; an unknown placeholder, an unmatched brace or a missing `{text}` is an error.
+    /// Parses `source`; a malformed or reserved placeholder (`{label}`), an unmatched brace or a missing
+    /// `{text}` is an error. Whether the data provides each field placeholder is checked against the data
+    /// ([`Template::check_placeholders`], or when an example is rendered).
     pub fn new(source: impl Into<String>) -> Result<Self> {
         let source = source.into();
         let bad = |what: String| PeftError::Config(format!("template {source:?}: {what}"));
@@ -57,15 +92,32 @@ impl Template {
                     literal.push('}');
                 }
                 '{' => {
-                    let name: String = chars.by_ref().take_while(|&c| c != '}').collect();
+                    let mut name = String::new();
+                    let mut closed = false;
+                    for c in chars.by_ref() {
+                        if c == '}' {
+                            closed = true;
+                            break;
+                        }
+                        name.push(c);
+                    }
+                    if !closed {
+                        return Err(bad(format!(
+                            "`{{{name}` is never closed (write {{{{ for a literal brace)"
+                        )));
+                    }
                     let part = match name.as_str() {
                         "text" => Part::Text,
                         "text_pair" => Part::TextPair,
-                        other => {
-                            return Err(bad(format!(
-                                "unknown placeholder {{{other}}}; known: {{text}}, {{text_pair}} (write {{{{ for a brace)"
-                            )))
-                        }
+                        other => match check_field_name(other) {
+                            Ok(()) => Part::Field(other.to_string()),
+                            Err(why) => {
+                                return Err(bad(format!(
+                                    "unknown placeholder {{{other}}}: {why}; known: {{text}}, {{text_pair}} and \
+                                     the names in the data source's `fields` (write {{{{ for a brace)"
+                                )))
+                            }
+                        },
                     };
                     if !literal.is_empty() {
                         parts.push(Part::Literal(std::mem::take(&mut literal)));
@@ -97,7 +149,64 @@ impl Template {
         self.parts.contains(&Part::TextPair)
     }
 
-    /// The prompt for `text` and `text_pair` (ignored when the template has no `{text_pair}`).
+    /// Every placeholder name once, in order of first use: `text`, `text_pair` and the field names.
+    pub fn placeholders(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for part in &self.parts {
+            let name = match part {
+                Part::Literal(_) => continue,
+                Part::Text => "text",
+                Part::TextPair => "text_pair",
+                Part::Field(name) => name,
+            };
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        names
+    }
+
+    /// The field placeholders (those other than `{text}` and `{text_pair}`), once each, in order of first use.
+    pub fn field_placeholders(&self) -> Vec<&str> {
+        self.placeholders()
+            .into_iter()
+            .filter(|n| !matches!(*n, "text" | "text_pair"))
+            .collect()
+    }
+
+    /// Checks that the data provides every placeholder: `known` lists the names it provides (`text`, and
+    /// `text_pair` and field names where the data source names them; see `DataSource::placeholders`).
+    /// The error names the first missing placeholder and the known ones.
+    pub fn check_placeholders<S: AsRef<str>>(&self, known: &[S]) -> Result<()> {
+        let known: Vec<&str> = known.iter().map(AsRef::as_ref).collect();
+        match self.placeholders().into_iter().find(|p| !known.contains(p)) {
+            Some(missing) => Err(self.missing(missing, &known)),
+            None => Ok(()),
+        }
+    }
+
+    /// The error for a placeholder the data does not provide.
+    pub(crate) fn missing(&self, placeholder: &str, known: &[&str]) -> PeftError {
+        PeftError::Data(self.missing_message(placeholder, known))
+    }
+
+    /// The message of [`Template::missing`], for callers that say where first.
+    pub(crate) fn missing_message(&self, placeholder: &str, known: &[&str]) -> String {
+        let known: Vec<String> = known.iter().map(|k| format!("{{{k}}}")).collect();
+        let hint = if placeholder == "text_pair" {
+            "name it with `text_pair` in the data source".to_string()
+        } else {
+            format!("declare it in the data source's `fields`, e.g. fields = {{ {placeholder} = \"<column>\" }}")
+        };
+        format!(
+            "the template {:?} uses {{{placeholder}}}, which the data does not provide; known placeholders: {}; {hint}",
+            self.source,
+            known.join(", ")
+        )
+    }
+
+    /// The prompt for `text` and `text_pair` (ignored when the template has no `{text_pair}`); field
+    /// placeholders render as empty text (see [`Template::render_example`] for an example's fields).
     pub fn render(&self, text: &str, text_pair: &str) -> String {
         let mut out = String::new();
         for part in &self.parts {
@@ -105,9 +214,45 @@ impl Template {
                 Part::Literal(s) => out.push_str(s),
                 Part::Text => out.push_str(text),
                 Part::TextPair => out.push_str(text_pair),
+                Part::Field(_) => {}
             }
         }
         out
+    }
+
+    /// The prompt for a read example, every placeholder filled from its fields; a placeholder the example
+    /// lacks is an error naming it and the ones the example has.
+    pub fn render_example(&self, example: &RawExample) -> Result<String> {
+        self.render_with(|name| example.field(name))
+            .map_err(|missing| self.missing(missing, &example.field_names()))
+    }
+
+    /// The prompt with each placeholder's value from `value(name)`; `Err(name)` for the first placeholder
+    /// that has none.
+    pub(crate) fn render_with<'s, 'v>(
+        &'s self,
+        value: impl Fn(&str) -> Option<&'v str>,
+    ) -> std::result::Result<String, &'s str> {
+        // Look every placeholder up once before rendering, so the error names the first missing one.
+        let values: Vec<Option<&'v str>> = self
+            .parts
+            .iter()
+            .map(|part| match part {
+                Part::Literal(_) => Ok(None),
+                Part::Text => value("text").map(Some).ok_or("text"),
+                Part::TextPair => value("text_pair").map(Some).ok_or("text_pair"),
+                Part::Field(name) => value(name).map(Some).ok_or(name.as_str()),
+            })
+            .collect::<std::result::Result<_, _>>()?;
+        let mut out = String::new();
+        for (part, v) in self.parts.iter().zip(values) {
+            match (part, v) {
+                (Part::Literal(s), _) => out.push_str(s),
+                (_, Some(v)) => out.push_str(v),
+                (_, None) => {}
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -195,10 +340,16 @@ impl Verbalizer {
     /// The class index of the label of example `row`; an unknown value is an error naming the row, the value
     /// and the known labels.
     pub fn class_of(&self, label: &str, row: usize) -> Result<usize> {
+        self.class_at(label, &format!("example {row}"))
+    }
+
+    /// [`Verbalizer::class_of`] with the example's position as the message gives it (`example 3 (line 5)`).
+    pub(crate) fn class_at(&self, label: &str, at: &str) -> Result<usize> {
         self.index_of(label).ok_or_else(|| {
             let known: Vec<String> = self.labels().map(|l| format!("{l:?}")).collect();
             PeftError::Data(format!(
-                "example {row}: label {label:?} is not in the verbalizer; known labels: {}",
+                "{at}: label {label:?} is not in the verbalizer; known labels: {} (every label value of the \
+                 data needs a label word)",
                 known.join(", ")
             ))
         })
@@ -335,6 +486,50 @@ mod tests {
             err.contains("{label}") && err.contains("{text_pair}"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn field_placeholders_are_named_checked_and_rendered() {
+        let t = Template::new("{text} 1: {choice1} 2: {choice2} ({choice1}) {{x}}").unwrap();
+        assert_eq!(t.placeholders(), ["text", "choice1", "choice2"]);
+        assert_eq!(t.field_placeholders(), ["choice1", "choice2"]);
+        // `render` fills text and text_pair only: the rest render empty (the template's own context).
+        assert_eq!(t.render("P", "unused"), "P 1:  2:  () {x}");
+        let mut row = RawExample {
+            text: "P".into(),
+            ..RawExample::default()
+        };
+        row.extra.insert("choice1".into(), "A".into());
+        let err = t.render_example(&row).unwrap_err().to_string();
+        assert!(
+            err.contains("{choice2}") && err.contains("known placeholders: {text}, {choice1}"),
+            "{err}"
+        );
+        row.extra.insert("choice2".into(), "B".into());
+        assert_eq!(t.render_example(&row).unwrap(), "P 1: A 2: B (A) {x}");
+        assert!(t
+            .check_placeholders(&["text", "choice1", "choice2"])
+            .is_ok());
+        let err = t
+            .check_placeholders(&["text", "choice2"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("{choice1}")
+                && err.contains("{text}, {choice2}")
+                && err.contains("fields"),
+            "{err}"
+        );
+        for bad in [
+            "{text} {choice 1}",
+            "{text} {}",
+            "{text} {word",
+            "{text} {text-pair}",
+        ] {
+            assert!(Template::new(bad).is_err(), "{bad:?} should be refused");
+        }
+        let unclosed = Template::new("{text} {word").unwrap_err().to_string();
+        assert!(unclosed.contains("never closed"), "{unclosed}");
     }
 
     #[test]

@@ -106,6 +106,14 @@ impl Task for CausalLm {
     fn primary_metric(&self) -> (&'static str, bool) {
         ("loss", false)
     }
+
+    fn eval_inputs(&self, n: usize) -> Vec<Vec<u32>> {
+        self.eval
+            .iter()
+            .take(n)
+            .map(|e| e.input_ids.clone())
+            .collect()
+    }
 }
 
 impl CausalLm {

@@ -107,6 +107,14 @@ impl Task for VerbalizerClassification {
     fn primary_metric(&self) -> (&'static str, bool) {
         ("accuracy", true)
     }
+
+    fn eval_inputs(&self, n: usize) -> Vec<Vec<u32>> {
+        self.eval
+            .iter()
+            .take(n)
+            .map(|e| e.input_ids.clone())
+            .collect()
+    }
 }
 
 impl VerbalizerClassification {
@@ -158,6 +166,7 @@ pub(super) fn classification_metrics(
     m.insert("accuracy".into(), correct as f64 / n);
     m.insert("loss".into(), loss_sum / n);
     m.insert("macro_f1".into(), macro_f1(&confusion));
+    m.insert("matthews".into(), matthews(&confusion));
     Ok(m)
 }
 
@@ -223,9 +232,45 @@ pub(super) fn macro_f1(confusion: &[Vec<usize>]) -> f64 {
     sum / k.max(1) as f64
 }
 
+/// Matthews correlation coefficient from a confusion matrix `[true][predicted]`, in its multi-class form
+/// (Gorodkin's R_K, as scikit-learn's `matthews_corrcoef` computes it): 0 where a marginal is constant.
+pub(super) fn matthews(confusion: &[Vec<usize>]) -> f64 {
+    let k = confusion.len();
+    let total: f64 = confusion.iter().flatten().sum::<usize>() as f64;
+    let correct: f64 = (0..k).map(|c| confusion[c][c]).sum::<usize>() as f64;
+    let actual: Vec<f64> = confusion
+        .iter()
+        .map(|r| r.iter().sum::<usize>() as f64)
+        .collect();
+    let predicted: Vec<f64> = (0..k)
+        .map(|c| confusion.iter().map(|r| r[c]).sum::<usize>() as f64)
+        .collect();
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    let cov_tp = correct * total - dot(&actual, &predicted);
+    let cov_pp = total * total - dot(&predicted, &predicted);
+    let cov_tt = total * total - dot(&actual, &actual);
+    if cov_pp == 0.0 || cov_tt == 0.0 {
+        return 0.0;
+    }
+    cov_tp / (cov_tt * cov_pp).sqrt()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::macro_f1;
+    use super::{macro_f1, matthews};
+
+    #[test]
+    fn matthews_of_known_confusions() {
+        // Binary: tp 3, fn 1, fp 1, tn 1 -> (3*1 - 1*1) / sqrt(4*4*2*2) = 0.25.
+        assert!((matthews(&[vec![1, 1], vec![1, 3]]) - 0.25).abs() < 1e-12);
+        // Perfect, inverted, and constant predictions.
+        assert!((matthews(&[vec![2, 0], vec![0, 3]]) - 1.0).abs() < 1e-12);
+        assert!((matthews(&[vec![0, 2], vec![3, 0]]) + 1.0).abs() < 1e-12);
+        assert_eq!(matthews(&[vec![2, 0], vec![3, 0]]), 0.0);
+        // Three classes: sklearn.metrics.matthews_corrcoef([0,0,1,1,2,2], [0,1,1,2,2,0]) = 0.25.
+        let c = vec![vec![1, 1, 0], vec![0, 1, 1], vec![1, 0, 1]];
+        assert!((matthews(&c) - 0.25).abs() < 1e-12, "{}", matthews(&c));
+    }
 
     #[test]
     fn macro_f1_of_a_known_confusion() {

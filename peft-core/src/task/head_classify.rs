@@ -134,4 +134,12 @@ impl Task for HeadClassification {
     fn primary_metric(&self) -> (&'static str, bool) {
         ("accuracy", true)
     }
+
+    fn eval_inputs(&self, n: usize) -> Vec<Vec<u32>> {
+        self.eval
+            .iter()
+            .take(n)
+            .map(|e| e.input_ids.clone())
+            .collect()
+    }
 }

@@ -65,6 +65,13 @@ pub trait Task: Send + Sync {
 
     /// The metric that selects the best checkpoint, and whether higher is better.
     fn primary_metric(&self) -> (&'static str, bool);
+
+    /// The token ids of the first `n` evaluation inputs as the model reads them (prompts, sources, blocks),
+    /// for timing inference; empty where a task has none to offer.
+    fn eval_inputs(&self, n: usize) -> Vec<Vec<u32>> {
+        let _ = n;
+        Vec::new()
+    }
 }
 
 /// Mean cross-entropy of `logits` `[n, classes]` against `targets` (class indices).

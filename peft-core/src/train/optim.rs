@@ -110,6 +110,14 @@ impl AdamW {
         }
     }
 
+    /// Bytes allocated for the optimiser's state: both moments of every variable.
+    pub fn state_bytes(&self) -> usize {
+        self.slots
+            .iter()
+            .map(|s| (s.m.elem_count() + s.v.elem_count()) * s.m.dtype().size_in_bytes())
+            .sum()
+    }
+
     /// Optimiser steps taken so far.
     pub fn steps(&self) -> usize {
         self.steps

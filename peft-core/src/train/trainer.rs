@@ -71,6 +71,10 @@ pub struct TrainConfig {
     /// Show a progress bar on a terminal. Default true.
     #[serde(default = "default_true")]
     pub progress: bool,
+    /// Write resumable checkpoints (and the best adapter) at all. Default true; `peft compare` turns it off,
+    /// since it reruns an interrupted cell from its start and a full fine-tuning checkpoint is the whole model.
+    #[serde(default = "default_true")]
+    pub checkpoints: bool,
 }
 
 fn default_seed() -> u64 {
@@ -121,6 +125,14 @@ pub struct TrainReport {
     pub best: Option<(usize, f64)>,
     /// Step the run started from (0, or the checkpoint's step when resumed).
     pub start_step: usize,
+    /// Wall time of each optimiser step run in this process (forward, backward, clipping, update), seconds.
+    pub step_seconds: Vec<f64>,
+    /// Real (non-padding) input tokens the training steps of this process covered.
+    pub tokens: usize,
+    /// Wall time of each evaluation in `evals`, seconds.
+    pub eval_seconds: Vec<f64>,
+    /// Bytes held by the optimiser's state (AdamW's two moments per trainable tensor), as allocated.
+    pub optimizer_state_bytes: usize,
 }
 
 /// Trains an adapter on a task over a frozen model.
@@ -184,6 +196,7 @@ impl<'a> Trainer<'a> {
         let mut log = MetricsLog::create(&c.output_dir.join("metrics.jsonl"), resumed)?;
         let mut report = TrainReport {
             start_step: state.step,
+            optimizer_state_bytes: optimizer.state_bytes(),
             ..TrainReport::default()
         };
         if let (Some(step), Some(value)) = (state.best_step, state.best_metric) {
@@ -197,6 +210,7 @@ impl<'a> Trainer<'a> {
 
         while state.step < stop {
             let lr = c.learning_rate * c.schedule.factor(state.step, c.warmup_steps, c.max_steps);
+            let step_started = Instant::now();
             let mut accumulated: Option<Vec<Tensor>> = None;
             let mut step_loss = 0f64;
             for a in 0..c.gradient_accumulation_steps {
@@ -208,6 +222,7 @@ impl<'a> Trainer<'a> {
                     .to_dtype(candle_core::DType::F64)?
                     .to_scalar::<f64>()?;
                 window_tokens += out.tokens;
+                report.tokens += out.tokens;
                 let grads = scaled.backward()?;
                 let mut these = Vec::with_capacity(vars.len());
                 for (name, var) in &vars {
@@ -239,6 +254,9 @@ impl<'a> Trainer<'a> {
             optimizer.step(&grads, lr)?;
             state.step += 1;
             report.losses.push(step_loss);
+            report
+                .step_seconds
+                .push(step_started.elapsed().as_secs_f64());
 
             let elapsed = window_start.elapsed().as_secs_f64();
             let tokens_per_s = window_tokens as f64 / elapsed.max(1e-9);
@@ -258,7 +276,11 @@ impl<'a> Trainer<'a> {
             let eval_now = (c.eval_every > 0 && state.step.is_multiple_of(c.eval_every))
                 || state.step == c.max_steps;
             if eval_now {
+                let eval_started = Instant::now();
                 let metrics = self.task.evaluate(self.model, hooks, c.eval_batch_size)?;
+                report
+                    .eval_seconds
+                    .push(eval_started.elapsed().as_secs_f64());
                 let (primary, higher_better) = self.task.primary_metric();
                 let value = *metrics.get(primary).ok_or_else(|| {
                     PeftError::Unsupported(format!(
@@ -276,7 +298,9 @@ impl<'a> Trainer<'a> {
                     state.best_metric = Some(value);
                     state.best_step = Some(state.step);
                     report.best = Some((state.step, value));
-                    save_adapter(&c.output_dir.join("best"), self.adapter, self.model.spec())?;
+                    if c.checkpoints {
+                        save_adapter(&c.output_dir.join("best"), self.adapter, self.model.spec())?;
+                    }
                 }
                 let mut record = serde_json::json!({ "step": state.step });
                 for (k, v) in &metrics {
@@ -299,7 +323,7 @@ impl<'a> Trainer<'a> {
             } else {
                 eval_now
             };
-            if save_now {
+            if save_now && c.checkpoints {
                 save_checkpoint(
                     &checkpoint_dir,
                     self.adapter,
@@ -311,13 +335,15 @@ impl<'a> Trainer<'a> {
         }
         bar.finish_and_clear();
         if state.step < c.max_steps {
-            save_checkpoint(
-                &checkpoint_dir,
-                self.adapter,
-                self.model.spec(),
-                &optimizer,
-                &state,
-            )?;
+            if c.checkpoints {
+                save_checkpoint(
+                    &checkpoint_dir,
+                    self.adapter,
+                    self.model.spec(),
+                    &optimizer,
+                    &state,
+                )?;
+            }
             return Ok(report);
         }
         save_adapter(

@@ -61,7 +61,12 @@ impl RelativeBias {
     /// The bias of a stack: `bidirectional` for the encoder, not for the decoder.
     pub fn new(weight: Tensor, bidirectional: bool, max_distance: usize) -> Self {
         RelativeBias {
-            weight: weight.detach(),
+            // A variable (full fine-tuning) stays one; a checkpoint tensor never joins a gradient graph.
+            weight: if weight.is_variable() {
+                weight
+            } else {
+                weight.detach()
+            },
             bidirectional,
             max_distance,
         }

@@ -1,0 +1,74 @@
+//! The building blocks: the frozen projection op (`frozen_linear/<shape>/...`), scaled dot-product attention
+//! (`attention/<shape>/...`) and one transformer block of the small models (`block/<model>/...`), each
+//! forward only and forward + backward.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
+use peft_benches::blocks::{AttentionCase, BlockCase, FrozenLinearCase};
+
+fn configure(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
+    group
+        .sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2));
+}
+
+fn frozen_linear(c: &mut Criterion) {
+    for case in [
+        FrozenLinearCase::gpt2_small().expect("case"),
+        FrozenLinearCase::small().expect("case"),
+    ] {
+        let mut group = c.benchmark_group(format!("frozen_linear/{}", case.name()));
+        configure(&mut group);
+        group.bench_function("forward", |b| {
+            b.iter(|| black_box(case.forward().expect("forward")))
+        });
+        group.bench_function("forward_backward", |b| {
+            b.iter(|| black_box(case.forward_backward().expect("backward")))
+        });
+        group.bench_function("candle_matmul_forward", |b| {
+            b.iter(|| black_box(case.candle_forward().expect("forward")))
+        });
+        group.finish();
+    }
+}
+
+fn attention(c: &mut Criterion) {
+    for case in [
+        AttentionCase::gpt2_small().expect("case"),
+        AttentionCase::small().expect("case"),
+    ] {
+        let mut group = c.benchmark_group(format!("attention/{}", case.name()));
+        configure(&mut group);
+        group.bench_function("forward", |b| {
+            b.iter(|| black_box(case.forward().expect("forward")))
+        });
+        group.bench_function("forward_backward", |b| {
+            b.iter(|| black_box(case.forward_backward().expect("backward")))
+        });
+        group.finish();
+    }
+}
+
+fn block(c: &mut Criterion) {
+    for case in [
+        BlockCase::gpt2_small().expect("case"),
+        BlockCase::llama_small().expect("case"),
+    ] {
+        let mut group = c.benchmark_group(format!("block/{}", case.name()));
+        configure(&mut group);
+        group.bench_function("forward", |b| {
+            b.iter(|| black_box(case.forward().expect("forward")))
+        });
+        group.bench_function("forward_backward", |b| {
+            b.iter(|| black_box(case.forward_backward().expect("backward")))
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, frozen_linear, attention, block);
+criterion_main!(benches);

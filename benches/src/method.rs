@@ -1,0 +1,88 @@
+//! The methods the benches compare, each as the config HF PEFT (or our BitFit) would write.
+
+use peft_core::method::PeftMethod;
+use peft_core::PeftError;
+use serde_json::json;
+
+/// Virtual tokens of every prompt method in the benches.
+pub const VIRTUAL_TOKENS: usize = 8;
+
+/// A method under measurement; [`Method::Frozen`] is the bare model (forward only, nothing to train).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Method {
+    /// No adapter.
+    Frozen,
+    /// Prompt tuning (`PROMPT_TUNING`), random init.
+    PromptTuning,
+    /// P-tuning (`P_TUNING`) with HF's default MLP encoder, as wide as the model.
+    PTuning,
+    /// Prefix tuning (`PREFIX_TUNING`) with the projection MLP.
+    PrefixTuning,
+    /// P-tuning v2: prefix tuning without projection.
+    PTuningV2,
+    /// LoRA (`LORA`) on the architecture's default targets, r 8.
+    Lora,
+    /// BitFit (`BITFIT`) on all biases.
+    BitFit,
+}
+
+impl Method {
+    /// Every method, in the order the benches run them.
+    pub const ALL: [Method; 7] = [
+        Method::Frozen,
+        Method::PromptTuning,
+        Method::PTuning,
+        Method::PrefixTuning,
+        Method::PTuningV2,
+        Method::Lora,
+        Method::BitFit,
+    ];
+
+    /// The name in bench ids (`lora`, `p-tuning-v2`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Frozen => "frozen",
+            Method::PromptTuning => "prompt-tuning",
+            Method::PTuning => "p-tuning",
+            Method::PrefixTuning => "prefix-tuning",
+            Method::PTuningV2 => "p-tuning-v2",
+            Method::Lora => "lora",
+            Method::BitFit => "bitfit",
+        }
+    }
+
+    /// The method's config as HF PEFT spells it; `None` for [`Method::Frozen`].
+    pub fn config_json(self) -> Option<serde_json::Value> {
+        let n = VIRTUAL_TOKENS;
+        Some(match self {
+            Method::Frozen => return None,
+            Method::PromptTuning => json!({"peft_type": "PROMPT_TUNING", "num_virtual_tokens": n}),
+            Method::PTuning => json!({"peft_type": "P_TUNING", "num_virtual_tokens": n}),
+            Method::PrefixTuning => json!({"peft_type": "PREFIX_TUNING", "num_virtual_tokens": n,
+                                           "prefix_projection": true}),
+            Method::PTuningV2 => json!({"peft_type": "PREFIX_TUNING", "num_virtual_tokens": n}),
+            Method::Lora => json!({"peft_type": "LORA", "r": 8, "lora_alpha": 16}),
+            Method::BitFit => json!({"peft_type": "BITFIT"}),
+        })
+    }
+
+    /// The parsed config (through typetag, as an experiment file's `[method]` table is read); `None` for
+    /// [`Method::Frozen`].
+    pub fn config(self) -> peft_core::Result<Option<Box<dyn PeftMethod>>> {
+        link_methods();
+        self.config_json()
+            .map(|json| {
+                serde_json::from_value(json.clone())
+                    .map_err(|e| PeftError::Config(format!("bench config {json}: {e}")))
+            })
+            .transpose()
+    }
+}
+
+/// Links the method crates, so that typetag knows their `peft_type`s.
+fn link_methods() {
+    peft_prompt::register();
+    peft_prefix::register();
+    peft_lora::register();
+    peft_bitfit::register();
+}

@@ -1,0 +1,175 @@
+//! `peft compare <grid.toml>`: runs models x tasks x methods x seeds under one training budget, each cell in a
+//! process of its own, and writes a results folder: `runs/<cell>/` (the trainer's JSONL log, the adapter,
+//! `result.json`), `runs.csv`, `report.md` and plots. A grid that is stopped (even by `kill -9`) and started
+//! again reuses every finished cell whose settings are unchanged and reruns the rest from their start.
+//!
+//! ```
+//! use peft_cli::compare::grid::line_at;
+//! assert_eq!(line_at("a = 1\nb = 2\n", 6), 2);
+//! ```
+
+pub mod cell;
+pub mod grid;
+pub mod plan;
+pub mod report;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use cell::{write_atomically, CellResult, CellSpec};
+use grid::Grid;
+
+/// Arguments of `peft compare`.
+#[derive(Args)]
+pub struct CompareArgs {
+    /// The grid file.
+    grid: PathBuf,
+    /// Override `[compare] output_dir`.
+    #[arg(long)]
+    output_dir: Option<PathBuf>,
+    /// Check the grid (models, data, methods, budgets) and print the cells, without running them.
+    #[arg(long)]
+    dry_run: bool,
+    /// Rerun every cell, even finished ones.
+    #[arg(long)]
+    fresh: bool,
+}
+
+/// Arguments of the hidden `peft compare-cell` (one cell, run by `peft compare` in a child process).
+#[derive(Args)]
+pub struct CellArgs {
+    /// The cell's `cell.json`.
+    spec: PathBuf,
+}
+
+/// Runs one cell (the child side).
+pub fn run_cell(args: CellArgs) -> Result<()> {
+    cell::run_cell_file(&args.spec)
+}
+
+/// Runs `peft compare`.
+pub fn run(args: CompareArgs) -> Result<()> {
+    let mut grid = Grid::load(&args.grid)?;
+    if let Some(d) = args.output_dir {
+        grid.output_dir = d;
+    }
+    eprintln!("checking the grid: models, data, methods and budgets");
+    let cells = plan::plan(&grid)?;
+    for c in &cells {
+        let size = c
+            .sized
+            .as_ref()
+            .map(|(k, v)| format!(", {k} = {v} for the budget"))
+            .unwrap_or_default();
+        eprintln!(
+            "  {}: {} trainable parameters{size}",
+            c.id, c.planned_trainable
+        );
+    }
+    if args.dry_run {
+        return Ok(());
+    }
+    let out = &grid.output_dir;
+    std::fs::create_dir_all(out.join("runs"))
+        .with_context(|| format!("creating {}", out.display()))?;
+    write_atomically(
+        &out.join("grid.toml"),
+        std::fs::read(&grid.path)?.as_slice(),
+    )?;
+    write_atomically(
+        &out.join("plan.json"),
+        serde_json::to_string_pretty(&cells)?.as_bytes(),
+    )?;
+    let exe = std::env::current_exe().context("finding the peft executable")?;
+    let mut results = Vec::new();
+    let mut failed = Vec::new();
+    let started = Instant::now();
+    for (i, spec) in cells.iter().enumerate() {
+        let dir = out.join("runs").join(&spec.id);
+        let label = format!("[{}/{}] {}", i + 1, cells.len(), spec.id);
+        if !args.fresh {
+            if let Some(done) = finished(&dir, spec) {
+                eprintln!("{label}: finished earlier, reused");
+                results.push((spec.clone(), done));
+                continue;
+            }
+        }
+        match run_child(&exe, &dir, spec) {
+            Ok(result) => {
+                eprintln!(
+                    "{label}: {} [{:.0}s]",
+                    report::show_metrics(&result.metrics),
+                    result.train_seconds + result.eval_seconds
+                );
+                results.push((spec.clone(), result));
+            }
+            Err(e) => {
+                eprintln!("{label}: FAILED: {e:#}");
+                failed.push((spec.id.clone(), format!("{e:#}")));
+            }
+        }
+    }
+    let command = format!(
+        "peft compare {}",
+        std::env::args().skip(2).collect::<Vec<_>>().join(" ")
+    );
+    let written = report::write_all(&grid, &results, &failed, &command)?;
+    println!(
+        "{} of {} cells done in {:.0}s; report: {}",
+        results.len(),
+        cells.len(),
+        started.elapsed().as_secs_f64(),
+        written.display()
+    );
+    if !failed.is_empty() {
+        bail!(
+            "{} cell(s) failed (their output is in {}/runs/<cell>/stderr.log): {}",
+            failed.len(),
+            out.display(),
+            failed
+                .iter()
+                .map(|(id, _)| id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The result of a cell finished by an earlier run with the same settings.
+fn finished(dir: &Path, spec: &CellSpec) -> Option<CellResult> {
+    let text = std::fs::read_to_string(dir.join("result.json")).ok()?;
+    let result: CellResult = serde_json::from_str(&text).ok()?;
+    (result.digest == spec.digest).then_some(result)
+}
+
+/// Runs a cell in a child process (a fresh folder, so nothing of an interrupted attempt remains).
+fn run_child(exe: &Path, dir: &Path, spec: &CellSpec) -> Result<CellResult> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir)?;
+    let spec_path = dir.join("cell.json");
+    write_atomically(&spec_path, serde_json::to_string_pretty(spec)?.as_bytes())?;
+    let log = std::fs::File::create(dir.join("stderr.log"))?;
+    let status = Command::new(exe)
+        .arg("compare-cell")
+        .arg(&spec_path)
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .status()
+        .with_context(|| format!("starting {}", exe.display()))?;
+    if !status.success() {
+        let log = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(3).collect();
+        bail!(
+            "exit {status}: {}",
+            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        );
+    }
+    finished(dir, spec).context("the cell exited without a result.json")
+}

@@ -1,0 +1,362 @@
+//! `peft compare` end to end on the tiny GPT-2 fixture and a toy task: the results folder is complete, the
+//! same grid reproduces the same metrics, a grid killed with SIGKILL and restarted ends with the same table,
+//! budgets size methods, and bad grids fail before any training, naming the line.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn fixture(rel: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures")
+        .join(rel)
+        .display()
+        .to_string()
+}
+
+fn peft(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_peft"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("running peft")
+}
+
+/// The toy task (label w1 when the sentence holds w9) as a task file, with its data.
+fn write_task(dir: &Path) {
+    let mut train = String::from("sentence\tlabel\n");
+    for i in 0..64 {
+        train += &format!(
+            "w{} w{} {}\t{}\n",
+            40 + i % 30,
+            12 + i % 5,
+            if i % 2 == 1 { "w9" } else { "w8" },
+            i % 2
+        );
+    }
+    let mut dev = String::from("sentence\tlabel\n");
+    for i in 0..16 {
+        dev += &format!(
+            "w{} w{} {}\t{}\n",
+            20 + i,
+            30 + i % 7,
+            if i % 2 == 1 { "w9" } else { "w8" },
+            i % 2
+        );
+    }
+    std::fs::write(dir.join("train.tsv"), train).unwrap();
+    std::fs::write(dir.join("dev.tsv"), dev).unwrap();
+    std::fs::write(
+        dir.join("toy.toml"),
+        r#"
+name = "toy"
+metric = "accuracy"
+
+[task]
+kind = "classification"
+template = "{text} w3"
+label_words = { "0" = " w10", "1" = " w11" }
+
+[data.train]
+path = "train.tsv"
+text = "sentence"
+label = "label"
+
+[data.eval]
+path = "dev.tsv"
+text = "sentence"
+label = "label"
+"#,
+    )
+    .unwrap();
+}
+
+/// A grid of four rows (zero-shot once, prompt tuning, LoRA, full fine-tuning x two seeds) on the tiny GPT-2.
+fn write_grid(dir: &Path, extra_compare: &str) -> PathBuf {
+    write_task(dir);
+    let grid = format!(
+        r#"
+[compare]
+title = "toy grid"
+models = ["{model}"]
+tasks = ["toy.toml"]
+seeds = [1, 2]
+metrics = ["accuracy", "matthews"]
+output_dir = "results"
+{extra_compare}
+
+[training]
+max_steps = 40
+batch_size = 8
+learning_rate = 0.1
+log_every = 5
+
+[[methods]]
+name = "zero-shot"
+baseline = "zero-shot"
+
+[[methods]]
+name = "prompt"
+config = {{ peft_type = "PROMPT_TUNING", num_virtual_tokens = 8 }}
+training = {{ learning_rate = 0.3 }}
+
+[[methods]]
+name = "lora"
+config = {{ peft_type = "LORA", r = 4, lora_alpha = 8 }}
+training = {{ learning_rate = 0.05 }}
+
+[[methods]]
+name = "full"
+baseline = "full"
+training = {{ learning_rate = 0.01 }}
+"#,
+        model = fixture("tiny-gpt2"),
+    );
+    let path = dir.join("grid.toml");
+    std::fs::write(&path, grid).unwrap();
+    path
+}
+
+/// `runs.csv` without the columns that are times or memory (which differ between runs by nature).
+fn stable_table(results: &Path) -> Vec<Vec<String>> {
+    let mut reader = csv::Reader::from_path(results.join("runs.csv")).unwrap();
+    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+    let keep: Vec<usize> = header
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| {
+            ![
+                "peak_rss_bytes",
+                "step_time_median_s",
+                "tokens_per_s",
+                "train_seconds",
+                "eval_seconds",
+                "latency_ms",
+                "base_latency_ms",
+            ]
+            .contains(&h.as_str())
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let mut rows = vec![keep.iter().map(|&i| header[i].clone()).collect()];
+    for r in reader.records() {
+        let r = r.unwrap();
+        rows.push(keep.iter().map(|&i| r[i].to_string()).collect());
+    }
+    rows
+}
+
+#[test]
+fn a_grid_writes_its_results_reproducibly_and_resumes_after_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let grid = write_grid(dir.path(), "");
+    let out = peft(&["compare", grid.to_str().unwrap()], dir.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results = dir.path().join("results");
+    for f in [
+        "report.md",
+        "runs.csv",
+        "grid.toml",
+        "plan.json",
+        "loss-tiny-gpt2-toy.svg",
+        "loss-tiny-gpt2-toy.png",
+        "accuracy-vs-params-tiny-gpt2-toy.png",
+        "accuracy-vs-step-time-tiny-gpt2-toy.svg",
+        "runs/tiny-gpt2.toy.lora.s2/result.json",
+        "runs/tiny-gpt2.toy.lora.s2/metrics.jsonl",
+        "runs/tiny-gpt2.toy.lora.s2/adapter/adapter_model.safetensors",
+    ] {
+        let p = results.join(f);
+        assert!(
+            p.is_file() && p.metadata().unwrap().len() > 0,
+            "missing {f}"
+        );
+    }
+    let table = stable_table(&results);
+    assert_eq!(table.len(), 1 + 1 + 3 * 2, "{table:?}");
+    let col = |name: &str| table[0].iter().position(|h| h == name).unwrap();
+    let acc = |method: &str, seed: &str| -> f64 {
+        let row = table
+            .iter()
+            .find(|r| r[col("method")] == method && r[col("seed")] == seed)
+            .unwrap();
+        row[col("accuracy")].parse().unwrap()
+    };
+    // The toy task is learnable: every trained method beats the frozen model, and full fine-tuning trains
+    // every weight of the model.
+    for seed in ["1", "2"] {
+        for m in ["prompt", "lora", "full"] {
+            assert!(
+                acc(m, seed) > acc("zero-shot", "1"),
+                "{m} seed {seed}: {table:?}"
+            );
+        }
+    }
+    let full = table.iter().find(|r| r[col("method")] == "full").unwrap();
+    assert_eq!(full[col("trainable_params")], full[col("total_params")]);
+    let report = std::fs::read_to_string(results.join("report.md")).unwrap();
+    assert!(
+        report.contains("| lora |") && report.contains(" ± "),
+        "{report}"
+    );
+    assert!(
+        report.contains("Every trained row beats zero-shot"),
+        "{report}"
+    );
+
+    // The same grid in another folder: the same metrics, step for step the same losses.
+    let again = tempfile::tempdir().unwrap();
+    let grid2 = write_grid(again.path(), "");
+    let out = peft(&["compare", grid2.to_str().unwrap()], again.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table2 = stable_table(&again.path().join("results"));
+    assert_eq!(table, table2);
+
+    // Killed (SIGKILL) once the second cell has finished, then restarted: finished cells are reused, the
+    // rest rerun, and the final table is the uninterrupted one.
+    let killed = tempfile::tempdir().unwrap();
+    let grid3 = write_grid(killed.path(), "");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_peft"))
+        .args(["compare", grid3.to_str().unwrap()])
+        .current_dir(killed.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let runs = killed.path().join("results/runs");
+    let started = Instant::now();
+    loop {
+        let done = std::fs::read_dir(&runs)
+            .map(|d| {
+                d.filter(|e| e.as_ref().unwrap().path().join("result.json").is_file())
+                    .count()
+            })
+            .unwrap_or(0);
+        if done >= 2 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "the grid made no progress"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        !killed.path().join("results/runs.csv").exists(),
+        "a killed grid must not report"
+    );
+    let out = peft(&["compare", grid3.to_str().unwrap()], killed.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.matches("finished earlier, reused").count() >= 2,
+        "{log}"
+    );
+    assert_eq!(stable_table(&killed.path().join("results")), table);
+}
+
+#[test]
+fn a_budget_sizes_each_method_and_reports_the_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let grid = write_grid(dir.path(), "param_budget = 2000");
+    let out = peft(
+        &["compare", "--dry-run", grid.to_str().unwrap()],
+        dir.path(),
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    // The tiny GPT-2 has hidden size 32: prompt tuning reaches 2,000 with 62 or 63 tokens; LoRA on c_attn
+    // (2 layers, 32 -> 96) trains 2 x 128 r parameters, so r = 8 gives 2,048.
+    let line = |m: &str| {
+        log.lines()
+            .find(|l| l.contains(&format!(".{m}.s1:")))
+            .unwrap_or_else(|| panic!("{log}"))
+            .to_string()
+    };
+    assert!(
+        line("prompt").contains("1984 trainable parameters, num_virtual_tokens = 62 for"),
+        "{log}"
+    );
+    assert!(
+        line("lora").contains("2048 trainable parameters, r = 8 for the budget"),
+        "{log}"
+    );
+    assert!(!line("full").contains("budget"), "{log}");
+    assert!(
+        !dir.path().join("results").exists(),
+        "a dry run writes nothing"
+    );
+}
+
+#[test]
+fn bad_grids_fail_before_training_naming_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = std::fs::read_to_string(write_grid(dir.path(), "")).unwrap();
+    let check = |text: String, needles: &[&str]| {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = peft(&["compare", path.to_str().unwrap()], dir.path());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        for n in needles {
+            assert!(err.contains(n), "expected {n:?} in: {err}");
+        }
+        assert!(
+            !dir.path().join("results").exists(),
+            "nothing may be written: {err}"
+        );
+    };
+    let line_of = |needle: &str| 1 + good.lines().position(|l| l.contains(needle)).unwrap();
+    check(
+        good.replace("\"PROMPT_TUNING\"", "\"PROMPT_TUNNING\""),
+        &[
+            "PROMPT_TUNNING",
+            &format!("line {}", line_of("PROMPT_TUNING")),
+        ],
+    );
+    check(
+        good.replace("\"accuracy\", \"matthews\"", "\"accuracy\", \"bleu\""),
+        &[
+            "unknown metric `bleu`",
+            &format!("line {}", line_of("metrics =")),
+        ],
+    );
+    let model = fixture("tiny-gpt2");
+    check(
+        good.replace(&model, "/no/such/model"),
+        &["/no/such/model", &format!("line {}", line_of("models ="))],
+    );
+    check(
+        good.replace("baseline = \"full\"", "baseline = \"fulll\""),
+        &[
+            "unknown baseline `fulll`",
+            &format!("line {}", line_of("baseline = \"full\"")),
+        ],
+    );
+    // A task field that the data does not have, and a label outside the verbalizer.
+    std::fs::write(
+        dir.path().join("toy.toml"),
+        std::fs::read_to_string(dir.path().join("toy.toml"))
+            .unwrap()
+            .replacen("text = \"sentence\"", "text = \"sentense\"", 1),
+    )
+    .unwrap();
+    check(good.clone(), &["sentense"]);
+    write_task(dir.path());
+    let dev = std::fs::read_to_string(dir.path().join("train.tsv")).unwrap();
+    std::fs::write(dir.path().join("train.tsv"), format!("{dev}w5 w6 w7\t2\n")).unwrap();
+    check(good, &["label \"2\" is not in the verbalizer", "(line 66)"]);
+}
