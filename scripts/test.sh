@@ -9,3 +9,10 @@ cargo run --quiet -p peft-cli -- fetch minilm-l6
 cargo test --workspace "$@"
 # Every criterion bench once, untimed (a bench that no longer runs fails here, not at `cargo bench`).
 cargo test -p peft-benches --benches "$@"
+# The system-BLAS build (cargo feature `openblas`): the kernels' and the models' tests again, the frozen
+# projections now through OpenBLAS. `.ci/run` installs the library; elsewhere this part says why it skips.
+if ldconfig -p 2>/dev/null | grep -q 'libopenblas\.so'; then
+    cargo test -p peft-core -p peft-models --features peft-core/openblas "$@"
+else
+    echo "skipping the openblas build's tests: libopenblas is not installed (Debian: apt-get install libopenblas-dev)"
+fi

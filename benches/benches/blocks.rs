@@ -1,12 +1,14 @@
 //! The building blocks: the frozen projection op (`frozen_linear/<shape>/...`), scaled dot-product attention
 //! (`attention/<shape>/...`) and one transformer block of the small models (`block/<model>/...`), each
-//! forward only and forward + backward.
+//! forward only and forward + backward; and every fused op against the composed form it replaced
+//! (`ops/<op>/<shape>/{fused,composed}`, forward + backward).
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
 use peft_benches::blocks::{AttentionCase, BlockCase, FrozenLinearCase};
+use peft_benches::ops::{Form, OpCase};
 
 fn configure(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
     group
@@ -70,5 +72,23 @@ fn block(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, frozen_linear, attention, block);
+fn ops(c: &mut Criterion) {
+    for case in [
+        OpCase::gelu(512, 3072).expect("case"),
+        OpCase::layer_norm(512, 768).expect("case"),
+        OpCase::attention(4, 12, 128, 64).expect("case"),
+        OpCase::cross_entropy(512, 50257).expect("case"),
+    ] {
+        let mut group = c.benchmark_group(format!("ops/{}", case.name()));
+        configure(&mut group);
+        for form in [Form::Fused, Form::Composed] {
+            group.bench_function(form.name(), |b| {
+                b.iter(|| black_box(case.forward_backward(form).expect("backward")))
+            });
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, frozen_linear, attention, block, ops);
 criterion_main!(benches);

@@ -19,6 +19,7 @@ pub mod blocks;
 mod case;
 mod method;
 pub mod models;
+pub mod ops;
 
 pub use case::{Arch, Case, TrainStep};
 pub use method::{Method, VIRTUAL_TOKENS};

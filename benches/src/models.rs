@@ -2,15 +2,11 @@
 //! "small" GPT-2 and LLaMA (4 layers, hidden 256, vocabulary 8192, 128 positions) built here from a config and
 //! seeded random weights, plus one-layer variants of the small ones for the block benches.
 
-use std::collections::HashMap;
-
-use candle_core::{Device, Tensor};
 use peft_models::config::{Gpt2Config, LlamaConfig};
 use peft_models::weights::WeightMap;
 use peft_models::{Gpt2, Llama};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use rand_distr::Normal;
+use rand::Rng;
 
 /// Vocabulary of the small models.
 pub const SMALL_VOCAB: usize = 8192;
@@ -80,42 +76,16 @@ pub fn small_llama(layers: usize, seed: u64) -> peft_core::Result<Llama> {
 
 /// Seeded checkpoint tensors for any GPT-2 configuration, HF names and layouts (Conv1D weights `[in, out]`).
 pub fn gpt2_weights(c: &Gpt2Config, seed: u64) -> WeightMap {
-    random_weights(peft_models::tiny::gpt2_shapes(c), seed, "bench small GPT-2")
+    peft_models::random::weights(peft_models::tiny::gpt2_shapes(c), seed, "bench small GPT-2")
 }
 
 /// Seeded checkpoint tensors for any LLaMA configuration (untied head), HF names.
 pub fn llama_weights(c: &LlamaConfig, seed: u64) -> WeightMap {
-    random_weights(
+    peft_models::random::weights(
         peft_models::tiny::llama_shapes(c),
         seed,
         "bench small LLaMA",
     )
-}
-
-/// Draws every tensor in order from one seeded generator with transformers' initialisation scales: matrices
-/// N(0, 0.02), biases 0, norm weights 1. Timing does not depend on the values, but these keep activations in
-/// the range a trained model has (no overflow into infinities or denormals that would skew the timings).
-fn random_weights(shapes: Vec<(String, Vec<usize>)>, seed: u64, source: &str) -> WeightMap {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let normal = Normal::new(0f32, 0.02).expect("a valid normal");
-    let tensors: HashMap<String, Tensor> = shapes
-        .into_iter()
-        .map(|(name, shape)| {
-            let n: usize = shape.iter().product();
-            let is_norm = name.contains("norm") || name.contains(".ln_");
-            let values: Vec<f32> = if name.ends_with(".bias") {
-                vec![0.0; n]
-            } else if is_norm {
-                vec![1.0; n]
-            } else {
-                (0..n).map(|_| rng.sample(normal)).collect()
-            };
-            let t =
-                Tensor::from_vec(values, shape, &Device::Cpu).expect("shape matches the values");
-            (name, t)
-        })
-        .collect();
-    WeightMap::new(tensors, source)
 }
 
 /// `n` seeded token ids in `low..vocab`.

@@ -122,7 +122,8 @@ fn prompt_tuning_steers_a_t5_that_can_shift_to_shift() {
         &model,
         json!({"peft_type": "LORA", "r": 16, "lora_alpha": 32, "target_modules": "all-linear"}),
     );
-    let (_, skills) = train(&model, lora.as_ref(), &pretrain, 1e-2, 1200);
+    let (_, skills) = train(&model, lora.as_ref(), &pretrain, 3e-3, 1200);
+    eprintln!("pre-training: {skills:?}");
     assert!(skills["exact_match"] > 0.4, "pre-training: {skills:?}");
     lora.merge_into(&mut model).unwrap();
 

@@ -3,7 +3,9 @@
 //! candle's matmul backward computes the weight gradient even when the weight is a plain tensor, and the
 //! gradient store then holds one such tensor per frozen weight. [`FrozenLinear`] runs the product through a
 //! custom op of ours whose backward returns only the input gradient `dy W`. It is also the single place where a
-//! faster GEMM can plug in.
+//! faster GEMM can plug in. The forward starts each output row as the bias and lets the product accumulate
+//! onto it (no zero fill, no separate bias pass). f32 on the CPU runs the kernel; anything else runs candle's
+//! ops on the detached weight.
 //!
 //! ```
 //! use candle_core::{Device, Tensor, Var};
@@ -19,10 +21,10 @@
 //! assert!(grads.get(&w).is_none()); // no gradient for the frozen weight
 //! ```
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
 use crate::error::Result;
+use crate::nn::cpu::{self, Mat, Threads};
 
 /// A frozen dense layer, weight stored `[out, in]` (GPT-2's Conv1D weights are transposed at load time).
 #[derive(Debug, Clone)]
@@ -96,11 +98,10 @@ impl FrozenLinear {
 
     /// `x W^T` plus a replacement bias instead of the frozen one (BitFit passes its trainable bias here).
     pub fn forward_with_bias(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        let y = if self.weight.track_op() {
-            x.broadcast_matmul(&self.weight.t()?)?
-        } else {
-            frozen_affine(x, &self.weight, None)?
-        };
+        if !self.weight.track_op() {
+            return frozen_affine(x, &self.weight, bias);
+        }
+        let y = x.broadcast_matmul(&self.weight.t()?)?;
         Ok(match bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -113,16 +114,132 @@ pub fn frozen_matmul(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     frozen_affine(x, weight, None)
 }
 
-/// `x W^T + b` with frozen `W` and `b`: one op whose backward yields the gradient of `x` only.
+/// `x W^T + b` with a frozen `W`. A frozen `b` is held inside one single-argument op whose backward yields the
+/// gradient of `x` only; a trained `b` (BitFit) is the op's second argument, whose gradient (the column sums
+/// of the output gradient) the same kernel computes.
 fn frozen_affine(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let op = FrozenMatmul {
-        weight: weight.detach(),
-        bias: bias.map(|b| b.detach()),
-    };
-    Ok(x.contiguous()?.apply_op1(op)?)
+    let bias_ok = bias.is_none_or(cpu::covers);
+    if !cpu::covers(x) || !cpu::covers(weight) || !bias_ok {
+        // Only f32 on the CPU has the kernel; elsewhere candle's ops compute the same values.
+        let y = x.broadcast_matmul(&weight.detach().t()?)?;
+        return Ok(match bias {
+            Some(b) if b.track_op() => y.broadcast_add(b)?,
+            Some(b) => y.broadcast_add(&b.detach())?,
+            None => y,
+        });
+    }
+    let x = x.contiguous()?;
+    match bias {
+        Some(b) if b.track_op() => {
+            let op = FrozenMatmulTrainedBias {
+                weight: weight.detach(),
+            };
+            Ok(x.apply_op2(&b.contiguous()?, op)?)
+        }
+        _ => {
+            let op = FrozenMatmul {
+                weight: weight.detach(),
+                bias: bias.map(|b| b.detach()),
+            };
+            Ok(x.apply_op1(op)?)
+        }
+    }
 }
 
-/// The custom op behind [`frozen_matmul`]; holds the `[out, in]` weight and an optional `[out]` bias.
+/// The `[m, n]` rows of `x W^T (+ bias)` for `x` `[m, k]` and `W` `[n, k]`: each row starts as the bias (or
+/// zero) and the product accumulates onto it, so there is no separate bias pass.
+fn affine_rows(
+    x: &[f32],
+    weight: &Tensor,
+    bias: Option<&[f32]>,
+    m: usize,
+) -> candle_core::Result<Vec<f32>> {
+    let (n, k) = weight.dims2()?;
+    let mut out = match bias {
+        Some(b) => b.repeat(m),
+        None => vec![0f32; m * n],
+    };
+    cpu::with_values(weight, |w| {
+        cpu::matmul(
+            Mat::rows(x, k),
+            Mat::transposed(w, k),
+            &mut out,
+            (m, n, k),
+            bias.is_some(),
+            Threads::All,
+        );
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Checks the input's last dimension against the weight; returns (rows, output dims).
+fn affine_shape(layout: &Layout, weight: &Tensor) -> candle_core::Result<(usize, Vec<usize>)> {
+    let dims = layout.shape().dims();
+    let k = *dims
+        .last()
+        .ok_or_else(|| candle_core::Error::Msg("frozen matmul of a scalar".into()))?;
+    let (n, wk) = weight.dims2()?;
+    if wk != k {
+        candle_core::bail!(
+            "frozen matmul: input has {k} features, weight expects {wk} (weight is [{n}, {wk}])"
+        );
+    }
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().expect("rank >= 1") = n;
+    Ok((layout.shape().elem_count() / k.max(1), out_dims))
+}
+
+/// `dx = dy W` for `dy` `[.., n]` and `W` `[n, k]`, shaped as `dy` with the last dimension `k`.
+fn input_grad(grad_res: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
+    let dims = grad_res.dims();
+    let (n, k) = weight.dims2()?;
+    let m = grad_res.elem_count() / n.max(1);
+    let mut grad = vec![0f32; m * k];
+    cpu::with_values(grad_res, |dy| {
+        cpu::with_values(weight, |w| {
+            cpu::matmul(
+                Mat::rows(dy, n),
+                Mat::rows(w, k),
+                &mut grad,
+                (m, k, n),
+                false,
+                Threads::All,
+            );
+            Ok(())
+        })
+    })?;
+    let mut in_dims = dims.to_vec();
+    *in_dims.last_mut().expect("rank >= 1") = k;
+    cpu::tensor(grad, &in_dims)
+}
+
+/// Column sums of `dy` `[m, n]`: the gradient of a bias broadcast over the rows. Blocks of rows are summed in
+/// parallel and the block sums added in order, so the result does not depend on the thread count.
+fn column_sums(grad_res: &Tensor, n: usize) -> candle_core::Result<Tensor> {
+    use rayon::prelude::*;
+    const BLOCK_ROWS: usize = 32;
+    let sums = cpu::with_values(grad_res, |dy| {
+        let partial: Vec<Vec<f32>> = dy
+            .par_chunks(BLOCK_ROWS * n)
+            .map(|block| {
+                let mut acc = vec![0f32; n];
+                for row in block.chunks_exact(n) {
+                    acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+                }
+                acc
+            })
+            .collect();
+        let mut total = vec![0f32; n];
+        for p in &partial {
+            total.iter_mut().zip(p).for_each(|(t, v)| *t += v);
+        }
+        Ok(total)
+    })?;
+    cpu::tensor(sums, &[n])
+}
+
+/// The op behind [`frozen_matmul`] with a frozen (or no) bias; holds the `[out, in]` weight and the bias.
 struct FrozenMatmul {
     weight: Tensor,
     bias: Option<Tensor>,
@@ -138,40 +255,13 @@ impl CustomOp1 for FrozenMatmul {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let dims = layout.shape().dims();
-        let k = *dims
-            .last()
-            .ok_or_else(|| candle_core::Error::Msg("frozen matmul of a scalar".into()))?;
-        let (n, wk) = self.weight.dims2()?;
-        if wk != k {
-            candle_core::bail!("frozen matmul: input has {k} features, weight expects {wk} (weight is [{n}, {wk}])");
-        }
-        if !layout.is_contiguous() {
-            candle_core::bail!("frozen matmul: input must be contiguous");
-        }
-        let m = layout.shape().elem_count() / k.max(1);
-        let lhs_layout = Layout::contiguous_with_offset((m, k), layout.start_offset());
-        let w_t = self.weight.t()?;
-        let (w_storage, w_layout) = w_t.storage_and_layout();
-        let w_cpu = match &*w_storage {
-            Storage::Cpu(s) => s,
-            _ => candle_core::bail!("frozen matmul: the weight is not on the CPU"),
+        let (m, out_dims) = affine_shape(layout, &self.weight)?;
+        let x = cpu::slice(storage, layout)?;
+        let out = match &self.bias {
+            Some(b) => cpu::with_values(b, |b| affine_rows(x, &self.weight, Some(b), m))?,
+            None => affine_rows(x, &self.weight, None, m)?,
         };
-        let mut out = storage.matmul(w_cpu, (1, m, n, k), &lhs_layout, w_layout)?;
-        if let Some(bias) = &self.bias {
-            let bias = bias.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
-            match &mut out {
-                CpuStorage::F32(values) => {
-                    for row in values.chunks_mut(n) {
-                        row.iter_mut().zip(&bias).for_each(|(v, b)| *v += b);
-                    }
-                }
-                _ => candle_core::bail!("frozen matmul: a frozen bias needs f32 tensors"),
-            }
-        }
-        let mut out_dims = dims.to_vec();
-        *out_dims.last_mut().expect("rank >= 1") = n;
-        Ok((out, Shape::from(out_dims)))
+        Ok((CpuStorage::F32(out), Shape::from(out_dims)))
     }
 
     fn bwd(
@@ -180,17 +270,60 @@ impl CustomOp1 for FrozenMatmul {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        let dims = grad_res.dims();
-        let n = dims[dims.len() - 1];
-        let (_, k) = self.weight.dims2()?;
-        let m = grad_res.elem_count() / n.max(1);
-        let grad = grad_res
-            .contiguous()?
-            .reshape((m, n))?
-            .matmul(&self.weight)?;
-        let mut in_dims = dims.to_vec();
-        *in_dims.last_mut().expect("rank >= 1") = k;
-        Ok(Some(grad.reshape(in_dims)?))
+        Ok(Some(input_grad(grad_res, &self.weight)?))
+    }
+}
+
+/// The op of a frozen weight with a trained bias (BitFit): arguments `x` and the `[out]` bias.
+struct FrozenMatmulTrainedBias {
+    weight: Tensor,
+}
+
+impl CustomOp2 for FrozenMatmulTrainedBias {
+    fn name(&self) -> &'static str {
+        "frozen-matmul-trained-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x_storage: &CpuStorage,
+        x_layout: &Layout,
+        bias_storage: &CpuStorage,
+        bias_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (m, out_dims) = affine_shape(x_layout, &self.weight)?;
+        let n = self.weight.dims2()?.0;
+        if bias_layout.shape().dims() != [n] {
+            candle_core::bail!(
+                "frozen matmul: the bias has shape {:?}, the weight needs [{n}]",
+                bias_layout.shape().dims()
+            );
+        }
+        let x = cpu::slice(x_storage, x_layout)?;
+        let bias = cpu::slice(bias_storage, bias_layout)?;
+        let out = affine_rows(x, &self.weight, Some(bias), m)?;
+        Ok((CpuStorage::F32(out), Shape::from(out_dims)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let n = self.weight.dims2()?.0;
+        let dx = if x.track_op() {
+            Some(input_grad(grad_res, &self.weight)?)
+        } else {
+            None
+        };
+        let db = if bias.track_op() {
+            Some(column_sums(grad_res, n)?)
+        } else {
+            None
+        };
+        Ok((dx, db))
     }
 }
 
@@ -224,5 +357,43 @@ mod tests {
         assert!(diff < 1e-5, "input gradient differs by {diff}");
         assert!(grads.get(&w).is_none(), "frozen weight received a gradient");
         assert!(grads.get(&b).is_none(), "frozen bias received a gradient");
+    }
+
+    #[test]
+    fn a_trained_bias_gets_the_column_sums_of_the_output_gradient() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1., (5, 3), &dev).unwrap();
+        let lin = FrozenLinear::new(w.clone(), None);
+        // 70 rows: more than one block of rows in the column sums.
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 35, 3), &dev).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::randn(0f32, 1., 5, &dev).unwrap()).unwrap();
+        let gy = Tensor::randn(0f32, 1., (2, 35, 5), &dev).unwrap();
+        let y = lin
+            .forward_with_bias(x.as_tensor(), Some(b.as_tensor()))
+            .unwrap();
+        let reference = x
+            .as_tensor()
+            .broadcast_matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(b.as_tensor())
+            .unwrap();
+        assert!(crate::compare::max_abs_diff(&y, &reference).unwrap() < 1e-5);
+        let grads = (y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
+        let db = grads.get(b.as_tensor()).expect("bias gradient");
+        let expected = gy.sum((0, 1)).unwrap();
+        let diff = crate::compare::max_abs_diff(db, &expected).unwrap();
+        assert!(diff < 1e-4, "bias gradient differs by {diff}");
+        let gx = grads.get(x.as_tensor()).expect("input gradient");
+        let diff = crate::compare::max_abs_diff(gx, &gy.broadcast_matmul(&w).unwrap()).unwrap();
+        assert!(diff < 1e-5, "input gradient differs by {diff}");
+        // A frozen input with a trained bias: the bias still gets its gradient, the input none.
+        let frozen_x = x.as_tensor().detach();
+        let y = lin
+            .forward_with_bias(&frozen_x, Some(b.as_tensor()))
+            .unwrap();
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(&frozen_x).is_none());
+        let db = grads.get(b.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+        assert!(db.iter().all(|v| (v - 70.0).abs() < 1e-4), "{db:?}");
     }
 }

@@ -232,18 +232,12 @@ impl LoraLayer {
 
     /// `scale * dropout(x) A^T B^T` over the last dimension of `x` (HF PEFT's order of operations).
     fn update(&self, x: &Tensor, dropout: &Dropout) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let features = *dims.last().unwrap_or(&0);
-        let rows = x.elem_count() / features.max(1);
         let a = peft_core::grad::param(&self.a).to_dtype(x.dtype())?;
         let b = peft_core::grad::param(&self.b).to_dtype(x.dtype())?;
-        let x2 = dropout.apply(&x.reshape((rows, features))?)?;
-        let y = x2.matmul(&a.t()?)?.matmul(&b.t()?)?;
-        let mut out_dims = dims;
-        if let Some(last) = out_dims.last_mut() {
-            *last = self.target.out_features;
-        }
-        Ok((y * self.scale)?.reshape(out_dims)?)
+        // The dropout mask is drawn element by element in order, so it does not depend on x's shape.
+        let x2 = dropout.apply(x)?;
+        // One fused op (f32 on the CPU) with its own backward; B has `out_features` rows.
+        peft_core::nn::low_rank(&x2, &a, &b, self.scale)
     }
 }
 

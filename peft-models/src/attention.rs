@@ -160,12 +160,9 @@ pub fn attend(
         }
         _ => (k.clone(), v.clone()),
     };
-    let k = repeat_kv(&k, heads / kv_heads)?;
-    let v = repeat_kv(&v, heads / kv_heads)?;
-    let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(bias)?;
-    let probs = peft_core::nn::softmax_last_dim(&scores)?;
-    let out = probs.matmul(&v.contiguous()?)?;
-    Ok(out.transpose(1, 2)?.reshape((b, t, heads * d))?)
+    let out = peft_core::nn::scaled_dot_product_attention(q, &k, &v, bias, scale)?;
+    debug_assert_eq!(out.dims(), &[b, t, heads * d]);
+    Ok(out)
 }
 
 /// The key/value prefixes the hooks return for every layer of one forward pass, and the additive masks that go

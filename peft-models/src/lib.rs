@@ -18,6 +18,7 @@ pub mod llama;
 pub mod loaded;
 pub mod opt;
 pub mod parts;
+pub mod random;
 pub mod resolve;
 pub mod rope;
 pub mod sentence;

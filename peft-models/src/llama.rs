@@ -178,9 +178,10 @@ impl Llama {
         )?;
         let x = (x + layer.o_proj.forward(&attn, hooks)?)?;
         let normed = layer.post_attention_layernorm.forward(&x, hooks)?;
-        let gate = layer.gate_proj.forward(&normed, hooks)?.silu()?;
+        let gate = layer.gate_proj.forward(&normed, hooks)?;
         let up = layer.up_proj.forward(&normed, hooks)?;
-        Ok((&x + layer.down_proj.forward(&(gate * up)?, hooks)?)?)
+        let inner = peft_core::nn::silu_mul(&gate, &up)?;
+        Ok((&x + layer.down_proj.forward(&inner, hooks)?)?)
     }
 }
 

@@ -49,10 +49,10 @@ impl Activation {
     /// Applies the activation elementwise.
     pub fn apply(self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Activation::GeluTanh => x.gelu()?,
-            Activation::GeluErf => x.gelu_erf()?,
+            Activation::GeluTanh => peft_core::nn::gelu_tanh(x)?,
+            Activation::GeluErf => peft_core::nn::gelu_erf(x)?,
             Activation::Relu => x.relu()?,
-            Activation::Silu => x.silu()?,
+            Activation::Silu => peft_core::nn::silu(x)?,
         })
     }
 }

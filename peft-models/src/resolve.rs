@@ -8,6 +8,7 @@
 //! assert!(matches!(classify("HuggingFaceTB/SmolLM2-135M").unwrap(), ModelSource::Hub(_)));
 //! let dir = tempfile::tempdir().unwrap();
 //! assert!(matches!(classify(dir.path().to_str().unwrap()).unwrap(), ModelSource::Folder(_)));
+//! assert!(matches!(classify("random:gpt2-124m").unwrap(), ModelSource::Random(_)));
 //! assert!(classify("no such thing").is_err());
 //! ```
 //!
@@ -47,6 +48,8 @@ pub enum ModelSource {
     Folder(PathBuf),
     /// A Hugging Face hub id, `org/name`.
     Hub(String),
+    /// A seeded random model of a standard shape, `random:<arch>-<size>` ([`crate::random`]).
+    Random(String),
 }
 
 /// Loads the model `spec` names (see [`classify`]) onto `device`.
@@ -102,6 +105,15 @@ fn load_model_from(
             };
             load_folder(&dir, device)
         }
+        ModelSource::Random(name) => {
+            if options.trainable_weights || !matches!(device, Device::Cpu) {
+                return Err(ModelError::Config(format!(
+                    "`{name}` is a frozen CPU model for benchmarks: it cannot be loaded with trainable \
+                     weights or on another device"
+                )));
+            }
+            crate::random::load(&name)
+        }
     }
 }
 
@@ -125,6 +137,15 @@ pub fn classify(spec: &str) -> Result<ModelSource> {
     if let Ok(e) = zoo::entry(spec) {
         return Ok(ModelSource::Zoo(e));
     }
+    if spec.starts_with(crate::random::PREFIX) {
+        if !crate::random::known_names().contains(&spec) {
+            return Err(ModelError::Config(format!(
+                "`{spec}` is not a random model: use one of {}",
+                crate::random::known_names().join(", ")
+            )));
+        }
+        return Ok(ModelSource::Random(spec.to_string()));
+    }
     if is_gguf_name(path) || spec.starts_with(['.', '/', '~']) || spec.contains('\\') {
         return Err(ModelError::BadFile {
             path: path.to_path_buf(),
@@ -136,8 +157,9 @@ pub fn classify(spec: &str) -> Result<ModelSource> {
     }
     Err(ModelError::Zoo(format!(
         "`{spec}` names no model: give a zoo name ({}), a .gguf file, a Hugging Face model folder, \
-         or a hub id `org/name`",
-        zoo::known_names().join(", ")
+         a hub id `org/name`, or a random model for benchmarks ({})",
+        zoo::known_names().join(", "),
+        crate::random::known_names().join(", ")
     )))
 }
 

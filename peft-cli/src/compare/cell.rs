@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::experiment::{
     DataSection, Experiment, ExperimentFile, ModelSection, TaskKind, TaskSection,
 };
+use crate::measure::{median, peak_rss_bytes};
 use crate::session::{build_adapter, open_model_with};
 use crate::task_setup::{build_baseline_task, build_task, majority_baseline};
 
@@ -278,34 +279,6 @@ pub fn latency(model: &dyn BaseModel, hooks: &dyn Hooks, rows: &[Vec<u32>]) -> R
         }
     }
     Ok(median(&times).unwrap_or(0.0))
-}
-
-/// The median of `xs`; `None` when empty.
-pub fn median(xs: &[f64]) -> Option<f64> {
-    if xs.is_empty() {
-        return None;
-    }
-    let mut v = xs.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    })
-}
-
-/// This process's peak resident memory in bytes.
-pub fn peak_rss_bytes() -> u64 {
-    // SAFETY: getrusage writes into the zeroed struct we own.
-    unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        if libc::getrusage(libc::RUSAGE_SELF, &mut usage) != 0 {
-            return 0;
-        }
-        // Linux reports kilobytes.
-        usage.ru_maxrss as u64 * 1024
-    }
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so that a reader

@@ -64,9 +64,15 @@ impl CausalLm {
         }
         let out = model.forward(&batch, hooks)?;
         let hidden = gather_rows(&out.hidden, out.virtual_tokens, &positions)?;
-        let logits = model.logits(&hidden)?;
+        let loss = match model.lm_head() {
+            // `logits` is this head's product: fused with the loss, the full logits never exist.
+            Some(head) if head.bias().is_none() && !head.is_trained() => {
+                crate::nn::linear_cross_entropy(&hidden, head.weight(), &targets)?
+            }
+            _ => cross_entropy(&model.logits(&hidden)?, &targets)?,
+        };
         let n = targets.len();
-        Ok(((cross_entropy(&logits, &targets)? * n as f64)?, n))
+        Ok(((loss * n as f64)?, n))
     }
 }
 

@@ -76,10 +76,7 @@ pub trait Task: Send + Sync {
 
 /// Mean cross-entropy of `logits` `[n, classes]` against `targets` (class indices).
 pub fn cross_entropy(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
-    let logp = crate::nn::log_softmax_last_dim(logits)?;
-    let idx = Tensor::new(targets, logits.device())?.unsqueeze(1)?;
-    let picked = logp.gather(&idx, 1)?;
-    Ok((picked.mean_all()? * -1.0)?)
+    crate::nn::cross_entropy(logits, targets)
 }
 
 /// Right-pads `rows` of token ids with `pad_id` into a [`Batch`].

@@ -127,6 +127,8 @@ pub struct TrainReport {
     pub start_step: usize,
     /// Wall time of each optimiser step run in this process (forward, backward, clipping, update), seconds.
     pub step_seconds: Vec<f64>,
+    /// Of each step's wall time, the part spent in the forward pass and the loss (summed over micro-batches).
+    pub forward_seconds: Vec<f64>,
     /// Real (non-padding) input tokens the training steps of this process covered.
     pub tokens: usize,
     /// Wall time of each evaluation in `evals`, seconds.
@@ -213,10 +215,13 @@ impl<'a> Trainer<'a> {
             let step_started = Instant::now();
             let mut accumulated: Option<Vec<Tensor>> = None;
             let mut step_loss = 0f64;
+            let mut forward_seconds = 0f64;
             for a in 0..c.gradient_accumulation_steps {
                 let k = state.step * c.gradient_accumulation_steps + a;
                 let indices = micro_batch(n, c.batch_size, c.seed, k);
+                let forward_started = Instant::now();
                 let out = self.task.loss(self.model, hooks, &indices)?;
+                forward_seconds += forward_started.elapsed().as_secs_f64();
                 let scaled = (out.loss / c.gradient_accumulation_steps as f64)?;
                 step_loss += scaled
                     .to_dtype(candle_core::DType::F64)?
@@ -257,6 +262,7 @@ impl<'a> Trainer<'a> {
             report
                 .step_seconds
                 .push(step_started.elapsed().as_secs_f64());
+            report.forward_seconds.push(forward_seconds);
 
             let elapsed = window_start.elapsed().as_secs_f64();
             let tokens_per_s = window_tokens as f64 / elapsed.max(1e-9);

@@ -1,4 +1,5 @@
-//! Differentiable forms of the normalisations and the softmax.
+//! The normalisations and the softmax composed from candle's differentiable primitives: the reference that the
+//! fused ops of [`crate::nn`] are tested against, and what they run on a device or dtype they do not cover.
 //!
 //! candle's fused `ops::softmax_last_dim`, `rms_norm`, `layer_norm` (and `candle_nn::LayerNorm` / `RmsNorm`
 //! on contiguous input) have no backward: in a trained path they cut the gradient without an error. These are
@@ -7,7 +8,7 @@
 //! ```
 //! use candle_core::{Device, Tensor};
 //! let x = Tensor::new(&[[1f32, 2., 3.]], &Device::Cpu).unwrap();
-//! let p = peft_core::nn::softmax_last_dim(&x).unwrap().to_vec2::<f32>().unwrap();
+//! let p = peft_core::nn::composed::softmax_last_dim(&x).unwrap().to_vec2::<f32>().unwrap();
 //! assert!((p[0].iter().sum::<f32>() - 1.0).abs() < 1e-6);
 //! ```
 
@@ -49,6 +50,42 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, eps: f64) 
         Some(b) => normed.broadcast_add(b)?,
         None => normed,
     })
+}
+
+/// `softmax(q k^T * scale + bias) v` as `nn::scaled_dot_product_attention` computes it, from candle's
+/// differentiable primitives (key/value heads repeated for their group); returns `[B, T, H * D]`.
+pub fn scaled_dot_product_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: &Tensor,
+    scale: f64,
+) -> Result<Tensor> {
+    let (b, heads, t, d) = q.dims4()?;
+    let kv_heads = k.dim(1)?;
+    let rep = heads / kv_heads.max(1);
+    let repeat = |x: &Tensor| -> Result<Tensor> {
+        if rep == 1 {
+            return Ok(x.clone());
+        }
+        let (b, kv, s, d) = x.dims4()?;
+        Ok(x.unsqueeze(2)?
+            .broadcast_as((b, kv, rep, s, d))?
+            .reshape((b, kv * rep, s, d))?)
+    };
+    let (k, v) = (repeat(k)?, repeat(v)?);
+    let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(bias)?;
+    let probs = super::composed::softmax_last_dim(&scores)?;
+    let out = probs.matmul(&v.contiguous()?)?;
+    Ok(out.transpose(1, 2)?.reshape((b, t, heads * d))?)
+}
+
+/// Mean cross-entropy `-mean(log_softmax(logits)[i, targets[i]])` of `logits` `[n, classes]`.
+pub fn cross_entropy(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
+    let logp = super::composed::log_softmax_last_dim(logits)?;
+    let idx = Tensor::new(targets, logits.device())?.unsqueeze(1)?;
+    let picked = logp.gather(&idx, 1)?;
+    Ok((picked.mean_all()? * -1.0)?)
 }
 
 #[cfg(test)]

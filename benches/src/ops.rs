@@ -1,0 +1,213 @@
+//! Each fused op of `peft_core::nn` against the composed form it replaced (`peft_core::nn::composed`), forward
+//! and backward on GPT-2 small's shapes at a batch of 4 x 128 tokens: the before / after of one lever each.
+//!
+//! ```
+//! use peft_benches::ops::{OpCase, Form};
+//! let case = OpCase::gelu(2, 8).unwrap();
+//! let fused = case.forward_backward(Form::Fused).unwrap();
+//! let composed = case.forward_backward(Form::Composed).unwrap();
+//! assert!(peft_core::compare::max_abs_diff(&fused, &composed).unwrap() < 1e-5);
+//! ```
+
+use candle_core::{DType, Device, Tensor, Var};
+use peft_core::nn;
+use peft_core::PeftError;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Which implementation runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// The one-node custom op with its own backward.
+    Fused,
+    /// candle's differentiable primitives.
+    Composed,
+}
+
+impl Form {
+    /// The name in bench ids.
+    pub fn name(self) -> &'static str {
+        match self {
+            Form::Fused => "fused",
+            Form::Composed => "composed",
+        }
+    }
+}
+
+/// The op under measurement and its fixed inputs.
+enum Op {
+    Gelu {
+        x: Var,
+    },
+    LayerNorm {
+        x: Var,
+        weight: Tensor,
+        bias: Tensor,
+    },
+    Attention {
+        q: Var,
+        k: Var,
+        v: Var,
+        bias: Tensor,
+        scale: f64,
+    },
+    CrossEntropy {
+        logits: Var,
+        targets: Vec<u32>,
+    },
+}
+
+/// One op on seeded inputs.
+pub struct OpCase {
+    name: String,
+    op: Op,
+}
+
+fn seeded(shape: &[usize], seed: u64, std: f32) -> peft_core::Result<Tensor> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let values: Vec<f32> = (0..n)
+        .map(|_| std * rng.sample::<f32, _>(rand_distr::StandardNormal))
+        .collect();
+    Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
+}
+
+impl OpCase {
+    /// `gelu_new` on the MLP's inner activations `[rows, inner]` (GPT-2 small: 512 x 3072).
+    pub fn gelu(rows: usize, inner: usize) -> peft_core::Result<Self> {
+        Ok(OpCase {
+            name: format!("gelu/{rows}x{inner}"),
+            op: Op::Gelu {
+                x: Var::from_tensor(&seeded(&[rows, inner], 1, 1.0)?)?,
+            },
+        })
+    }
+
+    /// LayerNorm over `[rows, hidden]` (GPT-2 small: 512 x 768), weight and bias frozen.
+    pub fn layer_norm(rows: usize, hidden: usize) -> peft_core::Result<Self> {
+        Ok(OpCase {
+            name: format!("layer_norm/{rows}x{hidden}"),
+            op: Op::LayerNorm {
+                x: Var::from_tensor(&seeded(&[rows, hidden], 2, 1.0)?)?,
+                weight: (seeded(&[hidden], 3, 0.1)? + 1.0)?,
+                bias: seeded(&[hidden], 4, 0.1)?,
+            },
+        })
+    }
+
+    /// Causal attention of `heads` heads of `head_dim` over `seq` tokens, batch `batch` (GPT-2 small:
+    /// 4 x 12 x 128 x 64).
+    pub fn attention(
+        batch: usize,
+        heads: usize,
+        seq: usize,
+        head_dim: usize,
+    ) -> peft_core::Result<Self> {
+        let mask = Tensor::ones((batch, seq), DType::F32, &Device::Cpu)?;
+        let shape = [batch, heads, seq, head_dim];
+        Ok(OpCase {
+            name: format!("attention/{batch}x{heads}x{seq}x{head_dim}"),
+            op: Op::Attention {
+                q: Var::from_tensor(&seeded(&shape, 5, 1.0)?)?,
+                k: Var::from_tensor(&seeded(&shape, 6, 1.0)?)?,
+                v: Var::from_tensor(&seeded(&shape, 7, 1.0)?)?,
+                bias: peft_models::attention::causal_bias(&mask, seq)?,
+                scale: (head_dim as f64).powf(-0.5),
+            },
+        })
+    }
+
+    /// Mean cross-entropy over `[rows, vocab]` logits (GPT-2 small's causal-LM loss: 512 x 50257).
+    pub fn cross_entropy(rows: usize, vocab: usize) -> peft_core::Result<Self> {
+        let mut rng = StdRng::seed_from_u64(8);
+        Ok(OpCase {
+            name: format!("cross_entropy/{rows}x{vocab}"),
+            op: Op::CrossEntropy {
+                logits: Var::from_tensor(&seeded(&[rows, vocab], 9, 2.0)?)?,
+                targets: (0..rows)
+                    .map(|_| rng.random_range(0..vocab as u32))
+                    .collect(),
+            },
+        })
+    }
+
+    /// The op and its shape, as in bench ids.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn forward(&self, form: Form) -> peft_core::Result<(Tensor, Vec<&Var>)> {
+        let fused = form == Form::Fused;
+        Ok(match &self.op {
+            Op::Gelu { x } => {
+                let y = if fused {
+                    nn::gelu_tanh(x.as_tensor())?
+                } else {
+                    x.as_tensor().gelu()?
+                };
+                (y, vec![x])
+            }
+            Op::LayerNorm { x, weight, bias } => {
+                let f = if fused {
+                    nn::layer_norm
+                } else {
+                    nn::composed::layer_norm
+                };
+                (f(x.as_tensor(), weight, Some(bias), 1e-5)?, vec![x])
+            }
+            Op::Attention {
+                q,
+                k,
+                v,
+                bias,
+                scale,
+            } => {
+                let f = if fused {
+                    nn::scaled_dot_product_attention
+                } else {
+                    nn::composed::scaled_dot_product_attention
+                };
+                let out = f(q.as_tensor(), k.as_tensor(), v.as_tensor(), bias, *scale)?;
+                (out, vec![q, k, v])
+            }
+            Op::CrossEntropy { logits, targets } => {
+                let f = if fused {
+                    nn::cross_entropy
+                } else {
+                    nn::composed::cross_entropy
+                };
+                (f(logits.as_tensor(), targets)?, vec![logits])
+            }
+        })
+    }
+
+    /// The forward pass, then the backward pass of the sum of the output; returns the first input's gradient.
+    pub fn forward_backward(&self, form: Form) -> peft_core::Result<Tensor> {
+        let (y, inputs) = self.forward(form)?;
+        let grads = y.sum_all()?.backward()?;
+        grads
+            .get(inputs[0].as_tensor())
+            .cloned()
+            .ok_or_else(|| PeftError::Unsupported(format!("{} lost its gradient", self.name)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fused_and_composed_agree_on_every_case() {
+        for case in [
+            OpCase::gelu(3, 40).unwrap(),
+            OpCase::layer_norm(3, 40).unwrap(),
+            OpCase::attention(2, 3, 5, 8).unwrap(),
+            OpCase::cross_entropy(3, 40).unwrap(),
+        ] {
+            let a = case.forward_backward(Form::Fused).unwrap();
+            let b = case.forward_backward(Form::Composed).unwrap();
+            let diff = peft_core::compare::max_abs_diff(&a, &b).unwrap();
+            assert!(diff < 1e-4, "{}: gradients differ by {diff}", case.name());
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! `peft bench`: times training steps of one method on one model through the shared trainer, on seeded random
+//! token ids, and prints the medians after a warm-up step:
+//!
+//! ```text
+//! peft bench --model random:gpt2-124m --method lora --batch 4 --seq 128 --steps 5 --json
+//! {"step_s_median": 1.9, "forward_s_median": 0.7, "peak_rss_mb": 1200.0, "tokens_per_s": 270.0, ...}
+//! ```
+//!
+//! A step is what [`peft_core::train::Trainer`] runs: the task's forward pass and loss, the backward pass,
+//! global-norm clipping and the AdamW update. `--task causal-lm` puts the loss on every position (labels are
+//! the inputs, as `labels=input_ids` in transformers); `--task classify` is verbalizer classification with two
+//! label words at the last position. The method is a tag with HF PEFT's defaults ([`METHOD_TAGS`]) or a TOML
+//! file holding a method table (an experiment's `[method]` or the table itself).
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use peft_core::method::PeftMethod;
+use peft_core::task::{CausalLm, ClassExample, LmExample, Task, VerbalizerClassification};
+use peft_core::train::{TrainConfig, Trainer};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::experiment::parse_method;
+use crate::measure::{median, minor_page_faults, peak_rss_bytes};
+use crate::session::{init_ctx, open_model};
+
+/// The method tags `--method` takes, each with the config it stands for (HF PEFT's defaults otherwise).
+pub const METHOD_TAGS: [(&str, &str); 5] = [
+    (
+        "prompt-tuning",
+        "peft_type = \"PROMPT_TUNING\"\nnum_virtual_tokens = 20",
+    ),
+    (
+        "p-tuning",
+        "peft_type = \"P_TUNING\"\nnum_virtual_tokens = 20",
+    ),
+    (
+        "prefix-tuning",
+        "peft_type = \"PREFIX_TUNING\"\nnum_virtual_tokens = 20",
+    ),
+    (
+        "lora",
+        "peft_type = \"LORA\"\nr = 8\nlora_alpha = 16\nlora_dropout = 0.0",
+    ),
+    ("bitfit", "peft_type = \"BITFIT\""),
+];
+
+/// What the loss is computed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchTask {
+    /// Next-token loss on every position.
+    CausalLm,
+    /// Two-class verbalizer classification at the last position.
+    Classify,
+}
+
+/// Arguments of `peft bench`.
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Zoo name, model folder, .gguf file, hub id, or `random:gpt2-124m` / `random:llama-135m`.
+    #[arg(long)]
+    model: String,
+    /// A method tag (prompt-tuning, p-tuning, prefix-tuning, lora, bitfit) or a TOML file with a method table.
+    #[arg(long)]
+    method: String,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Tokens per sequence (virtual tokens come on top).
+    #[arg(long, default_value_t = 128)]
+    seq: usize,
+    /// Timed steps, after one warm-up step.
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// The loss.
+    #[arg(long, value_enum, default_value_t = BenchTask::CausalLm)]
+    task: BenchTask,
+    /// Threads for candle and the kernels (sets RAYON_NUM_THREADS; default: every core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print one JSON object instead of a line of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `peft bench`.
+pub fn run(args: BenchArgs) -> Result<()> {
+    if args.batch == 0 || args.seq < 2 || args.steps == 0 {
+        bail!("--batch and --steps must be at least 1 and --seq at least 2");
+    }
+    if let Some(threads) = args.threads {
+        if threads == 0 {
+            bail!("--threads must be at least 1");
+        }
+        // Read by candle and rayon when their thread pools start, which has not happened yet.
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
+    let method = resolve_method(&args.method)?;
+    let loaded = open_model(&args.model)?;
+    let model = loaded.model.as_ref();
+    let spec = model.spec();
+    if args.seq > spec.max_positions {
+        bail!(
+            "--seq {} exceeds the model's {} positions",
+            args.seq,
+            spec.max_positions
+        );
+    }
+    let adapter = method
+        .build(&mut init_ctx(&loaded, 0))
+        .with_context(|| format!("building `{}` on {}", args.method, args.model))?;
+    let task = synthetic_task(
+        args.task,
+        spec.vocab_size,
+        args.batch,
+        args.seq,
+        args.steps + 1,
+    )?;
+    let output_dir = std::env::temp_dir().join(format!("peft-bench-{}", std::process::id()));
+    let config = TrainConfig {
+        batch_size: args.batch,
+        max_steps: args.steps + 1,
+        warmup_steps: 0,
+        log_every: 0,
+        eval_every: 0,
+        checkpoints: false,
+        output_dir: output_dir.clone(),
+        ..TrainConfig::default()
+    };
+    let faults_before = minor_page_faults();
+    let report = Trainer::new(model, adapter.as_ref(), task.as_ref(), config).run();
+    let faults_per_step = (minor_page_faults() - faults_before) as f64 / (args.steps + 1) as f64;
+    let _ = std::fs::remove_dir_all(&output_dir);
+    let report = report?;
+    // The first step pays for one-time work (allocations, thread start-up): it is the warm-up.
+    let step = median(&report.step_seconds[1..]).unwrap_or(0.0);
+    let forward = median(&report.forward_seconds[1..]).unwrap_or(0.0);
+    let peak_mb = peak_rss_bytes() as f64 / (1024.0 * 1024.0);
+    let tokens_per_s = (args.batch * args.seq) as f64 / step.max(1e-12);
+    let threads = candle_core::utils::get_num_threads();
+    if args.json {
+        let out = serde_json::json!({
+            "step_s_median": step,
+            "forward_s_median": forward,
+            "peak_rss_mb": peak_mb,
+            "tokens_per_s": tokens_per_s,
+            "model": args.model,
+            "method": args.method,
+            "task": format!("{:?}", args.task),
+            "batch": args.batch,
+            "seq": args.seq,
+            "steps": args.steps,
+            "threads": threads,
+            "trainable_parameters": adapter.num_trainable(),
+            "minor_faults_per_step": faults_per_step,
+            "allocator": crate::ALLOCATOR,
+            "matmul": peft_core::nn::matmul_backend(),
+            "step_s": &report.step_seconds[1..],
+        });
+        println!("{out}");
+    } else {
+        println!(
+            "{} on {} ({}x{}, {} threads): step {step:.3} s (forward {forward:.3} s), \
+             {tokens_per_s:.0} tokens/s, peak RSS {peak_mb:.0} MB, {} trainable parameters",
+            args.method,
+            args.model,
+            args.batch,
+            args.seq,
+            threads,
+            adapter.num_trainable()
+        );
+    }
+    Ok(())
+}
+
+/// The method a tag or a TOML file names.
+pub fn resolve_method(method: &str) -> Result<Box<dyn PeftMethod>> {
+    if let Some((_, toml)) = METHOD_TAGS.iter().find(|(tag, _)| *tag == method) {
+        let table: toml::Table = toml::from_str(toml).expect("the tag configs parse");
+        return parse_method(&table, toml);
+    }
+    let path = Path::new(method);
+    if !path.is_file() {
+        bail!(
+            "`{method}` is neither a method tag ({}) nor a TOML file",
+            METHOD_TAGS.map(|(t, _)| t).join(", ")
+        );
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {method}"))?;
+    let table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("parsing {method} as TOML"))?;
+    let table = match table.get("method") {
+        Some(toml::Value::Table(t)) => t.clone(),
+        Some(_) => bail!("{method}: `method` must be a table"),
+        None => table,
+    };
+    parse_method(&table, &text).with_context(|| format!("the method in {method}"))
+}
+
+/// `batches` batches of `batch` sequences of `seq` seeded random token ids (all real, no padding).
+fn synthetic_task(
+    kind: BenchTask,
+    vocab: usize,
+    batch: usize,
+    seq: usize,
+    batches: usize,
+) -> Result<Box<dyn Task>> {
+    let mut rng = StdRng::seed_from_u64(0);
+    let mut ids = || -> Vec<u32> {
+        (0..seq)
+            .map(|_| rng.random_range(0..vocab as u32))
+            .collect()
+    };
+    let n = batch * batches;
+    Ok(match kind {
+        BenchTask::CausalLm => {
+            let mut example = || {
+                let input_ids = ids();
+                let labels = input_ids.iter().map(|&t| t as i64).collect();
+                LmExample { input_ids, labels }
+            };
+            let train = (0..n).map(|_| example()).collect();
+            let eval = vec![example()];
+            Box::new(CausalLm::new(train, eval, 0)?)
+        }
+        BenchTask::Classify => {
+            let mut example = |label: usize| ClassExample {
+                input_ids: ids(),
+                label,
+                token_type_ids: Vec::new(),
+            };
+            let train = (0..n).map(|i| example(i % 2)).collect();
+            let eval = vec![example(0)];
+            let words = vec![1.min(vocab as u32 - 1), 2.min(vocab as u32 - 1)];
+            Box::new(VerbalizerClassification::new(train, eval, words, 0)?)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_tag_parses_and_unknown_names_are_explained() {
+        for (tag, _) in METHOD_TAGS {
+            resolve_method(tag).unwrap_or_else(|e| panic!("{tag}: {e:#}"));
+        }
+        let err = format!("{:#}", resolve_method("loraa").unwrap_err());
+        assert!(
+            err.contains("prompt-tuning") && err.contains("loraa"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_method_file_may_hold_an_experiment_method_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.toml");
+        std::fs::write(&path, "[method]\npeft_type = \"LORA\"\nr = 4\n").unwrap();
+        let m = resolve_method(path.to_str().unwrap()).unwrap();
+        let json = serde_json::to_value(&m).unwrap();
+        assert_eq!(json["r"], 4);
+        std::fs::write(&path, "peft_type = \"LORA\"\nrank = 4\n").unwrap();
+        assert!(resolve_method(path.to_str().unwrap()).is_err());
+    }
+
+    #[test]
+    fn synthetic_tasks_have_the_asked_shape() {
+        let t = synthetic_task(BenchTask::CausalLm, 50, 3, 7, 2).unwrap();
+        assert_eq!(t.train_len(), 6);
+        let t = synthetic_task(BenchTask::Classify, 50, 2, 5, 4).unwrap();
+        assert_eq!(t.train_len(), 8);
+    }
+}
