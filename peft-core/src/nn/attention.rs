@@ -528,14 +528,7 @@ mod tests {
 
     /// `max |a - b| / max |b|`.
     fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
-        let scale = b
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        crate::compare::max_abs_diff(a, b).unwrap() / scale.max(1e-30)
+        crate::compare::max_rel_diff(a, b).unwrap()
     }
 
     struct Case {
@@ -805,12 +798,7 @@ mod tests {
                 .collect()
         };
         // Each (batch, head) pair is computed whole by one task: the thread count changes nothing.
-        let pool = |n| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(n)
-                .build()
-                .unwrap()
-        };
+        let pool = crate::nn::cpu::test_pool;
         let (o1, g1) = pool(1).install(|| run(scaled_dot_product_attention, c, &vars, &w));
         let (o2, g2) = pool(3).install(|| run(scaled_dot_product_attention, c, &vars, &w));
         assert_eq!(bits(&o1), bits(&o2));

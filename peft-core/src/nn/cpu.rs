@@ -96,12 +96,7 @@ pub(crate) fn matmul(
     threads: Threads,
 ) {
     assert!(out.len() >= m * n, "gemm output too short");
-    let reach = |mat: &Mat<'_>, rows: usize, cols: usize| {
-        rows == 0
-            || cols == 0
-            || (rows - 1) * mat.row_stride + (cols - 1) * mat.col_stride < mat.values.len()
-    };
-    assert!(reach(&a, m, k) && reach(&b, k, n), "gemm operand too short");
+    check_operands(&a, &b, (m, n, k));
     if m == 0 || n == 0 {
         return;
     }
@@ -109,6 +104,35 @@ pub(crate) fn matmul(
     if threads == Threads::All && super::openblas::sgemm(a, b, out, (m, n, k), accumulate) {
         return;
     }
+    // SAFETY: `check_operands` keeps every index the strides reach inside the slices, the assert above keeps
+    // the output inside `out`, which is borrowed mutably for the call.
+    unsafe { raw_gemm(a, b, out.as_mut_ptr(), n, (m, n, k), accumulate, threads) }
+}
+
+/// Panics unless every index the strides of `a` (`[m, k]`) and `b` (`[k, n]`) reach lies inside their slices.
+fn check_operands(a: &Mat<'_>, b: &Mat<'_>, (m, n, k): (usize, usize, usize)) {
+    let reach = |mat: &Mat<'_>, rows: usize, cols: usize| {
+        rows == 0
+            || cols == 0
+            || (rows - 1) * mat.row_stride + (cols - 1) * mat.col_stride < mat.values.len()
+    };
+    assert!(reach(a, m, k) && reach(b, k, n), "gemm operand too short");
+}
+
+/// The `gemm` crate's product into `dst` with rows `dst_row_stride` apart.
+///
+/// # Safety
+/// The operands were checked by [`check_operands`], `dst` is valid for `(m - 1) * dst_row_stride + n` values,
+/// and nothing else reads or writes the output elements during the call.
+unsafe fn raw_gemm(
+    a: Mat<'_>,
+    b: Mat<'_>,
+    dst: *mut f32,
+    dst_row_stride: usize,
+    (m, n, k): (usize, usize, usize),
+    accumulate: bool,
+    threads: Threads,
+) {
     let parallelism = match threads {
         Threads::One => gemm::Parallelism::None,
         Threads::All => match candle_core::utils::get_num_threads() {
@@ -116,31 +140,27 @@ pub(crate) fn matmul(
             t => gemm::Parallelism::Rayon(t),
         },
     };
-    // SAFETY: the asserts above keep every index the strides reach inside the slices, and `out` is borrowed
-    // mutably for the call, so nothing else reads or writes it.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.values.as_ptr(),
-            a.col_stride as isize,
-            a.row_stride as isize,
-            b.values.as_ptr(),
-            b.col_stride as isize,
-            b.row_stride as isize,
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_row_stride as isize,
+        accumulate,
+        a.values.as_ptr(),
+        a.col_stride as isize,
+        a.row_stride as isize,
+        b.values.as_ptr(),
+        b.col_stride as isize,
+        b.row_stride as isize,
+        if accumulate { 1.0 } else { 0.0 },
+        1.0,
+        false,
+        false,
+        false,
+        parallelism,
+    );
 }
 
 // ---- Added for the attention and cross-entropy kernels. ----
@@ -205,44 +225,18 @@ pub(crate) unsafe fn matmul_to(
         offset + (m - 1) * row_stride + n <= out.len,
         "gemm output too short"
     );
-    let reach = |mat: &Mat<'_>, rows: usize, cols: usize| {
-        rows == 0
-            || cols == 0
-            || (rows - 1) * mat.row_stride + (cols - 1) * mat.col_stride < mat.values.len()
-    };
-    assert!(reach(&a, m, k) && reach(&b, k, n), "gemm operand too short");
-    let parallelism = match threads {
-        Threads::One => gemm::Parallelism::None,
-        Threads::All => match candle_core::utils::get_num_threads() {
-            0 | 1 => gemm::Parallelism::None,
-            t => gemm::Parallelism::Rayon(t),
-        },
-    };
+    check_operands(&a, &b, (m, n, k));
     // SAFETY: the asserts keep every index inside the buffers; the caller guarantees exclusive access to the
     // output elements written.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.ptr.add(offset),
-            1,
-            row_stride as isize,
-            accumulate,
-            a.values.as_ptr(),
-            a.col_stride as isize,
-            a.row_stride as isize,
-            b.values.as_ptr(),
-            b.col_stride as isize,
-            b.row_stride as isize,
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
+    raw_gemm(
+        a,
+        b,
+        out.ptr.add(offset),
+        row_stride,
+        (m, n, k),
+        accumulate,
+        threads,
+    )
 }
 
 /// `e^x` in f32 without a branch, so that loops over slices vectorise. Relative error below 2e-7 (2 ulp)
@@ -398,6 +392,15 @@ macro_rules! simd_fn {
     };
 }
 pub(crate) use simd_fn;
+
+/// A rayon pool of `threads` threads, for the kernels' tests that results do not depend on the thread count.
+#[cfg(test)]
+pub(crate) fn test_pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("a thread pool")
+}
 
 #[cfg(test)]
 mod tests {

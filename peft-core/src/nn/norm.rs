@@ -613,11 +613,7 @@ mod tests {
         for kind in [Kind::LayerBias, Kind::Rms] {
             let first = forward_backward(kind, true, &t);
             let in_pool = |threads: usize| {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                pool.install(|| forward_backward(kind, true, &t))
+                crate::nn::cpu::test_pool(threads).install(|| forward_backward(kind, true, &t))
             };
             for again in [forward_backward(kind, true, &t), in_pool(1), in_pool(3)] {
                 for (a, b) in first.iter().zip(&again) {
