@@ -11,7 +11,10 @@
 pub mod commands;
 pub mod compare;
 pub mod experiment;
+pub mod launch;
 pub mod measure;
+#[cfg(feature = "mpi")]
+pub mod mpi_comm;
 pub mod plots;
 pub mod session;
 pub mod task_file;
@@ -50,6 +53,7 @@ pub const ALLOCATOR: &str = if cfg!(feature = "mimalloc") {
 };
 
 use clap::{Parser, Subcommand};
+use peft_core::dist::Communicator;
 
 /// Parameter-efficient fine-tuning of frozen transformers (prompt tuning, ...) on candle.
 #[derive(Parser)]
@@ -90,16 +94,25 @@ pub fn run() -> i32 {
     link_methods();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Fetch(a) => commands::fetch::run(a),
-        Command::Train(a) => commands::train::run(a),
-        Command::Eval(a) => commands::eval::run(a),
-        Command::Generate(a) => commands::generate::run(a),
-        Command::Logits(a) => commands::logits::run(a),
-        Command::Embed(a) => commands::embed::run(a),
-        Command::Inspect(a) => commands::inspect::run(a),
-        Command::Bench(a) => commands::bench::run(a),
-        Command::Compare(a) => compare::run(a),
+        Command::Train(a) => in_job(|comm| commands::train::run(a, comm)),
+        Command::Compare(a) => in_job(|comm| compare::run(a, comm)),
+        Command::Bench(a) => in_job(|comm| commands::bench::run(a, comm)),
+        // A grid cell runs alone, whichever rank started it.
         Command::CompareCell(a) => compare::run_cell(a),
+        other => launch::refuse_under_mpi(other.name()).and_then(|()| match other {
+            Command::Fetch(a) => commands::fetch::run(a),
+            Command::Eval(a) => commands::eval::run(a),
+            Command::Generate(a) => commands::generate::run(a),
+            Command::Logits(a) => commands::logits::run(a),
+            Command::Embed(a) => commands::embed::run(a),
+            Command::Inspect(a) => commands::inspect::run(a),
+            Command::Train(_)
+            | Command::Compare(_)
+            | Command::Bench(_)
+            | Command::CompareCell(_) => {
+                unreachable!("matched above")
+            }
+        }),
     };
     match result {
         Ok(()) => 0,
@@ -108,6 +121,35 @@ pub fn run() -> i32 {
             1
         }
     }
+}
+
+impl Command {
+    /// The subcommand's name on the command line.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Fetch(_) => "fetch",
+            Command::Train(_) => "train",
+            Command::Eval(_) => "eval",
+            Command::Generate(_) => "generate",
+            Command::Logits(_) => "logits",
+            Command::Embed(_) => "embed",
+            Command::Inspect(_) => "inspect",
+            Command::Bench(_) => "bench",
+            Command::Compare(_) => "compare",
+            Command::CompareCell(_) => "compare-cell",
+        }
+    }
+}
+
+/// Runs `work` as this process's part of its job (one process, or a rank of an MPI job); an error on one
+/// rank of several stops them all.
+fn in_job(work: impl FnOnce(&dyn Communicator) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let job = launch::Job::start()?;
+    let result = work(job.comm());
+    if let Err(e) = &result {
+        job.stop_on_error(e);
+    }
+    result
 }
 
 /// Links the workspace's method crates, so that their typetag registrations are in every binary.

@@ -1011,3 +1011,33 @@ output_dir = "{out}"
         "w5 w12 w20"
     );
 }
+
+#[test]
+fn several_processes_need_the_mpi_build_and_one_process_commands_refuse_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = toy_experiment(dir.path(), PROMPT, &toy_train_rows());
+    // What `mpirun -np 2` puts in each process's environment (Open MPI's name for the job size).
+    let as_rank_of_two = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_peft"))
+            .args(args)
+            .env("OMPI_COMM_WORLD_SIZE", "2")
+            .output()
+            .unwrap()
+    };
+    fails_with(
+        &as_rank_of_two(&["inspect", "--model", &fixture("tiny-gpt2")]),
+        &["`peft inspect` runs in one process", "one of 2"],
+    );
+    #[cfg(not(feature = "mpi"))]
+    {
+        fails_with(
+            &as_rank_of_two(&["train", exp.to_str().unwrap()]),
+            &["one of 2 processes", "without MPI", "--features mpi"],
+        );
+        assert!(
+            !dir.path().join("out").exists(),
+            "a refused run wrote output"
+        );
+    }
+    let _ = exp;
+}

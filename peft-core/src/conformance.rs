@@ -1,6 +1,7 @@
 //! The contract every method must keep, as one check that any method crate (a third party's too) runs in its
 //! tests: trained by the shared trainer the loss falls, every trainable tensor moves, no frozen tensor moves,
-//! and the saved adapter loads back with the same logits.
+//! and the saved adapter loads back with the same logits; a run stopped and resumed equals an uninterrupted one
+//! ([`check_resume`]), and so does a data-parallel run over several ranks ([`check_data_parallel`]).
 //!
 //! ```no_run
 //! # fn demo(model: &dyn peft_core::model::BaseModel, task: &dyn peft_core::task::Task,
@@ -18,6 +19,7 @@ use rand::SeedableRng;
 
 use crate::adapter_io::{load_adapter, save_adapter};
 use crate::compare::max_abs_diff;
+use crate::dist::Communicator;
 use crate::error::{PeftError, Result};
 use crate::generate::{last_decoder_logits, last_logits};
 use crate::hooks::Hooks;
@@ -251,6 +253,88 @@ pub fn check_resume(
     })();
     let _ = std::fs::remove_dir_all(&straight_dir);
     let _ = std::fs::remove_dir_all(&stopped_dir);
+    outcome
+}
+
+/// Trains a fresh adapter from `build` in one process, and again as a data-parallel job of `ranks` threads
+/// (each with its own adapter from `build`, the model shared), both with `how`'s global batch and two
+/// micro-batches per step; the job must end with the same losses and, on every rank, the same trainable
+/// tensors as the single process. Returns the largest difference seen.
+pub fn check_data_parallel(
+    model: &dyn BaseModel,
+    build: &(dyn Fn() -> Result<Box<dyn Adapter>> + Sync),
+    task: &dyn Task,
+    how: &Conformance,
+    ranks: usize,
+) -> Result<f64> {
+    let config = |out: PathBuf| TrainConfig {
+        max_steps: how.steps,
+        batch_size: how.batch_size,
+        gradient_accumulation_steps: 2,
+        learning_rate: how.learning_rate,
+        // Some gradients are zero in exact arithmetic (a key bias: softmax ignores a constant shift of its
+        // row) and come out as rounding noise that depends on the order of the sums; Adam's first steps turn
+        // such noise into moves of about the learning rate, of either sign, that change no output. A larger
+        // epsilon keeps those moves below the tolerance and leaves every real gradient's update as it was.
+        optimizer: crate::train::optim::AdamWConfig {
+            eps: 1e-4,
+            ..Default::default()
+        },
+        warmup_steps: 0,
+        eval_every: 0,
+        log_every: 0,
+        progress: false,
+        checkpoints: false,
+        output_dir: out,
+        ..TrainConfig::default()
+    };
+    let (single_dir, job_dir) = (scratch_dir(), scratch_dir());
+    let outcome = (|| {
+        let single = build()?;
+        let single_losses = Trainer::new(model, single.as_ref(), task, config(single_dir.clone()))
+            .run()?
+            .losses;
+        let expected: Vec<(String, Tensor)> = single
+            .trainable()
+            .into_iter()
+            .map(|(k, v)| (k, v.as_tensor().clone()))
+            .collect();
+        let per_rank = crate::dist::threads::ThreadGroup::run(ranks, |comm| {
+            let adapter = build()?;
+            let losses = Trainer::new(model, adapter.as_ref(), task, config(job_dir.clone()))
+                .with_communicator(comm)
+                .run()?
+                .losses;
+            let mut worst = 0f64;
+            if losses.len() != single_losses.len() {
+                return Err(PeftError::Unsupported(format!(
+                    "conformance: rank {} made {} steps, one process {}",
+                    comm.rank(),
+                    losses.len(),
+                    single_losses.len()
+                )));
+            }
+            for (a, b) in single_losses.iter().zip(&losses) {
+                worst = worst.max((a - b).abs());
+            }
+            for ((name, a), (_, b)) in expected.iter().zip(&adapter.trainable()) {
+                let d = f64::from(max_abs_diff(a, b.as_tensor())?);
+                if d.is_nan() {
+                    return Err(PeftError::Unsupported(format!(
+                        "conformance: `{name}` is NaN on rank {}",
+                        comm.rank()
+                    )));
+                }
+                worst = worst.max(d);
+            }
+            Ok(worst)
+        });
+        per_rank
+            .into_iter()
+            .try_fold(0f64, |worst, r| Ok(worst.max(r?)))
+    })();
+    let _ = std::fs::remove_dir_all(&single_dir);
+    let _ = std::fs::remove_dir_all(&job_dir);
     outcome
 }
 

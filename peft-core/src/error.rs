@@ -58,6 +58,10 @@ pub enum PeftError {
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 
+    /// A collective operation between the ranks of a data-parallel job failed.
+    #[error("communication between processes: {0}")]
+    Communication(String),
+
     /// A contract was used in a way it does not support.
     #[error("{0}")]
     Unsupported(String),

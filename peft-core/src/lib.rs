@@ -15,6 +15,7 @@ pub mod atomic;
 pub mod compare;
 pub mod conformance;
 pub mod data;
+pub mod dist;
 pub mod error;
 pub mod frozen;
 pub mod generate;

@@ -1,9 +1,13 @@
 //! The workspace's method contract (`peft_core::conformance`) for LoRA on both tiny architectures: trained by the
 //! shared trainer the loss falls, every trainable tensor moves and no frozen one does, save -> load keeps the
-//! logits, and a run stopped halfway and resumed ends where an uninterrupted one does.
+//! logits, and a run stopped halfway and resumed, or split over data-parallel ranks, ends where an uninterrupted
+//! one does.
 
 use peft_lora::{BiasMode, LoraConfig, TargetModules};
-use peft_testing::{assert_contract_on_tiny_models, assert_resume_exact};
+use peft_testing::{
+    assert_contract_on_tiny_models, assert_data_parallel_exact, assert_resume_exact,
+    seeded_tiny_models,
+};
 
 fn configs() -> Vec<LoraConfig> {
     vec![
@@ -29,4 +33,19 @@ fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
     // Without dropout: its masks come from the adapter's own generator, which checkpoints do not hold.
     let config = LoraConfig::new(4, ["q_proj", "v_proj", "down_proj"]);
     assert_resume_exact(&peft_models::tiny::llama(4), &config);
+}
+
+#[test]
+fn a_data_parallel_run_ends_where_one_process_does() {
+    // Without dropout: each rank draws its own masks (as each GPU does under PyTorch's DDP).
+    let all_linear = LoraConfig {
+        bias: BiasMode::All,
+        target_modules: Some(TargetModules::Pattern("all-linear".into())),
+        ..LoraConfig::new(4, Vec::<String>::new())
+    };
+    for model in seeded_tiny_models(3) {
+        for config in [LoraConfig::default(), all_linear.clone()] {
+            assert_data_parallel_exact(model.as_ref(), &config);
+        }
+    }
 }

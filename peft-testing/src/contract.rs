@@ -1,10 +1,10 @@
 //! The workspace's method contract (`peft_core::conformance`), run the same way for every method.
 
-use peft_core::conformance::{check_adapter, check_resume, Conformance};
+use peft_core::conformance::{check_adapter, check_data_parallel, check_resume, Conformance};
 use peft_core::method::{Adapter, PeftMethod};
 use peft_core::model::BaseModel;
 
-use crate::{init, rule_lm_task, seeded_tiny_models};
+use crate::{init, ragged_lm_task, rule_lm_task, seeded_tiny_models};
 
 /// Each of `configs`, built (init seed 1) on the seeded tiny GPT-2 and LLaMA (seed 3), keeps the method contract
 /// over 12 steps of the [`rule_lm_task`] (the loss falls, every trainable tensor moves and no frozen one does,
@@ -36,4 +36,25 @@ pub fn assert_resume_exact(model: &dyn BaseModel, config: &dyn PeftMethod) {
     };
     let worst = check_resume(model, &build, &task, &how).unwrap();
     assert!(worst < 1e-6, "resumed run differs by {worst}");
+}
+
+/// `config` (init seed 2) trained on `model` for 4 steps of the [`ragged_lm_task`], 5 examples a micro-batch
+/// and two micro-batches a step, by one process and by data-parallel jobs of 2 and 3 ranks (uneven shards):
+/// equal losses and adapters on every rank within 1e-5.
+pub fn assert_data_parallel_exact(model: &dyn BaseModel, config: &dyn PeftMethod) {
+    let task = ragged_lm_task();
+    let build = || -> peft_core::Result<Box<dyn Adapter>> { config.build(&mut init(model, 2)) };
+    let how = Conformance {
+        steps: 4,
+        batch_size: 5,
+        ..Conformance::default()
+    };
+    for ranks in [2, 3] {
+        let worst = check_data_parallel(model, &build, &task, &how, ranks)
+            .unwrap_or_else(|e| panic!("{ranks} ranks: {e}"));
+        assert!(
+            worst < 1e-5,
+            "{ranks} ranks differ from one process by {worst}"
+        );
+    }
 }

@@ -34,7 +34,9 @@ mod tasks;
 mod text_cases;
 mod train;
 
-pub use contract::{assert_contract_on_tiny_models, assert_resume_exact};
+pub use contract::{
+    assert_contract_on_tiny_models, assert_data_parallel_exact, assert_resume_exact,
+};
 pub use hf::hf_fixture;
 pub use init::{init, init_loaded};
 pub use json::{f32s, ids_of, read_json, u32s};
@@ -48,7 +50,8 @@ pub use parity::{
 };
 pub use paths::{fixture, root};
 pub use tasks::{
-    lm_task, rule_lm_task, text_lm_task, toy_classification_task, toy_lm_task, SMOLLM2_REVIEWS,
+    lm_task, ragged_lm_task, rule_lm_task, text_lm_task, toy_classification_task, toy_lm_task,
+    SMOLLM2_REVIEWS,
 };
 pub use text_cases::{checked_ids, text_cases_top_diffs};
 pub use train::{toy_trained, train};

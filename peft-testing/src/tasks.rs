@@ -40,6 +40,16 @@ pub fn rule_lm_task() -> CausalLm {
     }))
 }
 
+/// A causal-LM task of 10 rule sequences of 3 to 10 tokens: micro-batches mix lengths, so that a batch split
+/// over ranks pads each part differently and the parts hold different numbers of target tokens.
+pub fn ragged_lm_task() -> CausalLm {
+    lm_task((0..10u32).map(|s| {
+        (0..3 + (s * 5) % 8)
+            .map(|t| 1 + (s * 11 + t * (2 + s % 3)) % 90)
+            .collect()
+    }))
+}
+
 /// A causal-LM task on `texts`, encoded with special tokens by `tokenizer`.
 pub fn text_lm_task(tokenizer: &Tokenizer, texts: &[&str]) -> CausalLm {
     lm_task(

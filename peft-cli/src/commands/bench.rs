@@ -11,11 +11,17 @@
 //! the inputs, as `labels=input_ids` in transformers); `--task classify` is verbalizer classification with two
 //! label words at the last position. The method is a tag with HF PEFT's defaults ([`METHOD_TAGS`]) or a TOML
 //! file holding a method table (an experiment's `[method]` or the table itself).
+//!
+//! Under `mpirun -np N` (a build with the `mpi` feature) the step is data-parallel: `--batch` is the global
+//! batch, split over the processes, and rank 0 prints, adding the time a step spends in collectives
+//! (`comm_s_median`: transfers plus any wait for a slower rank) and the time of the gradients' all-reduce alone
+//! (`allreduce_s_median`, timed after training with every rank in step).
 
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
+use peft_core::dist::Communicator;
 use peft_core::method::PeftMethod;
 use peft_core::task::{CausalLm, ClassExample, LmExample, Task, VerbalizerClassification};
 use peft_core::train::{TrainConfig, Trainer};
@@ -86,7 +92,7 @@ pub struct BenchArgs {
 }
 
 /// Runs `peft bench`.
-pub fn run(args: BenchArgs) -> Result<()> {
+pub fn run(args: BenchArgs, comm: &dyn Communicator) -> Result<()> {
     if args.batch == 0 || args.seq < 2 || args.steps == 0 {
         bail!("--batch and --steps must be at least 1 and --seq at least 2");
     }
@@ -130,13 +136,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
         ..TrainConfig::default()
     };
     let faults_before = minor_page_faults();
-    let report = Trainer::new(model, adapter.as_ref(), task.as_ref(), config).run();
+    let report = Trainer::new(model, adapter.as_ref(), task.as_ref(), config)
+        .with_communicator(comm)
+        .run();
     let faults_per_step = (minor_page_faults() - faults_before) as f64 / (args.steps + 1) as f64;
     let _ = std::fs::remove_dir_all(&output_dir);
     let report = report?;
     // The first step pays for one-time work (allocations, thread start-up): it is the warm-up.
     let step = median(&report.step_seconds[1..]).unwrap_or(0.0);
     let forward = median(&report.forward_seconds[1..]).unwrap_or(0.0);
+    let communication = median(&report.comm_seconds[1..]).unwrap_or(0.0);
+    let transfer = all_reduce_seconds(comm, adapter.num_trainable())?;
+    if !comm.is_root() {
+        return Ok(());
+    }
     let peak_mb = peak_rss_bytes() as f64 / (1024.0 * 1024.0);
     let tokens_per_s = (args.batch * args.seq) as f64 / step.max(1e-12);
     let threads = candle_core::utils::get_num_threads();
@@ -144,6 +157,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let out = serde_json::json!({
             "step_s_median": step,
             "forward_s_median": forward,
+            "comm_s_median": communication,
+            "allreduce_s_median": transfer,
+            "processes": comm.size(),
             "peak_rss_mb": peak_mb,
             "tokens_per_s": tokens_per_s,
             "model": args.model,
@@ -161,18 +177,44 @@ pub fn run(args: BenchArgs) -> Result<()> {
         });
         println!("{out}");
     } else {
+        let processes = if comm.size() > 1 {
+            format!(
+                "{} processes x {threads} threads, in collectives {communication:.4} s of which the \
+                 gradients' all-reduce {transfer:.4} s",
+                comm.size()
+            )
+        } else {
+            format!("{threads} threads")
+        };
         println!(
-            "{} on {} ({}x{}, {} threads): step {step:.3} s (forward {forward:.3} s), \
-             {tokens_per_s:.0} tokens/s, peak RSS {peak_mb:.0} MB, {} trainable parameters",
+            "{} on {} ({}x{}, {processes}): step {step:.3} s (forward {forward:.3} s), \
+             {tokens_per_s:.0} tokens/s, peak RSS {peak_mb:.0} MB (rank 0), {} trainable parameters",
             args.method,
             args.model,
             args.batch,
             args.seq,
-            threads,
             adapter.num_trainable()
         );
     }
     Ok(())
+}
+
+/// Median time of one all-reduce of `n` f32 (the trainable gradients' packed buffer) over 10, with every rank
+/// already in step, so that no wait for a slower rank is counted; 0 in one process.
+fn all_reduce_seconds(comm: &dyn Communicator, n: usize) -> Result<f64> {
+    if comm.size() == 1 {
+        return Ok(0.0);
+    }
+    let mut buffer = vec![1f32; n];
+    // One untimed round: the ranks leave training at different moments.
+    comm.all_reduce_sum_f32(&mut buffer)?;
+    let mut times = Vec::with_capacity(10);
+    for _ in 0..10 {
+        let started = std::time::Instant::now();
+        comm.all_reduce_sum_f32(&mut buffer)?;
+        times.push(started.elapsed().as_secs_f64());
+    }
+    Ok(median(&times).unwrap_or(0.0))
 }
 
 /// The method a tag or a TOML file names.

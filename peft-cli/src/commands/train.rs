@@ -1,12 +1,16 @@
 //! `peft train`: the main job. Opens the model (fetching a zoo model on first use), measures the zero-shot
 //! dev metrics of the frozen model, trains the experiment's method with the shared trainer, and prints the
 //! dev metrics after training. Outputs: `<output_dir>/{metrics.jsonl, checkpoint/, best/, adapter/}`.
+//!
+//! Under `mpirun -np N` (a build with the `mpi` feature) every rank loads the model and trains its share of each
+//! global batch; rank 0 alone evaluates, prints and writes the outputs.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
 use clap::Args;
+use peft_core::dist::Communicator;
 use peft_core::hooks::{positions_taken, NoHooks};
 use peft_core::task::Metrics;
 use peft_core::train::Trainer;
@@ -46,7 +50,7 @@ fn show(metrics: &Metrics) -> String {
 }
 
 /// Runs `peft train`.
-pub fn run(args: TrainArgs) -> Result<()> {
+pub fn run(args: TrainArgs, comm: &dyn Communicator) -> Result<()> {
     let mut exp = Experiment::load(&args.experiment)?;
     let cfg = &mut exp.file.training;
     if let Some(s) = args.max_steps {
@@ -66,6 +70,24 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let taken = positions_taken(adapter.as_ref(), spec.hidden_size, model.device())?;
     let task = build_task(&exp, &loaded, taken)?;
     let cfg = exp.file.training.clone();
+    let root = comm.is_root();
+    if !root {
+        // The other ranks train their shards in silence; rank 0 reports for the job.
+        Trainer::new(model, adapter.as_ref(), task.as_ref(), cfg)
+            .with_communicator(comm)
+            .run()?;
+        return Ok(());
+    }
+    if comm.size() > 1 {
+        eprintln!(
+            "data-parallel over {} processes ({}): each global batch of {} split over them, {} compute \
+             thread(s) per process",
+            comm.size(),
+            comm.describe(),
+            cfg.batch_size,
+            candle_core::utils::get_num_threads()
+        );
+    }
     eprintln!(
         "model {} ({} parameters), method {}, {} trainable parameters ({:.4}%), {} training examples",
         spec.name_or_path,
@@ -110,7 +132,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
     };
     let t = Instant::now();
-    let report = Trainer::new(model, adapter.as_ref(), task.as_ref(), cfg.clone()).run()?;
+    let report = Trainer::new(model, adapter.as_ref(), task.as_ref(), cfg.clone())
+        .with_communicator(comm)
+        .run()?;
     let after = report
         .evals
         .last()

@@ -1,7 +1,8 @@
 //! `peft compare <grid.toml>`: runs models x tasks x methods x seeds under one training budget, each cell in a
 //! process of its own, and writes a results folder: `runs/<cell>/` (the trainer's JSONL log, the adapter,
 //! `result.json`), `runs.csv`, `report.md` and plots. A grid that is stopped (even by `kill -9`) and started
-//! again reuses every finished cell whose settings are unchanged and reruns the rest from their start.
+//! again reuses every finished cell whose settings are unchanged and reruns the rest from their start. Under
+//! `mpirun -np N` the ranks share out the cells and rank 0 writes the report.
 //!
 //! ```
 //! use peft_cli::compare::grid::line_at;
@@ -19,6 +20,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use peft_core::dist::{round_robin, Communicator};
 
 use cell::{write_atomically, CellResult, CellSpec};
 use grid::Grid;
@@ -51,24 +53,31 @@ pub fn run_cell(args: CellArgs) -> Result<()> {
     cell::run_cell_file(&args.spec)
 }
 
-/// Runs `peft compare`.
-pub fn run(args: CompareArgs) -> Result<()> {
+/// Runs `peft compare`. Under `mpirun -np N` the cells left to run are dealt out over the ranks (cell `i` of
+/// them to rank `i % N`), each rank runs its cells one at a time as a single process would, and rank 0
+/// gathers the results and writes the same report.
+pub fn run(args: CompareArgs, comm: &dyn Communicator) -> Result<()> {
+    let root = comm.is_root();
     let mut grid = Grid::load(&args.grid)?;
     if let Some(d) = args.output_dir {
         grid.output_dir = d;
     }
-    eprintln!("checking the grid: models, data, methods and budgets");
+    if root {
+        eprintln!("checking the grid: models, data, methods and budgets");
+    }
     let cells = plan::plan(&grid)?;
-    for c in &cells {
-        let size = c
-            .sized
-            .as_ref()
-            .map(|(k, v)| format!(", {k} = {v} for the budget"))
-            .unwrap_or_default();
-        eprintln!(
-            "  {}: {} trainable parameters{size}",
-            c.id, c.planned_trainable
-        );
+    if root {
+        for c in &cells {
+            let size = c
+                .sized
+                .as_ref()
+                .map(|(k, v)| format!(", {k} = {v} for the budget"))
+                .unwrap_or_default();
+            eprintln!(
+                "  {}: {} trainable parameters{size}",
+                c.id, c.planned_trainable
+            );
+        }
     }
     if args.dry_run {
         return Ok(());
@@ -76,28 +85,51 @@ pub fn run(args: CompareArgs) -> Result<()> {
     let out = &grid.output_dir;
     std::fs::create_dir_all(out.join("runs"))
         .with_context(|| format!("creating {}", out.display()))?;
-    write_atomically(
-        &out.join("grid.toml"),
-        std::fs::read(&grid.path)?.as_slice(),
-    )?;
-    write_atomically(
-        &out.join("plan.json"),
-        serde_json::to_string_pretty(&cells)?.as_bytes(),
-    )?;
+    if root {
+        write_atomically(
+            &out.join("grid.toml"),
+            std::fs::read(&grid.path)?.as_slice(),
+        )?;
+        write_atomically(
+            &out.join("plan.json"),
+            serde_json::to_string_pretty(&cells)?.as_bytes(),
+        )?;
+    }
     let exe = std::env::current_exe().context("finding the peft executable")?;
-    let mut results = Vec::new();
-    let mut failed = Vec::new();
     let started = Instant::now();
-    for (i, spec) in cells.iter().enumerate() {
-        let dir = out.join("runs").join(&spec.id);
-        let label = format!("[{}/{}] {}", i + 1, cells.len(), spec.id);
-        if !args.fresh {
-            if let Some(done) = finished(&dir, spec) {
-                eprintln!("{label}: finished earlier, reused");
-                results.push((spec.clone(), done));
-                continue;
+    // Rank 0 decides which cells are finished: its results folder is the one the report is written from.
+    let mut done: Vec<(usize, CellOutcome)> = Vec::new();
+    let mut todo: Vec<usize> = Vec::new();
+    if root {
+        for (i, spec) in cells.iter().enumerate() {
+            match finished(&out.join("runs").join(&spec.id), spec).filter(|_| !args.fresh) {
+                Some(result) => {
+                    eprintln!(
+                        "[{}/{}] {}: finished earlier, reused",
+                        i + 1,
+                        cells.len(),
+                        spec.id
+                    );
+                    done.push((i, Ok(result)));
+                }
+                None => todo.push(i),
             }
         }
+    }
+    let mut todo_bytes = serde_json::to_vec(&todo)?;
+    comm.broadcast_bytes(&mut todo_bytes)?;
+    let todo: Vec<usize> = serde_json::from_slice(&todo_bytes)?;
+    let prefix = if comm.size() > 1 {
+        format!("rank {}: ", comm.rank())
+    } else {
+        String::new()
+    };
+    let mut ran: Vec<(usize, CellOutcome)> = Vec::new();
+    for k in round_robin(todo.len(), comm.rank(), comm.size()) {
+        let i = todo[k];
+        let spec = &cells[i];
+        let dir = out.join("runs").join(&spec.id);
+        let label = format!("{prefix}[{}/{}] {}", i + 1, cells.len(), spec.id);
         match run_child(&exe, &dir, spec) {
             Ok(result) => {
                 eprintln!(
@@ -105,12 +137,39 @@ pub fn run(args: CompareArgs) -> Result<()> {
                     report::show_metrics(&result.metrics),
                     result.train_seconds + result.eval_seconds
                 );
-                results.push((spec.clone(), result));
+                ran.push((i, Ok(result)));
             }
             Err(e) => {
                 eprintln!("{label}: FAILED: {e:#}");
-                failed.push((spec.id.clone(), format!("{e:#}")));
+                ran.push((i, Err(format!("{e:#}"))));
             }
+        }
+    }
+    let Some(gathered) = comm.gather_bytes(&serde_json::to_vec(&ran)?)? else {
+        return Ok(());
+    };
+    for bytes in gathered {
+        let theirs: Vec<(usize, CellOutcome)> =
+            serde_json::from_slice(&bytes).context("a rank's cell results")?;
+        for (i, outcome) in theirs {
+            // Keep every result in rank 0's folder too, so that a rerun from here reuses it.
+            if let Ok(result) = &outcome {
+                let path = out.join("runs").join(&cells[i].id).join("result.json");
+                if !path.is_file() {
+                    std::fs::create_dir_all(path.parent().expect("a run folder"))?;
+                    write_atomically(&path, serde_json::to_string_pretty(result)?.as_bytes())?;
+                }
+            }
+            done.push((i, outcome));
+        }
+    }
+    done.sort_by_key(|(i, _)| *i);
+    let mut results = Vec::new();
+    let mut failed = Vec::new();
+    for (i, outcome) in done {
+        match outcome {
+            Ok(result) => results.push((cells[i].clone(), result)),
+            Err(message) => failed.push((cells[i].id.clone(), message)),
         }
     }
     let command = format!(
@@ -118,8 +177,13 @@ pub fn run(args: CompareArgs) -> Result<()> {
         std::env::args().skip(2).collect::<Vec<_>>().join(" ")
     );
     let written = report::write_all(&grid, &results, &failed, &command)?;
+    let processes = if comm.size() > 1 {
+        format!(" over {} processes", comm.size())
+    } else {
+        String::new()
+    };
     println!(
-        "{} of {} cells done in {:.0}s; report: {}",
+        "{} of {} cells done in {:.0}s{processes}; report: {}",
         results.len(),
         cells.len(),
         started.elapsed().as_secs_f64(),
@@ -139,6 +203,9 @@ pub fn run(args: CompareArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// A cell's result, or why it failed.
+type CellOutcome = std::result::Result<CellResult, String>;
 
 /// The result of a cell finished by an earlier run with the same settings.
 fn finished(dir: &Path, spec: &CellSpec) -> Option<CellResult> {

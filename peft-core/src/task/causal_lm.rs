@@ -96,6 +96,7 @@ impl Task for CausalLm {
         let tokens = examples.iter().map(|e| e.input_ids.len()).sum();
         Ok(StepLoss {
             loss: (sum / n as f64)?,
+            terms: n,
             tokens,
         })
     }

@@ -91,6 +91,7 @@ impl Task for VerbalizerClassification {
         let tokens = examples.iter().map(|e| e.input_ids.len()).sum();
         Ok(StepLoss {
             loss: cross_entropy(&logits, &targets)?,
+            terms: targets.len(),
             tokens,
         })
     }

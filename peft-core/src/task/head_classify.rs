@@ -114,6 +114,7 @@ impl Task for HeadClassification {
         let targets: Vec<u32> = examples.iter().map(|e| e.label as u32).collect();
         Ok(StepLoss {
             loss: cross_entropy(&logits, &targets)?,
+            terms: targets.len(),
             tokens: examples.iter().map(|e| e.input_ids.len()).sum(),
         })
     }

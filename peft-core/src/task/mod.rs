@@ -35,10 +35,13 @@ use crate::model::{BaseModel, Batch};
 /// Named evaluation results (`accuracy`, `loss`, `perplexity`, ...).
 pub type Metrics = BTreeMap<String, f64>;
 
-/// The loss of one micro-batch and how many tokens it covered (for tokens/s).
+/// The loss of one micro-batch, how many terms it averages and how many tokens it covered (for tokens/s).
 pub struct StepLoss {
     /// Scalar mean loss, differentiable with respect to the adapter.
     pub loss: Tensor,
+    /// How many terms `loss` is the mean of (target tokens, or examples): data-parallel ranks weigh their
+    /// shards' losses by it, so that the mean over a sharded micro-batch equals the mean over the whole one.
+    pub terms: usize,
     /// Real (non-padding) input tokens in the micro-batch.
     pub tokens: usize,
 }

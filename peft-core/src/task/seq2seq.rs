@@ -144,6 +144,7 @@ impl Task for Seq2Seq {
             .sum();
         Ok(StepLoss {
             loss: (sum / n as f64)?,
+            terms: n,
             tokens,
         })
     }

@@ -128,6 +128,7 @@ impl Task for TokenClassification {
         let (logits, targets) = self.token_logits(model, hooks, &examples)?;
         Ok(StepLoss {
             loss: cross_entropy(&logits, &targets)?,
+            terms: targets.len(),
             tokens: examples.iter().map(|e| e.input_ids.len()).sum(),
         })
     }

@@ -13,6 +13,8 @@ use super::optim::{clip_global_norm, AdamW, AdamWConfig};
 use super::order::micro_batch;
 use super::schedule::Schedule;
 use crate::adapter_io::save_adapter;
+use crate::dist::pack::{all_reduce_tensors, broadcast_tensors};
+use crate::dist::{shard, Communicator, SingleProcess};
 use crate::error::{PeftError, Result};
 use crate::hooks::Hooks;
 use crate::method::Adapter;
@@ -129,7 +131,10 @@ pub struct TrainReport {
     pub step_seconds: Vec<f64>,
     /// Of each step's wall time, the part spent in the forward pass and the loss (summed over micro-batches).
     pub forward_seconds: Vec<f64>,
-    /// Real (non-padding) input tokens the training steps of this process covered.
+    /// Of each step's wall time, the part spent in collectives between the ranks of a data-parallel job (the
+    /// transfer, plus any wait for a slower rank); zeros in one process.
+    pub comm_seconds: Vec<f64>,
+    /// Real (non-padding) input tokens the training steps covered, over all ranks of a data-parallel job.
     pub tokens: usize,
     /// Wall time of each evaluation in `evals`, seconds.
     pub eval_seconds: Vec<f64>,
@@ -137,12 +142,20 @@ pub struct TrainReport {
     pub optimizer_state_bytes: usize,
 }
 
-/// Trains an adapter on a task over a frozen model.
+/// Trains an adapter on a task over a frozen model, in one process or as one rank of a data-parallel job.
+///
+/// With a [`Communicator`] of several ranks, every rank runs the same trainer on its own copy of the model and
+/// adapter: each micro-batch of `batch_size` examples (the same global order as one process) is split over
+/// the ranks ([`shard`]), each rank's mean loss is weighed by its share of the loss terms, the gradients are
+/// summed over the ranks once per optimiser step (one packed buffer), and clipping and AdamW then run on
+/// equal gradients on every rank, so that the adapters stay equal. Rank 0 alone evaluates and writes the log,
+/// checkpoints and adapters; a resumed run reads the checkpoint on rank 0 and sends it to the others.
 pub struct Trainer<'a> {
     model: &'a dyn BaseModel,
     adapter: &'a dyn Adapter,
     task: &'a dyn Task,
     config: TrainConfig,
+    comm: &'a dyn Communicator,
 }
 
 impl<'a> Trainer<'a> {
@@ -158,7 +171,14 @@ impl<'a> Trainer<'a> {
             adapter,
             task,
             config,
+            comm: &SingleProcess,
         }
+    }
+
+    /// Runs as one rank of the data-parallel job `comm` connects (every rank must build the same trainer).
+    pub fn with_communicator(mut self, comm: &'a dyn Communicator) -> Self {
+        self.comm = comm;
+        self
     }
 
     /// Runs training to `max_steps`, evaluating, logging and checkpointing as configured; the final adapter is
@@ -172,6 +192,8 @@ impl<'a> Trainer<'a> {
     /// `max_steps`.
     pub fn run_until(&self, stop: usize) -> Result<TrainReport> {
         let c = &self.config;
+        let comm = self.comm;
+        let root = comm.is_root();
         let stop = stop.min(c.max_steps);
         self.validate()?;
         let vars = self.adapter.trainable();
@@ -183,8 +205,13 @@ impl<'a> Trainer<'a> {
             best_step: None,
             seed: c.seed,
         };
-        let resumed = c.resume && checkpoint_dir.join("trainer_state.json").is_file();
-        if resumed {
+        // Rank 0 alone looks for a checkpoint: the others may not share its file system.
+        let mut found = [f64::from(u8::from(
+            root && c.resume && checkpoint_dir.join("trainer_state.json").is_file(),
+        ))];
+        comm.all_reduce_sum_f64(&mut found)?;
+        let resumed = found[0] > 0.0;
+        if resumed && root {
             state = load_checkpoint(&checkpoint_dir, self.adapter, &mut optimizer)?;
             if state.seed != c.seed {
                 return Err(PeftError::Config(format!(
@@ -195,7 +222,17 @@ impl<'a> Trainer<'a> {
                 )));
             }
         }
-        let mut log = MetricsLog::create(&c.output_dir.join("metrics.jsonl"), resumed)?;
+        if comm.size() > 1 {
+            self.share_start(&mut state, &mut optimizer, resumed)?;
+        }
+        let mut log = if root {
+            Some(MetricsLog::create(
+                &c.output_dir.join("metrics.jsonl"),
+                resumed,
+            )?)
+        } else {
+            None
+        };
         let mut report = TrainReport {
             start_step: state.step,
             optimizer_state_bytes: optimizer.state_bytes(),
@@ -215,19 +252,30 @@ impl<'a> Trainer<'a> {
             let step_started = Instant::now();
             let mut accumulated: Option<Vec<Tensor>> = None;
             let mut step_loss = 0f64;
-            let mut forward_seconds = 0f64;
+            let (mut forward_seconds, mut comm_seconds) = (0f64, 0f64);
             for a in 0..c.gradient_accumulation_steps {
                 let k = state.step * c.gradient_accumulation_steps + a;
                 let indices = micro_batch(n, c.batch_size, c.seed, k);
                 let forward_started = Instant::now();
-                let out = self.task.loss(self.model, hooks, &indices)?;
+                let out =
+                    self.task
+                        .loss(self.model, hooks, shard(&indices, comm.rank(), comm.size()))?;
                 forward_seconds += forward_started.elapsed().as_secs_f64();
-                let scaled = (out.loss / c.gradient_accumulation_steps as f64)?;
+                // The micro-batch's loss terms and tokens over all ranks: each rank's mean loss counts in
+                // proportion to its terms (a share of exactly 1 in one process).
+                let mut counts = [out.terms as f64, out.tokens as f64];
+                if comm.size() > 1 {
+                    let t = Instant::now();
+                    comm.all_reduce_sum_f64(&mut counts)?;
+                    comm_seconds += t.elapsed().as_secs_f64();
+                }
+                let share = out.terms as f64 / counts[0];
+                let scaled = ((out.loss * share)? / c.gradient_accumulation_steps as f64)?;
                 step_loss += scaled
                     .to_dtype(candle_core::DType::F64)?
                     .to_scalar::<f64>()?;
-                window_tokens += out.tokens;
-                report.tokens += out.tokens;
+                window_tokens += counts[1] as usize;
+                report.tokens += counts[1] as usize;
                 let grads = scaled.backward()?;
                 let mut these = Vec::with_capacity(vars.len());
                 for (name, var) in &vars {
@@ -249,6 +297,14 @@ impl<'a> Trainer<'a> {
                 });
             }
             let mut grads = accumulated.expect("at least one micro-batch");
+            if comm.size() > 1 {
+                let t = Instant::now();
+                all_reduce_tensors(comm, &mut grads)?;
+                let mut loss = [step_loss];
+                comm.all_reduce_sum_f64(&mut loss)?;
+                step_loss = loss[0];
+                comm_seconds += t.elapsed().as_secs_f64();
+            }
             let grad_norm = clip_global_norm(&mut grads, c.max_grad_norm)?;
             if !step_loss.is_finite() {
                 return Err(PeftError::Unsupported(format!(
@@ -263,6 +319,7 @@ impl<'a> Trainer<'a> {
                 .step_seconds
                 .push(step_started.elapsed().as_secs_f64());
             report.forward_seconds.push(forward_seconds);
+            report.comm_seconds.push(comm_seconds);
 
             let elapsed = window_start.elapsed().as_secs_f64();
             let tokens_per_s = window_tokens as f64 / elapsed.max(1e-9);
@@ -271,65 +328,32 @@ impl<'a> Trainer<'a> {
             if c.log_every > 0
                 && (state.step.is_multiple_of(c.log_every) || state.step == c.max_steps)
             {
-                log.write(&serde_json::json!({
-                    "step": state.step, "loss": step_loss, "lr": lr, "grad_norm": grad_norm,
-                    "tokens_per_s": tokens_per_s, "elapsed_s": started.elapsed().as_secs_f64(),
-                }))?;
+                if let Some(log) = log.as_mut() {
+                    let mut record = serde_json::json!({
+                        "step": state.step, "loss": step_loss, "lr": lr, "grad_norm": grad_norm,
+                        "tokens_per_s": tokens_per_s, "elapsed_s": started.elapsed().as_secs_f64(),
+                    });
+                    if comm.size() > 1 {
+                        record["processes"] = comm.size().into();
+                        record["comm_s"] = comm_seconds.into();
+                    }
+                    log.write(&record)?;
+                }
                 window_tokens = 0;
                 window_start = Instant::now();
             }
 
             let eval_now = (c.eval_every > 0 && state.step.is_multiple_of(c.eval_every))
                 || state.step == c.max_steps;
-            if eval_now {
-                let eval_started = Instant::now();
-                let metrics = self.task.evaluate(self.model, hooks, c.eval_batch_size)?;
-                report
-                    .eval_seconds
-                    .push(eval_started.elapsed().as_secs_f64());
-                let (primary, higher_better) = self.task.primary_metric();
-                let value = *metrics.get(primary).ok_or_else(|| {
-                    PeftError::Unsupported(format!(
-                        "task {} did not report its metric {primary}",
-                        self.task.name()
-                    ))
-                })?;
-                let better = match state.best_metric {
-                    None => true,
-                    Some(best) => {
-                        (higher_better && value > best) || (!higher_better && value < best)
-                    }
-                };
-                if better {
-                    state.best_metric = Some(value);
-                    state.best_step = Some(state.step);
-                    report.best = Some((state.step, value));
-                    if c.checkpoints {
-                        save_adapter(&c.output_dir.join("best"), self.adapter, self.model.spec())?;
-                    }
-                }
-                let mut record = serde_json::json!({ "step": state.step });
-                for (k, v) in &metrics {
-                    record[format!("eval_{k}")] = serde_json::json!(v);
-                }
-                log.write(&record)?;
-                bar.println(format!(
-                    "step {}: {}",
-                    state.step,
-                    metrics
-                        .iter()
-                        .map(|(k, v)| format!("{k} {v:.4}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-                report.evals.push((state.step, metrics));
+            if let (true, Some(log)) = (eval_now, log.as_mut()) {
+                self.evaluate(&mut state, &mut report, log, &bar)?;
             }
             let save_now = if c.save_every > 0 {
                 state.step.is_multiple_of(c.save_every)
             } else {
                 eval_now
             };
-            if save_now && c.checkpoints {
+            if save_now && c.checkpoints && root {
                 save_checkpoint(
                     &checkpoint_dir,
                     self.adapter,
@@ -340,6 +364,9 @@ impl<'a> Trainer<'a> {
             }
         }
         bar.finish_and_clear();
+        if !root {
+            return Ok(report);
+        }
         if state.step < c.max_steps {
             if c.checkpoints {
                 save_checkpoint(
@@ -360,6 +387,114 @@ impl<'a> Trainer<'a> {
         Ok(report)
     }
 
+    /// Evaluates on the dev set (rank 0), logs the metrics and keeps the best adapter.
+    fn evaluate(
+        &self,
+        state: &mut TrainerState,
+        report: &mut TrainReport,
+        log: &mut MetricsLog,
+        bar: &ProgressBar,
+    ) -> Result<()> {
+        let c = &self.config;
+        let eval_started = Instant::now();
+        let metrics = self
+            .task
+            .evaluate(self.model, self.adapter, c.eval_batch_size)?;
+        report
+            .eval_seconds
+            .push(eval_started.elapsed().as_secs_f64());
+        let (primary, higher_better) = self.task.primary_metric();
+        let value = *metrics.get(primary).ok_or_else(|| {
+            PeftError::Unsupported(format!(
+                "task {} did not report its metric {primary}",
+                self.task.name()
+            ))
+        })?;
+        let better = match state.best_metric {
+            None => true,
+            Some(best) => (higher_better && value > best) || (!higher_better && value < best),
+        };
+        if better {
+            state.best_metric = Some(value);
+            state.best_step = Some(state.step);
+            report.best = Some((state.step, value));
+            if c.checkpoints {
+                save_adapter(&c.output_dir.join("best"), self.adapter, self.model.spec())?;
+            }
+        }
+        let mut record = serde_json::json!({ "step": state.step });
+        for (k, v) in &metrics {
+            record[format!("eval_{k}")] = serde_json::json!(v);
+        }
+        log.write(&record)?;
+        bar.println(format!(
+            "step {}: {}",
+            state.step,
+            metrics
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.4}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        report.evals.push((state.step, metrics));
+        Ok(())
+    }
+
+    /// Gives every rank rank 0's start: its trainable variables (so that the copies are equal whatever each
+    /// rank's initialisation drew) and, on a resume, its optimiser moments and progress.
+    fn share_start(
+        &self,
+        state: &mut TrainerState,
+        optimizer: &mut AdamW,
+        resumed: bool,
+    ) -> Result<()> {
+        let comm = self.comm;
+        let vars = self.adapter.trainable();
+        let device = vars[0].1.device().clone();
+        let mut named: Vec<(String, Tensor)> = vars
+            .iter()
+            .map(|(k, v)| (format!("param.{k}"), v.as_tensor().clone()))
+            .collect();
+        if resumed {
+            let (moments, _) = optimizer.state();
+            named.extend(moments.into_iter().map(|(k, t)| (format!("optim.{k}"), t)));
+        }
+        let received: std::collections::HashMap<String, Tensor> =
+            broadcast_tensors(comm, &named, &device)?
+                .into_iter()
+                .collect();
+        for (name, var) in &vars {
+            let value = received.get(&format!("param.{name}")).ok_or_else(|| {
+                PeftError::Communication(format!(
+                    "rank 0 has no trainable `{name}`: every rank must build the same adapter"
+                ))
+            })?;
+            if value.dims() != var.dims() {
+                return Err(PeftError::ShapeMismatch {
+                    what: name.clone(),
+                    expected_from: format!("rank {}'s adapter", comm.rank()),
+                    expected: var.dims().to_vec(),
+                    got_from: "rank 0's adapter".into(),
+                    got: value.dims().to_vec(),
+                });
+            }
+            var.set(value)?;
+        }
+        let mut bytes =
+            serde_json::to_vec(state).map_err(|e| PeftError::Communication(e.to_string()))?;
+        comm.broadcast_bytes(&mut bytes)?;
+        *state =
+            serde_json::from_slice(&bytes).map_err(|e| PeftError::Communication(e.to_string()))?;
+        if resumed {
+            let moments = received
+                .into_iter()
+                .filter_map(|(k, t)| k.strip_prefix("optim.").map(|k| (k.to_string(), t)))
+                .collect();
+            optimizer.load_state(&moments, state.step)?;
+        }
+        Ok(())
+    }
+
     /// Refuses settings that cannot train, before any work.
     fn validate(&self) -> Result<()> {
         let c = &self.config;
@@ -378,11 +513,19 @@ impl<'a> Trainer<'a> {
         if self.adapter.trainable().is_empty() {
             return bad("the adapter has no trainable parameters");
         }
+        if c.batch_size < self.comm.size() {
+            return Err(PeftError::Config(format!(
+                "batch_size {} is smaller than the {} processes of this job: each process needs at least one \
+                 example of every micro-batch; raise batch_size (the global batch) or start fewer processes",
+                c.batch_size,
+                self.comm.size()
+            )));
+        }
         Ok(())
     }
 
     fn progress_bar(&self, start: usize) -> ProgressBar {
-        if !self.config.progress {
+        if !self.config.progress || !self.comm.is_root() {
             return ProgressBar::hidden();
         }
         let bar = ProgressBar::new(self.config.max_steps as u64);
