@@ -9,7 +9,8 @@ cargo run --quiet -p peft-cli -- fetch smollm2-135m
 cargo run --quiet -p peft-cli -- fetch minilm-l6
 cargo test --workspace "$@"
 # Every criterion bench once, untimed (a bench that no longer runs fails here, not at `cargo bench`).
-cargo test -p peft-benches --benches "$@"
+# (`--workspace --bench '*'` rather than `-p peft-benches`: the workspace's feature set, so nothing is rebuilt.)
+cargo test --workspace --bench '*' "$@"
 # The system-BLAS build (cargo feature `openblas`): the kernels' and the models' tests again, the frozen
 # projections now through OpenBLAS. `.ci/run` installs the library; elsewhere this part says why it skips.
 if ldconfig -p 2>/dev/null | grep -q 'libopenblas\.so'; then
