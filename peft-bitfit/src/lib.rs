@@ -8,7 +8,8 @@
 //! its whole bias trains — and `mlp.c_fc`; LLaMA `q_proj`, `gate_proj`, `up_proj`), or a list of module short names or dotted
 //! suffixes. Where a chosen site has no bias (LLaMA has none), `add_missing_biases` (default true) adds a
 //! zero-initialised one, so the adapter starts as the frozen model; with `"all"` on LLaMA every linear
-//! projection gets one (RMS norms get one only when named). [`BitFit::notes`] says which were added.
+//! projection gets one (RMS norms get one only when named). The adapter's
+//! [`notes`](peft_core::method::Adapter::notes) say which were added.
 //!
 //! ```
 //! use peft_bitfit::{BitFit, BitFitConfig, BitFitTargets};

@@ -1,7 +1,7 @@
 //! A trained sequence-classification head carried by an adapter, as HF PEFT's `modules_to_save` carries
 //! `score` / `classifier` for `SEQ_CLS` tasks: [`WithClassifier`] wraps any adapter, adds the head's variables
 //! to its trainable set, saves them under HF PEFT's key and hands the head to tasks through
-//! [`Hooks::classifier`](crate::hooks::Hooks::classifier).
+//! [`Hooks::classifier`].
 //!
 //! ```
 //! use peft_core::head::{check_modules_to_save, head_key};

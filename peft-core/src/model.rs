@@ -144,8 +144,8 @@ pub struct DecoderCache {
 }
 
 /// An encoder-decoder model (T5): encode once, then decode step by step with a cache. The hooks meet the
-/// encoder at [`Hooks::embeddings`](crate::hooks::Hooks::embeddings) (virtual tokens join the encoder input)
-/// and the decoder's self-attention at [`Hooks::attention_prefix`](crate::hooks::Hooks::attention_prefix);
+/// encoder at [`Hooks::embeddings`] (virtual tokens join the encoder input)
+/// and the decoder's self-attention at [`Hooks::attention_prefix`];
 /// linear and bias sites are everywhere, named as Hugging Face names them.
 pub trait EncoderDecoder {
     /// The token the decoder starts from (T5: the pad token, 0).
