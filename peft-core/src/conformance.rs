@@ -57,6 +57,24 @@ impl Default for Conformance {
     }
 }
 
+impl Conformance {
+    /// The trainer settings every check starts from: these steps, batch and rate, no warm-up, no evaluation
+    /// or log, no progress bar, outputs in `out`.
+    fn training(&self, out: PathBuf) -> TrainConfig {
+        TrainConfig {
+            max_steps: self.steps,
+            batch_size: self.batch_size,
+            learning_rate: self.learning_rate,
+            warmup_steps: 0,
+            eval_every: 0,
+            log_every: 0,
+            progress: false,
+            output_dir: out,
+            ..TrainConfig::default()
+        }
+    }
+}
+
 /// What the check measured.
 #[derive(Debug, Clone)]
 pub struct ConformanceReport {
@@ -93,18 +111,7 @@ pub fn check_adapter(
     }
 
     let out = scratch_dir();
-    let config = TrainConfig {
-        max_steps: how.steps,
-        batch_size: how.batch_size,
-        learning_rate: how.learning_rate,
-        warmup_steps: 0,
-        eval_every: 0,
-        log_every: 0,
-        progress: false,
-        output_dir: out.clone(),
-        ..TrainConfig::default()
-    };
-    let report = Trainer::new(model, adapter, task, config).run()?;
+    let report = Trainer::new(model, adapter, task, how.training(out.clone())).run()?;
     let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len().max(1) as f64;
     let k = report.losses.len().min(3);
     let first_loss = mean(&report.losses[..k]);
@@ -203,16 +210,8 @@ pub fn check_resume(
     how: &Conformance,
 ) -> Result<f64> {
     let config = |out: PathBuf| TrainConfig {
-        max_steps: how.steps,
-        batch_size: how.batch_size,
-        learning_rate: how.learning_rate,
-        warmup_steps: 0,
-        eval_every: 0,
         save_every: 1,
-        log_every: 0,
-        progress: false,
-        output_dir: out,
-        ..TrainConfig::default()
+        ..how.training(out)
     };
     let (straight_dir, stopped_dir) = (scratch_dir(), scratch_dir());
     let outcome = (|| {
@@ -268,10 +267,7 @@ pub fn check_data_parallel(
     ranks: usize,
 ) -> Result<f64> {
     let config = |out: PathBuf| TrainConfig {
-        max_steps: how.steps,
-        batch_size: how.batch_size,
         gradient_accumulation_steps: 2,
-        learning_rate: how.learning_rate,
         // Some gradients are zero in exact arithmetic (a key bias: softmax ignores a constant shift of its
         // row) and come out as rounding noise that depends on the order of the sums; Adam's first steps turn
         // such noise into moves of about the learning rate, of either sign, that change no output. A larger
@@ -280,13 +276,8 @@ pub fn check_data_parallel(
             eps: 1e-4,
             ..Default::default()
         },
-        warmup_steps: 0,
-        eval_every: 0,
-        log_every: 0,
-        progress: false,
         checkpoints: false,
-        output_dir: out,
-        ..TrainConfig::default()
+        ..how.training(out)
     };
     let (single_dir, job_dir) = (scratch_dir(), scratch_dir());
     let outcome = (|| {

@@ -130,16 +130,53 @@ impl ThreadRank {
     }
 }
 
-fn f32s(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+/// A number that travels between thread ranks as little-endian bytes.
+trait Summed: Copy + Default + std::ops::AddAssign {
+    const SIZE: usize;
+    fn put(self, out: &mut Vec<u8>);
+    fn take(bytes: &[u8]) -> Self;
 }
 
-fn f64s(bytes: &[u8]) -> impl Iterator<Item = f64> + '_ {
-    bytes
-        .chunks_exact(8)
-        .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+impl Summed for f32 {
+    const SIZE: usize = 4;
+    fn put(self, out: &mut Vec<u8>) {
+        out.extend(self.to_le_bytes());
+    }
+    fn take(bytes: &[u8]) -> Self {
+        f32::from_le_bytes(bytes.try_into().expect("4 bytes"))
+    }
+}
+
+impl Summed for f64 {
+    const SIZE: usize = 8;
+    fn put(self, out: &mut Vec<u8>) {
+        out.extend(self.to_le_bytes());
+    }
+    fn take(bytes: &[u8]) -> Self {
+        f64::from_le_bytes(bytes.try_into().expect("8 bytes"))
+    }
+}
+
+impl ThreadRank {
+    /// Replaces `values` with their element-wise sum over the ranks, taken in rank order.
+    fn sum<T: Summed>(&self, values: &mut [T]) -> Result<()> {
+        let mut mine = Vec::with_capacity(values.len() * T::SIZE);
+        for &v in values.iter() {
+            v.put(&mut mine);
+        }
+        let n = values.len();
+        let sums = self.exchange(mine, |all| {
+            let mut sums = vec![T::default(); n];
+            for slot in all {
+                for (s, v) in sums.iter_mut().zip(slot.chunks_exact(T::SIZE)) {
+                    *s += T::take(v);
+                }
+            }
+            sums
+        })?;
+        values.copy_from_slice(&sums);
+        Ok(())
+    }
 }
 
 impl Communicator for ThreadRank {
@@ -152,35 +189,11 @@ impl Communicator for ThreadRank {
     }
 
     fn all_reduce_sum_f32(&self, values: &mut [f32]) -> Result<()> {
-        let mine = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let n = values.len();
-        let sums = self.exchange(mine, |all| {
-            let mut sums = vec![0f32; n];
-            for slot in all {
-                for (s, v) in sums.iter_mut().zip(f32s(slot)) {
-                    *s += v;
-                }
-            }
-            sums
-        })?;
-        values.copy_from_slice(&sums);
-        Ok(())
+        self.sum(values)
     }
 
     fn all_reduce_sum_f64(&self, values: &mut [f64]) -> Result<()> {
-        let mine = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let n = values.len();
-        let sums = self.exchange(mine, |all| {
-            let mut sums = vec![0f64; n];
-            for slot in all {
-                for (s, v) in sums.iter_mut().zip(f64s(slot)) {
-                    *s += v;
-                }
-            }
-            sums
-        })?;
-        values.copy_from_slice(&sums);
-        Ok(())
+        self.sum(values)
     }
 
     fn broadcast_bytes(&self, bytes: &mut Vec<u8>) -> Result<()> {
