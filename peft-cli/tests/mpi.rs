@@ -338,6 +338,12 @@ fn a_killed_rank_stops_the_job_naming_it_and_a_restart_resumes_from_the_checkpoi
     let diff = adapter_diff(&killed.join("adapter"), &straight.join("adapter"));
     assert!(diff < 1e-6, "the resumed job's adapter differs by {diff}");
     let (a, b) = (losses(&killed), losses(&straight));
+    let steps = |l: &[(u64, f64)]| l.iter().map(|x| x.0).collect::<Vec<_>>();
+    assert_eq!(
+        steps(&a),
+        steps(&b),
+        "the resumed job's log repeats or misses steps"
+    );
     let last = |l: &[(u64, f64)]| *l.last().unwrap();
     assert_eq!(last(&a).0, 1500);
     assert!(

@@ -332,6 +332,10 @@ fn training_lowers_the_loss_is_repeatable_and_resumes_exactly() {
 
     // Stop after 7 steps (between two checkpoints: the stop writes one), then resume to 20.
     let (head, _) = train(&model, &dir.path().join("c"), 7, false);
+    // What a run that died at step 9, after its checkpoint at 7, would have logged.
+    let mut log = std::fs::read_to_string(dir.path().join("c/metrics.jsonl")).unwrap();
+    log.push_str("{\"step\":8,\"loss\":99.0}\n{\"step\":9,\"lo");
+    std::fs::write(dir.path().join("c/metrics.jsonl"), log).unwrap();
     let (tail, resumed) = train(&model, &dir.path().join("c"), 20, true);
     assert_eq!(
         [head, tail].concat(),
@@ -352,6 +356,16 @@ fn training_lowers_the_loss_is_repeatable_and_resumes_exactly() {
     ] {
         assert!(dir.path().join("a").join(name).is_file(), "missing {name}");
     }
+    // The resumed log holds each step once, as the uninterrupted one does.
+    let logged_steps = |run: &str| -> Vec<(u64, bool)> {
+        std::fs::read_to_string(dir.path().join(run).join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .map(|v| (v["step"].as_u64().unwrap(), v.get("loss").is_some()))
+            .collect()
+    };
+    assert_eq!(logged_steps("c"), logged_steps("a"));
     let log = std::fs::read_to_string(dir.path().join("a/metrics.jsonl")).unwrap();
     assert!(log.lines().any(|l| l.contains("eval_accuracy")));
     let accuracy = log.lines().rfind(|l| l.contains("eval_accuracy")).unwrap();

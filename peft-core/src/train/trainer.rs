@@ -67,7 +67,8 @@ pub struct TrainConfig {
     /// Output folder: `metrics.jsonl`, `checkpoint/`, `best/`, `adapter/`. Default `out`.
     #[serde(default = "default_output_dir")]
     pub output_dir: PathBuf,
-    /// Continue from `output_dir/checkpoint` when it exists. Default false.
+    /// Continue from `output_dir/checkpoint` when it exists; `metrics.jsonl` then drops what steps after the
+    /// checkpoint had logged, and the resumed run logs them again. Default false.
     #[serde(default)]
     pub resume: bool,
     /// Show a progress bar on a terminal. Default true.
@@ -225,13 +226,11 @@ impl<'a> Trainer<'a> {
         if comm.size() > 1 {
             self.share_start(&mut state, &mut optimizer, resumed)?;
         }
-        let mut log = if root {
-            Some(MetricsLog::create(
-                &c.output_dir.join("metrics.jsonl"),
-                resumed,
-            )?)
-        } else {
-            None
+        let log_path = c.output_dir.join("metrics.jsonl");
+        let mut log = match (root, resumed) {
+            (false, _) => None,
+            (true, false) => Some(MetricsLog::create(&log_path, false)?),
+            (true, true) => Some(MetricsLog::resume(&log_path, state.step)?),
         };
         let mut report = TrainReport {
             start_step: state.step,
