@@ -374,6 +374,40 @@ fn training_lowers_the_loss_is_repeatable_and_resumes_exactly() {
 }
 
 #[test]
+fn a_micro_batch_without_a_labelled_token_is_refused_by_name() {
+    let model = peft_models::tiny::gpt2(5);
+    let adapter = build(
+        &model,
+        &PromptTuningConfig::new(4, PromptTuningInit::Random),
+        1,
+    );
+    let unlabelled = |ids: Vec<u32>| peft_core::task::LmExample {
+        labels: vec![-100; ids.len()],
+        input_ids: ids,
+    };
+    let examples = vec![unlabelled(vec![5, 6, 7]), unlabelled(vec![8, 9])];
+    let task = peft_core::task::CausalLm::new(examples.clone(), examples, 0).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = TrainConfig {
+        max_steps: 1,
+        batch_size: 2,
+        output_dir: dir.path().to_path_buf(),
+        progress: false,
+        ..TrainConfig::default()
+    };
+    let err = Trainer::new(&model, adapter.as_ref(), &task, config)
+        .run()
+        .expect_err("a step with nothing to learn from must fail");
+    assert!(
+        matches!(err, PeftError::Data(_)) && err.to_string().contains("micro-batch 1 of step 1"),
+        "{err}"
+    );
+    // Evaluation alone says the same of an evaluation set without labels.
+    let err = task.evaluate(&model, &NoHooks, 2).unwrap_err().to_string();
+    assert!(err.contains("no labelled tokens"), "{err}");
+}
+
+#[test]
 fn an_hf_config_with_extra_fields_loads() {
     let text = r#"{"auto_mapping": null, "base_model_name_or_path": "x", "inference_mode": true,
         "num_attention_heads": 4, "num_layers": 2, "num_transformer_submodules": 1, "num_virtual_tokens": 3,

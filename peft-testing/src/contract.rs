@@ -4,7 +4,14 @@ use peft_core::conformance::{check_adapter, check_data_parallel, check_resume, C
 use peft_core::method::{Adapter, PeftMethod};
 use peft_core::model::BaseModel;
 
-use crate::{init, ragged_lm_task, rule_lm_task, seeded_tiny_models};
+use peft_core::task::Task;
+use peft_core::train::order::micro_batch;
+use peft_core::train::TrainConfig;
+
+use crate::{
+    init, partly_unlabelled_lm_task, ragged_lm_task, rule_lm_task, seeded_tiny_models,
+    UNLABELLED_EXAMPLE,
+};
 
 /// Each of `configs`, built (init seed 1) on the seeded tiny GPT-2 and LLaMA (seed 3), keeps the method contract
 /// over 12 steps of the [`rule_lm_task`] (the loss falls, every trainable tensor moves and no frozen one does,
@@ -40,7 +47,9 @@ pub fn assert_resume_exact(model: &dyn BaseModel, config: &dyn PeftMethod) {
 
 /// `config` (init seed 2) trained on `model` for 4 steps of the [`ragged_lm_task`], 5 examples a micro-batch
 /// and two micro-batches a step, by one process and by data-parallel jobs of 2 and 3 ranks (uneven shards):
-/// equal losses and adapters on every rank within 1e-5.
+/// equal losses and adapters on every rank within 1e-5. Then 4 steps of the [`partly_unlabelled_lm_task`],
+/// 2 examples a micro-batch over 2 ranks, where a rank's shard is at times one example without a label
+/// (that rank adds no gradient): the same equality.
 pub fn assert_data_parallel_exact(model: &dyn BaseModel, config: &dyn PeftMethod) {
     let task = ragged_lm_task();
     let build = || -> peft_core::Result<Box<dyn Adapter>> { config.build(&mut init(model, 2)) };
@@ -57,4 +66,23 @@ pub fn assert_data_parallel_exact(model: &dyn BaseModel, config: &dyn PeftMethod
             "{ranks} ranks differ from one process by {worst}"
         );
     }
+
+    let task = partly_unlabelled_lm_task();
+    let how = Conformance {
+        steps: 4,
+        batch_size: 2,
+        ..Conformance::default()
+    };
+    let seed = TrainConfig::default().seed;
+    assert!(
+        (0..how.steps * 2)
+            .any(|k| micro_batch(task.train_len(), 2, seed, k).contains(&UNLABELLED_EXAMPLE)),
+        "no micro-batch draws the unlabelled example: the check would not exercise an empty shard"
+    );
+    let worst = check_data_parallel(model, &build, &task, &how, 2)
+        .unwrap_or_else(|e| panic!("a shard without labels: {e}"));
+    assert!(
+        worst < 1e-5,
+        "with a shard without labels, 2 ranks differ from one process by {worst}"
+    );
 }

@@ -50,8 +50,8 @@ pub use parity::{
 };
 pub use paths::{fixture, root};
 pub use tasks::{
-    lm_task, ragged_lm_task, rule_lm_task, text_lm_task, toy_classification_task, toy_lm_task,
-    SMOLLM2_REVIEWS,
+    lm_task, partly_unlabelled_lm_task, ragged_lm_task, rule_lm_task, text_lm_task,
+    toy_classification_task, toy_lm_task, SMOLLM2_REVIEWS, UNLABELLED_EXAMPLE,
 };
 pub use text_cases::{checked_ids, text_cases_top_diffs};
 pub use train::{toy_trained, train};

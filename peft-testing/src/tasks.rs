@@ -50,6 +50,29 @@ pub fn ragged_lm_task() -> CausalLm {
     }))
 }
 
+/// Which example of [`partly_unlabelled_lm_task`] has no label.
+pub const UNLABELLED_EXAMPLE: usize = 2;
+
+/// Six rule sequences of which one ([`UNLABELLED_EXAMPLE`]) has every label -100, as a prompt whose answer
+/// truncation cut off: a micro-batch of 2 over 2 ranks leaves one rank nothing to learn from whenever it is
+/// drawn.
+pub fn partly_unlabelled_lm_task() -> CausalLm {
+    let examples: Vec<LmExample> = (0..6u32)
+        .map(|s| {
+            let input_ids: Vec<u32> = (0..4 + s % 3)
+                .map(|t| 1 + (s * 13 + t * (1 + s % 2)) % 90)
+                .collect();
+            let labels = if s as usize == UNLABELLED_EXAMPLE {
+                vec![-100; input_ids.len()]
+            } else {
+                input_ids.iter().map(|&i| i64::from(i)).collect()
+            };
+            LmExample { input_ids, labels }
+        })
+        .collect();
+    CausalLm::new(examples.clone(), examples, 0).unwrap()
+}
+
 /// A causal-LM task on `texts`, encoded with special tokens by `tokenizer`.
 pub fn text_lm_task(tokenizer: &Tokenizer, texts: &[&str]) -> CausalLm {
     lm_task(

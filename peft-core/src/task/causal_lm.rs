@@ -37,7 +37,8 @@ impl CausalLm {
         })
     }
 
-    /// Summed loss and the number of predicted tokens over `examples`.
+    /// Summed loss and the number of predicted tokens over `examples` (a constant zero and 0 when no label
+    /// is set: no forward pass).
     fn summed_loss(
         &self,
         model: &dyn BaseModel,
@@ -58,8 +59,9 @@ impl CausalLm {
             }
         }
         if targets.is_empty() {
-            return Err(PeftError::Data(
-                "a batch has no labelled tokens (every label is -100)".into(),
+            return Ok((
+                Tensor::zeros((), candle_core::DType::F32, model.device())?,
+                0,
             ));
         }
         let out = model.forward(&batch, hooks)?;
@@ -94,6 +96,9 @@ impl Task for CausalLm {
         let examples: Vec<&LmExample> = indices.iter().map(|&i| &self.train[i]).collect();
         let (sum, n) = self.summed_loss(model, hooks, &examples)?;
         let tokens = examples.iter().map(|e| e.input_ids.len()).sum();
+        if n == 0 {
+            return StepLoss::without_terms(model.device(), tokens);
+        }
         Ok(StepLoss {
             loss: (sum / n as f64)?,
             terms: n,
@@ -140,6 +145,11 @@ impl CausalLm {
             let (sum, n) = self.summed_loss(model, hooks, &refs)?;
             total += scalar(&sum.detach())?;
             count += n;
+        }
+        if count == 0 {
+            return Err(PeftError::Data(
+                "the evaluation set has no labelled tokens (every label is -100)".into(),
+            ));
         }
         let loss = total / count as f64;
         let mut m = Metrics::new();

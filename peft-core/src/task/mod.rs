@@ -46,6 +46,18 @@ pub struct StepLoss {
     pub tokens: usize,
 }
 
+impl StepLoss {
+    /// The loss of examples with nothing to learn from (every label -100), as a data-parallel rank's shard
+    /// of a micro-batch can be: a constant zero with no terms, to which the trainer adds no gradient.
+    pub fn without_terms(device: &candle_core::Device, tokens: usize) -> Result<Self> {
+        Ok(StepLoss {
+            loss: Tensor::zeros((), candle_core::DType::F32, device)?,
+            terms: 0,
+            tokens,
+        })
+    }
+}
+
 /// A training objective with its data and its evaluation.
 pub trait Task: Send + Sync {
     /// Short name for logs (`classification`, `causal-lm`).
@@ -54,7 +66,9 @@ pub trait Task: Send + Sync {
     /// Number of training examples.
     fn train_len(&self) -> usize;
 
-    /// Mean loss over the training examples at `indices`.
+    /// Mean loss over the training examples at `indices`. Examples without a single loss term (every label
+    /// -100) give [`StepLoss::without_terms`], not an error: under data parallelism they may be one rank's
+    /// whole shard, and the trainer refuses a micro-batch only when no rank has a term.
     fn loss(&self, model: &dyn BaseModel, hooks: &dyn Hooks, indices: &[usize])
         -> Result<StepLoss>;
 

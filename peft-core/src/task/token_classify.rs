@@ -109,6 +109,11 @@ impl TokenClassification {
     }
 }
 
+/// Whether any token of `examples` has a label.
+fn any_labelled(examples: &[&TokenExample]) -> bool {
+    examples.iter().any(|e| e.labels.iter().any(|&l| l >= 0))
+}
+
 impl Task for TokenClassification {
     fn name(&self) -> &str {
         "token-classification"
@@ -125,11 +130,15 @@ impl Task for TokenClassification {
         indices: &[usize],
     ) -> Result<StepLoss> {
         let examples: Vec<&TokenExample> = indices.iter().map(|&i| &self.train[i]).collect();
+        let tokens = examples.iter().map(|e| e.input_ids.len()).sum();
+        if !any_labelled(&examples) {
+            return StepLoss::without_terms(model.device(), tokens);
+        }
         let (logits, targets) = self.token_logits(model, hooks, &examples)?;
         Ok(StepLoss {
             loss: cross_entropy(&logits, &targets)?,
             terms: targets.len(),
-            tokens: examples.iter().map(|e| e.input_ids.len()).sum(),
+            tokens,
         })
     }
 
@@ -148,6 +157,9 @@ impl Task for TokenClassification {
             let (mut loss_sum, mut n) = (0f64, 0usize);
             for chunk in self.eval.chunks(batch_size.max(1)) {
                 let refs: Vec<&TokenExample> = chunk.iter().collect();
+                if !any_labelled(&refs) {
+                    continue;
+                }
                 let (logits, targets) = self.token_logits(model, hooks, &refs)?;
                 loss_sum += scalar(&cross_entropy(&logits, &targets)?)? * targets.len() as f64;
                 n += targets.len();
@@ -158,6 +170,11 @@ impl Task for TokenClassification {
                 for (p, t) in preds.iter().zip(&targets) {
                     confusion[*t as usize][*p as usize] += 1;
                 }
+            }
+            if n == 0 {
+                return Err(PeftError::Data(
+                    "the evaluation set has no labelled tokens (every label is -100)".into(),
+                ));
             }
             let correct: usize = (0..k).map(|c| confusion[c][c]).sum();
             let mut m = Metrics::new();

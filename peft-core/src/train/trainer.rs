@@ -268,23 +268,40 @@ impl<'a> Trainer<'a> {
                     comm.all_reduce_sum_f64(&mut counts)?;
                     comm_seconds += t.elapsed().as_secs_f64();
                 }
-                let share = out.terms as f64 / counts[0];
-                let scaled = ((out.loss * share)? / c.gradient_accumulation_steps as f64)?;
-                step_loss += scaled
-                    .to_dtype(candle_core::DType::F64)?
-                    .to_scalar::<f64>()?;
+                if counts[0] == 0.0 {
+                    return Err(PeftError::Data(format!(
+                        "micro-batch {} of step {} has nothing to learn from: every label of its {} examples is \
+                         -100 (answers cut off by truncation?); raise the length limit or drop such examples",
+                        a + 1,
+                        state.step + 1,
+                        indices.len()
+                    )));
+                }
                 window_tokens += counts[1] as usize;
                 report.tokens += counts[1] as usize;
-                let grads = scaled.backward()?;
                 let mut these = Vec::with_capacity(vars.len());
-                for (name, var) in &vars {
-                    let g = grads.get(var.as_tensor()).ok_or_else(|| {
-                        PeftError::Unsupported(format!(
-                            "trainable parameter `{name}` received no gradient: the forward pass does not use it \
-                             or an op without backward cut the graph"
-                        ))
-                    })?;
-                    these.push(g.clone());
+                if out.terms == 0 {
+                    // This rank's shard has no labelled token: it adds nothing, the other shards carry the
+                    // micro-batch (as the whole micro-batch's mean would).
+                    for (_, var) in &vars {
+                        these.push(var.as_tensor().zeros_like()?);
+                    }
+                } else {
+                    let share = out.terms as f64 / counts[0];
+                    let scaled = ((out.loss * share)? / c.gradient_accumulation_steps as f64)?;
+                    step_loss += scaled
+                        .to_dtype(candle_core::DType::F64)?
+                        .to_scalar::<f64>()?;
+                    let grads = scaled.backward()?;
+                    for (name, var) in &vars {
+                        let g = grads.get(var.as_tensor()).ok_or_else(|| {
+                            PeftError::Unsupported(format!(
+                                "trainable parameter `{name}` received no gradient: the forward pass does not \
+                                 use it or an op without backward cut the graph"
+                            ))
+                        })?;
+                        these.push(g.clone());
+                    }
                 }
                 accumulated = Some(match accumulated {
                     None => these,
