@@ -1,9 +1,12 @@
 //! The `peft` binary as a user runs it: the exact JSON of `peft logits`, adapters, training end to end on a
 //! tiny model, and a clear error with no partial output for each kind of bad input.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::toy_train_rows;
 use serde_json::Value;
 
 fn root() -> PathBuf {
@@ -250,70 +253,11 @@ fn toy_experiment(dir: &Path, method: &str, train_rows: &str) -> PathBuf {
 
 /// The toy experiment with another task kind (`classification-head`).
 fn toy_experiment_of_kind(dir: &Path, method: &str, train_rows: &str, kind: &str) -> PathBuf {
-    let mut dev = String::from("sentence\tlabel\n");
-    for i in 0..16 {
-        dev += &format!(
-            "w{} w{} {}\t{}\n",
-            20 + i,
-            30 + i % 7,
-            if i % 2 == 1 { "w9" } else { "w8" },
-            i % 2
-        );
-    }
-    std::fs::write(dir.join("train.tsv"), train_rows).unwrap();
-    std::fs::write(dir.join("dev.tsv"), &dev).unwrap();
-    let exp = format!(
-        r#"
-[model]
-name = "{model}"
-
-[method]
-{method}
-
-[task]
-kind = "{kind}"
-template = "{{text}} w3"
-label_words = {{ "0" = " w10", "1" = " w11" }}
-
-[data.train]
-path = "train.tsv"
-text = "sentence"
-label = "label"
-
-[data.eval]
-path = "dev.tsv"
-text = "sentence"
-label = "label"
-
-[training]
-max_steps = 100
-batch_size = 8
-learning_rate = 0.3
-eval_every = 20
-progress = false
-output_dir = "{out}"
-"#,
-        model = fixture("tiny-gpt2"),
-        out = dir.join("out").display(),
-        kind = kind,
+    let training = format!(
+        "max_steps = 100\nbatch_size = 8\nlearning_rate = 0.3\neval_every = 20\nprogress = false\noutput_dir = \"{}\"",
+        dir.join("out").display()
     );
-    let path = dir.join("exp.toml");
-    std::fs::write(&path, exp).unwrap();
-    path
-}
-
-fn toy_train_rows() -> String {
-    let mut rows = String::from("sentence\tlabel\n");
-    for i in 0..64 {
-        rows += &format!(
-            "w{} w{} {}\t{}\n",
-            40 + i % 30,
-            12 + i % 5,
-            if i % 2 == 1 { "w9" } else { "w8" },
-            i % 2
-        );
-    }
-    rows
+    common::toy_experiment(dir, "exp.toml", method, kind, train_rows, &training)
 }
 
 const PROMPT: &str = "peft_type = \"PROMPT_TUNING\"\nnum_virtual_tokens = 8";

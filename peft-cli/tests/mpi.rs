@@ -14,7 +14,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
-use common::{fixture, peft, stable_table, write_task};
+use common::{fixture, peft, stable_table, toy_experiment, write_task};
 use serde_json::Value;
 
 /// `mpirun -np <np> peft <args>` with Open MPI's settings for a test: allowed as root, launcher traffic on
@@ -82,42 +82,14 @@ fn write_experiment(dir: &Path, name: &str, method: &str, extra_training: &str) 
             i % 2
         );
     }
-    // The toy task's dev set, and these longer training sentences in place of its own.
-    write_task(dir);
-    std::fs::write(dir.join("train.tsv"), train).unwrap();
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-[model]
-name = "{model}"
-[method]
-{method}
-[task]
-kind = "classification"
-template = "{{text}} w3"
-label_words = {{ "0" = " w10", "1" = " w11" }}
-[data.train]
-path = "train.tsv"
-text = "sentence"
-label = "label"
-[data.eval]
-path = "dev.tsv"
-text = "sentence"
-label = "label"
-[training]
-batch_size = 7
-gradient_accumulation_steps = 2
-log_every = 1
-progress = false
-{extra_training}
-"#,
-            model = fixture("tiny-gpt2"),
-        ),
+    toy_experiment(
+        dir,
+        &format!("{name}.toml"),
+        method,
+        "classification",
+        &train,
+        &format!("batch_size = 7\ngradient_accumulation_steps = 2\nlog_every = 1\nprogress = false\n{extra_training}"),
     )
-    .unwrap();
-    path
 }
 
 /// The training losses of a run's `metrics.jsonl`, by step.
@@ -140,18 +112,7 @@ fn adapter_diff(a: &Path, b: &Path) -> f32 {
     let (a, b) = (adapter(a), adapter(b));
     assert_eq!(a.len(), b.len());
     a.iter()
-        .map(|(k, t)| {
-            (t - &b[k])
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        })
+        .map(|(k, t)| peft_core::compare::max_abs_diff(t, &b[k]).unwrap())
         .fold(0f32, f32::max)
 }
 

@@ -1,8 +1,9 @@
-//! What the `peft compare` tests share: the binary, the fixtures, the toy task and the stable part of a report.
+//! What the binary's tests share: the binary, the fixtures, the toy task and its experiments, and the stable
+//! part of a `peft compare` report.
 
 #![allow(dead_code)] // each test file uses its own part
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// A path under the workspace's `fixtures/`.
@@ -23,11 +24,11 @@ pub fn peft(args: &[&str], cwd: &Path) -> Output {
         .expect("running peft")
 }
 
-/// The toy task (label w1 when the sentence holds w9) as a task file, with its data.
-pub fn write_task(dir: &Path) {
-    let mut train = String::from("sentence\tlabel\n");
+/// The toy task's 64 training rows (label 1 when the sentence holds w9), with the header.
+pub fn toy_train_rows() -> String {
+    let mut rows = String::from("sentence\tlabel\n");
     for i in 0..64 {
-        train += &format!(
+        rows += &format!(
             "w{} w{} {}\t{}\n",
             40 + i % 30,
             12 + i % 5,
@@ -35,9 +36,14 @@ pub fn write_task(dir: &Path) {
             i % 2
         );
     }
-    let mut dev = String::from("sentence\tlabel\n");
+    rows
+}
+
+/// The toy task's 16 dev rows, with the header.
+fn toy_dev_rows() -> String {
+    let mut rows = String::from("sentence\tlabel\n");
     for i in 0..16 {
-        dev += &format!(
+        rows += &format!(
             "w{} w{} {}\t{}\n",
             20 + i,
             30 + i % 7,
@@ -45,18 +51,18 @@ pub fn write_task(dir: &Path) {
             i % 2
         );
     }
-    std::fs::write(dir.join("train.tsv"), train).unwrap();
-    std::fs::write(dir.join("dev.tsv"), dev).unwrap();
-    std::fs::write(
-        dir.join("toy.toml"),
-        r#"
-name = "toy"
-metric = "accuracy"
+    rows
+}
 
+/// The toy task's `[task]` and `[data.*]` sections as a task of `kind` (verbalizer w10 / w11 after w3), over
+/// `train.tsv` and `dev.tsv`.
+fn toy_task_sections(kind: &str) -> String {
+    format!(
+        r#"
 [task]
-kind = "classification"
-template = "{text} w3"
-label_words = { "0" = " w10", "1" = " w11" }
+kind = "{kind}"
+template = "{{text}} w3"
+label_words = {{ "0" = " w10", "1" = " w11" }}
 
 [data.train]
 path = "train.tsv"
@@ -67,9 +73,48 @@ label = "label"
 path = "dev.tsv"
 text = "sentence"
 label = "label"
-"#,
+"#
+    )
+}
+
+/// The toy task as a task file (`toy.toml`), with its data.
+pub fn write_task(dir: &Path) {
+    std::fs::write(dir.join("train.tsv"), toy_train_rows()).unwrap();
+    std::fs::write(dir.join("dev.tsv"), toy_dev_rows()).unwrap();
+    std::fs::write(
+        dir.join("toy.toml"),
+        format!(
+            "name = \"toy\"\nmetric = \"accuracy\"\n{}",
+            toy_task_sections("classification")
+        ),
     )
     .unwrap();
+}
+
+/// Writes the experiment file `name` in `dir`: `method` on the tiny GPT-2, the toy task of `kind` trained on
+/// `train_rows` (written as `train.tsv`, beside the toy dev set) and `training` as its `[training]` section.
+/// Returns its path.
+pub fn toy_experiment(
+    dir: &Path,
+    name: &str,
+    method: &str,
+    kind: &str,
+    train_rows: &str,
+    training: &str,
+) -> PathBuf {
+    std::fs::write(dir.join("train.tsv"), train_rows).unwrap();
+    std::fs::write(dir.join("dev.tsv"), toy_dev_rows()).unwrap();
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!(
+            "[model]\nname = \"{model}\"\n\n[method]\n{method}\n{task}\n[training]\n{training}\n",
+            model = fixture("tiny-gpt2"),
+            task = toy_task_sections(kind),
+        ),
+    )
+    .unwrap();
+    path
 }
 
 /// `runs.csv` without the columns that are times or memory (which differ between runs by nature).
