@@ -5,7 +5,7 @@
 #
 #   bash scripts/methods_table.sh [experiment names...]   # default: all of them
 #
-# Needs a release build (`cargo build --release -p peft-cli -p peft-ia3-example`). Each run writes
+# Needs a release build (`cargo build --release -p peft-cli -p peft-ia3-cli`). Each run writes
 # out/sst2-<name>/ and out/sst2-<name>.time (GNU time's report); rows go to out/methods-table.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."

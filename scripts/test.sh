@@ -14,7 +14,7 @@ cargo test --workspace --bench '*' "$@"
 # The system-BLAS build (cargo feature `openblas`): the kernels' and the models' tests again, the frozen
 # projections now through OpenBLAS. `.ci/run` installs the library; elsewhere this part says why it skips.
 if ldconfig -p 2>/dev/null | grep -q 'libopenblas\.so'; then
-    cargo test -p peft-core -p peft-models --features peft-core/openblas "$@"
+    cargo test -p peft-kernels -p peft-models --features peft-kernels/openblas "$@"
 else
     echo "skipping the openblas build's tests: libopenblas is not installed (Debian: apt-get install libopenblas-dev)"
 fi

@@ -48,7 +48,7 @@ impl FrozenLinearCase {
         let b = (seeded(&[d_out], 2)? * 0.02)?;
         Ok(FrozenLinearCase {
             name,
-            layer: FrozenLinear::new(w, Some(b)),
+            layer: FrozenLinear::new(w, Some(b), &peft_kernels::frozen::FrozenGemm),
             x: Var::from_tensor(&seeded(&[rows, d_in], 3)?)?,
         })
     }

@@ -8,11 +8,12 @@ use peft_core::head::WithClassifier;
 use peft_core::hooks::Hooks;
 use peft_core::method::{Adapter, InitCtx};
 use peft_core::model::{BaseModel, Batch};
-use peft_core::task::{
-    pad_batch, CausalLm, ClassExample, HeadClassification, LmExample, Seq2Seq, Seq2SeqExample, Task,
-};
-use peft_core::train::optim::{AdamW, AdamWConfig};
 use peft_core::PeftError;
+use peft_train::task::{
+    pad_batch, CausalLm, ClassExample, HeadClassification, LmExample, Seq2Seq, Seq2SeqExample,
+    Task, Tuned,
+};
+use peft_train::train::optim::{AdamW, AdamWConfig};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
@@ -267,9 +268,11 @@ impl TrainStep<'_> {
     /// returns the loss before the step.
     pub fn run(&mut self) -> peft_core::Result<f64> {
         let case = self.case;
-        let out = case
-            .task()
-            .loss(case.model(), self.adapter.as_ref(), case.micro_batch())?;
+        let out = case.task().loss(
+            case.model(),
+            &Tuned::of(self.adapter.as_ref()),
+            case.micro_batch(),
+        )?;
         let grads = out.loss.backward()?;
         let grads =
             self.vars

@@ -1,4 +1,4 @@
-//! Each fused op of `peft_core::nn` against the composed form it replaced (`peft_core::nn::composed`), forward
+//! Each fused op of `peft_kernels` against the composed form it replaced (`peft_kernels::composed`), forward
 //! and backward on GPT-2 small's shapes at a batch of 4 x 128 tokens: the before / after of one lever each.
 //!
 //! ```
@@ -10,7 +10,6 @@
 //! ```
 
 use candle_core::{DType, Device, Tensor, Var};
-use peft_core::nn;
 use peft_core::PeftError;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -141,7 +140,7 @@ impl OpCase {
         Ok(match &self.op {
             Op::Gelu { x } => {
                 let y = if fused {
-                    nn::gelu_tanh(x.as_tensor())?
+                    peft_kernels::gelu_tanh(x.as_tensor())?
                 } else {
                     x.as_tensor().gelu()?
                 };
@@ -149,9 +148,9 @@ impl OpCase {
             }
             Op::LayerNorm { x, weight, bias } => {
                 let f = if fused {
-                    nn::layer_norm
+                    peft_kernels::layer_norm
                 } else {
-                    nn::composed::layer_norm
+                    peft_kernels::composed::layer_norm
                 };
                 (f(x.as_tensor(), weight, Some(bias), 1e-5)?, vec![x])
             }
@@ -163,18 +162,18 @@ impl OpCase {
                 scale,
             } => {
                 let f = if fused {
-                    nn::scaled_dot_product_attention
+                    peft_kernels::scaled_dot_product_attention
                 } else {
-                    nn::composed::scaled_dot_product_attention
+                    peft_kernels::composed::scaled_dot_product_attention
                 };
                 let out = f(q.as_tensor(), k.as_tensor(), v.as_tensor(), bias, *scale)?;
                 (out, vec![q, k, v])
             }
             Op::CrossEntropy { logits, targets } => {
                 let f = if fused {
-                    nn::cross_entropy
+                    peft_kernels::cross_entropy
                 } else {
-                    nn::composed::cross_entropy
+                    peft_kernels::composed::cross_entropy
                 };
                 (f(logits.as_tensor(), targets)?, vec![logits])
             }

@@ -51,8 +51,8 @@ impl PeftMethod for FullFineTuningConfig {
         &self.common
     }
 
-    fn with_common(&self, common: CommonConfig) -> Box<dyn PeftMethod> {
-        Box::new(FullFineTuningConfig { common })
+    fn common_mut(&mut self) -> &mut CommonConfig {
+        &mut self.common
     }
 
     fn trains_base_weights(&self) -> bool {

@@ -32,8 +32,8 @@ impl PeftMethod for LinearProbeConfig {
         &self.common
     }
 
-    fn with_common(&self, common: CommonConfig) -> Box<dyn PeftMethod> {
-        Box::new(LinearProbeConfig { common })
+    fn common_mut(&mut self) -> &mut CommonConfig {
+        &mut self.common
     }
 }
 

@@ -8,9 +8,9 @@ use peft_core::adapter_io::{load_adapter, save_adapter};
 use peft_core::hooks::NoHooks;
 use peft_core::method::{Adapter, PeftMethod};
 use peft_core::model::BaseModel;
-use peft_core::task::{Seq2Seq, Seq2SeqExample};
 use peft_models::weights::WeightMap;
 use peft_testing::{init, toy_lm_task, train};
+use peft_train::task::{Seq2Seq, Seq2SeqExample};
 
 /// The tiny decoders and T5, built from trainable weights.
 fn trainable_models(seed: u64) -> Vec<(&'static str, Box<dyn BaseModel>)> {

@@ -11,7 +11,7 @@ use peft_core::spec::SiteId;
 use peft_core::{PeftError, Result};
 
 use crate::config::{BitFitConfig, BitFitTargets};
-use crate::targets::resolve;
+use crate::targets::{fused_query, resolve};
 
 /// A trainable bias at one site.
 #[derive(Debug)]
@@ -48,12 +48,14 @@ impl BitFit {
                 added.join(", ")
             ));
         }
-        if config.targets == BitFitTargets::Paper && model.spec().architecture == "gpt2" {
-            notes.push(
-                "GPT-2's c_attn fuses the query, key and value projections: the whole fused bias trains, \
-                 not only the query part the paper trains"
-                    .into(),
-            );
+        let chosen: Vec<SiteId> = sites.iter().map(|s| s.site).collect();
+        if let (BitFitTargets::Paper, Some(fused)) =
+            (&config.targets, fused_query(model.spec(), &chosen))
+        {
+            notes.push(format!(
+                "{fused} fuses the query, key and value projections: the whole fused bias trains, not only the \
+                 query part the paper trains"
+            ));
         }
         let mut biases = Vec::with_capacity(sites.len());
         let mut by_site = HashMap::with_capacity(sites.len());

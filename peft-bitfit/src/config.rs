@@ -3,7 +3,7 @@
 
 use peft_core::method::{Adapter, CommonConfig, InitCtx, PeftMethod};
 use peft_core::spec::ModelSpec;
-use peft_core::{PeftError, Result};
+use peft_core::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::adapter::BitFit;
@@ -16,11 +16,12 @@ pub enum BitFitTargets {
     /// `add_missing_biases`, also a zero bias at every linear site that has none (on LLaMA: every projection).
     #[default]
     All,
-    /// `"paper"`: Ben Zaken et al.'s query and intermediate-MLP biases (`b_q`, `b_m2`). GPT-2: `c_attn` and
-    /// `mlp.c_fc` (`c_attn` fuses the query, key and value projections, so its whole `3 x hidden` bias trains, not
-    /// only the query third); LLaMA: `q_proj`, `gate_proj` and `up_proj` (zero biases added there, as LLaMA has
-    /// none); OPT: `q_proj`, `fc1`; BERT: `attention.self.query`, `intermediate.dense`; T5: `q` and `wi` (or
-    /// `wi_0`, `wi_1`).
+    /// `"paper"`: Ben Zaken et al.'s query and intermediate-MLP biases (`b_q`, `b_m2`), chosen by role: every
+    /// site playing one of [`PAPER_ROLES`](crate::PAPER_ROLES), the query, the fused query-key-value projection
+    /// (whose whole `3 x hidden` bias then trains, not only the query third) and the widening MLP projections
+    /// (both of a gated MLP). On the zoo: GPT-2 `c_attn`, `mlp.c_fc`; LLaMA `q_proj`, `gate_proj`, `up_proj`
+    /// (zero biases added there, as LLaMA has none); OPT `q_proj`, `fc1`; BERT `attention.self.query`,
+    /// `intermediate.dense`; T5 the self- and cross-attention `q` and `wi` (or `wi_0`, `wi_1`).
     Paper,
     /// Module short names or dotted suffixes of module names (`["c_attn", "mlp.c_proj"]`), as HF PEFT's
     /// `target_modules` lists name them; every name must match at least one site.
@@ -63,43 +64,42 @@ impl From<BitFitTargets> for TargetsRepr {
     }
 }
 
-/// BitFit (Ben Zaken et al., 2022): only biases train, each starting from the frozen model's value.
+/// BitFit (Ben Zaken et al., 2022): only biases train, each starting from the frozen model's value. A field
+/// missing from the JSON takes its value in [`BitFitConfig::default`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct BitFitConfig {
     /// Fields every HF PEFT config has.
     #[serde(flatten)]
     pub common: CommonConfig,
     /// Which biases train (default `"all"`).
-    #[serde(default)]
     pub targets: BitFitTargets,
     /// Whether a chosen site without a frozen bias gets a zero-initialised trainable one (default true);
     /// false makes such a site an error. The adapter's [`BitFit::notes`] lists the sites that got one.
-    #[serde(default = "default_add_missing_biases")]
     pub add_missing_biases: bool,
     /// Only the biases of these layer indices train (as LoRA's `layers_to_transform`); sites outside any layer
     /// (final norms) are then left out. Default: every layer.
-    #[serde(default)]
     pub layers_to_transform: Option<Vec<usize>>,
 }
 
-fn default_add_missing_biases() -> bool {
-    true
-}
-
+/// Every bias of every layer, missing ones added; serde takes these for every field a config leaves out.
 impl Default for BitFitConfig {
     fn default() -> Self {
-        BitFitConfig::new(BitFitTargets::All)
+        BitFitConfig {
+            common: CommonConfig::default(),
+            targets: BitFitTargets::All,
+            add_missing_biases: true,
+            layers_to_transform: None,
+        }
     }
 }
 
 impl BitFitConfig {
-    /// A config training `targets`, adding missing biases (the default).
+    /// A config training `targets`, every other field at its default (missing biases added).
     pub fn new(targets: BitFitTargets) -> Self {
         BitFitConfig {
-            common: CommonConfig::default(),
             targets,
-            add_missing_biases: true,
-            layers_to_transform: None,
+            ..BitFitConfig::default()
         }
     }
 }
@@ -119,11 +119,8 @@ impl PeftMethod for BitFitConfig {
         &self.common
     }
 
-    fn with_common(&self, common: CommonConfig) -> Box<dyn PeftMethod> {
-        Box::new(BitFitConfig {
-            common,
-            ..self.clone()
-        })
+    fn common_mut(&mut self) -> &mut CommonConfig {
+        &mut self.common
     }
 
     fn size_knob(&self) -> Option<&'static str> {
@@ -139,34 +136,4 @@ impl PeftMethod for BitFitConfig {
             ..self.clone()
         }))
     }
-}
-
-/// The module names the `"paper"` preset trains for a model: the query projection and the intermediate
-/// (first, widening) MLP projection, the paper's `b_q` and `b_m2` (in BERT-large these are 0.04% of the
-/// parameters, which is what fixes `m2` as the 4h-wide layer). Gated MLPs (LLaMA, T5 v1.1) have two
-/// intermediate projections; both train.
-pub(crate) fn paper_modules(spec: &ModelSpec) -> Result<Vec<String>> {
-    let names: &[&str] = match spec.architecture.as_str() {
-        "gpt2" => &["c_attn", "mlp.c_fc"],
-        "llama" => &["q_proj", "gate_proj", "up_proj"],
-        "opt" => &["q_proj", "fc1"],
-        "bert" => &["attention.self.query", "intermediate.dense"],
-        // Self- and cross-attention queries; `wi` (relu) or `wi_0` + `wi_1` (gated), whichever the model has.
-        "t5" => &["q", "wi", "wi_0", "wi_1"],
-        other => {
-            return Err(PeftError::Config(format!(
-                "BitFit's \"paper\" preset knows gpt2, llama, opt, bert and t5, not {other}: list the query and \
-                 intermediate MLP projections in targets instead"
-            )))
-        }
-    };
-    Ok(names
-        .iter()
-        .filter(|n| {
-            spec.sites
-                .iter()
-                .any(|s| s.short_name() == **n || s.name.ends_with(&format!(".{n}")))
-        })
-        .map(|s| s.to_string())
-        .collect())
 }

@@ -4,7 +4,8 @@
 //! under the frozen model's HF parameter names (`transformer.h.0.attn.c_attn.bias`, ...).
 //!
 //! `targets` chooses the biases: `"all"` (default: every bias the checkpoint has, at linear and norm sites), the
-//! preset `"paper"` (the query and intermediate-MLP biases, `b_q` and `b_m2`: GPT-2 `c_attn` — fused q, k, v, so
+//! preset `"paper"` (the query and intermediate-MLP biases, `b_q` and `b_m2`, chosen by the roles the
+//! model's sites declare ([`PAPER_ROLES`]): GPT-2 `c_attn` — fused q, k, v, so
 //! its whole bias trains — and `mlp.c_fc`; LLaMA `q_proj`, `gate_proj`, `up_proj`), or a list of module short names or dotted
 //! suffixes. Where a chosen site has no bias (LLaMA has none), `add_missing_biases` (default true) adds a
 //! zero-initialised one, so the adapter starts as the frozen model; with `"all"` on LLaMA every linear
@@ -35,6 +36,7 @@ mod targets;
 
 pub use adapter::BitFit;
 pub use config::{BitFitConfig, BitFitTargets};
+pub use targets::PAPER_ROLES;
 
 /// Makes sure this crate's method is linked (and so registered with typetag) into a binary that names no
 /// other item of it.

@@ -3,10 +3,39 @@
 
 use candle_core::{DType, Tensor};
 use peft_core::model::BaseModel;
-use peft_core::spec::{Site, SiteId, SiteKind};
+use peft_core::spec::{ModelSpec, Role, Site, SiteId, SiteKind};
 use peft_core::{PeftError, Result};
 
-use crate::config::{paper_modules, BitFitConfig, BitFitTargets};
+use crate::config::{BitFitConfig, BitFitTargets};
+
+/// The roles of the `"paper"` preset: the query projection and the intermediate (first, widening) MLP
+/// projection, the paper's `b_q` and `b_m2` (in BERT-large these are 0.04% of the parameters, which is what
+/// fixes `m2` as the 4h-wide layer). A fused query-key-value projection stands for the query, so its whole bias
+/// trains; gated MLPs (LLaMA, T5 v1.1) have two intermediate projections, and both train.
+pub const PAPER_ROLES: &[Role] = &[Role::Query, Role::QueryKeyValue, Role::MlpUp, Role::MlpGate];
+
+/// The sites the `"paper"` preset trains, in site order; an error where no site declares those roles.
+pub(crate) fn paper_sites(spec: &ModelSpec) -> Result<Vec<SiteId>> {
+    let sites = spec.sites_with_any_role(PAPER_ROLES);
+    if sites.is_empty() {
+        return Err(PeftError::Config(format!(
+            "BitFit's \"paper\" preset trains the query and intermediate MLP biases, but no module of {} ({}) \
+             declares the query, fused query-key-value, MLP up or gate role: list those modules in targets instead",
+            spec.name_or_path, spec.architecture
+        )));
+    }
+    Ok(sites)
+}
+
+/// The short name of a fused query-key-value projection among `sites` (GPT-2's `c_attn`), whose whole bias
+/// the paper preset trains.
+pub(crate) fn fused_query(spec: &ModelSpec, sites: &[SiteId]) -> Option<String> {
+    sites
+        .iter()
+        .map(|&id| spec.site(id))
+        .find(|s| s.role == Role::QueryKeyValue)
+        .map(|s| s.short_name().to_string())
+}
 
 /// One trained bias: its site, its HF parameter name and its starting value.
 #[derive(Debug, Clone)]
@@ -107,7 +136,7 @@ pub(crate) fn resolve(config: &BitFitConfig, model: &dyn BaseModel) -> Result<Ve
             })
             .map(|(id, _)| id)
             .collect(),
-        BitFitTargets::Paper => by_name(model, &paper_modules(spec)?)?,
+        BitFitTargets::Paper => paper_sites(spec)?,
         BitFitTargets::Modules(names) => by_name(model, names)?,
     };
     let chosen: Vec<SiteId> = match &config.layers_to_transform {

@@ -7,15 +7,15 @@ use std::collections::{BTreeSet, HashMap};
 use candle_core::{Device, Tensor};
 use peft_bitfit::{BitFit, BitFitConfig, BitFitTargets};
 use peft_core::adapter_io::{load_adapter, CONFIG_FILE, WEIGHTS_FILE};
-use peft_core::generate::last_logits;
 use peft_core::hooks::NoHooks;
 use peft_core::method::{Adapter, PeftMethod};
 use peft_core::model::BaseModel;
 use peft_core::spec::SiteKind;
-use peft_core::task::Task;
-use peft_core::train::{TrainConfig, Trainer};
 use peft_core::PeftError;
 use peft_testing::{init, toy_classification_task};
+use peft_train::generate::last_logits;
+use peft_train::task::{Task, Tuned};
+use peft_train::train::{TrainConfig, Trainer};
 
 fn modules(names: &[&str]) -> BitFitTargets {
     BitFitTargets::Modules(names.iter().map(|s| s.to_string()).collect())
@@ -306,7 +306,7 @@ fn training_moves_only_the_biases_lowers_the_loss_and_reloads_exactly() {
 
         // Every bias gets a gradient; no frozen tensor does.
         let loss = task
-            .loss(model.as_ref(), adapter.as_ref(), &[0, 1, 2, 3])
+            .loss(model.as_ref(), &Tuned::of(adapter.as_ref()), &[0, 1, 2, 3])
             .unwrap()
             .loss;
         let grads = loss.backward().unwrap();

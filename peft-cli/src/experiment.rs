@@ -6,9 +6,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use peft_core::data::{DataSource, Template, Verbalizer};
 use peft_core::method::PeftMethod;
-use peft_core::train::TrainConfig;
+use peft_train::data::{DataSource, Template, Verbalizer};
+use peft_train::train::TrainConfig;
 use serde::Deserialize;
 
 /// A whole experiment file.

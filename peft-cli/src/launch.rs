@@ -11,7 +11,7 @@
 //! ```
 
 use anyhow::{bail, Result};
-use peft_core::dist::{Communicator, SingleProcess};
+use peft_train::dist::{Communicator, SingleProcess};
 
 /// Launcher variables that give the job's size: Open MPI, MPICH / Intel MPI (Hydra's PMI), MVAPICH.
 const SIZE_VARIABLES: [&str; 3] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE"];

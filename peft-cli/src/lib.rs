@@ -53,7 +53,7 @@ pub const ALLOCATOR: &str = if cfg!(feature = "mimalloc") {
 };
 
 use clap::{Parser, Subcommand};
-use peft_core::dist::Communicator;
+use peft_train::dist::Communicator;
 
 /// Parameter-efficient fine-tuning of frozen transformers (prompt tuning, ...) on candle.
 #[derive(Parser)]

@@ -2,7 +2,7 @@
 //! any MPI library that provides `mpicc` (Open MPI, MPICH, Intel MPI, Cray MPICH).
 //!
 //! ```no_run
-//! use peft_core::dist::Communicator;
+//! use peft_train::dist::Communicator;
 //! let (_universe, comm) = peft_cli::mpi_comm::MpiCommunicator::initialize().unwrap();
 //! println!("rank {} of {}", comm.rank(), comm.size());
 //! ```
@@ -13,8 +13,8 @@ use mpi::datatype::PartitionMut;
 use mpi::environment::Universe;
 use mpi::topology::{Communicator as _, SimpleCommunicator};
 use mpi::traits::{CommunicatorCollectives, Equivalence, Root};
-use peft_core::dist::Communicator;
 use peft_core::PeftError;
+use peft_train::dist::Communicator;
 
 /// Elements per MPI call: counts are C `int`s, so larger buffers go in pieces.
 const MAX_COUNT: usize = 1 << 28;

@@ -7,9 +7,10 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use peft_core::adapter_io::load_adapter;
 use peft_core::head::WithClassifier;
-use peft_core::hooks::{positions_taken, Hooks, NoHooks};
+use peft_core::hooks::{positions_taken, Hooks};
 use peft_core::method::{Adapter, InitCtx};
 use peft_models::{LoadOptions, LoadedModel};
+use peft_train::task::Tuned;
 use rand::SeedableRng;
 
 use crate::experiment::{Experiment, TaskKind};
@@ -68,14 +69,15 @@ pub fn build_adapter(exp: &Experiment, loaded: &LoadedModel) -> Result<Box<dyn A
     })
 }
 
-/// Runs `f` with the hooks of the adapter at `adapter` (or none), printing the loader's warnings.
+/// Runs `f` with the adapter at `adapter` (its hooks and any trained head; or the bare model), printing the
+/// loader's warnings.
 pub fn with_adapter<T>(
     loaded: &LoadedModel,
     adapter: Option<&Path>,
-    f: impl FnOnce(&dyn Hooks) -> Result<T>,
+    f: impl FnOnce(Tuned) -> Result<T>,
 ) -> Result<T> {
     match adapter {
-        None => f(&NoHooks),
+        None => f(Tuned::frozen()),
         Some(dir) => {
             let mut init = init_ctx(loaded, 0);
             let adapter = load_adapter(dir, &mut init)
@@ -83,7 +85,7 @@ pub fn with_adapter<T>(
             for w in &adapter.warnings {
                 eprintln!("warning: {w}");
             }
-            f(adapter.adapter.as_ref())
+            f(Tuned::of(adapter.adapter.as_ref()))
         }
     }
 }

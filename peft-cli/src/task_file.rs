@@ -118,7 +118,7 @@ impl TaskFile {
         data.eval = data.eval.relative_to(&dir);
         // A placeholder the data does not provide fails here, before any model is opened.
         if let Some(t) = &repr.task.template {
-            let template = peft_core::data::Template::new(t.clone())?;
+            let template = peft_train::data::Template::new(t.clone())?;
             for source in [&data.train, &data.eval] {
                 source
                     .check_template(&template)

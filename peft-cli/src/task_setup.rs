@@ -1,13 +1,13 @@
 //! Turns an experiment's `[task]` and `[data]` into a task over the model's tokenizer.
 
 use anyhow::{bail, Context, Result};
-use peft_core::data::tagged::{encode_tagged, parse_tagged};
-use peft_core::data::{chunk_text, ClassEncoder, Field, Template};
-use peft_core::task::{
+use peft_models::LoadedModel;
+use peft_train::data::tagged::{encode_tagged, parse_tagged};
+use peft_train::data::{chunk_text, ClassEncoder, Field, Template};
+use peft_train::task::{
     CausalLm, HeadClassification, Seq2Seq, Seq2SeqExample, Task, TokenClassification, TokenExample,
     VerbalizerClassification,
 };
-use peft_models::LoadedModel;
 
 use crate::experiment::{Experiment, TaskKind};
 
@@ -36,7 +36,7 @@ pub fn build_baseline_task(
 
 /// The accuracy on the dev set of always predicting the training set's most frequent label.
 pub fn majority_baseline(exp: &Experiment) -> Result<(String, f64)> {
-    let count = |source: &peft_core::data::DataSource| -> Result<Vec<String>> {
+    let count = |source: &peft_train::data::DataSource| -> Result<Vec<String>> {
         Ok(source.read()?.into_iter().filter_map(|r| r.label).collect())
     };
     let train = count(&exp.file.data.train)?;
@@ -124,7 +124,7 @@ fn build_task_as(
         }
         TaskKind::TokenClassification => {
             let labels = task.labels.clone().context("labels")?;
-            let examples = |source: &peft_core::data::DataSource| -> Result<Vec<TokenExample>> {
+            let examples = |source: &peft_train::data::DataSource| -> Result<Vec<TokenExample>> {
                 let name = |f: &Option<Field>, what: &str| -> Result<String> {
                     match f {
                         Some(Field::Name(n)) => Ok(n.clone()),
@@ -180,7 +180,7 @@ fn build_task_as(
                 }
                 Ok(ids)
             };
-            let examples = |source: &peft_core::data::DataSource| -> Result<Vec<Seq2SeqExample>> {
+            let examples = |source: &peft_train::data::DataSource| -> Result<Vec<Seq2SeqExample>> {
                 let rows = source.read()?;
                 rows.iter()
                     .enumerate()
@@ -218,7 +218,7 @@ fn build_task_as(
                 );
             }
             let corpus =
-                |source: &peft_core::data::DataSource| -> Result<Vec<peft_core::task::LmExample>> {
+                |source: &peft_train::data::DataSource| -> Result<Vec<peft_train::task::LmExample>> {
                     let texts: Vec<String> = source.read()?.into_iter().map(|r| r.text).collect();
                     chunk_text(
                         tokenizer,

@@ -1,16 +1,16 @@
 //! Every method of the workspace x every architecture of the zoo (GPT-2, LLaMA, OPT, BERT, T5 in its gated
-//! and relu variants), on seeded tiny models, through the shared conformance check (`peft_core::conformance`):
+//! and relu variants), on seeded tiny models, through the shared conformance check (`peft_train::conformance`):
 //! 20 trainer steps, the loss falls, every trainable tensor moves and no frozen tensor does (tensor by tensor),
 //! save -> load gives the same outputs, and a stopped-and-resumed run equals an uninterrupted one. Each
 //! architecture trains its own kind of task: decoders a causal LM, BERT a classification head (the method
 //! plus HF's `classifier`), T5 a seq2seq copy task. Composition (a STACK) and trained heads are cells of the
 //! same matrix.
 
-use peft_core::conformance::{check_adapter, check_resume, Conformance};
 use peft_core::head::WithClassifier;
 use peft_core::method::{Adapter, InitCtx, PeftMethod};
 use peft_core::model::BaseModel;
-use peft_core::task::{
+use peft_train::conformance::{check_adapter, check_resume, Conformance};
+use peft_train::task::{
     CausalLm, ClassExample, HeadClassification, LmExample, Seq2Seq, Seq2SeqExample, Task,
 };
 use rand::SeedableRng;

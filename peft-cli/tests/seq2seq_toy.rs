@@ -8,11 +8,10 @@
 //!   a random frozen model to copy (its loss stalls near ln 20, the choice among the 20 ids): there is no
 //!   copying behaviour to steer.
 
-use peft_core::hooks::NoHooks;
 use peft_core::method::{Adapter, InitCtx, PeftMethod};
 use peft_core::model::BaseModel;
-use peft_core::task::{Metrics, Seq2Seq, Seq2SeqExample, Task};
-use peft_core::train::{TrainConfig, Trainer};
+use peft_train::task::{Metrics, Seq2Seq, Seq2SeqExample, Task, Tuned};
+use peft_train::train::{TrainConfig, Trainer};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
@@ -66,7 +65,7 @@ fn train(
     lr: f64,
     steps: usize,
 ) -> (Metrics, Metrics) {
-    let before = task.evaluate(model, &NoHooks, 32).unwrap();
+    let before = task.evaluate(model, &Tuned::frozen(), 32).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cfg = TrainConfig {
         max_steps: steps,
@@ -80,7 +79,7 @@ fn train(
         ..TrainConfig::default()
     };
     Trainer::new(model, adapter, task, cfg).run().unwrap();
-    let after = task.evaluate(model, adapter, 32).unwrap();
+    let after = task.evaluate(model, &Tuned::of(adapter), 32).unwrap();
     println!("before {before:?}\nafter  {after:?}");
     (before, after)
 }

@@ -16,15 +16,16 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Tensor};
-use peft_core::generate::last_decoder_logits;
 use peft_core::head::WithClassifier;
-use peft_core::hooks::{ClassifierHead, Hooks, NoHooks};
+use peft_core::hooks::NoHooks;
 use peft_core::method::{Adapter, PeftMethod};
 use peft_core::model::{BaseModel, Batch};
 use peft_testing::{
     f32s, fixture, full_logits_diff, hf_fixture, hf_logits, ids_of, init, max_diff, ours_fixture,
     tiny, u32s,
 };
+use peft_train::generate::last_decoder_logits;
+use peft_train::task::Tuned;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
@@ -47,7 +48,8 @@ const BERT_LABELS: usize = 3;
 
 /// The class logits `[rows x labels]`, flattened, of a BERT case's right-padded batch: the adapter's head over
 /// BERT's pooled output, as `BertForSequenceClassification` classifies.
-fn class_logits(model: &dyn BaseModel, hooks: &dyn Hooks, case: &Value) -> Vec<f32> {
+fn class_logits(model: &dyn BaseModel, tuned: Tuned, case: &Value) -> Vec<f32> {
+    let hooks = tuned.hooks();
     let rows: Vec<Vec<u32>> = case["input_ids"]
         .as_array()
         .unwrap()
@@ -66,7 +68,7 @@ fn class_logits(model: &dyn BaseModel, hooks: &dyn Hooks, case: &Value) -> Vec<f
         Tensor::new(mask, device).unwrap(),
     )
     .unwrap();
-    let head = hooks
+    let head = tuned
         .classifier()
         .expect("a classification adapter carries its head");
     peft_core::grad::no_grad(|| {
@@ -81,7 +83,8 @@ fn class_logits(model: &dyn BaseModel, hooks: &dyn Hooks, case: &Value) -> Vec<f
 }
 
 /// Max |ours - reference| over a case of a fixture on `base`.
-fn case_diff(base: &str, model: &dyn BaseModel, hooks: &dyn Hooks, case: &Value) -> f32 {
+fn case_diff(base: &str, model: &dyn BaseModel, tuned: Tuned, case: &Value) -> f32 {
+    let hooks = tuned.hooks();
     match base {
         "tiny-t5" => {
             let ours = last_decoder_logits(
@@ -102,21 +105,9 @@ fn case_diff(base: &str, model: &dyn BaseModel, hooks: &dyn Hooks, case: &Value)
                 .iter()
                 .flat_map(f32s)
                 .collect();
-            max_diff(&class_logits(model, hooks, case), &reference)
+            max_diff(&class_logits(model, tuned, case), &reference)
         }
         _ => full_logits_diff(model, hooks, case),
-    }
-}
-
-/// Only a classification head: the frozen model as it is, classified by `head`.
-struct HeadOnly(ClassifierHead);
-
-impl Hooks for HeadOnly {
-    fn classifier(&self) -> Option<ClassifierHead> {
-        Some(ClassifierHead {
-            weight: self.0.weight.clone(),
-            bias: self.0.bias.clone(),
-        })
     }
 }
 
@@ -129,8 +120,9 @@ fn without_adapter_diff(
     case: &Value,
 ) -> f32 {
     match adapter.classifier() {
-        Some(head) => case_diff(base, model, &HeadOnly(head), case),
-        None => case_diff(base, model, &NoHooks, case),
+        // Only the classification head: the frozen model as it is, classified by `head`.
+        Some(head) => case_diff(base, model, Tuned::with_head(&NoHooks, &head), case),
+        None => case_diff(base, model, Tuned::frozen(), case),
     }
 }
 
@@ -151,7 +143,7 @@ fn check_cases(
     );
     let mut worst = 0f32;
     for case in reference["cases"].as_array().unwrap() {
-        let diff = case_diff(base, model, adapter, case);
+        let diff = case_diff(base, model, Tuned::of(adapter), case);
         assert!(diff < TOLERANCE, "{folder}: max |diff| vs HF PEFT {diff}");
         let moved = without_adapter_diff(base, model, adapter, case);
         assert!(

@@ -1,7 +1,7 @@
 //! A trained sequence-classification head carried by an adapter, as HF PEFT's `modules_to_save` carries
 //! `score` / `classifier` for `SEQ_CLS` tasks: [`WithClassifier`] wraps any adapter, adds the head's variables
 //! to its trainable set, saves them under HF PEFT's key and hands the head to tasks through
-//! [`Hooks::classifier`].
+//! [`Adapter::classifier`].
 //!
 //! ```
 //! use peft_core::head::{check_modules_to_save, head_key};
@@ -19,7 +19,7 @@ use candle_core::{DType, Tensor, Var};
 use rand_distr::{Distribution, Normal};
 
 use crate::error::{PeftError, Result};
-use crate::hooks::{ClassifierHead, Ctx, Hooks, KvPrefix, LinearFn};
+use crate::hooks::{Ctx, Hooks, KvPrefix, LinearFn};
 use crate::method::{Adapter, InitCtx, PeftMethod};
 use crate::model::BaseModel;
 use crate::spec::SiteId;
@@ -81,6 +81,26 @@ fn head_module_of<'k>(key: &'k str, param: &str) -> Option<&'k str> {
         .rsplit('.')
         .next()?;
     HEAD_MODULES.contains(&module).then_some(module)
+}
+
+/// A linear classification head `[num_labels, hidden]` (+ `[num_labels]` bias) over pooled hidden states.
+#[derive(Debug, Clone)]
+pub struct ClassifierHead {
+    /// `[num_labels, hidden]`.
+    pub weight: Tensor,
+    /// `[num_labels]`, where the head has a bias.
+    pub bias: Option<Tensor>,
+}
+
+impl ClassifierHead {
+    /// Class logits `[n, num_labels]` of pooled hidden states `[n, hidden]`.
+    pub fn forward(&self, pooled: &Tensor) -> Result<Tensor> {
+        let y = pooled.matmul(&self.weight.t()?)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
 }
 
 /// An adapter plus a trained linear head over the pooled final hidden state (or over every token's state,
@@ -211,18 +231,18 @@ impl Hooks for WithClassifier {
     fn bias(&self, site: SiteId) -> Option<Tensor> {
         self.inner.bias(site)
     }
+}
+
+impl Adapter for WithClassifier {
+    fn config(&self) -> &dyn PeftMethod {
+        self.config.as_ref()
+    }
 
     fn classifier(&self) -> Option<ClassifierHead> {
         Some(ClassifierHead {
             weight: crate::grad::param(&self.weight),
             bias: self.bias.as_ref().map(crate::grad::param),
         })
-    }
-}
-
-impl Adapter for WithClassifier {
-    fn config(&self) -> &dyn PeftMethod {
-        self.config.as_ref()
     }
 
     fn trainable(&self) -> Vec<(String, Var)> {

@@ -100,36 +100,10 @@ pub trait Hooks: Send + Sync {
         let _ = site;
         None
     }
-
-    /// A trained sequence-classification head (HF's `score` / `classifier`, saved with the adapter as HF PEFT's
-    /// `modules_to_save` does), for tasks that classify from the final hidden state instead of a verbalizer.
-    fn classifier(&self) -> Option<ClassifierHead> {
-        None
-    }
 }
 
 /// The projection below a [`Hooks::linear`] call.
 pub type LinearFn<'a> = dyn Fn(&Tensor) -> Result<Tensor> + 'a;
-
-/// A linear classification head `[num_labels, hidden]` (+ `[num_labels]` bias) over pooled hidden states.
-#[derive(Debug, Clone)]
-pub struct ClassifierHead {
-    /// `[num_labels, hidden]`.
-    pub weight: Tensor,
-    /// `[num_labels]`, where the head has a bias.
-    pub bias: Option<Tensor>,
-}
-
-impl ClassifierHead {
-    /// Class logits `[n, num_labels]` of pooled hidden states `[n, hidden]`.
-    pub fn forward(&self, pooled: &Tensor) -> Result<Tensor> {
-        let y = pooled.matmul(&self.weight.t()?)?;
-        Ok(match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        })
-    }
-}
 
 /// Runs the frozen projection `frozen` at `site` through the hooks: the frozen layer (with a replacement bias
 /// where [`Hooks::bias`] gives one) wrapped by [`Hooks::linear`]. Models call this for every projection.

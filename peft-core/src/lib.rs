@@ -1,34 +1,29 @@
-//! Contracts and shared machinery of the peft workspace.
-//!
-//! A frozen [`model::BaseModel`] calls [`hooks::Hooks`] at its injection sites; a [`method::PeftMethod`]
-//! configuration builds an [`method::Adapter`] (trainable state + hooks); the one shared [`train::Trainer`]
-//! trains every method on a [`task::Task`], so that comparisons between methods are fair.
+//! The contracts of the peft workspace, and nothing else: what a frozen model is ([`spec`], [`model`],
+//! [`frozen`]), where a method may act on it ([`hooks`]), what a method is ([`method`], composed by [`stack`],
+//! carrying a trained head through [`head`]), and how its adapter is saved in HF PEFT's format
+//! ([`adapter_io`]). A method crate depends on this crate alone; the kernels (`peft-kernels`) and the trainer
+//! (`peft-train`) build on it.
 //!
 //! ```
-//! use peft_core::spec::ModelSpec;
-//! let spec = ModelSpec::new("gpt2", 2, 32, 4, 4, 100, 64);
+//! use peft_core::spec::{ModelSpec, Role, Site};
+//! let mut spec = ModelSpec::new("gpt2", 2, 32, 4, 4, 100, 64);
+//! let qkv = spec.add_site(Site::conv1d("transformer.h.0.attn.c_attn", Some(0), 32, 96).with_role(Role::QueryKeyValue));
 //! assert_eq!(spec.head_dim, 8);
+//! assert_eq!(spec.sites_with_role(Role::QueryKeyValue).collect::<Vec<_>>(), vec![qkv]);
 //! ```
 
 pub mod adapter_io;
 pub mod atomic;
 pub mod compare;
-pub mod conformance;
-pub mod data;
-pub mod dist;
 pub mod error;
 pub mod frozen;
-pub mod generate;
 pub mod grad;
 pub mod head;
 pub mod hooks;
 pub mod method;
 pub mod model;
-pub mod nn;
 pub mod prompt_learning;
 pub mod spec;
 pub mod stack;
-pub mod task;
-pub mod train;
 
 pub use error::{PeftError, Result};

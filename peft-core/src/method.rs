@@ -3,11 +3,53 @@
 //! can register a new one); building it against a frozen model yields an [`Adapter`]: trainable state plus the
 //! [`Hooks`] it installs.
 //!
+//! A config states only what is its own: `build`, and where its common fields are. Copies with other common
+//! fields or another size, and the prompt-learning answers, come from the trait's defaults.
+//!
 //! ```
-//! use peft_core::method::PeftMethod;
-//! // An unknown tag is refused with the tags that are known (none are linked into this doctest).
-//! let err = serde_json::from_str::<Box<dyn PeftMethod>>(r#"{"peft_type": "NOPE"}"#).unwrap_err();
-//! assert!(err.to_string().contains("NOPE"));
+//! use peft_core::method::{Adapter, CommonConfig, InitCtx, PeftMethod};
+//! use peft_core::prompt_learning::PromptLearningConfig;
+//! use peft_core::spec::ModelSpec;
+//! use serde::{Deserialize, Serialize};
+//!
+//! /// A prompt-learning method reduced to its config.
+//! #[derive(Debug, Clone, Serialize, Deserialize)]
+//! struct ToyConfig {
+//!     #[serde(flatten)]
+//!     common: CommonConfig,
+//!     #[serde(flatten)]
+//!     prompt_learning: PromptLearningConfig,
+//! }
+//!
+//! #[typetag::serde(name = "TOY")]
+//! impl PeftMethod for ToyConfig {
+//!     fn build(&self, _init: &mut InitCtx) -> peft_core::Result<Box<dyn Adapter>> {
+//!         Err(peft_core::PeftError::Unsupported("a toy builds nothing".into()))
+//!     }
+//!     fn common(&self) -> &CommonConfig { &self.common }
+//!     fn common_mut(&mut self) -> &mut CommonConfig { &mut self.common }
+//!     fn prompt_learning(&self) -> Option<&PromptLearningConfig> { Some(&self.prompt_learning) }
+//!     fn prompt_learning_mut(&mut self) -> Option<&mut PromptLearningConfig> {
+//!         Some(&mut self.prompt_learning)
+//!     }
+//! }
+//!
+//! fn main() {
+//!     let toy: Box<dyn PeftMethod> =
+//!         serde_json::from_str(r#"{"peft_type": "TOY", "num_virtual_tokens": 4}"#).unwrap();
+//!     assert!(toy.is_prompt_learning());
+//!     assert_eq!(toy.size_knob(), Some("num_virtual_tokens"));
+//!     let spec = ModelSpec::new("gpt2", 2, 32, 4, 4, 128, 64);
+//!     let smallest = toy.with_size(0, &spec).unwrap(); // at least one virtual token
+//!     assert_eq!(smallest.prompt_learning().unwrap().num_virtual_tokens, 1);
+//!     let saved = toy.with_common(CommonConfig { inference_mode: true, ..toy.common().clone() });
+//!     assert!(saved.common().inference_mode && !toy.common().inference_mode);
+//!     assert_eq!(serde_json::to_value(&saved).unwrap()["num_virtual_tokens"], 4);
+//!
+//!     // An unknown tag is refused with the tags that are known.
+//!     let err = serde_json::from_str::<Box<dyn PeftMethod>>(r#"{"peft_type": "NOPE"}"#).unwrap_err();
+//!     assert!(err.to_string().contains("NOPE") && err.to_string().contains("TOY"));
+//! }
 //! ```
 
 use std::collections::HashMap;
@@ -18,8 +60,10 @@ use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{PeftError, Result};
+use crate::head::ClassifierHead;
 use crate::hooks::Hooks;
 use crate::model::BaseModel;
+use crate::prompt_learning::PromptLearningConfig;
 
 /// Fields every HF PEFT config carries (`PeftConfig`), flattened into each method's config.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -48,35 +92,81 @@ pub struct InitCtx<'a> {
     pub rng: StdRng,
 }
 
+/// A boxed copy of a method config: what makes `Box<dyn PeftMethod>` cloneable, and the trait's defaults able to
+/// return changed copies. Every `Clone` config has it; nothing implements it by hand.
+pub trait MethodClone {
+    /// A copy of this config, boxed.
+    fn clone_method(&self) -> Box<dyn PeftMethod>;
+}
+
+impl<T: PeftMethod + Clone + 'static> MethodClone for T {
+    fn clone_method(&self) -> Box<dyn PeftMethod> {
+        Box::new(self.clone())
+    }
+}
+
+impl Clone for Box<dyn PeftMethod> {
+    fn clone(&self) -> Self {
+        self.clone_method()
+    }
+}
+
 /// A method's configuration; `build` makes the stateful adapter.
+///
+/// An implementation states `build` and where its [`CommonConfig`] is (`common`, `common_mut`); a
+/// prompt-learning method also where its [`PromptLearningConfig`] is, which makes it answer
+/// [`is_prompt_learning`](PeftMethod::is_prompt_learning) and sizes it by `num_virtual_tokens`. A method sized by
+/// something else overrides [`size_knob`](PeftMethod::size_knob) and [`with_size`](PeftMethod::with_size).
 #[typetag::serde(tag = "peft_type")]
-pub trait PeftMethod: Debug + Send + Sync {
+pub trait PeftMethod: MethodClone + Debug + Send + Sync {
     /// Builds the adapter for `init.model`, with fresh (seeded) trainable parameters.
     fn build(&self, init: &mut InitCtx) -> Result<Box<dyn Adapter>>;
 
     /// The common HF PEFT fields.
     fn common(&self) -> &CommonConfig;
 
-    /// A copy of this config with the common fields replaced (used when saving).
-    fn with_common(&self, common: CommonConfig) -> Box<dyn PeftMethod>;
+    /// The common HF PEFT fields, to change.
+    fn common_mut(&mut self) -> &mut CommonConfig;
 
-    /// Whether this is one of HF PEFT's prompt-learning methods (prompt tuning, P-tuning, prefix tuning),
-    /// whose saved keys carry no `base_model.model.` prefix.
+    /// A copy of this config with the common fields replaced (used when saving).
+    fn with_common(&self, common: CommonConfig) -> Box<dyn PeftMethod> {
+        let mut copy = self.clone_method();
+        *copy.common_mut() = common;
+        copy
+    }
+
+    /// The fields HF PEFT's prompt-learning methods (prompt tuning, P-tuning, prefix tuning) share; `None` (the
+    /// default) for any other method.
+    fn prompt_learning(&self) -> Option<&PromptLearningConfig> {
+        None
+    }
+
+    /// [`PeftMethod::prompt_learning`], to change.
+    fn prompt_learning_mut(&mut self) -> Option<&mut PromptLearningConfig> {
+        None
+    }
+
+    /// Whether this is one of HF PEFT's prompt-learning methods, whose saved keys carry no `base_model.model.`
+    /// prefix.
     fn is_prompt_learning(&self) -> bool {
-        false
+        self.prompt_learning().is_some()
     }
 
     /// The integer setting that sizes this method (`num_virtual_tokens`, `r`), for matching a parameter
-    /// budget; `None` (the default) for a method of fixed size. The trainable count must grow with it.
+    /// budget: `num_virtual_tokens` for a prompt-learning method, else `None` (a method of fixed size) unless
+    /// overridden. The trainable count must grow with it.
     fn size_knob(&self) -> Option<&'static str> {
-        None
+        self.prompt_learning().map(|_| "num_virtual_tokens")
     }
 
     /// This config with its [`PeftMethod::size_knob`] set to `size` (at least 1) for the model `spec`
     /// describes; `None` without a knob.
     fn with_size(&self, size: usize, spec: &crate::spec::ModelSpec) -> Option<Box<dyn PeftMethod>> {
-        let _ = (size, spec);
-        None
+        let _ = spec;
+        self.prompt_learning()?;
+        let mut copy = self.clone_method();
+        copy.prompt_learning_mut()?.num_virtual_tokens = size.max(1);
+        Some(copy)
     }
 
     /// Whether the method trains the base model's own weights (full fine-tuning): the model must then be
@@ -99,6 +189,13 @@ pub trait Adapter: Hooks + Send + Sync {
 
     /// Replaces the adapter's state by saved tensors; names the key and both shapes on a mismatch.
     fn load_tensors(&self, tensors: &HashMap<String, Tensor>) -> Result<()>;
+
+    /// A trained classification head the adapter carries (HF's `score` / `classifier`, saved with the adapter
+    /// as HF PEFT's `modules_to_save` does), for tasks that classify from the final hidden state instead of a
+    /// verbalizer. Models never call it (it is no injection site); tasks read it. `None` by default.
+    fn classifier(&self) -> Option<ClassifierHead> {
+        None
+    }
 
     /// Trainable parameter count.
     fn num_trainable(&self) -> usize {

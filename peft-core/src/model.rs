@@ -226,12 +226,7 @@ pub trait BaseModel: Send + Sync {
     /// Logits of the given vocabulary rows only (verbalizer label words), `[.., rows]`.
     fn logits_of(&self, hidden: &Tensor, token_ids: &[u32]) -> Result<Tensor> {
         let head = require_lm_head(self.spec(), self.lm_head())?;
-        let ids = Tensor::new(token_ids, head.weight().device())?;
-        let rows = FrozenLinear::new(
-            head.weight().index_select(&ids, 0)?,
-            head.bias().map(|b| b.index_select(&ids, 0)).transpose()?,
-        );
-        rows.forward(hidden)
+        head.rows(token_ids)?.forward(hidden)
     }
 }
 

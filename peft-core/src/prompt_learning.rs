@@ -1,5 +1,6 @@
-//! What the prompt-learning methods (prompt tuning, P-tuning, prefix tuning) resolve the same way from the
-//! model: the task type an adapter records when its config names none, and HF PEFT's
+//! What the prompt-learning methods (prompt tuning, P-tuning, prefix tuning) share: the fields of HF PEFT's
+//! `PromptLearningConfig` ([`PromptLearningConfig`], flattened into each method's config), and what they resolve
+//! the same way from the model: the task type an adapter records when its config names none, and HF PEFT's
 //! `num_transformer_submodules` (2 for a `SEQ_2_SEQ_LM` adapter on an encoder-decoder, else 1).
 //!
 //! An encoder-decoder prompt adapter holds twice the virtual tokens (HF PEFT's table has
@@ -8,7 +9,7 @@
 //! reshaping of the duplicated prefix puts them.
 //!
 //! ```
-//! use peft_core::prompt_learning::{decoder_prefix_slot, transformer_submodules, SEQ_2_SEQ_LM};
+//! use peft_core::prompt_learning::{decoder_prefix_slot, transformer_submodules, PromptLearningConfig, SEQ_2_SEQ_LM};
 //! use peft_core::spec::ModelSpec;
 //! let mut t5 = ModelSpec::new("t5", 4, 32, 4, 4, 128, 512);
 //! t5.is_encoder_decoder = true;
@@ -16,11 +17,93 @@
 //! let gpt2 = ModelSpec::new("gpt2", 2, 32, 4, 4, 128, 64);
 //! assert!(transformer_submodules(&gpt2, Some(2), Some("CAUSAL_LM")).is_err());
 //! assert_eq!((0..4).map(|i| decoder_prefix_slot(i, 4, 2)).collect::<Vec<_>>(), [0, 2, 0, 2]);
+//!
+//! // The shared fields read and write under HF PEFT's keys; the model fills in what the config leaves unset.
+//! let mut shared: PromptLearningConfig = serde_json::from_str(r#"{"num_virtual_tokens": 3}"#).unwrap();
+//! shared.fill_from(&t5, 32, 4, Some(SEQ_2_SEQ_LM)).unwrap();
+//! assert_eq!((shared.token_dim, shared.num_layers, shared.total_virtual_tokens()), (Some(32), Some(4), 6));
+//! assert_eq!(serde_json::to_value(&shared).unwrap()["num_transformer_submodules"], 2);
 //! ```
 
 use crate::error::{PeftError, Result};
 use crate::model::BaseModel;
 use crate::spec::ModelSpec;
+use serde::{Deserialize, Serialize};
+
+/// The fields of HF PEFT's `PromptLearningConfig` that prompt tuning, P-tuning and prefix tuning share, with its
+/// keys and defaults; each method's config flattens it (`#[serde(flatten)]`) after the [`CommonConfig`], so that
+/// `adapter_config.json` reads and writes exactly as HF PEFT's. HF's `modules_to_save`, also a field of its
+/// `PromptLearningConfig`, stays in each method's config, last, where this workspace has always written it.
+///
+/// [`CommonConfig`]: crate::method::CommonConfig
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PromptLearningConfig {
+    /// Number of virtual tokens (required).
+    pub num_virtual_tokens: usize,
+    /// Width of a virtual token; filled from the model: its hidden size for a prompt, the key/value width
+    /// (`num_key_value_heads x head_dim`) for a prefix.
+    #[serde(default)]
+    pub token_dim: Option<usize>,
+    /// 1 for one transformer stack, 2 for an encoder-decoder's encoder and decoder; filled from the model (see
+    /// [`transformer_submodules`]).
+    #[serde(default)]
+    pub num_transformer_submodules: Option<usize>,
+    /// Attention heads of the model (its key/value heads for a prefix); filled from the model.
+    #[serde(default)]
+    pub num_attention_heads: Option<usize>,
+    /// Layers of the model; filled from the model.
+    #[serde(default)]
+    pub num_layers: Option<usize>,
+}
+
+impl PromptLearningConfig {
+    /// `num_virtual_tokens` virtual tokens, every model-derived field unset.
+    pub fn new(num_virtual_tokens: usize) -> Self {
+        PromptLearningConfig {
+            num_virtual_tokens,
+            token_dim: None,
+            num_transformer_submodules: None,
+            num_attention_heads: None,
+            num_layers: None,
+        }
+    }
+
+    /// Total virtual tokens (`num_virtual_tokens x num_transformer_submodules`).
+    pub fn total_virtual_tokens(&self) -> usize {
+        self.num_virtual_tokens * self.num_transformer_submodules.unwrap_or(1)
+    }
+
+    /// Refuses a config without virtual tokens.
+    pub fn check_num_virtual_tokens(&self) -> Result<()> {
+        if self.num_virtual_tokens == 0 {
+            return Err(PeftError::Config(
+                "num_virtual_tokens must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Fills the model-derived fields for a model of this `spec`, as HF PEFT does: `token_dim` and
+    /// `num_attention_heads` as the method counts them, the model's layers, and `num_transformer_submodules`
+    /// (the declared value, checked, or the default for `task_type`).
+    pub fn fill_from(
+        &mut self,
+        spec: &ModelSpec,
+        token_dim: usize,
+        num_attention_heads: usize,
+        task_type: Option<&str>,
+    ) -> Result<()> {
+        self.num_transformer_submodules = Some(transformer_submodules(
+            spec,
+            self.num_transformer_submodules,
+            task_type,
+        )?);
+        self.token_dim = Some(token_dim);
+        self.num_attention_heads = Some(num_attention_heads);
+        self.num_layers = Some(spec.num_layers);
+        Ok(())
+    }
+}
 
 /// HF PEFT's task type for sequence-to-sequence language modelling.
 pub const SEQ_2_SEQ_LM: &str = "SEQ_2_SEQ_LM";

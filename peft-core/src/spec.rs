@@ -2,12 +2,15 @@
 //! parameter names. Sites are resolved once, when an adapter is built; at forward time a site is an index.
 //!
 //! ```
-//! use peft_core::spec::{ModelSpec, Site, SiteKind};
+//! use peft_core::spec::{ModelSpec, Role, Site, SiteKind};
 //! let mut spec = ModelSpec::new("llama", 2, 64, 4, 2, 128, 256);
 //! let q = spec.add_site(Site::linear("model.layers.0.self_attn.q_proj", Some(0), 64, 64, false));
 //! assert_eq!(spec.site(q).name, "model.layers.0.self_attn.q_proj");
 //! assert_eq!(spec.find_site("model.layers.0.self_attn.q_proj"), Some(q));
 //! assert!(matches!(spec.site(q).kind, SiteKind::Linear { .. }));
+//! // The model says what the site is; methods choose their defaults by role, not by architecture.
+//! let q = spec.add_site(Site::linear("model.layers.1.self_attn.q_proj", Some(1), 64, 64, false).with_role(Role::Query));
+//! assert_eq!(spec.sites_with_role(Role::Query).collect::<Vec<_>>(), vec![q]);
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -35,6 +38,56 @@ pub enum SiteKind {
     },
 }
 
+/// What a site is in the transformer, declared once by the model that registers it. Methods state their
+/// defaults and presets in roles (LoRA: query and value, or the fused projection that holds them; IA3: key,
+/// value and the MLP's down projection), so that a new architecture works with every method without a table
+/// keyed by its name. Cross-attention projections (T5's `EncDecAttention`) carry the same roles as
+/// self-attention ones, as HF PEFT's module-name defaults select both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Role {
+    /// The attention's query projection.
+    Query,
+    /// The attention's key projection.
+    Key,
+    /// The attention's value projection.
+    Value,
+    /// One projection computing query, key and value together (GPT-2's `c_attn`).
+    QueryKeyValue,
+    /// The projection after attention, back to the hidden size (`o_proj`, `c_proj`, `attention.output.dense`).
+    AttentionOutput,
+    /// The MLP's widening projection (`up_proj`, `c_fc`, `fc1`, `intermediate.dense`, T5's `wi` / `wi_1`).
+    MlpUp,
+    /// The gate of a gated MLP (`gate_proj`, T5 v1.1's `wi_0`).
+    MlpGate,
+    /// The MLP's narrowing projection back to the hidden size (`down_proj`, `mlp.c_proj`, `fc2`, `output.dense`,
+    /// T5's `wo`).
+    MlpDown,
+    /// A norm before (or, post-LN, after) attention.
+    AttentionNorm,
+    /// A norm before (or after) the MLP.
+    MlpNorm,
+    /// The norm after the last layer (or the embeddings' norm of a post-LN encoder).
+    FinalNorm,
+    /// A norm over the embeddings (BERT's `embeddings.LayerNorm`).
+    EmbeddingNorm,
+    /// A pooler over the sequence (BERT's `pooler.dense`).
+    Pooler,
+    /// A projection between the embedding width and the hidden size (OPT's `project_in` / `project_out`).
+    WidthProjection,
+    /// Anything else.
+    Other,
+}
+
+impl Role {
+    /// Whether the role is a norm's.
+    pub fn is_norm(self) -> bool {
+        matches!(
+            self,
+            Role::AttentionNorm | Role::MlpNorm | Role::FinalNorm | Role::EmbeddingNorm
+        )
+    }
+}
+
 /// One injection site: a module of the frozen model addressed by its Hugging Face name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Site {
@@ -46,6 +99,13 @@ pub struct Site {
     pub kind: SiteKind,
     /// Whether the frozen checkpoint has a bias here.
     pub has_bias: bool,
+    /// What the site is (query, MLP down projection, ...).
+    #[serde(default = "default_role")]
+    pub role: Role,
+}
+
+fn default_role() -> Role {
+    Role::Other
 }
 
 impl Site {
@@ -66,6 +126,7 @@ impl Site {
                 fan_in_fan_out: false,
             },
             has_bias: bias,
+            role: Role::Other,
         }
     }
 
@@ -85,6 +146,7 @@ impl Site {
                 fan_in_fan_out: true,
             },
             has_bias: true,
+            role: Role::Other,
         }
     }
 
@@ -95,7 +157,14 @@ impl Site {
             layer,
             kind: SiteKind::Norm { dim },
             has_bias: bias,
+            role: Role::Other,
         }
+    }
+
+    /// The site with its role declared.
+    pub fn with_role(mut self, role: Role) -> Self {
+        self.role = role;
+        self
     }
 
     /// The last component of the name (`c_attn`, `q_proj`, `ln_1`), which `target_modules` lists match.
@@ -200,8 +269,77 @@ impl ModelSpec {
         self.sites.iter().position(|s| s.name == name).map(SiteId)
     }
 
+    /// The sites that play `role`, in site order.
+    pub fn sites_with_role(&self, role: Role) -> impl Iterator<Item = SiteId> + '_ {
+        self.iter_sites()
+            .filter(move |(_, s)| s.role == role)
+            .map(|(id, _)| id)
+    }
+
     /// All sites with their ids.
     pub fn iter_sites(&self) -> impl Iterator<Item = (SiteId, &Site)> {
         self.sites.iter().enumerate().map(|(i, s)| (SiteId(i), s))
     }
+
+    /// The sites that play any of `roles`, in site order: how a method states a default or a preset.
+    pub fn sites_with_any_role(&self, roles: &[Role]) -> Vec<SiteId> {
+        self.iter_sites()
+            .filter(|(_, s)| roles.contains(&s.role))
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// Module names that select exactly the `chosen` sites by HF PEFT's list rule (a name matches a module
+    /// whose full name equals it or ends with `"." + name`), in the order of `chosen`, each name once: per site,
+    /// the shortest dotted suffix of its name (`q_proj`, then `self_attn.q_proj`, ...) that matches no other
+    /// site and no parent module. This is the `target_modules` list a saved config carries for a default chosen
+    /// by role, so that HF PEFT, which matches names, selects the same modules.
+    ///
+    /// ```
+    /// use peft_core::spec::{ModelSpec, Site};
+    /// let mut spec = ModelSpec::new("gpt2", 1, 8, 2, 2, 10, 16);
+    /// let attn = spec.add_site(Site::conv1d("h.0.attn.c_proj", Some(0), 8, 8));
+    /// let mlp = spec.add_site(Site::conv1d("h.0.mlp.c_proj", Some(0), 32, 8));
+    /// assert_eq!(spec.target_names(&[mlp]), ["mlp.c_proj"]);
+    /// assert_eq!(spec.target_names(&[attn, mlp]), ["c_proj"]);
+    /// ```
+    pub fn target_names(&self, chosen: &[SiteId]) -> Vec<String> {
+        // Every module HF PEFT tests a name against that must stay unselected: the other sites and the parents.
+        let mut others: Vec<&str> = Vec::new();
+        for (id, site) in self.iter_sites() {
+            if !chosen.contains(&id) {
+                others.push(&site.name);
+            }
+            others.extend(
+                site.name
+                    .match_indices('.')
+                    .map(|(dot, _)| &site.name[..dot]),
+            );
+        }
+        let mut names: Vec<String> = Vec::new();
+        for &id in chosen {
+            let name = self.site(id).name.as_str();
+            let suffixes = name
+                .rmatch_indices('.')
+                .map(|(dot, _)| &name[dot + 1..])
+                .chain(std::iter::once(name));
+            let mut picked = name;
+            for suffix in suffixes {
+                if !others.iter().any(|o| suffix_selects(suffix, o)) {
+                    picked = suffix;
+                    break;
+                }
+            }
+            if !names.iter().any(|n| n == picked) {
+                names.push(picked.to_string());
+            }
+        }
+        names
+    }
+}
+
+/// HF PEFT's list rule: `entry` selects the module `name` equal to it or ending with `"." + entry`.
+fn suffix_selects(entry: &str, name: &str) -> bool {
+    name.strip_suffix(entry)
+        .is_some_and(|head| head.is_empty() || head.ends_with('.'))
 }

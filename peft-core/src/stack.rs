@@ -16,13 +16,14 @@ use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{PeftError, Result};
-use crate::hooks::{ClassifierHead, Ctx, Hooks, KvPrefix, LinearFn};
+use crate::head::ClassifierHead;
+use crate::hooks::{Ctx, Hooks, KvPrefix, LinearFn};
 use crate::method::{Adapter, CommonConfig, InitCtx, PeftMethod};
 use crate::model::BaseModel;
 use crate::spec::SiteId;
 
 /// Several methods applied together.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StackConfig {
     /// The member methods, outermost first.
@@ -30,14 +31,6 @@ pub struct StackConfig {
     /// HF PEFT's common fields.
     #[serde(flatten)]
     pub common: CommonConfig,
-}
-
-/// A copy of a config through its serialised form (configs are data; trait objects have no `Clone`).
-pub fn clone_config(config: &dyn PeftMethod) -> Result<Box<dyn PeftMethod>> {
-    let value = serde_json::to_value(config)
-        .map_err(|e| PeftError::Config(format!("serialising a method config: {e}")))?;
-    serde_json::from_value(value)
-        .map_err(|e| PeftError::Config(format!("re-reading a method config: {e}")))
 }
 
 #[typetag::serde(name = "STACK")]
@@ -61,10 +54,7 @@ impl PeftMethod for StackConfig {
             .collect::<Result<Vec<_>>>()?;
         check_disjoint_biases(&members, init.model)?;
         let config = StackConfig {
-            adapters: members
-                .iter()
-                .map(|m| clone_config(m.config()))
-                .collect::<Result<_>>()?,
+            adapters: members.iter().map(|m| m.config().clone_method()).collect(),
             common: self.common.clone(),
         };
         Ok(Box::new(Stack { members, config }))
@@ -74,15 +64,8 @@ impl PeftMethod for StackConfig {
         &self.common
     }
 
-    fn with_common(&self, common: CommonConfig) -> Box<dyn PeftMethod> {
-        Box::new(StackConfig {
-            adapters: self
-                .adapters
-                .iter()
-                .map(|a| clone_config(a.as_ref()).expect("a config that was read can be re-read"))
-                .collect(),
-            common,
-        })
+    fn common_mut(&mut self) -> &mut CommonConfig {
+        &mut self.common
     }
 }
 
@@ -169,15 +152,15 @@ impl Hooks for Stack {
     fn bias(&self, site: SiteId) -> Option<Tensor> {
         self.members.iter().find_map(|m| m.bias(site))
     }
-
-    fn classifier(&self) -> Option<ClassifierHead> {
-        self.members.iter().find_map(|m| m.classifier())
-    }
 }
 
 impl Adapter for Stack {
     fn config(&self) -> &dyn PeftMethod {
         &self.config
+    }
+
+    fn classifier(&self) -> Option<ClassifierHead> {
+        self.members.iter().find_map(|m| m.classifier())
     }
 
     fn trainable(&self) -> Vec<(String, Var)> {

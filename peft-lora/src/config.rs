@@ -1,13 +1,36 @@
 //! HF PEFT's `LoraConfig`: the same field names, defaults and meaning, so that an `adapter_config.json` written
 //! by HF PEFT 0.21 parses here and one written here loads there. Fields for LoRA variants this crate does not
 //! implement (DoRA, aLoRA, QALoRA, ...) are read and written back unchanged, and `build` refuses the values
-//! that would change the computation.
+//! that would change the computation. `build` resolves the targets, draws the factors and makes the
+//! [`Lora`] adapter.
+//!
+//! ```
+//! use peft_core::method::PeftMethod;
+//! use peft_lora::LoraConfig;
+//! // Every unset field takes HF PEFT's default, stated once in `LoraConfig::default`.
+//! let read: LoraConfig = serde_json::from_str(r#"{"target_modules": ["q_proj"]}"#).unwrap();
+//! assert_eq!(read, LoraConfig::new(8, ["q_proj"]));
+//! assert_eq!((read.r, read.lora_alpha), (8, 8.0));
+//! assert_eq!(serde_json::to_value(&read).unwrap()["lora_alpha"], 8); // written as HF writes it
+//! // Sized for a parameter budget by its rank, keeping lora_alpha / r.
+//! let spec = peft_core::spec::ModelSpec::new("llama", 2, 32, 4, 2, 128, 64);
+//! let r4 = serde_json::to_value(read.with_size(4, &spec).unwrap()).unwrap();
+//! assert_eq!((&r4["r"], &r4["lora_alpha"]), (&serde_json::json!(4), &serde_json::json!(4)));
+//! ```
 
 use std::collections::BTreeMap;
 
-use peft_core::method::CommonConfig;
+use candle_core::{DType, Tensor, Var};
+use peft_core::method::{Adapter, CommonConfig, InitCtx, PeftMethod};
+use peft_core::spec::ModelSpec;
 use peft_core::{PeftError, Result};
+use rand::SeedableRng;
 use serde::{Deserialize, Serialize, Serializer};
+
+use crate::adapter::{trainable_biases, Lora, LoraLayer};
+use crate::dropout::Dropout;
+use crate::init::initial_pair;
+use crate::targets::resolve_targets;
 
 /// `target_modules` / `exclude_modules`: a list of names, or one string that is a regular expression
 /// full-matched against whole module names (`"all-linear"` is the shorthand for every linear module).
@@ -153,63 +176,51 @@ pub enum BiasMode {
     LoraOnly,
 }
 
-/// HF PEFT's `LoraConfig` (peft_type `LORA`).
+/// HF PEFT's `LoraConfig` (peft_type `LORA`). A field missing from the JSON takes its value in
+/// [`LoraConfig::default`], HF PEFT's default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LoraConfig {
     /// Fields every HF PEFT config has.
     #[serde(flatten)]
     pub common: CommonConfig,
     /// Rank of the update (default 8).
-    #[serde(default = "default_r")]
     pub r: usize,
-    /// Modules to adapt; `None` picks HF PEFT's default for the architecture (filled in when built).
-    #[serde(default)]
+    /// Modules to adapt; `None` picks the query and value projections (or the fused one) by their roles,
+    /// HF PEFT's default for the zoo's architectures ([`DEFAULT_ROLES`](crate::DEFAULT_ROLES); filled in when built).
     pub target_modules: Option<TargetModules>,
     /// Modules never to adapt, matched as `target_modules` is.
-    #[serde(default)]
     pub exclude_modules: Option<TargetModules>,
     /// Scale numerator (default 8): the update is scaled by `lora_alpha / r` (or `/ sqrt(r)` with rsLoRA).
-    #[serde(default = "default_alpha", serialize_with = "number")]
+    #[serde(serialize_with = "number")]
     pub lora_alpha: f64,
     /// Dropout on the LoRA branch's input during training (default 0).
-    #[serde(default)]
     pub lora_dropout: f64,
     /// True where the frozen weight is stored `[in, out]` (GPT-2's Conv1D); filled in from the model. The
     /// frozen weights here are always `[out, in]`, so it only matters to HF PEFT.
-    #[serde(default)]
     pub fan_in_fan_out: bool,
     /// Which biases are trained: `none` (default), `all`, `lora_only`.
-    #[serde(default)]
     pub bias: BiasMode,
     /// Rank-stabilised LoRA: scale by `lora_alpha / sqrt(r)`.
-    #[serde(default)]
     pub use_rslora: bool,
     /// Extra modules trained in full; not supported here (must be empty).
-    #[serde(default)]
     pub modules_to_save: Option<Vec<String>>,
     /// Initialisation: `true` (default), `false` or `"gaussian"`.
-    #[serde(default)]
     pub init_lora_weights: InitLoraWeights,
     /// Only adapt the modules of these layer indices.
-    #[serde(default)]
     pub layers_to_transform: Option<LayerSelection>,
     /// Name of the layer list (`layers`, `h`) that `layers_to_transform` indexes.
-    #[serde(default)]
     pub layers_pattern: Option<LayersPattern>,
     /// Per-module ranks by name pattern (`(.*\.)?<key>$`), overriding `r`.
-    #[serde(default)]
     pub rank_pattern: BTreeMap<String, usize>,
     /// Per-module alphas by name pattern, overriding `lora_alpha`.
-    #[serde(default, serialize_with = "number_map")]
+    #[serde(serialize_with = "number_map")]
     pub alpha_pattern: BTreeMap<String, f64>,
     /// A bias on `lora_B`; not supported here (must be false).
-    #[serde(default)]
     pub lora_bias: bool,
     /// DoRA; not supported here (must be false).
-    #[serde(default)]
     pub use_dora: bool,
     /// Version of HF PEFT that wrote the config.
-    #[serde(default)]
     pub peft_version: Option<String>,
     /// Fields of HF PEFT 0.21 kept for round trips; a value that would change the computation is refused.
     #[serde(flatten)]
@@ -285,14 +296,6 @@ impl Default for HfLoraFields {
     }
 }
 
-fn default_r() -> usize {
-    8
-}
-
-fn default_alpha() -> f64 {
-    8.0
-}
-
 fn default_megatron_core() -> Option<String> {
     Some("megatron.core".into())
 }
@@ -332,14 +335,15 @@ fn number_map<S: Serializer>(
     m.end()
 }
 
+/// HF PEFT's defaults, which serde also takes for every field a config leaves out.
 impl Default for LoraConfig {
     fn default() -> Self {
         LoraConfig {
             common: CommonConfig::default(),
-            r: default_r(),
+            r: 8,
             target_modules: None,
             exclude_modules: None,
-            lora_alpha: default_alpha(),
+            lora_alpha: 8.0,
             lora_dropout: 0.0,
             fan_in_fan_out: false,
             bias: BiasMode::None,
@@ -472,5 +476,99 @@ impl LoraConfig {
             )));
         }
         Ok(())
+    }
+}
+
+#[typetag::serde(name = "LORA")]
+impl PeftMethod for LoraConfig {
+    fn build(&self, init: &mut InitCtx) -> Result<Box<dyn Adapter>> {
+        Ok(Box::new(self.build_lora(init)?))
+    }
+
+    fn common(&self) -> &CommonConfig {
+        &self.common
+    }
+
+    fn common_mut(&mut self) -> &mut CommonConfig {
+        &mut self.common
+    }
+
+    fn size_knob(&self) -> Option<&'static str> {
+        Some("r")
+    }
+
+    /// Rank `size`, with `lora_alpha` scaled along so that `lora_alpha / r` (the update's scale) stays as
+    /// configured.
+    fn with_size(&self, size: usize, _spec: &ModelSpec) -> Option<Box<dyn PeftMethod>> {
+        let r = size.max(1);
+        Some(Box::new(LoraConfig {
+            r,
+            lora_alpha: self.lora_alpha * r as f64 / self.r.max(1) as f64,
+            ..self.clone()
+        }))
+    }
+}
+
+impl LoraConfig {
+    /// Builds the adapter for `init.model` (what [`PeftMethod::build`] does, with the concrete type). A config
+    /// read from a saved adapter (`inference_mode`) starts from zeros and draws nothing: its tensors come from
+    /// the file.
+    pub fn build_lora(&self, init: &mut InitCtx) -> Result<Lora> {
+        self.check_supported()?;
+        let model = init.model;
+        let spec = model.spec();
+        let device = model.device().clone();
+        let (targets, saved_targets) = resolve_targets(self, spec)?;
+
+        let mut config = self.clone();
+        config.target_modules = Some(saved_targets);
+        // HF PEFT switches fan_in_fan_out on for Conv1D modules (and off for nn.Linear), with a warning.
+        config.fan_in_fan_out = targets.iter().any(|t| t.fan_in_fan_out);
+        if config.common.task_type.is_none() {
+            config.common.task_type =
+                Some(peft_core::prompt_learning::default_task_type(init.model).into());
+        }
+
+        let fresh = if self.common.inference_mode {
+            None
+        } else {
+            Some(self.init_lora_weights.resolve()?)
+        };
+        let mut layers = Vec::with_capacity(targets.len());
+        for target in targets {
+            let (a, b) = match fresh {
+                Some(how) => initial_pair(
+                    how,
+                    target.r,
+                    target.in_features,
+                    target.out_features,
+                    &mut init.rng,
+                    &device,
+                )?,
+                None => (
+                    Tensor::zeros((target.r, target.in_features), DType::F32, &device)?,
+                    Tensor::zeros((target.out_features, target.r), DType::F32, &device)?,
+                ),
+            };
+            let scale = self.scale_for(target.r, target.alpha);
+            layers.push(LoraLayer::new(
+                target,
+                Var::from_tensor(&a)?,
+                Var::from_tensor(&b)?,
+                scale,
+            ));
+        }
+
+        let biases = trainable_biases(self.bias, model, &layers)?;
+        // Drawn after the factors, so that the same seed gives the same factors whatever the dropout.
+        let dropout_seed = match fresh {
+            Some(_) => rand::Rng::random(&mut init.rng),
+            None => 0,
+        };
+        let dropout = Dropout::new(
+            self.lora_dropout,
+            rand::rngs::StdRng::seed_from_u64(dropout_seed),
+        );
+        Ok(Lora::new(config, layers, biases, dropout, spec.sites.len()))
     }
 }

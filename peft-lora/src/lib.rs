@@ -7,6 +7,10 @@
 //! adapters load here. Fields of LoRA variants that are not implemented (DoRA, aLoRA, QALoRA, ...) are read and
 //! written back, and a value that would change the computation is refused with what to change.
 //!
+//! Layout: `config.rs` (HF PEFT's `LoraConfig`, its defaults and `PeftMethod` impl, `build`), `adapter.rs` (the
+//! built adapter: hooks, saving, merging), `targets.rs` (which modules are adapted), `init.rs` (how the factors
+//! start) and `dropout.rs` (the LoRA branch's dropout).
+//!
 //! ```
 //! use peft_core::method::{Adapter, InitCtx, PeftMethod};
 //! use peft_core::model::BaseModel;
@@ -27,21 +31,22 @@
 //! adapter.unmerge_from(&mut model).unwrap();
 //! ```
 
+mod adapter;
 mod config;
 mod dropout;
 mod init;
-mod lora;
 mod targets;
 
+pub use adapter::{bias_key, lora_key, Lora, LoraLayer};
 pub use config::{
     BiasMode, HfLoraFields, InitLoraWeights, LayerSelection, LayersPattern, LoraConfig, LoraInit,
     TargetModules, ALL_LINEAR,
 };
 pub use dropout::Dropout;
 pub use init::{initial_pair, linear_default};
-pub use lora::{bias_key, lora_key, Lora, LoraLayer};
 pub use targets::{
     default_targets, list_entry_matches, minimal_target_names, resolve_targets, Target,
+    DEFAULT_ROLES,
 };
 
 /// Makes sure this crate's methods are linked (and so registered with typetag) into a binary that names no

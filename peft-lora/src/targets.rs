@@ -6,23 +6,28 @@
 
 use std::collections::BTreeSet;
 
-use peft_core::spec::{ModelSpec, Site, SiteId, SiteKind};
+use peft_core::spec::{ModelSpec, Role, Site, SiteId, SiteKind};
 use peft_core::{PeftError, Result};
 use regex::Regex;
 
 use crate::config::{LoraConfig, TargetModules};
 
-/// HF PEFT's default `target_modules` per architecture (`TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`),
-/// for the architectures of the zoo and their close relatives.
-pub fn default_targets(architecture: &str) -> Option<&'static [&'static str]> {
-    Some(match architecture {
-        "gpt2" | "gpt_bigcode" => &["c_attn"],
-        "llama" | "mistral" | "mixtral" | "qwen2" | "qwen3" | "gemma" | "gemma2" | "opt"
-        | "gptj" | "gpt_neo" | "bart" | "stablelm" => &["q_proj", "v_proj"],
-        "t5" | "mt5" => &["q", "v"],
-        "bert" | "roberta" | "xlm-roberta" | "electra" | "layoutlm" => &["query", "value"],
-        _ => return None,
-    })
+/// The roles LoRA adapts when `target_modules` is not set: the query and value projections, or the fused
+/// projection that computes them. This is the rule behind HF PEFT's per-architecture table
+/// (`TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`: GPT-2 `c_attn`, LLaMA and OPT `q_proj`, `v_proj`,
+/// BERT `query`, `value`, T5 `q`, `v`), stated once for any model whose sites declare their roles.
+pub const DEFAULT_ROLES: &[Role] = &[Role::Query, Role::Value, Role::QueryKeyValue];
+
+/// The default `target_modules` of a model, as a saved config lists them: the names (short where that selects
+/// exactly the sites of [`DEFAULT_ROLES`] by HF PEFT's suffix rule, longer dotted suffixes where not), or `None`
+/// where no linear site plays those roles.
+pub fn default_targets(spec: &ModelSpec) -> Option<Vec<String>> {
+    let chosen: Vec<SiteId> = spec
+        .sites_with_any_role(DEFAULT_ROLES)
+        .into_iter()
+        .filter(|&id| matches!(spec.site(id).kind, SiteKind::Linear { .. }))
+        .collect();
+    (!chosen.is_empty()).then(|| spec.target_names(&chosen))
 }
 
 /// One adapted module, as the config resolves it.
@@ -44,8 +49,8 @@ pub struct Target {
     pub fan_in_fan_out: bool,
 }
 
-/// The targets of `config` on `spec`, in site order, with the `target_modules` list to save (HF PEFT's default
-/// for the architecture filled in, `"all-linear"` expanded to module names).
+/// The targets of `config` on `spec`, in site order, with the `target_modules` list to save (the default of
+/// [`DEFAULT_ROLES`] filled in, `"all-linear"` expanded to module names).
 pub fn resolve_targets(
     config: &LoraConfig,
     spec: &ModelSpec,
@@ -56,13 +61,13 @@ pub fn resolve_targets(
         .collect();
     let requested = match &config.target_modules {
         Some(t) => t.clone(),
-        None => match default_targets(&spec.architecture) {
-            Some(names) => TargetModules::list(names.iter().copied()),
+        None => match default_targets(spec) {
+            Some(names) => TargetModules::List(names),
             None => {
                 return Err(PeftError::Config(format!(
-                    "target_modules is not set and HF PEFT has no default for architecture `{}`: set it, e.g. to \
-                     some of {}",
-                    spec.architecture,
+                    "target_modules is not set and there is no default for {}: no linear module declares the \
+                     query, value or fused query-key-value role LoRA's default adapts; set it, e.g. to some of {}",
+                    model_name(spec),
                     candidates(spec)
                 )))
             }

@@ -1,4 +1,4 @@
-//! The workspace's method contract (`peft_core::conformance`) for LoRA on both tiny architectures: trained by the
+//! The workspace's method contract (`peft_train::conformance`) for LoRA on both tiny architectures: trained by the
 //! shared trainer the loss falls, every trainable tensor moves and no frozen one does, save -> load keeps the
 //! logits, and a run stopped halfway and resumed, or split over data-parallel ranks, ends where an uninterrupted
 //! one does.

@@ -181,22 +181,52 @@ fn no_target_modules_takes_hf_peft_default_for_the_architecture() {
     let (targets, saved) = resolve_targets(&LoraConfig::default(), llama.spec()).unwrap();
     assert_eq!(saved, TargetModules::list(["q_proj", "v_proj"]));
     assert_eq!(targets.len(), 4);
-    for (arch, expected) in [
-        ("opt", &["q_proj", "v_proj"][..]),
-        ("t5", &["q", "v"]),
-        ("bert", &["query", "value"]),
-        ("mistral", &["q_proj", "v_proj"]),
-        ("qwen2", &["q_proj", "v_proj"]),
+    // The default is chosen by role; what is saved is HF PEFT's per-architecture list.
+    let opt = peft_models::opt::tiny(0);
+    let t5 = peft_models::t5::tiny(0);
+    let bert = peft_models::bert::tiny(0);
+    for (model, expected) in [
+        (&opt as &dyn BaseModel, &["q_proj", "v_proj"][..]),
+        (&t5, &["q", "v"]),
+        (&bert, &["query", "value"]),
     ] {
-        assert_eq!(peft_lora::default_targets(arch), Some(expected), "{arch}");
+        let arch = &model.spec().architecture;
+        assert_eq!(
+            peft_lora::default_targets(model.spec()).as_deref(),
+            Some(
+                expected
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .as_slice()
+            ),
+            "{arch}"
+        );
+        let (targets, _) = resolve_targets(&LoraConfig::default(), model.spec()).unwrap();
+        assert!(
+            targets.iter().all(|t| {
+                let role = model.spec().site(t.site).role;
+                peft_lora::DEFAULT_ROLES.contains(&role)
+            }),
+            "{arch}: {targets:?}"
+        );
     }
+    // T5's cross-attention queries and values are adapted too, as HF PEFT's `q`, `v` select them.
+    let (targets, _) = resolve_targets(&LoraConfig::default(), t5.spec()).unwrap();
+    assert!(targets
+        .iter()
+        .any(|t| t.name.ends_with("EncDecAttention.v")));
+    // A model whose sites declare no role has no default, whatever its architecture is called.
     let mut unknown = llama.spec().clone();
     unknown.architecture = "mamba".into();
+    for site in &mut unknown.sites {
+        site.role = peft_core::spec::Role::Other;
+    }
     let msg = resolve_targets(&LoraConfig::default(), &unknown)
         .unwrap_err()
         .to_string();
     assert!(
-        msg.contains("no default for architecture `mamba`") && msg.contains("q_proj"),
+        msg.contains("no default for tiny-llama (mamba)") && msg.contains("q_proj"),
         "{msg}"
     );
 }

@@ -160,7 +160,7 @@ pub fn attend(
         }
         _ => (k.clone(), v.clone()),
     };
-    let out = peft_core::nn::scaled_dot_product_attention(q, &k, &v, bias, scale)?;
+    let out = peft_kernels::scaled_dot_product_attention(q, &k, &v, bias, scale)?;
     debug_assert_eq!(out.dims(), &[b, t, heads * d]);
     Ok(out)
 }

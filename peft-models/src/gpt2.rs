@@ -18,7 +18,8 @@ use candle_core::{Device, Tensor};
 use peft_core::frozen::FrozenLinear;
 use peft_core::hooks::Hooks;
 use peft_core::model::{BaseModel, Batch, Output};
-use peft_core::spec::{ModelSpec, SiteId};
+use peft_core::spec::{ModelSpec, Role, SiteId};
+use peft_kernels::frozen::FrozenGemm;
 
 use crate::attention::{attend, split_heads, PrefixMasks};
 use crate::config::Gpt2Config;
@@ -102,22 +103,41 @@ impl Gpt2 {
                 scale /= (i + 1) as f64;
             }
             blocks.push(Block {
-                ln_1: ld.layer_norm(&format!("{p}.ln_1"), Some(i), h, true, eps)?,
-                c_attn: ld.conv1d(&format!("{p}.attn.c_attn"), i, h, 3 * h)?,
-                attn_proj: ld.conv1d(&format!("{p}.attn.c_proj"), i, h, h)?,
-                ln_2: ld.layer_norm(&format!("{p}.ln_2"), Some(i), h, true, eps)?,
-                c_fc: ld.conv1d(&format!("{p}.mlp.c_fc"), i, h, inner)?,
-                mlp_proj: ld.conv1d(&format!("{p}.mlp.c_proj"), i, inner, h)?,
+                ln_1: ld.layer_norm(
+                    Role::AttentionNorm,
+                    &format!("{p}.ln_1"),
+                    Some(i),
+                    h,
+                    true,
+                    eps,
+                )?,
+                c_attn: ld.conv1d(
+                    Role::QueryKeyValue,
+                    &format!("{p}.attn.c_attn"),
+                    i,
+                    h,
+                    3 * h,
+                )?,
+                attn_proj: ld.conv1d(
+                    Role::AttentionOutput,
+                    &format!("{p}.attn.c_proj"),
+                    i,
+                    h,
+                    h,
+                )?,
+                ln_2: ld.layer_norm(Role::MlpNorm, &format!("{p}.ln_2"), Some(i), h, true, eps)?,
+                c_fc: ld.conv1d(Role::MlpUp, &format!("{p}.mlp.c_fc"), i, h, inner)?,
+                mlp_proj: ld.conv1d(Role::MlpDown, &format!("{p}.mlp.c_proj"), i, inner, h)?,
                 scale,
             });
         }
-        let ln_f = ld.layer_norm("transformer.ln_f", None, h, true, eps)?;
+        let ln_f = ld.layer_norm(Role::FinalNorm, "transformer.ln_f", None, h, true, eps)?;
         let (spec, parameters) = ld.finish();
         Ok(Gpt2 {
             config: cfg.clone(),
             spec,
             device: wte.device().clone(),
-            lm_head: FrozenLinear::new(wte.clone(), None),
+            lm_head: FrozenLinear::new(wte.clone(), None, &FrozenGemm),
             wte,
             wpe,
             blocks,

@@ -14,6 +14,7 @@ pub mod folder;
 pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod gpt2;
+pub mod hub;
 pub mod llama;
 pub mod loaded;
 pub mod opt;

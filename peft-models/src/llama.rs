@@ -18,7 +18,8 @@ use candle_core::{Device, Tensor};
 use peft_core::frozen::FrozenLinear;
 use peft_core::hooks::Hooks;
 use peft_core::model::{BaseModel, Batch, Output};
-use peft_core::spec::{ModelSpec, SiteId};
+use peft_core::spec::{ModelSpec, Role, SiteId};
+use peft_kernels::frozen::FrozenGemm;
 
 use crate::attention::{attend, split_heads, PrefixMasks};
 use crate::config::LlamaConfig;
@@ -96,25 +97,54 @@ impl Llama {
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
+            let (a, m) = (format!("{p}.self_attn"), format!("{p}.mlp"));
             let (ab, mb) = (cfg.attention_bias, cfg.mlp_bias);
             layers.push(Layer {
-                input_layernorm: ld.rms_norm(&format!("{p}.input_layernorm"), Some(i), h, eps)?,
-                q_proj: ld.linear(&format!("{p}.self_attn.q_proj"), Some(i), h, q_out, ab)?,
-                k_proj: ld.linear(&format!("{p}.self_attn.k_proj"), Some(i), h, kv_out, ab)?,
-                v_proj: ld.linear(&format!("{p}.self_attn.v_proj"), Some(i), h, kv_out, ab)?,
-                o_proj: ld.linear(&format!("{p}.self_attn.o_proj"), Some(i), q_out, h, ab)?,
+                input_layernorm: ld.rms_norm(
+                    Role::AttentionNorm,
+                    &format!("{p}.input_layernorm"),
+                    Some(i),
+                    h,
+                    eps,
+                )?,
+                q_proj: ld.linear(Role::Query, &format!("{a}.q_proj"), Some(i), h, q_out, ab)?,
+                k_proj: ld.linear(Role::Key, &format!("{a}.k_proj"), Some(i), h, kv_out, ab)?,
+                v_proj: ld.linear(Role::Value, &format!("{a}.v_proj"), Some(i), h, kv_out, ab)?,
+                o_proj: ld.linear(
+                    Role::AttentionOutput,
+                    &format!("{a}.o_proj"),
+                    Some(i),
+                    q_out,
+                    h,
+                    ab,
+                )?,
                 post_attention_layernorm: ld.rms_norm(
+                    Role::MlpNorm,
                     &format!("{p}.post_attention_layernorm"),
                     Some(i),
                     h,
                     eps,
                 )?,
-                gate_proj: ld.linear(&format!("{p}.mlp.gate_proj"), Some(i), h, inner, mb)?,
-                up_proj: ld.linear(&format!("{p}.mlp.up_proj"), Some(i), h, inner, mb)?,
-                down_proj: ld.linear(&format!("{p}.mlp.down_proj"), Some(i), inner, h, mb)?,
+                gate_proj: ld.linear(
+                    Role::MlpGate,
+                    &format!("{m}.gate_proj"),
+                    Some(i),
+                    h,
+                    inner,
+                    mb,
+                )?,
+                up_proj: ld.linear(Role::MlpUp, &format!("{m}.up_proj"), Some(i), h, inner, mb)?,
+                down_proj: ld.linear(
+                    Role::MlpDown,
+                    &format!("{m}.down_proj"),
+                    Some(i),
+                    inner,
+                    h,
+                    mb,
+                )?,
             });
         }
-        let norm = ld.rms_norm("model.norm", None, h, eps)?;
+        let norm = ld.rms_norm(Role::FinalNorm, "model.norm", None, h, eps)?;
         let head = if cfg.tie_word_embeddings {
             embed_tokens.clone()
         } else {
@@ -129,7 +159,7 @@ impl Llama {
             rope,
             layers,
             norm,
-            lm_head: FrozenLinear::new(head, None),
+            lm_head: FrozenLinear::new(head, None, &FrozenGemm),
             parameters,
         })
     }
@@ -180,7 +210,7 @@ impl Llama {
         let normed = layer.post_attention_layernorm.forward(&x, hooks)?;
         let gate = layer.gate_proj.forward(&normed, hooks)?;
         let up = layer.up_proj.forward(&normed, hooks)?;
-        let inner = peft_core::nn::silu_mul(&gate, &up)?;
+        let inner = peft_kernels::silu_mul(&gate, &up)?;
         Ok((&x + layer.down_proj.forward(&inner, hooks)?)?)
     }
 }

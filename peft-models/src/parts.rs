@@ -11,7 +11,8 @@
 use candle_core::Tensor;
 use peft_core::frozen::FrozenLinear;
 use peft_core::hooks::Hooks;
-use peft_core::spec::{ModelSpec, Site, SiteId};
+use peft_core::spec::{ModelSpec, Role, Site, SiteId};
+use peft_kernels::frozen::FrozenGemm;
 
 use crate::error::{ModelError, Result};
 use crate::weights::WeightMap;
@@ -49,10 +50,10 @@ impl Activation {
     /// Applies the activation elementwise.
     pub fn apply(self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Activation::GeluTanh => peft_core::nn::gelu_tanh(x)?,
-            Activation::GeluErf => peft_core::nn::gelu_erf(x)?,
+            Activation::GeluTanh => peft_kernels::gelu_tanh(x)?,
+            Activation::GeluErf => peft_kernels::gelu_erf(x)?,
             Activation::Relu => x.relu()?,
-            Activation::Silu => peft_core::nn::silu(x)?,
+            Activation::Silu => peft_kernels::silu(x)?,
         })
     }
 }
@@ -95,7 +96,7 @@ impl LayerNorm {
     /// The normalised `x`.
     pub fn forward(&self, x: &Tensor, hooks: &dyn Hooks) -> Result<Tensor> {
         let bias = hooks.bias(self.site).or_else(|| self.bias.clone());
-        Ok(peft_core::nn::layer_norm(
+        Ok(peft_kernels::layer_norm(
             x,
             &self.weight,
             bias.as_ref(),
@@ -118,7 +119,7 @@ pub struct RmsNorm {
 impl RmsNorm {
     /// The normalised `x`.
     pub fn forward(&self, x: &Tensor, hooks: &dyn Hooks) -> Result<Tensor> {
-        let y = peft_core::nn::rms_norm(x, &self.weight, self.eps)?;
+        let y = peft_kernels::rms_norm(x, &self.weight, self.eps)?;
         Ok(match hooks.bias(self.site) {
             Some(b) => y.broadcast_add(&b)?,
             None => y,
@@ -127,7 +128,8 @@ impl RmsNorm {
 }
 
 /// Collects the loaded tensors under their HF names while a model is built, and registers every module it
-/// loads as an injection site of `spec`.
+/// loads as an injection site of `spec`, with the [`Role`] the architecture gives it: the one place a model
+/// says what each site is, so that methods choose their defaults by role rather than by architecture.
 pub struct Loader<'a> {
     /// The checkpoint.
     pub weights: &'a WeightMap,
@@ -154,9 +156,10 @@ impl<'a> Loader<'a> {
         Ok(t)
     }
 
-    /// A `nn.Linear` module (`[out, in]` weight, optional bias).
+    /// A `nn.Linear` module (`[out, in]` weight, optional bias) playing `role`.
     pub fn linear(
         &mut self,
+        role: Role,
         module: &str,
         layer: Option<usize>,
         in_f: usize,
@@ -171,17 +174,18 @@ impl<'a> Loader<'a> {
         };
         let site = self
             .spec
-            .add_site(Site::linear(module, layer, in_f, out_f, bias.is_some()));
+            .add_site(Site::linear(module, layer, in_f, out_f, bias.is_some()).with_role(role));
         Ok(Projection {
             site,
-            linear: FrozenLinear::new(weight, bias),
+            linear: FrozenLinear::new(weight, bias, &FrozenGemm),
         })
     }
 
     /// A GPT-2 Conv1D module: weight `[in, out]` in the checkpoint, `[out, in]` in the returned projection (and
-    /// in the parameters, so that the listed tensor is the one the forward pass uses).
+    /// in the parameters, so that the listed tensor is the one the forward pass uses), playing `role`.
     pub fn conv1d(
         &mut self,
+        role: Role,
         module: &str,
         layer: usize,
         in_f: usize,
@@ -191,7 +195,7 @@ impl<'a> Loader<'a> {
         let stored = self.weights.get(&name, &[in_f, out_f])?;
         let weight = stored.t()?.contiguous()?;
         let bias = self.tensor(&format!("{module}.bias"), &[out_f])?;
-        let linear = FrozenLinear::new(weight, Some(bias));
+        let linear = FrozenLinear::new(weight, Some(bias), &FrozenGemm);
         // A trainable weight (full fine-tuning) is listed as the variable itself, in the checkpoint's layout.
         let listed = if stored.is_variable() {
             stored
@@ -201,13 +205,14 @@ impl<'a> Loader<'a> {
         self.parameters.push((name, listed));
         let site = self
             .spec
-            .add_site(Site::conv1d(module, Some(layer), in_f, out_f));
+            .add_site(Site::conv1d(module, Some(layer), in_f, out_f).with_role(role));
         Ok(Projection { site, linear })
     }
 
-    /// A LayerNorm over `dim` features, with a bias where `bias` says the checkpoint has one.
+    /// A LayerNorm over `dim` features playing `role`, with a bias where `bias` says the checkpoint has one.
     pub fn layer_norm(
         &mut self,
+        role: Role,
         module: &str,
         layer: Option<usize>,
         dim: usize,
@@ -222,7 +227,7 @@ impl<'a> Loader<'a> {
         };
         let site = self
             .spec
-            .add_site(Site::norm(module, layer, dim, bias.is_some()));
+            .add_site(Site::norm(module, layer, dim, bias.is_some()).with_role(role));
         Ok(LayerNorm {
             site,
             weight,
@@ -231,16 +236,19 @@ impl<'a> Loader<'a> {
         })
     }
 
-    /// An RMS norm over `dim` features.
+    /// An RMS norm over `dim` features playing `role`.
     pub fn rms_norm(
         &mut self,
+        role: Role,
         module: &str,
         layer: Option<usize>,
         dim: usize,
         eps: f64,
     ) -> Result<RmsNorm> {
         let weight = self.tensor(&format!("{module}.weight"), &[dim])?;
-        let site = self.spec.add_site(Site::norm(module, layer, dim, false));
+        let site = self
+            .spec
+            .add_site(Site::norm(module, layer, dim, false).with_role(role));
         Ok(RmsNorm { site, weight, eps })
     }
 

@@ -62,8 +62,9 @@ use candle_core::{DType, Device, Tensor};
 use peft_core::frozen::FrozenLinear;
 use peft_core::hooks::{Ctx, Hooks};
 use peft_core::model::{BaseModel, Batch, DecoderCache, Encoded, EncoderDecoder, Output};
-use peft_core::spec::{ModelSpec, SiteId};
+use peft_core::spec::{ModelSpec, Role, SiteId};
 use peft_core::PeftError;
+use peft_kernels::frozen::FrozenGemm;
 use serde_json::Value;
 
 pub use config::{T5Config, DEFAULT_CONTEXT};
@@ -94,13 +95,16 @@ impl Attention {
         d: usize,
         inner: usize,
     ) -> Result<Self> {
-        let mut proj =
-            |p: &str, i, o| ld.linear(&format!("{module}.{p}"), Some(layer), i, o, false);
+        // Cross-attention (`EncDecAttention`) plays the same roles as self-attention, as HF PEFT's defaults
+        // (`q`, `v`) select both.
+        let mut proj = |role, p: &str, i, o| {
+            ld.linear(role, &format!("{module}.{p}"), Some(layer), i, o, false)
+        };
         Ok(Attention {
-            q: proj("q", d, inner)?,
-            k: proj("k", d, inner)?,
-            v: proj("v", d, inner)?,
-            o: proj("o", inner, d)?,
+            q: proj(Role::Query, "q", d, inner)?,
+            k: proj(Role::Key, "k", d, inner)?,
+            v: proj(Role::Value, "v", d, inner)?,
+            o: proj(Role::AttentionOutput, "o", inner, d)?,
         })
     }
 
@@ -138,8 +142,9 @@ struct FeedForward {
 impl FeedForward {
     fn load(ld: &mut Loader<'_>, module: &str, layer: usize, cfg: &T5Config) -> Result<Self> {
         let (d, ff) = (cfg.d_model, cfg.d_ff);
-        let dense = |ld: &mut Loader<'_>, p: &str, i, o| {
+        let dense = |ld: &mut Loader<'_>, role, p: &str, i, o| {
             ld.linear(
+                role,
                 &format!("{module}.DenseReluDense.{p}"),
                 Some(layer),
                 i,
@@ -149,17 +154,19 @@ impl FeedForward {
         };
         let dense = if cfg.is_gated()? {
             Dense::Gated {
-                wi_0: dense(ld, "wi_0", d, ff)?,
-                wi_1: dense(ld, "wi_1", d, ff)?,
-                wo: dense(ld, "wo", ff, d)?,
+                // `act(wi_0 x) * wi_1 x`: the activated branch is the gate, as LLaMA's `gate_proj`.
+                wi_0: dense(ld, Role::MlpGate, "wi_0", d, ff)?,
+                wi_1: dense(ld, Role::MlpUp, "wi_1", d, ff)?,
+                wo: dense(ld, Role::MlpDown, "wo", ff, d)?,
             }
         } else {
             Dense::Plain {
-                wi: dense(ld, "wi", d, ff)?,
-                wo: dense(ld, "wo", ff, d)?,
+                wi: dense(ld, Role::MlpUp, "wi", d, ff)?,
+                wo: dense(ld, Role::MlpDown, "wo", ff, d)?,
             }
         };
         let layer_norm = ld.rms_norm(
+            Role::MlpNorm,
             &format!("{module}.layer_norm"),
             Some(layer),
             d,
@@ -291,11 +298,18 @@ impl T5 {
             }
             encoder.push(EncoderBlock {
                 self_attn,
-                self_attn_norm: ld.rms_norm(&format!("{p}.0.layer_norm"), Some(i), d, eps)?,
+                self_attn_norm: ld.rms_norm(
+                    Role::AttentionNorm,
+                    &format!("{p}.0.layer_norm"),
+                    Some(i),
+                    d,
+                    eps,
+                )?,
                 ff: FeedForward::load(&mut ld, &format!("{p}.1"), i, cfg)?,
             });
         }
-        let encoder_norm = ld.rms_norm("encoder.final_layer_norm", None, d, eps)?;
+        let encoder_norm =
+            ld.rms_norm(Role::FinalNorm, "encoder.final_layer_norm", None, d, eps)?;
         let mut decoder = Vec::with_capacity(cfg.decoder_layers());
         let mut decoder_bias = None;
         for i in 0..cfg.decoder_layers() {
@@ -305,18 +319,31 @@ impl T5 {
                 let name = format!("{p}.0.SelfAttention.relative_attention_bias.weight");
                 decoder_bias = Some(ld.tensor(&name, &buckets)?);
             }
-            let self_attn_norm = ld.rms_norm(&format!("{p}.0.layer_norm"), Some(i), d, eps)?;
+            let self_attn_norm = ld.rms_norm(
+                Role::AttentionNorm,
+                &format!("{p}.0.layer_norm"),
+                Some(i),
+                d,
+                eps,
+            )?;
             let cross_attn =
                 Attention::load(&mut ld, &format!("{p}.1.EncDecAttention"), i, d, inner)?;
             decoder.push(DecoderBlock {
                 self_attn,
                 self_attn_norm,
                 cross_attn,
-                cross_attn_norm: ld.rms_norm(&format!("{p}.1.layer_norm"), Some(i), d, eps)?,
+                cross_attn_norm: ld.rms_norm(
+                    Role::AttentionNorm,
+                    &format!("{p}.1.layer_norm"),
+                    Some(i),
+                    d,
+                    eps,
+                )?,
                 ff: FeedForward::load(&mut ld, &format!("{p}.2"), i, cfg)?,
             });
         }
-        let decoder_norm = ld.rms_norm("decoder.final_layer_norm", None, d, eps)?;
+        let decoder_norm =
+            ld.rms_norm(Role::FinalNorm, "decoder.final_layer_norm", None, d, eps)?;
 
         // transformers 5 ties the head to `shared` unless the checkpoint has an `lm_head.weight` of its own.
         let own_head = match weights.contains("lm_head.weight") {
@@ -366,7 +393,7 @@ impl T5 {
             encoder_norm,
             decoder,
             decoder_norm,
-            lm_head: FrozenLinear::new(head, None),
+            lm_head: FrozenLinear::new(head, None, &FrozenGemm),
             parameters,
         })
     }

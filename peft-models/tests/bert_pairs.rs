@@ -2,28 +2,22 @@
 //! the classifier the pooled state of the forward pass with those types, and the types change it.
 
 use candle_core::{Device, Tensor};
-use peft_core::hooks::{ClassifierHead, Hooks, NoHooks};
+use peft_core::head::ClassifierHead;
+use peft_core::hooks::NoHooks;
 use peft_core::model::{BaseModel, Batch};
-use peft_core::task::{ClassExample, HeadClassification};
 use peft_testing::tensor_diff;
-
-/// A fixed two-class head, no adapter.
-struct Head(ClassifierHead);
-
-impl Hooks for Head {
-    fn classifier(&self) -> Option<ClassifierHead> {
-        Some(self.0.clone())
-    }
-}
+use peft_train::task::{ClassExample, HeadClassification, Tuned};
 
 #[test]
 fn token_types_of_pair_examples_reach_the_model() {
     let model = peft_models::bert::tiny(5);
     let device = Device::Cpu;
-    let head = Head(ClassifierHead {
+    // A fixed two-class head, no adapter.
+    let head = ClassifierHead {
         weight: Tensor::randn(0f32, 1.0, (2, 32), &device).unwrap(),
         bias: Some(Tensor::zeros(2, candle_core::DType::F32, &device).unwrap()),
-    });
+    };
+    let tuned = Tuned::with_head(&NoHooks, &head);
     let ids = vec![2u32, 7, 9, 3, 11, 12, 3];
     let types = vec![0u32, 0, 0, 0, 1, 1, 1];
     let example = |token_type_ids: Vec<u32>| ClassExample {
@@ -39,10 +33,10 @@ fn token_types_of_pair_examples_reach_the_model() {
     };
     let task = HeadClassification::new(vec![single.clone()], vec![single.clone()], 2, 0).unwrap();
     let paired = task
-        .class_logits(&model, &head, &[&example(types.clone()), &single])
+        .class_logits(&model, &tuned, &[&example(types.clone()), &single])
         .unwrap();
     let flat = task
-        .class_logits(&model, &head, &[&example(vec![]), &single])
+        .class_logits(&model, &tuned, &[&example(vec![]), &single])
         .unwrap();
     assert!(
         tensor_diff(
@@ -69,7 +63,6 @@ fn token_types_of_pair_examples_reach_the_model() {
         .unwrap();
     let out = model.forward(&batch, &NoHooks).unwrap();
     let direct = head
-        .0
         .forward(&model.pooled(&out, &batch, &NoHooks).unwrap())
         .unwrap();
     assert!(tensor_diff(&direct, &paired.narrow(0, 0, 1).unwrap()) < 1e-5);

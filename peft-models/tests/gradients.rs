@@ -58,7 +58,7 @@ fn batch(dev: &Device) -> Batch {
 /// A smooth scalar of the log-probabilities: a fixed random weighting, scaled so the loss is of order one.
 fn loss(model: &dyn BaseModel, hooks: &dyn Hooks, weights: &Tensor) -> Tensor {
     let out = model.forward(&batch(model.device()), hooks).unwrap();
-    let logp = peft_core::nn::log_softmax_last_dim(&model.logits(&out.hidden).unwrap()).unwrap();
+    let logp = peft_kernels::log_softmax_last_dim(&model.logits(&out.hidden).unwrap()).unwrap();
     (logp * weights).unwrap().sum_all().unwrap()
 }
 

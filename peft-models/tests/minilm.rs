@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use peft_core::hooks::NoHooks;
 use peft_core::model::Batch;
 use peft_models::sentence::sentence_embedding;
-use peft_models::LoadedModel;
+use peft_testing::minilm;
 use serde_json::Value;
 
 /// Cosine every embedding must reach against sentence-transformers'.
@@ -25,21 +25,6 @@ fn record() -> Value {
         )
     });
     serde_json::from_str(&text).expect("embeddings.json is valid JSON")
-}
-
-/// The cached MiniLM, or `None` (after saying why) where it has not been fetched.
-fn minilm() -> Option<LoadedModel> {
-    if peft_models::zoo::cached_path("minilm-l6").is_none() {
-        eprintln!(
-            "skipping: the zoo model minilm-l6 is not in the cache ({}); run `peft fetch minilm-l6`",
-            peft_models::zoo::peft_home().display()
-        );
-        return None;
-    }
-    Some(
-        peft_models::resolve::load_model("minilm-l6", &Device::Cpu)
-            .expect("the cached minilm-l6 loads"),
-    )
 }
 
 fn f32s(v: &Value) -> Vec<f32> {

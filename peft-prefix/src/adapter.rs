@@ -1,5 +1,17 @@
 //! The built prefix: the [`Hooks::attention_prefix`] site, and HF PEFT's file format (`prompt_embeddings`,
 //! always folded).
+//!
+//! ```
+//! use peft_core::method::{InitCtx, PeftMethod};
+//! use peft_prefix::PrefixTuningConfig;
+//! use rand::SeedableRng;
+//! let model = peft_models::tiny::gpt2(0); // 2 layers, width 32
+//! let mut init = InitCtx { model: &model, tokenizer: None, rng: rand::rngs::StdRng::seed_from_u64(0) };
+//! // Trained through a projection MLP, saved folded: 3 rows of 2 layers x (key + value) x 32.
+//! let adapter = PrefixTuningConfig::with_projection(3, Some(8)).build(&mut init).unwrap();
+//! let (key, rows) = &adapter.tensors().unwrap()[0];
+//! assert_eq!((key.as_str(), rows.dims()), ("prompt_embeddings", &[3, 2 * 2 * 32][..]));
+//! ```
 
 use std::collections::HashMap;
 use std::sync::{RwLock, RwLockReadGuard};
@@ -11,23 +23,30 @@ use peft_core::prompt_learning::decoder_prefix_slot;
 use peft_core::{PeftError, Result};
 
 use crate::config::PrefixTuningConfig;
-use crate::encoder::{PrefixEncoder, PROMPT_KEY};
+use crate::encoder::{EncoderShape, PrefixEncoder, PROMPT_KEY};
 use crate::layout::{layer_columns, split_layer};
 
 /// A built prefix-tuning (or P-tuning v2) adapter.
 #[derive(Debug)]
 pub struct PrefixTuning {
     config: PrefixTuningConfig,
+    /// Sizes of the prefix, from the resolved config.
+    shape: EncoderShape,
     // Behind a lock because loading a folded tensor into a projected encoder replaces it by the folded form
     // (`load_tensors` takes `&self`).
     encoder: RwLock<PrefixEncoder>,
 }
 
 impl PrefixTuning {
-    /// An adapter over `encoder` for a resolved `config` (every model-derived field filled in).
-    pub(crate) fn new(config: PrefixTuningConfig, encoder: PrefixEncoder) -> Self {
+    /// An adapter over `encoder` of sizes `shape` for a resolved `config` (every model-derived field filled in).
+    pub(crate) fn new(
+        config: PrefixTuningConfig,
+        shape: EncoderShape,
+        encoder: PrefixEncoder,
+    ) -> Self {
         PrefixTuning {
             config,
+            shape,
             encoder: RwLock::new(encoder),
         }
     }
@@ -49,36 +68,31 @@ impl PrefixTuning {
         self.encoder().rows()
     }
 
-    fn token_dim(&self) -> usize {
-        self.config.token_dim.unwrap_or(0)
-    }
-
-    fn num_layers(&self) -> usize {
-        self.config.num_layers.unwrap_or(0)
+    fn num_transformer_submodules(&self) -> usize {
+        self.config
+            .prompt_learning
+            .num_transformer_submodules
+            .unwrap_or(1)
     }
 }
 
 impl Hooks for PrefixTuning {
     fn attention_prefix(&self, layer: usize, ctx: &Ctx) -> Result<Option<KvPrefix>> {
-        if layer >= self.num_layers() {
+        let (num_layers, token_dim) = (self.shape.num_layers, self.shape.token_dim);
+        if layer >= num_layers {
             return Err(PeftError::Config(format!(
-                "the prefix was built for {} layers and was asked for layer {layer}",
-                self.num_layers()
+                "the prefix was built for {num_layers} layers and was asked for layer {layer}"
             )));
         }
         let batch = ctx.attention_mask.dim(0)?;
-        let heads = self.config.num_attention_heads.unwrap_or(1);
-        let slot = decoder_prefix_slot(
-            layer,
-            self.num_layers(),
-            self.config.num_transformer_submodules.unwrap_or(1),
-        );
-        let (start, len) = layer_columns(slot, self.token_dim());
+        let heads = self.config.prompt_learning.num_attention_heads.unwrap_or(1);
+        let slot = decoder_prefix_slot(layer, num_layers, self.num_transformer_submodules());
+        let (start, len) = layer_columns(slot, token_dim);
         let columns = self.encoder().columns(start, len)?;
         Ok(Some(split_layer(
             &columns,
             heads,
-            self.token_dim() / heads,
+            token_dim / heads,
             batch,
         )?))
     }
@@ -104,7 +118,7 @@ impl Adapter for PrefixTuning {
                 "a prefix-tuning adapter holds `{PROMPT_KEY}`; this file has {keys:?}"
             ))
         })?;
-        let shape = self.config.shape();
+        let shape = self.shape;
         let expected = shape.folded_dims();
         if t.dims() != expected {
             return Err(PeftError::ShapeMismatch {
@@ -134,14 +148,14 @@ impl Adapter for PrefixTuning {
     }
 
     fn notes(&self) -> Vec<String> {
-        if self.config.num_transformer_submodules.unwrap_or(1) != 2 {
+        if self.num_transformer_submodules() != 2 {
             return Vec::new();
         }
         vec![format!(
             "encoder-decoder: the prefixes feed the decoder's self-attention only (decoder layer i takes prefix \
              slot 2i mod {}, as HF PEFT arranges them); the encoder's self-attention and the cross-attention get \
              none",
-            self.num_layers()
+            self.shape.num_layers
         )]
     }
 }

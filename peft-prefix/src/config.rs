@@ -1,9 +1,19 @@
 //! HF PEFT's `PrefixTuningConfig` (`peft_type = "PREFIX_TUNING"`): field names, defaults and the way the
 //! model-derived fields are filled in, grouped-query attention included.
+//!
+//! ```
+//! use peft_core::model::BaseModel;
+//! use peft_prefix::PrefixTuningConfig;
+//! let model = peft_models::tiny::llama(0); // 2 layers, 2 key/value heads of dimension 8
+//! let resolved = PrefixTuningConfig::p_tuning_v2(5).resolved_for(model.spec()).unwrap();
+//! let shared = &resolved.prompt_learning;
+//! assert_eq!((shared.token_dim, shared.num_attention_heads, shared.num_layers), (Some(16), Some(2), Some(2)));
+//! assert_eq!(resolved.trainable_parameters(), 5 * 2 * 2 * 16);
+//! ```
 
 use candle_core::Device;
 use peft_core::method::{Adapter, CommonConfig, InitCtx, PeftMethod};
-use peft_core::prompt_learning::{default_task_type_of, transformer_submodules};
+use peft_core::prompt_learning::{default_task_type_of, PromptLearningConfig};
 use peft_core::spec::{ModelSpec, SiteKind};
 use peft_core::{PeftError, Result};
 use serde::{Deserialize, Serialize};
@@ -26,21 +36,12 @@ pub struct PrefixTuningConfig {
     /// Fields every HF PEFT config has.
     #[serde(flatten)]
     pub common: CommonConfig,
-    /// Number of virtual tokens: prefix positions in front of every layer's keys and values (required).
-    pub num_virtual_tokens: usize,
-    /// Key/value width per layer; filled from the model as HF PEFT does: `num_key_value_heads * head_dim`
-    /// (the hidden size for models without grouped-query attention).
-    #[serde(default)]
-    pub token_dim: Option<usize>,
-    /// 1 for decoder-only models (2 for encoder-decoder); filled from the model.
-    #[serde(default)]
-    pub num_transformer_submodules: Option<usize>,
-    /// Heads of the prefix; filled from the model: its key/value heads.
-    #[serde(default)]
-    pub num_attention_heads: Option<usize>,
-    /// Layers of the model; filled from the model.
-    #[serde(default)]
-    pub num_layers: Option<usize>,
+    /// Fields every HF PEFT prompt-learning config has: `num_virtual_tokens` (required) prefix positions in
+    /// front of every layer's keys and values; filled from the model as HF PEFT does, `token_dim` the key/value
+    /// width `num_key_value_heads * head_dim` (the hidden size without grouped-query attention) and
+    /// `num_attention_heads` the key/value heads.
+    #[serde(flatten)]
+    pub prompt_learning: PromptLearningConfig,
     /// Hidden size of the projection MLP; defaults to `token_dim` (filled at build time, as HF PEFT does).
     #[serde(default)]
     pub encoder_hidden_size: Option<usize>,
@@ -62,11 +63,7 @@ impl PrefixTuningConfig {
     pub fn new(n: usize) -> Self {
         PrefixTuningConfig {
             common: CommonConfig::default(),
-            num_virtual_tokens: n,
-            token_dim: None,
-            num_transformer_submodules: None,
-            num_attention_heads: None,
-            num_layers: None,
+            prompt_learning: PromptLearningConfig::new(n),
             encoder_hidden_size: None,
             prefix_projection: false,
             init_weights: None,
@@ -94,11 +91,8 @@ impl PrefixTuningConfig {
     /// This config with the model-derived fields filled in for `spec`, checked against what the model's
     /// attention can take.
     pub fn resolved_for(&self, spec: &ModelSpec) -> Result<PrefixTuningConfig> {
-        if self.num_virtual_tokens == 0 {
-            return Err(PeftError::Config(
-                "num_virtual_tokens must be at least 1".into(),
-            ));
-        }
+        let declared = &self.prompt_learning;
+        declared.check_num_virtual_tokens()?;
         // HF PEFT lists the classification head of a SEQ_CLS adapter here; the head travels as WithClassifier.
         peft_core::head::check_modules_to_save(
             self.modules_to_save.as_ref(),
@@ -116,7 +110,7 @@ impl PrefixTuningConfig {
                 got_from: "the prefix-tuning config".into(),
                 got: vec![got],
             };
-        if let Some(td) = self.token_dim.filter(|&td| td != width) {
+        if let Some(td) = declared.token_dim.filter(|&td| td != width) {
             return Err(mismatch(
                 "token_dim",
                 width,
@@ -124,7 +118,10 @@ impl PrefixTuningConfig {
                 "key/value heads x head dim",
             ));
         }
-        if let Some(h) = self.num_attention_heads.filter(|&h| h != spec.num_kv_heads) {
+        if let Some(h) = declared
+            .num_attention_heads
+            .filter(|&h| h != spec.num_kv_heads)
+        {
             return Err(mismatch(
                 "num_attention_heads",
                 spec.num_kv_heads,
@@ -132,7 +129,7 @@ impl PrefixTuningConfig {
                 "key/value heads",
             ));
         }
-        if let Some(l) = self.num_layers.filter(|&l| l != spec.num_layers) {
+        if let Some(l) = declared.num_layers.filter(|&l| l != spec.num_layers) {
             return Err(mismatch("num_layers", spec.num_layers, l, "layers"));
         }
         if self.prefix_projection && self.encoder_hidden_size == Some(0) {
@@ -141,28 +138,26 @@ impl PrefixTuningConfig {
             ));
         }
         let mut config = self.clone();
-        config.token_dim = Some(width);
-        config.num_attention_heads = Some(spec.num_kv_heads);
-        config.num_layers = Some(spec.num_layers);
         config.encoder_hidden_size = Some(self.encoder_hidden_size.unwrap_or(width));
         if config.common.task_type.is_none() {
             // A spec alone cannot tell an encoder without an LM head; the task (or HF's config) names it then.
             config.common.task_type = Some(default_task_type_of(spec, true).into());
         }
-        config.num_transformer_submodules = Some(transformer_submodules(
+        config.prompt_learning.fill_from(
             spec,
-            self.num_transformer_submodules,
+            width,
+            spec.num_kv_heads,
             config.common.task_type.as_deref(),
-        )?);
+        )?;
         Ok(config)
     }
 
     /// Sizes of the encoder of a resolved config.
-    pub(crate) fn shape(&self) -> EncoderShape {
+    fn shape(&self) -> EncoderShape {
         EncoderShape {
-            num_virtual_tokens: self.num_virtual_tokens,
-            token_dim: self.token_dim.unwrap_or(0),
-            num_layers: self.num_layers.unwrap_or(0),
+            num_virtual_tokens: self.prompt_learning.num_virtual_tokens,
+            token_dim: self.prompt_learning.token_dim.unwrap_or(0),
+            num_layers: self.prompt_learning.num_layers.unwrap_or(0),
             encoder_hidden_size: self.encoder_hidden_size.unwrap_or(0),
         }
     }
@@ -251,41 +246,28 @@ impl PeftMethod for PrefixTuningConfig {
             (false, Some(PrefixInit::Zero)) => Start::Zero,
             (false, None) => Start::Random,
         };
+        let shape = config.shape();
         let encoder = if config.builds_folded() {
-            PrefixEncoder::folded(config.shape(), start, &mut init.rng, &device)?
+            PrefixEncoder::folded(shape, start, &mut init.rng, &device)?
         } else {
-            PrefixEncoder::projected(config.shape(), start, &mut init.rng, &device)?
+            PrefixEncoder::projected(shape, start, &mut init.rng, &device)?
         };
-        Ok(Box::new(PrefixTuning::new(config, encoder)))
+        Ok(Box::new(PrefixTuning::new(config, shape, encoder)))
     }
 
     fn common(&self) -> &CommonConfig {
         &self.common
     }
 
-    fn with_common(&self, common: CommonConfig) -> Box<dyn PeftMethod> {
-        Box::new(PrefixTuningConfig {
-            common,
-            ..self.clone()
-        })
+    fn common_mut(&mut self) -> &mut CommonConfig {
+        &mut self.common
     }
 
-    fn is_prompt_learning(&self) -> bool {
-        true
+    fn prompt_learning(&self) -> Option<&PromptLearningConfig> {
+        Some(&self.prompt_learning)
     }
 
-    fn size_knob(&self) -> Option<&'static str> {
-        Some("num_virtual_tokens")
-    }
-
-    fn with_size(
-        &self,
-        size: usize,
-        _spec: &peft_core::spec::ModelSpec,
-    ) -> Option<Box<dyn PeftMethod>> {
-        Some(Box::new(Self {
-            num_virtual_tokens: size.max(1),
-            ..self.clone()
-        }))
+    fn prompt_learning_mut(&mut self) -> Option<&mut PromptLearningConfig> {
+        Some(&mut self.prompt_learning)
     }
 }

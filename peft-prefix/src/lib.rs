@@ -14,6 +14,10 @@
 //! With `prefix_projection = true` the prefix comes out of a two-layer MLP while training; as in HF PEFT, the
 //! MLP is folded away when saving (`prompt_embeddings` holds its output), and a saved adapter loads folded.
 //!
+//! Layout: `config.rs` (the serde config, flattening peft-core's `PromptLearningConfig`, and its `PeftMethod`
+//! impl), `adapter.rs` (the built adapter and its hook), `encoder.rs` (the folded or projected prefix) and
+//! `layout.rs` (where each layer's keys and values sit in a flat prefix row).
+//!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
 //! use peft_core::hooks::{Ctx, Hooks};

@@ -7,16 +7,16 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use peft_core::adapter_io::{load_adapter, save_adapter, CONFIG_FILE};
 use peft_core::frozen::FrozenLinear;
-use peft_core::generate::last_logits;
 use peft_core::head::WithClassifier;
 use peft_core::hooks::{positions_taken, Ctx, Hooks, KvPrefix, NoHooks};
 use peft_core::method::{Adapter, PeftMethod};
 use peft_core::model::{BaseModel, Batch, Output};
 use peft_core::spec::{ModelSpec, SiteId};
-use peft_core::train::{TrainConfig, Trainer};
 use peft_core::PeftError;
 use peft_prefix::{PrefixInit, PrefixTuningConfig, PROMPT_KEY};
 use peft_testing::{init, seeded_tiny_models, toy_lm_task};
+use peft_train::generate::last_logits;
+use peft_train::train::{TrainConfig, Trainer};
 
 fn build(model: &dyn BaseModel, cfg: &PrefixTuningConfig, seed: u64) -> Box<dyn Adapter> {
     cfg.build(&mut init(model, seed)).unwrap()
@@ -555,12 +555,12 @@ fn errors_say_what_is_wrong() {
         other => panic!("expected a shape mismatch, got {other}"),
     }
     let mut layers = PrefixTuningConfig::new(2);
-    layers.num_layers = Some(5);
+    layers.prompt_learning.num_layers = Some(5);
     assert!(build_err(&llama, &layers)
         .to_string()
         .contains("num_layers"));
     let mut submodules = PrefixTuningConfig::new(2);
-    submodules.num_transformer_submodules = Some(2);
+    submodules.prompt_learning.num_transformer_submodules = Some(2);
     assert!(build_err(&llama, &submodules)
         .to_string()
         .contains("encoder-decoder"));

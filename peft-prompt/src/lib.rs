@@ -1,6 +1,12 @@
 //! Prompt methods with HF PEFT's configurations and file format: prompt tuning (Lester et al., 2021), whose
 //! virtual-token embeddings train directly, and P-tuning (Liu et al., 2021), whose embeddings are the output of
-//! a trainable prompt encoder (an MLP or a bidirectional LSTM) and are saved as that output.
+//! a trainable prompt encoder (an MLP or a bidirectional LSTM) and are saved as that output. Both configs
+//! flatten peft-core's `PromptLearningConfig` (HF PEFT's shared prompt-learning fields).
+//!
+//! Layout: `prompt_tuning/` and `p_tuning/` each hold a `config.rs` (the serde config and its `PeftMethod`
+//! impl) and an `adapter.rs` (the built adapter and its hooks), with prompt tuning's initialisations in
+//! `prompt_tuning/init.rs` and P-tuning's encoder network in `p_tuning/prompt_encoder.rs`;
+//! `virtual_tokens.rs` is what both do alike (prepend the prompt, save and load `prompt_embeddings`).
 //!
 //! ```
 //! use peft_prompt::{PromptEncoderConfig, PromptEncoderReparameterizationType, PromptTuningConfig, PromptTuningInit};
@@ -10,7 +16,7 @@
 //!     r#"{"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 20, "prompt_tuning_init": "RANDOM"}"#).unwrap();
 //! assert!(format!("{cfg:?}").contains("num_virtual_tokens: 20"));
 //! let direct = PromptTuningConfig::new(8, PromptTuningInit::Random);
-//! assert_eq!(direct.num_virtual_tokens, 8);
+//! assert_eq!(direct.prompt_learning.num_virtual_tokens, 8);
 //!
 //! // P-tuning: HF's `encoder_hidden_size` defaults to the model's hidden size when the adapter is built.
 //! let p_tuning: Box<dyn PeftMethod> = serde_json::from_str(
@@ -27,11 +33,12 @@
 //! ```
 
 mod p_tuning;
-mod prompt_encoder;
 mod prompt_tuning;
+mod virtual_tokens;
 
-pub use p_tuning::{PTuning, PromptEncoderConfig};
-pub use prompt_encoder::{PromptEncoder, PromptEncoderReparameterizationType};
+pub use p_tuning::{
+    PTuning, PromptEncoder, PromptEncoderConfig, PromptEncoderReparameterizationType,
+};
 pub use prompt_tuning::{PromptTuning, PromptTuningConfig, PromptTuningInit};
 
 /// Makes sure this crate's methods are linked (and so registered with typetag) into a binary that names no

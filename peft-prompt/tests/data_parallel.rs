@@ -2,16 +2,16 @@
 //! losses and prompts as one process, on both tiny architectures; so does prompt tuning with a token
 //! classification head when a rank's shard has no labelled token.
 
-use peft_core::conformance::{check_data_parallel, Conformance};
 use peft_core::head::WithClassifier;
 use peft_core::method::{Adapter, PeftMethod};
-use peft_core::task::{TokenClassification, TokenExample};
-use peft_core::train::order::micro_batch;
-use peft_core::train::TrainConfig;
 use peft_prompt::{
     PromptEncoderConfig, PromptEncoderReparameterizationType, PromptTuningConfig, PromptTuningInit,
 };
 use peft_testing::{assert_data_parallel_exact, seeded_tiny_models};
+use peft_train::conformance::{check_data_parallel, Conformance};
+use peft_train::task::{TokenClassification, TokenExample};
+use peft_train::train::order::micro_batch;
+use peft_train::train::TrainConfig;
 
 #[test]
 fn prompt_tuning_over_ranks_equals_one_process() {

@@ -6,15 +6,15 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, IndexOp, Tensor, Var};
 use peft_core::adapter_io::{load_adapter, save_adapter, CONFIG_FILE};
-use peft_core::generate::last_logits;
 use peft_core::hooks::{Ctx, NoHooks};
 use peft_core::method::{Adapter, PeftMethod};
 use peft_core::model::BaseModel;
-use peft_core::task::Task;
-use peft_core::train::{TrainConfig, Trainer};
 use peft_core::PeftError;
 use peft_prompt::{PromptEncoderConfig, PromptEncoderReparameterizationType as Kind};
 use peft_testing::{init, seeded_tiny_models, toy_classification_task};
+use peft_train::generate::last_logits;
+use peft_train::task::{Task, Tuned};
+use peft_train::train::{TrainConfig, Trainer};
 
 fn config(n: usize, kind: Kind, hidden: Option<usize>) -> PromptEncoderConfig {
     let mut cfg = PromptEncoderConfig::new(n, kind);
@@ -195,7 +195,7 @@ fn encoder_gradients_match_finite_differences_and_frozen_weights_get_none() {
         for kind in [Kind::Mlp, Kind::Lstm] {
             let adapter = build(model.as_ref(), &config(3, kind, Some(8)), 4);
             let loss = task
-                .loss(model.as_ref(), adapter.as_ref(), &[0, 1, 2, 3])
+                .loss(model.as_ref(), &Tuned::of(adapter.as_ref()), &[0, 1, 2, 3])
                 .unwrap()
                 .loss;
             let grads = loss.backward().unwrap();
@@ -219,7 +219,7 @@ fn encoder_gradients_match_finite_differences_and_frozen_weights_get_none() {
                     v[i] += delta;
                     var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
                         .unwrap();
-                    task.loss(model.as_ref(), adapter.as_ref(), &[0, 1, 2, 3])
+                    task.loss(model.as_ref(), &Tuned::of(adapter.as_ref()), &[0, 1, 2, 3])
                         .unwrap()
                         .loss
                         .to_scalar::<f32>()

@@ -3,15 +3,15 @@
 
 use candle_core::{DType, Device, IndexOp, Tensor, Var};
 use peft_core::adapter_io::{load_adapter, save_adapter, CONFIG_FILE};
-use peft_core::generate::last_logits;
 use peft_core::hooks::{Ctx, NoHooks};
 use peft_core::method::{Adapter, InitCtx, PeftMethod};
 use peft_core::model::BaseModel;
-use peft_core::task::Task;
-use peft_core::train::{TrainConfig, Trainer};
 use peft_core::PeftError;
 use peft_prompt::{PromptTuningConfig, PromptTuningInit};
 use peft_testing::{seeded_tiny_models, toy_classification_task};
+use peft_train::generate::last_logits;
+use peft_train::task::{Task, Tuned};
+use peft_train::train::{TrainConfig, Trainer};
 use tokenizers::models::wordlevel::WordLevel;
 use tokenizers::pre_tokenizers::whitespace::Whitespace;
 use tokenizers::Tokenizer;
@@ -241,14 +241,14 @@ fn prompt_gradient_matches_finite_differences_and_frozen_weights_get_none() {
         let (_, var): (String, Var) = adapter.trainable().remove(0);
         let task = toy_classification_task(8);
         let loss_at = |adapter: &dyn Adapter| {
-            task.loss(model.as_ref(), adapter, &[0, 1, 2, 3])
+            task.loss(model.as_ref(), &Tuned::of(adapter), &[0, 1, 2, 3])
                 .unwrap()
                 .loss
                 .to_scalar::<f32>()
                 .unwrap() as f64
         };
         let loss = task
-            .loss(model.as_ref(), adapter.as_ref(), &[0, 1, 2, 3])
+            .loss(model.as_ref(), &Tuned::of(adapter.as_ref()), &[0, 1, 2, 3])
             .unwrap()
             .loss;
         let grads = loss.backward().unwrap();
@@ -381,12 +381,12 @@ fn a_micro_batch_without_a_labelled_token_is_refused_by_name() {
         &PromptTuningConfig::new(4, PromptTuningInit::Random),
         1,
     );
-    let unlabelled = |ids: Vec<u32>| peft_core::task::LmExample {
+    let unlabelled = |ids: Vec<u32>| peft_train::task::LmExample {
         labels: vec![-100; ids.len()],
         input_ids: ids,
     };
     let examples = vec![unlabelled(vec![5, 6, 7]), unlabelled(vec![8, 9])];
-    let task = peft_core::task::CausalLm::new(examples.clone(), examples, 0).unwrap();
+    let task = peft_train::task::CausalLm::new(examples.clone(), examples, 0).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = TrainConfig {
         max_steps: 1,
@@ -403,7 +403,10 @@ fn a_micro_batch_without_a_labelled_token_is_refused_by_name() {
         "{err}"
     );
     // Evaluation alone says the same of an evaluation set without labels.
-    let err = task.evaluate(&model, &NoHooks, 2).unwrap_err().to_string();
+    let err = task
+        .evaluate(&model, &Tuned::frozen(), 2)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("no labelled tokens"), "{err}");
 }
 

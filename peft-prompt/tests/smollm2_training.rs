@@ -3,24 +3,15 @@
 
 use std::path::{Path, PathBuf};
 
-use peft_core::data::{ClassEncoder, DataSource, Template, Verbalizer};
 use peft_core::method::PeftMethod;
-use peft_core::task::VerbalizerClassification;
-use peft_core::train::{TrainConfig, Trainer};
 use peft_prompt::{PromptTuningConfig, PromptTuningInit};
 use peft_testing::{init_loaded, smollm2};
+use peft_train::data::{ClassEncoder, DataSource, Template, Verbalizer};
+use peft_train::task::VerbalizerClassification;
+use peft_train::train::{TrainConfig, Trainer};
 
 fn sst2() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/glue/SST-2");
-    if dir.join("train.tsv").is_file() {
-        Some(dir)
-    } else {
-        eprintln!(
-            "skipping: {} is absent (the project's shared data)",
-            dir.display()
-        );
-        None
-    }
+    peft_testing::shared_data("glue/SST-2")
 }
 
 fn run_once(loaded: &peft_models::LoadedModel, data: &Path, out: &Path) -> Vec<f64> {

@@ -1,12 +1,12 @@
-//! The workspace's method contract (`peft_core::conformance`), run the same way for every method.
+//! The workspace's method contract (`peft_train::conformance`), run the same way for every method.
 
-use peft_core::conformance::{check_adapter, check_data_parallel, check_resume, Conformance};
 use peft_core::method::{Adapter, PeftMethod};
 use peft_core::model::BaseModel;
+use peft_train::conformance::{check_adapter, check_data_parallel, check_resume, Conformance};
 
-use peft_core::task::Task;
-use peft_core::train::order::micro_batch;
-use peft_core::train::TrainConfig;
+use peft_train::task::Task;
+use peft_train::train::order::micro_batch;
+use peft_train::train::TrainConfig;
 
 use crate::{
     init, partly_unlabelled_lm_task, ragged_lm_task, rule_lm_task, seeded_tiny_models,

@@ -19,8 +19,10 @@
 //! assert!(!hf["cases"].as_array().unwrap().is_empty());
 //! ```
 //!
-//! Tests on SmolLM2 skip, saying why, where its GGUF is absent: `let Some(loaded) = smollm2() else { return };`.
+//! Tests on real weights or `../shared/data` skip, saying why, where those are absent (`let Some(loaded) =
+//! smollm2() else { return };`), and fail instead under `PEFT_REQUIRE_ASSETS=1`, as CI runs them.
 
+mod assets;
 mod contract;
 mod hf;
 mod init;
@@ -34,6 +36,7 @@ mod tasks;
 mod text_cases;
 mod train;
 
+pub use assets::{absent, minilm, shared_data, smollm2, zoo_model_path, REQUIRE_ASSETS};
 pub use contract::{
     assert_contract_on_tiny_models, assert_data_parallel_exact, assert_resume_exact,
 };
@@ -41,7 +44,7 @@ pub use hf::hf_fixture;
 pub use init::{init, init_loaded};
 pub use json::{f32s, ids_of, read_json, u32s};
 pub use logits::{full_logits_diff, logits, max_diff, top_diff, top_logits_diff};
-pub use models::{seeded_tiny_models, smollm2, tiny};
+pub use models::{seeded_tiny_models, tiny};
 pub use ours::{
     committed_adapter, hf_logits, ours_fixture, write_fixture, writing_fixtures, DRIFT_TOLERANCE,
 };

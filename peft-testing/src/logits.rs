@@ -3,9 +3,9 @@
 //! A tiny-model case holds `input_ids` and the full-vocabulary `logits`; a SmolLM2 case holds `input_ids` and
 //! `top`, the 20 largest logits as `[[id, logit], ...]` (largest first).
 
-use peft_core::generate::last_logits;
 use peft_core::hooks::Hooks;
 use peft_core::model::BaseModel;
+use peft_train::generate::last_logits;
 use serde_json::Value;
 
 use crate::{f32s, ids_of};

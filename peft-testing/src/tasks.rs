@@ -1,6 +1,6 @@
 //! Small tasks an adapter can learn in a few steps.
 
-use peft_core::task::{CausalLm, ClassExample, LmExample, VerbalizerClassification};
+use peft_train::task::{CausalLm, ClassExample, LmExample, VerbalizerClassification};
 use tokenizers::Tokenizer;
 
 /// Two SmolLM2 reviews with their sentiment, the training texts of the `ours-smollm2-*` fixtures.

@@ -2,9 +2,9 @@
 
 use peft_core::method::{Adapter, PeftMethod};
 use peft_core::model::BaseModel;
-use peft_core::task::Task;
-use peft_core::train::{TrainConfig, TrainReport, Trainer};
 use peft_models::LoadedModel;
+use peft_train::task::Task;
+use peft_train::train::{TrainConfig, TrainReport, Trainer};
 
 /// Trains `adapter` on `task` for `steps` optimiser steps (every other setting at its default, no progress
 /// bar), writing the run's outputs to a temporary folder that is removed afterwards.

@@ -122,7 +122,7 @@ fn rescale(
         Some(b) if !feedforward => Some(scale(b, &l.flatten_all()?.to_dtype(b.dtype())?)?),
         other => other.cloned(),
     };
-    Ok(FrozenLinear::new(new_weight, new_bias))
+    Ok(layer.with_weights(new_weight, new_bias))
 }
 
 impl Hooks for Ia3 {

@@ -15,38 +15,33 @@ use crate::targets::{resolve, ModuleSelection, Target};
 /// Fields HF PEFT writes that play no part here (`peft_version`, `auto_mapping`) are accepted and ignored, so
 /// that an HF `adapter_config.json` parses.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Ia3Config {
     /// Fields every HF PEFT config has.
     #[serde(flatten)]
     pub common: CommonConfig,
-    /// Modules to scale: names matched by suffix, or `"all-linear"`. Default: HF PEFT's per-architecture list
-    /// (GPT-2 `["c_attn", "mlp.c_proj"]`, LLaMA `["k_proj", "v_proj", "down_proj"]`); filled in when built.
-    #[serde(default)]
+    /// Modules to scale: names matched by suffix, or `"all-linear"`. Default: the key, value (or fused
+    /// query-key-value) and MLP down projections, by the roles the model declares
+    /// ([`TARGET_ROLES`](crate::TARGET_ROLES): GPT-2 `["c_attn", "mlp.c_proj"]`, LLaMA
+    /// `["k_proj", "v_proj", "down_proj"]`, as HF PEFT's table); filled in when built.
     pub target_modules: Option<ModuleSelection>,
     /// Modules never scaled, matched like `target_modules`.
-    #[serde(default)]
     pub exclude_modules: Option<ModuleSelection>,
-    /// The targets whose input (rather than output) is scaled; a subset of `target_modules`. Default: HF
-    /// PEFT's per-architecture list (GPT-2 `["mlp.c_proj"]`, LLaMA `["down_proj"]`); filled in when built.
-    #[serde(default)]
+    /// The targets whose input (rather than output) is scaled; a subset of `target_modules`. Default: the MLP
+    /// down projections, by role ([`FEEDFORWARD_ROLES`](crate::FEEDFORWARD_ROLES): GPT-2 `["mlp.c_proj"]`, LLaMA
+    /// `["down_proj"]`); filled in when built.
     pub feedforward_modules: Option<ModuleSelection>,
     /// Whether the targets store their weight `[in, out]`; set from the model when built (true for GPT-2's
     /// Conv1D, false for linear layers), as HF PEFT corrects it.
-    #[serde(default)]
     pub fan_in_fan_out: bool,
     /// Extra modules HF PEFT trains and saves; not supported here (must be empty).
-    #[serde(default)]
     pub modules_to_save: Option<Vec<String>>,
     /// Start every vector at ones, so that the adapted model starts equal to the frozen one (default true);
     /// false draws them from a standard normal, as HF PEFT does.
-    #[serde(default = "default_true")]
     pub init_ia3_weights: bool,
 }
 
-fn default_true() -> bool {
-    true
-}
-
+/// HF PEFT's defaults, which serde also takes for every field a config leaves out.
 impl Default for Ia3Config {
     fn default() -> Self {
         Ia3Config {
@@ -123,10 +118,7 @@ impl PeftMethod for Ia3Config {
         &self.common
     }
 
-    fn with_common(&self, common: CommonConfig) -> Box<dyn PeftMethod> {
-        Box::new(Ia3Config {
-            common,
-            ..self.clone()
-        })
+    fn common_mut(&mut self) -> &mut CommonConfig {
+        &mut self.common
     }
 }

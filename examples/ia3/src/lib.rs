@@ -26,7 +26,7 @@ mod targets;
 
 pub use adapter::{Ia3, Ia3Vector};
 pub use config::Ia3Config;
-pub use targets::{default_modules, ModuleSelection, Target};
+pub use targets::{default_modules, ModuleSelection, Target, FEEDFORWARD_ROLES, TARGET_ROLES};
 
 /// Makes sure this crate is linked, and so its `IA3` typetag registration is in the binary, when the binary
 /// names no other item of it.

@@ -5,7 +5,7 @@
 //! against the whole module name; without a regex engine here only strings that are plain module names are
 //! accepted, plus `all-linear`.
 
-use peft_core::spec::{ModelSpec, SiteId, SiteKind};
+use peft_core::spec::{ModelSpec, Role, SiteId, SiteKind};
 use peft_core::{PeftError, Result};
 use serde::{Deserialize, Serialize};
 
@@ -29,15 +29,73 @@ impl ModuleSelection {
 /// HF PEFT's shorthand for every linear layer but the output head.
 const ALL_LINEAR: &str = "all-linear";
 
-/// HF PEFT's per-architecture defaults (`TRANSFORMERS_MODELS_TO_IA3_{TARGET,FEEDFORWARD}_MODULES_MAPPING`) for
-/// the architectures this workspace loads: (targets, feed-forward modules).
-pub fn default_modules(
-    architecture: &str,
-) -> Option<(&'static [&'static str], &'static [&'static str])> {
-    match architecture {
-        "gpt2" => Some((&["c_attn", "mlp.c_proj"], &["mlp.c_proj"])),
-        "llama" => Some((&["k_proj", "v_proj", "down_proj"], &["down_proj"])),
-        _ => None,
+/// The roles IA3 scales when `target_modules` is not set: the key and value projections (or the fused
+/// projection that computes them) and the MLP's down projection. This is the rule behind HF PEFT's
+/// per-architecture table (`TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING`), stated once for any model
+/// whose sites declare their roles. It gives HF's lists for GPT-2 (`c_attn`, `mlp.c_proj`), LLaMA (`k_proj`,
+/// `v_proj`, `down_proj`) and T5 (`k`, `v`, `wo`), and differs from HF's table on two architectures of the zoo:
+/// for OPT HF lists `q_proj`, `k_proj`, `fc2` (the query, not the value); for BERT HF lists `key`, `value`,
+/// `output.dense`, whose suffix also selects the attention's `attention.output.dense` (scaled as a
+/// feed-forward module), where the role rule takes the MLP's `output.dense` only (saved as per-layer suffixes,
+/// `0.output.dense`, ...). Give `target_modules` and `feedforward_modules` to get HF's choice there.
+pub const TARGET_ROLES: &[Role] = &[Role::Key, Role::Value, Role::QueryKeyValue, Role::MlpDown];
+
+/// The roles whose input IA3 scales when `feedforward_modules` is not set (HF PEFT's
+/// `TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING`): the MLP's down projection.
+pub const FEEDFORWARD_ROLES: &[Role] = &[Role::MlpDown];
+
+/// The linear sites of `spec` that play one of `roles`, in site order.
+fn linear_with_roles(spec: &ModelSpec, roles: &[Role]) -> Vec<SiteId> {
+    spec.sites_with_any_role(roles)
+        .into_iter()
+        .filter(|&id| matches!(spec.site(id).kind, SiteKind::Linear { .. }))
+        .collect()
+}
+
+/// The default (targets, feed-forward modules) of a model, as a saved config lists them, from
+/// [`TARGET_ROLES`] and [`FEEDFORWARD_ROLES`]; `None` where no linear site plays a target role. The names are
+/// the shortest dotted suffixes that select exactly those sites, and every feed-forward name is also listed as
+/// a target, as HF PEFT requires of a config it reads.
+pub fn default_modules(spec: &ModelSpec) -> Option<(Vec<String>, Vec<String>)> {
+    let targets = linear_with_roles(spec, TARGET_ROLES);
+    if targets.is_empty() {
+        return None;
+    }
+    let feedforward = linear_with_roles(spec, FEEDFORWARD_ROLES);
+    let others: Vec<SiteId> = targets
+        .iter()
+        .copied()
+        .filter(|id| !feedforward.contains(id))
+        .collect();
+    let mut feedforward_names = spec.target_names(&feedforward);
+    // Feed-forward names match by plain suffix (no dot needed): where a suffix would also catch another
+    // target, name the feed-forward modules in full.
+    let by_suffix = ModuleSelection::Names(feedforward_names.clone());
+    let exact = targets.iter().all(|&id| {
+        let name = &spec.site(id).name;
+        is_feedforward(&by_suffix, name).ok() == Some(feedforward.contains(&id))
+    });
+    if !exact {
+        feedforward_names = feedforward
+            .iter()
+            .map(|&id| spec.site(id).name.clone())
+            .collect();
+    }
+    let mut target_names = spec.target_names(&others);
+    for name in &feedforward_names {
+        if !target_names.contains(name) {
+            target_names.push(name.clone());
+        }
+    }
+    Some((target_names, feedforward_names))
+}
+
+/// The model as error messages name it.
+fn model_name(spec: &ModelSpec) -> String {
+    if spec.name_or_path.is_empty() {
+        format!("this {} model", spec.architecture)
+    } else {
+        format!("{} ({})", spec.name_or_path, spec.architecture)
     }
 }
 
@@ -112,11 +170,12 @@ pub fn resolve(
     exclude_modules: Option<&ModuleSelection>,
 ) -> Result<Resolved> {
     let (target_modules_given, feedforward_modules_given) = (target_modules, feedforward_modules);
-    let defaults = default_modules(&spec.architecture);
+    let defaults = default_modules(spec);
     let no_default = |field: &str| {
         PeftError::Config(format!(
-            "IA3 has no default {field} for architecture `{}`: set target_modules and feedforward_modules",
-            spec.architecture
+            "IA3 has no default {field} for {}: no linear module declares the key, value, fused \
+             query-key-value or MLP down role; set target_modules and feedforward_modules",
+            model_name(spec)
         ))
     };
     let linear_sites = || {
@@ -129,23 +188,18 @@ pub fn resolve(
             ModuleSelection::names(linear_sites().map(|(_, s)| s.name.clone()))
         }
         Some(t) => t.clone(),
-        None => ModuleSelection::names(
+        None => ModuleSelection::Names(
             defaults
+                .clone()
                 .ok_or_else(|| no_default("target_modules"))?
-                .0
-                .iter()
-                .copied(),
+                .0,
         ),
     };
     let feedforward_modules = match feedforward_modules {
         Some(f) => f.clone(),
-        None => ModuleSelection::names(
-            defaults
-                .ok_or_else(|| no_default("feedforward_modules"))?
-                .1
-                .iter()
-                .copied(),
-        ),
+        None => {
+            ModuleSelection::Names(defaults.ok_or_else(|| no_default("feedforward_modules"))?.1)
+        }
     };
     let mut targets = Vec::new();
     for (site, s) in spec.iter_sites() {
@@ -217,11 +271,17 @@ mod tests {
 
     fn spec() -> ModelSpec {
         let mut spec = ModelSpec::new("gpt2", 1, 8, 2, 2, 10, 16);
-        spec.add_site(Site::norm("transformer.h.0.ln_1", Some(0), 8, true));
-        spec.add_site(Site::conv1d("transformer.h.0.attn.c_attn", Some(0), 8, 24));
-        spec.add_site(Site::conv1d("transformer.h.0.attn.c_proj", Some(0), 8, 8));
-        spec.add_site(Site::conv1d("transformer.h.0.mlp.c_fc", Some(0), 8, 32));
-        spec.add_site(Site::conv1d("transformer.h.0.mlp.c_proj", Some(0), 32, 8));
+        let p = "transformer.h.0";
+        let conv = |name: &str, i, o, role| {
+            Site::conv1d(format!("{p}.{name}"), Some(0), i, o).with_role(role)
+        };
+        spec.add_site(
+            Site::norm(format!("{p}.ln_1"), Some(0), 8, true).with_role(Role::AttentionNorm),
+        );
+        spec.add_site(conv("attn.c_attn", 8, 24, Role::QueryKeyValue));
+        spec.add_site(conv("attn.c_proj", 8, 8, Role::AttentionOutput));
+        spec.add_site(conv("mlp.c_fc", 8, 32, Role::MlpUp));
+        spec.add_site(conv("mlp.c_proj", 32, 8, Role::MlpDown));
         spec
     }
 
@@ -305,12 +365,79 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("norm"), "{err}");
+        // Defaults come from roles: a model that declares none has none, whatever its architecture.
         let mut other = spec();
         other.architecture = "bert".into();
+        for site in &mut other.sites {
+            site.role = Role::Other;
+        }
         let err = resolve(&other, None, None, None).unwrap_err().to_string();
         assert!(
-            err.contains("bert") && err.contains("target_modules"),
+            err.contains("bert") && err.contains("target_modules") && err.contains("role"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn defaults_by_role_give_hf_lists_and_differ_where_documented() {
+        use peft_core::model::BaseModel;
+        let lists = |model: &dyn BaseModel| default_modules(model.spec()).unwrap();
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // As HF PEFT's table.
+        let gpt2 = peft_models::tiny::gpt2(0);
+        assert_eq!(
+            lists(&gpt2),
+            (strings(&["c_attn", "mlp.c_proj"]), strings(&["mlp.c_proj"]))
+        );
+        let llama = peft_models::tiny::llama(0);
+        assert_eq!(
+            lists(&llama),
+            (
+                strings(&["k_proj", "v_proj", "down_proj"]),
+                strings(&["down_proj"])
+            )
+        );
+        let t5 = peft_models::t5::tiny(0);
+        assert_eq!(lists(&t5), (strings(&["k", "v", "wo"]), strings(&["wo"])));
+        // HF PEFT lists q_proj, k_proj, fc2 for OPT; the role rule takes the value, not the query.
+        let opt = peft_models::opt::tiny(0);
+        assert_eq!(
+            lists(&opt),
+            (strings(&["k_proj", "v_proj", "fc2"]), strings(&["fc2"]))
+        );
+        // HF PEFT's BERT `output.dense` also selects `attention.output.dense`; the role rule does not.
+        let bert = peft_models::bert::tiny(0);
+        let (targets, feedforward) = lists(&bert);
+        let r = resolve(bert.spec(), None, None, None).unwrap();
+        assert!(
+            r.targets
+                .iter()
+                .all(|t| !t.module.contains("attention.output")),
+            "{targets:?}"
+        );
+        let ff: Vec<&str> = r
+            .targets
+            .iter()
+            .filter(|t| t.feedforward)
+            .map(|t| t.module.as_str())
+            .collect();
+        assert_eq!(
+            ff,
+            [
+                "encoder.layer.0.output.dense",
+                "encoder.layer.1.output.dense"
+            ]
+        );
+        assert_eq!(feedforward, ["0.output.dense", "1.output.dense"]);
+        assert_eq!(targets[..2], strings(&["key", "value"]));
+        // The saved lists select the same modules again, by name alone.
+        let again = resolve(
+            bert.spec(),
+            Some(&ModuleSelection::Names(targets)),
+            Some(&ModuleSelection::Names(feedforward)),
+            None,
+        )
+        .unwrap();
+        assert_eq!(again.targets, r.targets);
     }
 }

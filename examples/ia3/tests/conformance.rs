@@ -1,4 +1,4 @@
-//! The workspace's method contract (`peft_core::conformance`), which a third-party method runs like the
+//! The workspace's method contract (`peft_train::conformance`), which a third-party method runs like the
 //! workspace's own: trained by the shared trainer the loss falls, every IA3 vector moves and no frozen tensor
 //! does, save -> load keeps the logits, and a run stopped halfway and resumed, or split over data-parallel
 //! ranks, ends where an uninterrupted one does.

@@ -6,7 +6,7 @@
 //! {"step_s_median": 1.9, "forward_s_median": 0.7, "peak_rss_mb": 1200.0, "tokens_per_s": 270.0, ...}
 //! ```
 //!
-//! A step is what [`peft_core::train::Trainer`] runs: the task's forward pass and loss, the backward pass,
+//! A step is what [`peft_train::train::Trainer`] runs: the task's forward pass and loss, the backward pass,
 //! global-norm clipping and the AdamW update. `--task causal-lm` puts the loss on every position (labels are
 //! the inputs, as `labels=input_ids` in transformers); `--task classify` is verbalizer classification with two
 //! label words at the last position. The method is a tag with HF PEFT's defaults ([`METHOD_TAGS`]) or a TOML
@@ -21,10 +21,10 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use peft_core::dist::Communicator;
 use peft_core::method::PeftMethod;
-use peft_core::task::{CausalLm, ClassExample, LmExample, Task, VerbalizerClassification};
-use peft_core::train::{TrainConfig, Trainer};
+use peft_train::dist::Communicator;
+use peft_train::task::{CausalLm, ClassExample, LmExample, Task, VerbalizerClassification};
+use peft_train::train::{TrainConfig, Trainer};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -172,7 +172,7 @@ pub fn run(args: BenchArgs, comm: &dyn Communicator) -> Result<()> {
             "trainable_parameters": adapter.num_trainable(),
             "minor_faults_per_step": faults_per_step,
             "allocator": crate::ALLOCATOR,
-            "matmul": peft_core::nn::matmul_backend(),
+            "matmul": peft_kernels::matmul_backend(),
             "step_s": &report.step_seconds[1..],
         });
         println!("{out}");

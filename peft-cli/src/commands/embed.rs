@@ -31,7 +31,8 @@ pub struct EmbedArgs {
 pub fn run(args: EmbedArgs) -> Result<()> {
     let loaded = open_model(&args.model)?;
     let ids = Tokens::from_args(args.text.as_deref(), args.ids.as_deref()).resolve(&loaded)?;
-    let embedding: Vec<f32> = with_adapter(&loaded, args.adapter.as_deref(), |hooks| {
+    let embedding: Vec<f32> = with_adapter(&loaded, args.adapter.as_deref(), |tuned| {
+        let hooks = tuned.hooks();
         crate::session::check_fits(&loaded, hooks, ids.len())?;
         let model = loaded.model.as_ref();
         let batch = Batch::single(&ids, model.device())?;

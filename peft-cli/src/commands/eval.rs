@@ -27,14 +27,14 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let exp = Experiment::load(&args.experiment)?;
     let loaded = open_model(&exp.file.model.name)?;
     let batch = args.batch_size.unwrap_or(exp.file.training.eval_batch_size);
-    let metrics = with_adapter(&loaded, args.adapter.as_deref(), |hooks| {
+    let metrics = with_adapter(&loaded, args.adapter.as_deref(), |tuned| {
         let taken = peft_core::hooks::positions_taken(
-            hooks,
+            tuned.hooks(),
             loaded.model.spec().hidden_size,
             loaded.model.device(),
         )?;
         let task = build_task(&exp, &loaded, taken)?;
-        Ok(task.evaluate(loaded.model.as_ref(), hooks, batch)?)
+        Ok(task.evaluate(loaded.model.as_ref(), &tuned, batch)?)
     })?;
     println!("{}", serde_json::to_string(&metrics)?);
     Ok(())

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use peft_core::generate::{generate, generate_seq2seq, Sampling};
+use peft_train::generate::{generate, generate_seq2seq, Sampling};
 use rand::SeedableRng;
 
 use crate::session::{open_model, with_adapter, Tokens};
@@ -58,7 +58,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         }
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
-    let new = with_adapter(&loaded, args.adapter.as_deref(), |hooks| {
+    let new = with_adapter(&loaded, args.adapter.as_deref(), |tuned| {
+        let hooks = tuned.hooks();
         crate::session::check_fits(&loaded, hooks, ids.len())?;
         let model = loaded.model.as_ref();
         if model.encoder_decoder().is_some() {

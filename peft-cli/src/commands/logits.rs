@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use peft_core::adapter_io::load_adapter;
-use peft_core::generate::{last_decoder_logits, last_logits};
 use peft_core::hooks::Hooks;
 use peft_models::LoadedModel;
+use peft_train::generate::{last_decoder_logits, last_logits};
 
 use crate::session::{init_ctx, open_model, with_adapter, Tokens};
 
@@ -64,7 +64,8 @@ pub fn run(args: LogitsArgs) -> Result<()> {
         println!("{json}");
         return Ok(());
     }
-    let json = with_adapter(&loaded, args.adapter.as_deref(), |hooks| {
+    let json = with_adapter(&loaded, args.adapter.as_deref(), |tuned| {
+        let hooks = tuned.hooks();
         top_logits(
             &loaded,
             hooks,

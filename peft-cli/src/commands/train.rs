@@ -10,10 +10,10 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::Args;
-use peft_core::dist::Communicator;
-use peft_core::hooks::{positions_taken, NoHooks};
-use peft_core::task::Metrics;
-use peft_core::train::Trainer;
+use peft_core::hooks::positions_taken;
+use peft_train::dist::Communicator;
+use peft_train::task::{Metrics, Tuned};
+use peft_train::train::Trainer;
 
 use crate::experiment::{Experiment, TaskKind};
 use crate::session::{build_adapter, open_model_for};
@@ -107,7 +107,7 @@ pub fn run(args: TrainArgs, comm: &dyn Communicator) -> Result<()> {
         let t = Instant::now();
         match build_baseline_task(&exp, &loaded)? {
             Some(task) => {
-                let m = task.evaluate(model, &NoHooks, cfg.eval_batch_size)?;
+                let m = task.evaluate(model, &Tuned::frozen(), cfg.eval_batch_size)?;
                 println!(
                     "dev before training (zero-shot, frozen model): {} [{:.0}s]",
                     show(&m),

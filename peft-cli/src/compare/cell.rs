@@ -7,11 +7,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use peft_core::atomic::write_atomic;
 use peft_core::hooks::{positions_taken, Hooks, NoHooks};
 use peft_core::method::PeftMethod;
 use peft_core::model::{BaseModel, Batch};
-use peft_core::task::pad_batch;
-use peft_core::train::{TrainConfig, Trainer};
+use peft_train::task::pad_batch;
+use peft_train::task::Tuned;
+use peft_train::train::{TrainConfig, Trainer};
 use serde::{Deserialize, Serialize};
 
 use crate::experiment::{
@@ -129,10 +131,11 @@ pub fn run_cell_file(spec_path: &Path) -> Result<()> {
         .map(Path::to_path_buf)
         .unwrap_or_default();
     let result = run_cell(&spec, &dir)?;
-    write_atomically(
+    write_atomic(
         &dir.join("result.json"),
         serde_json::to_string_pretty(&result)?.as_bytes(),
-    )
+    )?;
+    Ok(())
 }
 
 /// A child dies with its parent (`kill -9` of `peft compare` must not leave a cell running on).
@@ -176,7 +179,7 @@ pub fn run_cell(spec: &CellSpec, dir: &Path) -> Result<CellResult> {
         let t = Instant::now();
         let (metrics, task) = match build_baseline_task(&exp, &loaded)? {
             Some(task) => (
-                task.evaluate(model, &NoHooks, spec.training.eval_batch_size)?,
+                task.evaluate(model, &Tuned::frozen(), spec.training.eval_batch_size)?,
                 Some(task),
             ),
             None => {
@@ -279,16 +282,4 @@ pub fn latency(model: &dyn BaseModel, hooks: &dyn Hooks, rows: &[Vec<u32>]) -> R
         }
     }
     Ok(median(&times).unwrap_or(0.0))
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so that a reader
-/// never sees a half-written file.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
-    Ok(())
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use peft_core::method::PeftMethod;
-use peft_core::train::TrainConfig;
+use peft_train::train::TrainConfig;
 use serde::Deserialize;
 use toml::Spanned;
 

@@ -20,9 +20,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use peft_core::dist::{round_robin, Communicator};
+use peft_core::atomic::write_atomic;
+use peft_train::dist::{round_robin, Communicator};
 
-use cell::{write_atomically, CellResult, CellSpec};
+use cell::{CellResult, CellSpec};
 use grid::Grid;
 
 /// Arguments of `peft compare`.
@@ -86,11 +87,11 @@ pub fn run(args: CompareArgs, comm: &dyn Communicator) -> Result<()> {
     std::fs::create_dir_all(out.join("runs"))
         .with_context(|| format!("creating {}", out.display()))?;
     if root {
-        write_atomically(
+        write_atomic(
             &out.join("grid.toml"),
             std::fs::read(&grid.path)?.as_slice(),
         )?;
-        write_atomically(
+        write_atomic(
             &out.join("plan.json"),
             serde_json::to_string_pretty(&cells)?.as_bytes(),
         )?;
@@ -157,7 +158,7 @@ pub fn run(args: CompareArgs, comm: &dyn Communicator) -> Result<()> {
                 let path = out.join("runs").join(&cells[i].id).join("result.json");
                 if !path.is_file() {
                     std::fs::create_dir_all(path.parent().expect("a run folder"))?;
-                    write_atomically(&path, serde_json::to_string_pretty(result)?.as_bytes())?;
+                    write_atomic(&path, serde_json::to_string_pretty(result)?.as_bytes())?;
                 }
             }
             done.push((i, outcome));
@@ -221,7 +222,7 @@ fn run_child(exe: &Path, dir: &Path, spec: &CellSpec) -> Result<CellResult> {
     }
     std::fs::create_dir_all(dir)?;
     let spec_path = dir.join("cell.json");
-    write_atomically(&spec_path, serde_json::to_string_pretty(spec)?.as_bytes())?;
+    write_atomic(&spec_path, serde_json::to_string_pretty(spec)?.as_bytes())?;
     let log = std::fs::File::create(dir.join("stderr.log"))?;
     let status = Command::new(exe)
         .arg("compare-cell")

@@ -7,8 +7,9 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
+use peft_core::atomic::write_atomic;
 
-use super::cell::{write_atomically, CellResult, CellSpec};
+use super::cell::{CellResult, CellSpec};
 use super::grid::Grid;
 use crate::plots::{line_chart, scatter_chart, Labels, Point, Reference, Series};
 use crate::task_file::higher_is_better;
@@ -90,7 +91,7 @@ pub fn write_all(
     command: &str,
 ) -> Result<PathBuf> {
     let out = &grid.output_dir;
-    write_atomically(&out.join("runs.csv"), runs_csv(results)?.as_bytes())?;
+    write_atomic(&out.join("runs.csv"), runs_csv(results)?.as_bytes())?;
     let mut md = String::new();
     writeln!(md, "# {}\n", grid.title)?;
     writeln!(
@@ -136,7 +137,7 @@ pub fn write_all(
         }
     }
     let path = out.join("report.md");
-    write_atomically(&path, md.as_bytes())?;
+    write_atomic(&path, md.as_bytes())?;
     Ok(path)
 }
 

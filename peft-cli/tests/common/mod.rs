@@ -1,10 +1,12 @@
-//! What the binary's tests share: the binary, the fixtures, the toy task and its experiments, and the stable
-//! part of a `peft compare` report.
+//! What the binary's tests share: the binary, its JSON answers and its errors, the fixtures, the toy task and
+//! its experiments, and the stable part of a `peft compare` report.
 
 #![allow(dead_code)] // each test file uses its own part
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use serde_json::Value;
 
 /// A path under the workspace's `fixtures/`.
 pub fn fixture(rel: &str) -> String {
@@ -22,6 +24,43 @@ pub fn peft(args: &[&str], cwd: &Path) -> Output {
         .current_dir(cwd)
         .output()
         .expect("running peft")
+}
+
+/// Runs the `peft` binary in the test's own working directory (for arguments that are absolute paths).
+pub fn run_peft(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_peft"))
+        .args(args)
+        .output()
+        .expect("the peft binary runs")
+}
+
+/// Asserts success and parses stdout as the one JSON object the command prints.
+pub fn ok_json(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("stdout is one JSON object")
+}
+
+/// Asserts a failure whose message contains every `needle`, with nothing on stdout.
+pub fn fails_with(out: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "should have failed; stderr: {err}");
+    assert!(
+        out.stdout.is_empty(),
+        "partial output on stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for n in needles {
+        assert!(err.contains(n), "error does not mention {n:?}: {err}");
+    }
+}
+
+/// Reads a JSON file.
+pub fn read_json(path: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 /// The toy task's 64 training rows (label 1 when the sentence holds w9), with the header.
@@ -115,6 +154,25 @@ pub fn toy_experiment(
     )
     .unwrap();
     path
+}
+
+/// A prompt-tuning method section (8 virtual tokens) for the toy experiments.
+pub const PROMPT: &str = "peft_type = \"PROMPT_TUNING\"\nnum_virtual_tokens = 8";
+
+/// The toy classification experiment as the CLI tests train it: `exp.toml` in `dir` with `method`, trained
+/// on `train_rows` for 100 steps (batch 8, learning rate 0.3, an evaluation every 20) into `dir/out`.
+/// Returns its path.
+pub fn toy_run(dir: &Path, method: &str, train_rows: &str) -> PathBuf {
+    toy_run_of_kind(dir, method, train_rows, "classification")
+}
+
+/// `toy_run` with another task kind (`classification-head`).
+pub fn toy_run_of_kind(dir: &Path, method: &str, train_rows: &str, kind: &str) -> PathBuf {
+    let training = format!(
+        "max_steps = 100\nbatch_size = 8\nlearning_rate = 0.3\neval_every = 20\nprogress = false\noutput_dir = \"{}\"",
+        dir.join("out").display()
+    );
+    toy_experiment(dir, "exp.toml", method, kind, train_rows, &training)
 }
 
 /// `runs.csv` without the columns that are times or memory (which differ between runs by nature).

@@ -1,0 +1,323 @@
+//! The fast [`FrozenProduct`]: `x W^T + b` as one candle op whose backward returns the input gradient only (and
+//! a trained bias's column sums), on this crate's GEMM. Each output row starts as the bias and the product
+//! accumulates onto it (no zero fill, no separate bias pass). f32 on the CPU runs the kernel; anything else runs
+//! the reference [`CandleProduct`].
+//!
+//! ```
+//! use candle_core::{Device, Tensor, Var};
+//! use peft_core::frozen::FrozenLinear;
+//! let dev = Device::Cpu;
+//! let w = Tensor::new(&[[1f32, 2.], [3., 4.], [5., 6.]], &dev).unwrap();
+//! let lin = FrozenLinear::new(w.clone(), None, &peft_kernels::frozen::FrozenGemm);
+//! let x = Var::new(&[[1f32, 1.]], &dev).unwrap();
+//! let y = lin.forward(x.as_tensor()).unwrap();
+//! assert_eq!(y.to_vec2::<f32>().unwrap(), vec![vec![3., 7., 11.]]);
+//! let grads = y.sum_all().unwrap().backward().unwrap();
+//! assert_eq!(grads.get(x.as_tensor()).unwrap().to_vec2::<f32>().unwrap(), vec![vec![9., 12.]]);
+//! assert!(grads.get(&w).is_none());
+//! ```
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use peft_core::frozen::{CandleProduct, FrozenProduct};
+use peft_core::Result;
+
+use crate::cpu::{self, Mat, Threads};
+
+/// The product every model of the zoo runs its frozen projections on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FrozenGemm;
+
+impl FrozenProduct for FrozenGemm {
+    fn affine(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        frozen_affine(x, weight, bias)
+    }
+
+    fn name(&self) -> String {
+        crate::matmul_backend()
+    }
+}
+
+/// `x W^T` over the last dimension of `x`, with a backward that yields the gradient of `x` only.
+pub fn frozen_matmul(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    frozen_affine(x, weight, None)
+}
+
+/// `x W^T + b` with a frozen `W`. A frozen `b` is held inside one single-argument op whose backward yields the
+/// gradient of `x` only; a trained `b` (BitFit) is the op's second argument, whose gradient (the column sums
+/// of the output gradient) the same kernel computes.
+pub fn frozen_affine(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let bias_ok = bias.is_none_or(cpu::covers);
+    if !cpu::covers(x) || !cpu::covers(weight) || !bias_ok {
+        // Only f32 on the CPU has the kernel; elsewhere candle's ops compute the same values.
+        return CandleProduct.affine(x, weight, bias);
+    }
+    let x = x.contiguous()?;
+    match bias {
+        Some(b) if b.track_op() => {
+            let op = FrozenMatmulTrainedBias {
+                weight: weight.detach(),
+            };
+            Ok(x.apply_op2(&b.contiguous()?, op)?)
+        }
+        _ => {
+            let op = FrozenMatmul {
+                weight: weight.detach(),
+                bias: bias.map(|b| b.detach()),
+            };
+            Ok(x.apply_op1(op)?)
+        }
+    }
+}
+
+/// The `[m, n]` rows of `x W^T (+ bias)` for `x` `[m, k]` and `W` `[n, k]`: each row starts as the bias (or
+/// zero) and the product accumulates onto it, so there is no separate bias pass.
+fn affine_rows(
+    x: &[f32],
+    weight: &Tensor,
+    bias: Option<&[f32]>,
+    m: usize,
+) -> candle_core::Result<Vec<f32>> {
+    let (n, k) = weight.dims2()?;
+    let mut out = match bias {
+        Some(b) => b.repeat(m),
+        None => vec![0f32; m * n],
+    };
+    cpu::with_values(weight, |w| {
+        cpu::matmul(
+            Mat::rows(x, k),
+            Mat::transposed(w, k),
+            &mut out,
+            (m, n, k),
+            bias.is_some(),
+            Threads::All,
+        );
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Checks the input's last dimension against the weight; returns (rows, output dims).
+fn affine_shape(layout: &Layout, weight: &Tensor) -> candle_core::Result<(usize, Vec<usize>)> {
+    let dims = layout.shape().dims();
+    let k = *dims
+        .last()
+        .ok_or_else(|| candle_core::Error::Msg("frozen matmul of a scalar".into()))?;
+    let (n, wk) = weight.dims2()?;
+    if wk != k {
+        candle_core::bail!(
+            "frozen matmul: input has {k} features, weight expects {wk} (weight is [{n}, {wk}])"
+        );
+    }
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().expect("rank >= 1") = n;
+    Ok((layout.shape().elem_count() / k.max(1), out_dims))
+}
+
+/// `dx = dy W` for `dy` `[.., n]` and `W` `[n, k]`, shaped as `dy` with the last dimension `k`.
+fn input_grad(grad_res: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
+    let dims = grad_res.dims();
+    let (n, k) = weight.dims2()?;
+    let m = grad_res.elem_count() / n.max(1);
+    let mut grad = vec![0f32; m * k];
+    cpu::with_values(grad_res, |dy| {
+        cpu::with_values(weight, |w| {
+            cpu::matmul(
+                Mat::rows(dy, n),
+                Mat::rows(w, k),
+                &mut grad,
+                (m, k, n),
+                false,
+                Threads::All,
+            );
+            Ok(())
+        })
+    })?;
+    let mut in_dims = dims.to_vec();
+    *in_dims.last_mut().expect("rank >= 1") = k;
+    cpu::tensor(grad, &in_dims)
+}
+
+/// Column sums of `dy` `[m, n]`: the gradient of a bias broadcast over the rows. Blocks of rows are summed in
+/// parallel and the block sums added in order, so the result does not depend on the thread count.
+fn column_sums(grad_res: &Tensor, n: usize) -> candle_core::Result<Tensor> {
+    use rayon::prelude::*;
+    const BLOCK_ROWS: usize = 32;
+    let sums = cpu::with_values(grad_res, |dy| {
+        let partial: Vec<Vec<f32>> = dy
+            .par_chunks(BLOCK_ROWS * n)
+            .map(|block| {
+                let mut acc = vec![0f32; n];
+                for row in block.chunks_exact(n) {
+                    acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+                }
+                acc
+            })
+            .collect();
+        let mut total = vec![0f32; n];
+        for p in &partial {
+            total.iter_mut().zip(p).for_each(|(t, v)| *t += v);
+        }
+        Ok(total)
+    })?;
+    cpu::tensor(sums, &[n])
+}
+
+/// The op behind [`frozen_matmul`] with a frozen (or no) bias; holds the `[out, in]` weight and the bias.
+struct FrozenMatmul {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (m, out_dims) = affine_shape(layout, &self.weight)?;
+        let x = cpu::slice(storage, layout)?;
+        let out = match &self.bias {
+            Some(b) => cpu::with_values(b, |b| affine_rows(x, &self.weight, Some(b), m))?,
+            None => affine_rows(x, &self.weight, None, m)?,
+        };
+        Ok((CpuStorage::F32(out), Shape::from(out_dims)))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(input_grad(grad_res, &self.weight)?))
+    }
+}
+
+/// The op of a frozen weight with a trained bias (BitFit): arguments `x` and the `[out]` bias.
+struct FrozenMatmulTrainedBias {
+    weight: Tensor,
+}
+
+impl CustomOp2 for FrozenMatmulTrainedBias {
+    fn name(&self) -> &'static str {
+        "frozen-matmul-trained-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x_storage: &CpuStorage,
+        x_layout: &Layout,
+        bias_storage: &CpuStorage,
+        bias_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (m, out_dims) = affine_shape(x_layout, &self.weight)?;
+        let n = self.weight.dims2()?.0;
+        if bias_layout.shape().dims() != [n] {
+            candle_core::bail!(
+                "frozen matmul: the bias has shape {:?}, the weight needs [{n}]",
+                bias_layout.shape().dims()
+            );
+        }
+        let x = cpu::slice(x_storage, x_layout)?;
+        let bias = cpu::slice(bias_storage, bias_layout)?;
+        let out = affine_rows(x, &self.weight, Some(bias), m)?;
+        Ok((CpuStorage::F32(out), Shape::from(out_dims)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let n = self.weight.dims2()?.0;
+        let dx = if x.track_op() {
+            Some(input_grad(grad_res, &self.weight)?)
+        } else {
+            None
+        };
+        let db = if bias.track_op() {
+            Some(column_sums(grad_res, n)?)
+        } else {
+            None
+        };
+        Ok((dx, db))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+    use peft_core::frozen::FrozenLinear;
+
+    #[test]
+    fn matches_plain_matmul_and_gives_input_gradient_only() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1., (5, 3), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1., 5, &dev).unwrap();
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 4, 3), &dev).unwrap()).unwrap();
+        let lin = FrozenLinear::new(w.clone(), Some(b.clone()), &FrozenGemm);
+        let y = lin.forward(x.as_tensor()).unwrap();
+        let reference = x
+            .as_tensor()
+            .broadcast_matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap();
+        let diff = peft_core::compare::max_abs_diff(&y.clone(), &reference).unwrap();
+        assert!(diff < 1e-5, "forward differs by {diff}");
+
+        let gy = Tensor::randn(0f32, 1., (2, 4, 5), &dev).unwrap();
+        let grads = (y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
+        let gx = grads.get(x.as_tensor()).expect("input gradient");
+        let expected = gy.broadcast_matmul(&w).unwrap();
+        let diff = peft_core::compare::max_abs_diff(gx, &expected).unwrap();
+        assert!(diff < 1e-5, "input gradient differs by {diff}");
+        assert!(grads.get(&w).is_none(), "frozen weight received a gradient");
+        assert!(grads.get(&b).is_none(), "frozen bias received a gradient");
+    }
+
+    #[test]
+    fn a_trained_bias_gets_the_column_sums_of_the_output_gradient() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1., (5, 3), &dev).unwrap();
+        let lin = FrozenLinear::new(w.clone(), None, &FrozenGemm);
+        // 70 rows: more than one block of rows in the column sums.
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 35, 3), &dev).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::randn(0f32, 1., 5, &dev).unwrap()).unwrap();
+        let gy = Tensor::randn(0f32, 1., (2, 35, 5), &dev).unwrap();
+        let y = lin
+            .forward_with_bias(x.as_tensor(), Some(b.as_tensor()))
+            .unwrap();
+        let reference = x
+            .as_tensor()
+            .broadcast_matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(b.as_tensor())
+            .unwrap();
+        assert!(peft_core::compare::max_abs_diff(&y, &reference).unwrap() < 1e-5);
+        let grads = (y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
+        let db = grads.get(b.as_tensor()).expect("bias gradient");
+        let expected = gy.sum((0, 1)).unwrap();
+        let diff = peft_core::compare::max_abs_diff(db, &expected).unwrap();
+        assert!(diff < 1e-4, "bias gradient differs by {diff}");
+        let gx = grads.get(x.as_tensor()).expect("input gradient");
+        let diff = peft_core::compare::max_abs_diff(gx, &gy.broadcast_matmul(&w).unwrap()).unwrap();
+        assert!(diff < 1e-5, "input gradient differs by {diff}");
+        // A frozen input with a trained bias: the bias still gets its gradient, the input none.
+        let frozen_x = x.as_tensor().detach();
+        let y = lin
+            .forward_with_bias(&frozen_x, Some(b.as_tensor()))
+            .unwrap();
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(&frozen_x).is_none());
+        let db = grads.get(b.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+        assert!(db.iter().all(|v| (v - 70.0).abs() < 1e-4), "{db:?}");
+    }
+}

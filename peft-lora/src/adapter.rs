@@ -1,0 +1,385 @@
+//! The built LoRA adapter: for every adapted module `y = W x (+ b) + scale * B A dropout(x)`, with `lora_A`
+//! `[r, in]`, `lora_B` `[out, r]` and `scale = lora_alpha / r` (rsLoRA: `/ sqrt(r)`), saved under HF PEFT's keys
+//! `base_model.model.<module>.lora_A.weight` / `lora_B.weight`. Trainable biases (`bias = "all"` /
+//! `"lora_only"`) replace the frozen ones through [`Hooks::bias`]. Merging adds `scale * B A` to the frozen
+//! weights, after which the linear hook adds nothing until unmerged.
+//!
+//! ```
+//! use peft_core::method::InitCtx;
+//! use peft_lora::{bias_key, lora_key, LoraConfig};
+//! use rand::SeedableRng;
+//! let model = peft_models::tiny::gpt2(0); // hidden 32, c_attn 32 -> 96
+//! let mut init = InitCtx { model: &model, tokenizer: None, rng: rand::rngs::StdRng::seed_from_u64(0) };
+//! let lora = LoraConfig::new(2, ["c_attn"]).build_lora(&mut init).unwrap();
+//! let layer = lora.layer("transformer.h.0.attn.c_attn").unwrap();
+//! assert_eq!((layer.a().dims(), layer.b().dims()), (&[2, 32][..], &[96, 2][..]));
+//! assert_eq!(layer.delta_weight().unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+//! assert_eq!(lora_key("transformer.h.0.attn.c_attn", "A"), "base_model.model.transformer.h.0.attn.c_attn.lora_A.weight");
+//! assert_eq!(bias_key("transformer.h.0.attn.c_attn", true), "base_model.model.transformer.h.0.attn.c_attn.base_layer.bias");
+//! ```
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::{DType, Tensor, Var};
+use peft_core::hooks::{Hooks, LinearFn};
+use peft_core::method::{Adapter, PeftMethod};
+use peft_core::model::BaseModel;
+use peft_core::spec::{SiteId, SiteKind};
+use peft_core::{PeftError, Result};
+
+use crate::config::{BiasMode, LoraConfig};
+use crate::dropout::Dropout;
+use crate::targets::Target;
+
+/// Prefix of every key HF PEFT saves for a non-prompt method (`PeftModel.base_model.model`).
+const KEY_PREFIX: &str = "base_model.model.";
+
+/// HF PEFT's key of `lora_A` (`which = "A"`) or `lora_B` of `module`.
+pub fn lora_key(module: &str, which: &str) -> String {
+    format!("{KEY_PREFIX}{module}.lora_{which}.weight")
+}
+
+/// HF PEFT's key of a trained bias: under `base_layer` for a module LoRA wraps.
+pub fn bias_key(module: &str, wrapped: bool) -> String {
+    if wrapped {
+        format!("{KEY_PREFIX}{module}.base_layer.bias")
+    } else {
+        format!("{KEY_PREFIX}{module}.bias")
+    }
+}
+
+/// Copies of the frozen biases of `model` that `mode` trains, with their HF PEFT keys (under `base_layer` at
+/// the sites of `layers`, which LoRA wraps).
+pub(crate) fn trainable_biases(
+    mode: BiasMode,
+    model: &dyn BaseModel,
+    layers: &[LoraLayer],
+) -> Result<Vec<TrainableBias>> {
+    let mut biases = Vec::new();
+    if mode == BiasMode::None {
+        return Ok(biases);
+    }
+    let parameters: HashMap<String, Tensor> = model.parameters().into_iter().collect();
+    for (id, site) in model.spec().iter_sites() {
+        let wrapped = layers.iter().any(|l| l.site() == id);
+        if !site.has_bias || (mode == BiasMode::LoraOnly && !wrapped) {
+            continue;
+        }
+        let frozen = match site.kind {
+            SiteKind::Linear { .. } => model.frozen_linear(id).and_then(|l| l.bias().cloned()),
+            SiteKind::Norm { .. } => None,
+        };
+        let value = frozen
+            .or_else(|| parameters.get(&format!("{}.bias", site.name)).cloned())
+            .ok_or_else(|| {
+                PeftError::Unsupported(format!(
+                    "bias = {mode:?}: the model reports a bias at `{}` but does not expose it",
+                    site.name
+                ))
+            })?;
+        biases.push(TrainableBias {
+            site: id,
+            key: bias_key(&site.name, wrapped),
+            value: Var::from_tensor(&value.to_dtype(DType::F32)?.detach())?,
+        });
+    }
+    Ok(biases)
+}
+
+/// The low-rank update of one module.
+#[derive(Debug)]
+pub struct LoraLayer {
+    target: Target,
+    a: Var,
+    b: Var,
+    scale: f64,
+}
+
+impl LoraLayer {
+    /// The update of `target` with factors `a` `[r, in]` and `b` `[out, r]`, scaled by `scale`.
+    pub(crate) fn new(target: Target, a: Var, b: Var, scale: f64) -> Self {
+        LoraLayer {
+            target,
+            a,
+            b,
+            scale,
+        }
+    }
+
+    /// The adapted module's full name.
+    pub fn name(&self) -> &str {
+        &self.target.name
+    }
+
+    /// The adapted site.
+    pub fn site(&self) -> SiteId {
+        self.target.site
+    }
+
+    /// Rank.
+    pub fn rank(&self) -> usize {
+        self.target.r
+    }
+
+    /// `alpha / r`, or `alpha / sqrt(r)` with rsLoRA.
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+
+    /// `lora_A` `[r, in]`.
+    pub fn a(&self) -> &Tensor {
+        self.a.as_tensor()
+    }
+
+    /// `lora_B` `[out, r]`.
+    pub fn b(&self) -> &Tensor {
+        self.b.as_tensor()
+    }
+
+    /// `scale * B A` `[out, in]`: what merging adds to the frozen weight.
+    pub fn delta_weight(&self) -> Result<Tensor> {
+        Ok((self.b.as_tensor().matmul(self.a.as_tensor())? * self.scale)?)
+    }
+
+    /// `scale * dropout(x) A^T B^T` over the last dimension of `x` (HF PEFT's order of operations).
+    fn update(&self, x: &Tensor, dropout: &Dropout) -> Result<Tensor> {
+        let a = peft_core::grad::param(&self.a).to_dtype(x.dtype())?;
+        let b = peft_core::grad::param(&self.b).to_dtype(x.dtype())?;
+        // The dropout mask is drawn element by element in order, so it does not depend on x's shape.
+        let x2 = dropout.apply(x)?;
+        // One fused op (f32 on the CPU) with its own backward; B has `out_features` rows.
+        peft_kernels::low_rank(&x2, &a, &b, self.scale)
+    }
+}
+
+/// A frozen bias made trainable.
+#[derive(Debug)]
+pub(crate) struct TrainableBias {
+    site: SiteId,
+    key: String,
+    value: Var,
+}
+
+/// A built LoRA adapter.
+#[derive(Debug)]
+pub struct Lora {
+    config: LoraConfig,
+    layers: Vec<LoraLayer>,
+    /// Site index to index in `layers`.
+    layer_at: Vec<Option<usize>>,
+    biases: Vec<TrainableBias>,
+    /// Site index to index in `biases`.
+    bias_at: Vec<Option<usize>>,
+    dropout: Dropout,
+    merged: AtomicBool,
+}
+
+impl Lora {
+    /// The adapter of a resolved `config` (targets and `fan_in_fan_out` filled in) over `layers` and `biases`
+    /// (each in site order) of a model with `num_sites` sites.
+    pub(crate) fn new(
+        config: LoraConfig,
+        layers: Vec<LoraLayer>,
+        biases: Vec<TrainableBias>,
+        dropout: Dropout,
+        num_sites: usize,
+    ) -> Self {
+        let mut layer_at = vec![None; num_sites];
+        for (i, l) in layers.iter().enumerate() {
+            layer_at[l.site().0] = Some(i);
+        }
+        let mut bias_at = vec![None; num_sites];
+        for (i, b) in biases.iter().enumerate() {
+            bias_at[b.site.0] = Some(i);
+        }
+        Lora {
+            config,
+            layers,
+            layer_at,
+            biases,
+            bias_at,
+            dropout,
+            merged: AtomicBool::new(false),
+        }
+    }
+
+    /// The adapted modules, in site order.
+    pub fn layers(&self) -> &[LoraLayer] {
+        &self.layers
+    }
+
+    /// The adapted module named `name` (full HF module name).
+    pub fn layer(&self, name: &str) -> Option<&LoraLayer> {
+        self.layers.iter().find(|l| l.name() == name)
+    }
+
+    /// The resolved configuration (what `adapter_config.json` will hold).
+    pub fn lora_config(&self) -> &LoraConfig {
+        &self.config
+    }
+
+    /// Whether the update is currently folded into a model's weights.
+    pub fn is_merged(&self) -> bool {
+        self.merged.load(Ordering::SeqCst)
+    }
+
+    /// Every (key, variable) this adapter saves.
+    fn named_vars(&self) -> Vec<(String, Var)> {
+        let mut vars = Vec::with_capacity(2 * self.layers.len() + self.biases.len());
+        for l in &self.layers {
+            vars.push((lora_key(l.name(), "A"), l.a.clone()));
+            vars.push((lora_key(l.name(), "B"), l.b.clone()));
+        }
+        for b in &self.biases {
+            vars.push((b.key.clone(), b.value.clone()));
+        }
+        vars
+    }
+
+    /// Checks that every adapted site is a linear layer of `model` with the expected shape.
+    fn check_model(&self, model: &dyn BaseModel) -> Result<()> {
+        for l in &self.layers {
+            let frozen = model.frozen_linear(l.site()).ok_or_else(|| {
+                PeftError::Unsupported(format!(
+                    "the model has no linear layer at `{}`: merge into the model the adapter was built for",
+                    l.name()
+                ))
+            })?;
+            let expected = [l.target.out_features, l.target.in_features];
+            if frozen.weight().dims() != expected {
+                return Err(PeftError::ShapeMismatch {
+                    what: format!("{}.weight", l.name()),
+                    expected_from: "the LoRA adapter".into(),
+                    expected: expected.to_vec(),
+                    got_from: "the model".into(),
+                    got: frozen.weight().dims().to_vec(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds `sign * scale * B A` to every adapted frozen weight.
+    fn fold(&self, model: &mut dyn BaseModel, sign: f64) -> Result<()> {
+        self.check_model(model)?;
+        for l in &self.layers {
+            let delta = (l.delta_weight()? * sign)?;
+            model
+                .frozen_linear_mut(l.site())
+                .expect("checked above")
+                .add_to_weight(&delta)?;
+        }
+        Ok(())
+    }
+}
+
+impl Hooks for Lora {
+    fn linear(&self, site: SiteId, x: &Tensor, next: &LinearFn) -> Result<Tensor> {
+        let y = next(x)?;
+        let layer = match self.layer_at.get(site.0).copied().flatten() {
+            Some(i) if !self.is_merged() => &self.layers[i],
+            _ => return Ok(y),
+        };
+        Ok((y + layer.update(x, &self.dropout)?)?)
+    }
+
+    fn bias(&self, site: SiteId) -> Option<Tensor> {
+        let i = self.bias_at.get(site.0).copied().flatten()?;
+        Some(peft_core::grad::param(&self.biases[i].value))
+    }
+}
+
+impl Adapter for Lora {
+    fn config(&self) -> &dyn PeftMethod {
+        &self.config
+    }
+
+    fn trainable(&self) -> Vec<(String, Var)> {
+        self.named_vars()
+    }
+
+    /// A snapshot: copies, so that later training steps (which update the variables in place) leave it as it was.
+    fn tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        self.named_vars()
+            .into_iter()
+            .map(|(k, v)| Ok((k, v.as_tensor().detach().copy()?)))
+            .collect()
+    }
+
+    fn load_tensors(&self, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        if self.is_merged() {
+            return Err(PeftError::Unsupported(
+                "cannot load tensors into a merged LoRA adapter: unmerge it from the model first"
+                    .into(),
+            ));
+        }
+        let vars = self.named_vars();
+        let expected: BTreeSet<&str> = vars.iter().map(|(k, _)| k.as_str()).collect();
+        let unexpected: Vec<&String> = tensors
+            .keys()
+            .filter(|k| !expected.contains(k.as_str()))
+            .collect();
+        if !unexpected.is_empty() {
+            let mut unexpected = unexpected;
+            unexpected.sort();
+            return Err(PeftError::Config(format!(
+                "the adapter file holds {} tensor(s) this LoRA config does not describe, e.g. {:?}: the config's \
+                 target_modules / layers_to_transform / bias do not match the file (was it edited, or saved for \
+                 another model?)",
+                unexpected.len(),
+                &unexpected[..unexpected.len().min(3)]
+            )));
+        }
+        // Check everything before changing anything, so that a bad file leaves the adapter as it was.
+        for (key, var) in &vars {
+            let t = tensors.get(key).ok_or_else(|| {
+                PeftError::Config(format!(
+                    "the adapter file has no tensor `{key}`, which this LoRA config needs (it has {} tensors): \
+                     the config's target_modules / bias do not match the file",
+                    tensors.len()
+                ))
+            })?;
+            if t.dims() != var.dims() {
+                return Err(PeftError::ShapeMismatch {
+                    what: key.clone(),
+                    expected_from: format!(
+                        "the model with this LoRA config (r = {}, see rank_pattern)",
+                        self.config.r
+                    ),
+                    expected: var.dims().to_vec(),
+                    got_from: "the adapter file".into(),
+                    got: t.dims().to_vec(),
+                });
+            }
+        }
+        for (key, var) in &vars {
+            var.set(&tensors[key].to_dtype(DType::F32)?)?;
+        }
+        Ok(())
+    }
+
+    fn merge_into(&self, model: &mut dyn BaseModel) -> Result<()> {
+        if self.is_merged() {
+            return Err(PeftError::Unsupported(
+                "this LoRA adapter is already merged into the model's weights: merging twice would add the \
+                 update twice (unmerge_from first)"
+                    .into(),
+            ));
+        }
+        self.fold(model, 1.0)?;
+        self.merged.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn unmerge_from(&self, model: &mut dyn BaseModel) -> Result<()> {
+        if !self.is_merged() {
+            return Err(PeftError::Unsupported(
+                "this LoRA adapter is not merged, so there is nothing to unmerge (merge_into first)".into(),
+            ));
+        }
+        self.fold(model, -1.0)?;
+        self.merged.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+}

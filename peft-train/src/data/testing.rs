@@ -1,0 +1,91 @@
+//! Helpers for the data tests: tiny tokenizers built in code (GPT-2-style byte-level BPE, so leading spaces
+//! become `Ġ`, with whole-word merges for a handful of words and single bytes for everything else), and the
+//! labels of read rows.
+
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::processors::template::TemplateProcessing;
+use tokenizers::Tokenizer;
+
+use super::RawExample;
+
+/// Words that encode to one token (`Ġ` = a leading space). Words with a leading space come first so that
+/// their merges outrank those of the bare words.
+const WORDS: &[&str] = &[
+    "Ġpositive",
+    "Ġnegative",
+    "ĠSentiment",
+    "Ġgreat",
+    "Ġfun",
+    "ĠQuestion",
+    "ĠAnswer",
+    "great",
+    "fun",
+];
+
+/// Byte-level BPE without special tokens in its encodings.
+pub(crate) fn byte_bpe() -> Tokenizer {
+    let mut tokens: Vec<String> = vec!["<s>".into(), "</s>".into()];
+    let mut alphabet: Vec<char> = ByteLevel::alphabet().into_iter().collect();
+    alphabet.sort_unstable();
+    tokens.extend(alphabet.iter().map(|c| c.to_string()));
+    let mut merges: Vec<(String, String)> = Vec::new();
+    for word in WORDS {
+        let chars: Vec<char> = word.chars().collect();
+        let mut prefix = chars[0].to_string();
+        for c in &chars[1..] {
+            let merged = format!("{prefix}{c}");
+            if !tokens.contains(&merged) {
+                merges.push((prefix.clone(), c.to_string()));
+                tokens.push(merged.clone());
+            }
+            prefix = merged;
+        }
+    }
+    let vocab: Vocab = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| (t, i as u32))
+        .collect();
+    let model = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .expect("valid BPE");
+    let mut tokenizer = Tokenizer::new(model);
+    tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, false, true)));
+    tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
+    tokenizer
+}
+
+/// [`byte_bpe`] whose post-processor wraps a sequence as `<s> ... </s>`.
+pub(crate) fn byte_bpe_with_bos() -> Tokenizer {
+    let mut tokenizer = byte_bpe();
+    let processor = TemplateProcessing::builder()
+        .try_single("<s> $A </s>")
+        .expect("valid template")
+        .special_tokens(vec![("<s>", 0), ("</s>", 1)])
+        .build()
+        .expect("valid processor");
+    tokenizer.with_post_processor(Some(processor));
+    tokenizer
+}
+
+/// Ids of whole tokens.
+pub(crate) fn ids_of(tokenizer: &Tokenizer, tokens: &[&str]) -> Vec<u32> {
+    tokens
+        .iter()
+        .map(|t| {
+            tokenizer
+                .token_to_id(t)
+                .unwrap_or_else(|| panic!("no token {t:?}"))
+        })
+        .collect()
+}
+
+/// The label of each row, `-` where it has none.
+pub(crate) fn labels(rows: &[RawExample]) -> Vec<&str> {
+    rows.iter()
+        .map(|r| r.label.as_deref().unwrap_or("-"))
+        .collect()
+}

@@ -1,0 +1,228 @@
+//! Text generation with a frozen model and any hooks: greedy, or temperature + top-p (nucleus) sampling.
+//!
+//! Decoder-only models re-run the forward pass over the whole sequence for each new token (no key/value cache
+//! yet): correct for any hooks, and fast enough for the short generations of a 135M model on a CPU.
+//! Encoder-decoder models ([`generate_seq2seq`]) encode once and decode with a key/value cache.
+//!
+//! ```
+//! use peft_train::generate::{pick_token, Sampling};
+//! use rand::SeedableRng;
+//! let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+//! let logits = [0.1f32, 3.0, -1.0];
+//! assert_eq!(pick_token(&logits, &Sampling::Greedy, &mut rng), 1);
+//! // top_p small enough keeps only the most likely token.
+//! let s = Sampling::TopP { temperature: 1.0, top_p: 0.01 };
+//! assert_eq!(pick_token(&logits, &s, &mut rng), 1);
+//! ```
+
+use candle_core::{IndexOp, Tensor};
+use rand::rngs::StdRng;
+use rand::Rng;
+
+use peft_core::error::{PeftError, Result};
+use peft_core::hooks::Hooks;
+use peft_core::model::{BaseModel, Batch, DecoderCache, EncoderDecoder};
+
+/// How the next token is chosen.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Sampling {
+    /// The most likely token.
+    Greedy,
+    /// Sample from the smallest set of tokens whose probability reaches `top_p`, after dividing the logits by
+    /// `temperature`.
+    TopP {
+        /// Softmax temperature (> 0).
+        temperature: f64,
+        /// Nucleus mass in (0, 1].
+        top_p: f64,
+    },
+}
+
+/// Picks the next token from last-position `logits`.
+pub fn pick_token(logits: &[f32], sampling: &Sampling, rng: &mut StdRng) -> u32 {
+    let argmax = || {
+        logits
+            .iter()
+            .enumerate()
+            .fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| {
+                if v > best.1 {
+                    (i, v)
+                } else {
+                    best
+                }
+            })
+            .0 as u32
+    };
+    match *sampling {
+        Sampling::Greedy => argmax(),
+        Sampling::TopP { temperature, top_p } => {
+            if temperature <= 0.0 {
+                return argmax();
+            }
+            let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let mut probs: Vec<(usize, f64)> = logits
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| (i, ((l as f64 - max) / temperature).exp()))
+                .collect();
+            let total: f64 = probs.iter().map(|p| p.1).sum();
+            probs.iter_mut().for_each(|p| p.1 /= total);
+            probs.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let mut kept = 0;
+            let mut mass = 0.0;
+            for p in &probs {
+                kept += 1;
+                mass += p.1;
+                if mass >= top_p {
+                    break;
+                }
+            }
+            let nucleus = &probs[..kept];
+            let mut r = rng.random::<f64>() * mass;
+            for &(i, p) in nucleus {
+                if r < p {
+                    return i as u32;
+                }
+                r -= p;
+            }
+            nucleus[kept - 1].0 as u32
+        }
+    }
+}
+
+/// Generates up to `max_new_tokens` after `prompt`, stopping early at `eos`; returns the new tokens only.
+pub fn generate(
+    model: &dyn BaseModel,
+    hooks: &dyn Hooks,
+    prompt: &[u32],
+    max_new_tokens: usize,
+    sampling: &Sampling,
+    eos: Option<u32>,
+    rng: &mut StdRng,
+) -> Result<Vec<u32>> {
+    let mut ids = prompt.to_vec();
+    let mut new = Vec::new();
+    let limit = model.spec().max_positions;
+    for _ in 0..max_new_tokens {
+        if ids.len() >= limit {
+            break;
+        }
+        let logits: Vec<f32> = last_logits(model, hooks, &ids)?.to_vec1()?;
+        let next = pick_token(&logits, sampling, rng);
+        ids.push(next);
+        new.push(next);
+        if Some(next) == eos {
+            break;
+        }
+    }
+    Ok(new)
+}
+
+/// Logits `[vocab]` at the last real position of `ids`.
+pub fn last_logits(model: &dyn BaseModel, hooks: &dyn Hooks, ids: &[u32]) -> Result<Tensor> {
+    peft_core::grad::no_grad(|| {
+        let out = model.forward(&Batch::single(ids, model.device())?, hooks)?;
+        let last = out.hidden.i((0, out.hidden.dim(1)? - 1))?.unsqueeze(0)?;
+        Ok(model.logits(&last)?.squeeze(0)?)
+    })
+}
+
+/// The encoder-decoder interface of `model`, or an error saying the model has none.
+fn encoder_decoder(model: &dyn BaseModel) -> Result<&dyn EncoderDecoder> {
+    model.encoder_decoder().ok_or_else(|| {
+        PeftError::Unsupported(format!(
+            "the {} model {} is not an encoder-decoder: seq2seq generation needs one (T5)",
+            model.spec().architecture,
+            model.spec().name_or_path
+        ))
+    })
+}
+
+/// Generates up to `max_new_tokens` decoder tokens for the encoder input `input_ids` of an encoder-decoder
+/// model, stopping early at `eos`; the encoder runs once and the decoder keeps a key/value cache, so each step
+/// costs one decoder position. Returns the new tokens (without the decoder start token).
+pub fn generate_seq2seq(
+    model: &dyn BaseModel,
+    hooks: &dyn Hooks,
+    input_ids: &[u32],
+    max_new_tokens: usize,
+    sampling: &Sampling,
+    eos: Option<u32>,
+    rng: &mut StdRng,
+) -> Result<Vec<u32>> {
+    let ed = encoder_decoder(model)?;
+    peft_core::grad::no_grad(|| {
+        let encoded = ed.encode(&Batch::single(input_ids, model.device())?, hooks)?;
+        let mut cache = DecoderCache::default();
+        let mut next = ed.decoder_start_token_id();
+        let mut new = Vec::new();
+        for _ in 0..max_new_tokens {
+            let ids = Tensor::new(&[[next]], model.device())?;
+            let hidden = ed.decode(&encoded, &ids, &mut cache, hooks)?;
+            let logits: Vec<f32> = model.logits(&hidden.i((0, 0))?)?.to_vec1()?;
+            next = pick_token(&logits, sampling, rng);
+            new.push(next);
+            if Some(next) == eos {
+                break;
+            }
+        }
+        Ok(new)
+    })
+}
+
+/// Greedy decoding of a batch of encoder inputs (right-padded with `pad_id`) with one cache; each row stops at
+/// `eos` (kept in its output) or after `max_new_tokens`.
+pub fn greedy_seq2seq_batch(
+    model: &dyn BaseModel,
+    hooks: &dyn Hooks,
+    inputs: &[&[u32]],
+    max_new_tokens: usize,
+    eos: Option<u32>,
+    pad_id: u32,
+) -> Result<Vec<Vec<u32>>> {
+    let ed = encoder_decoder(model)?;
+    peft_core::grad::no_grad(|| {
+        let batch = crate::data::PaddedIds::pad(inputs, pad_id)?.to_batch(model.device())?;
+        let encoded = ed.encode(&batch, hooks)?;
+        let mut cache = DecoderCache::default();
+        let mut next = vec![ed.decoder_start_token_id(); inputs.len()];
+        let mut out: Vec<Vec<u32>> = vec![Vec::new(); inputs.len()];
+        let mut done = vec![false; inputs.len()];
+        for _ in 0..max_new_tokens {
+            let ids = Tensor::new(next.as_slice(), model.device())?.unsqueeze(1)?;
+            let hidden = ed.decode(&encoded, &ids, &mut cache, hooks)?;
+            let picked = model
+                .logits(&hidden.squeeze(1)?)?
+                .argmax(1)?
+                .to_vec1::<u32>()?;
+            for (b, &tok) in picked.iter().enumerate() {
+                if !done[b] {
+                    out[b].push(tok);
+                    done[b] = Some(tok) == eos;
+                }
+                next[b] = tok;
+            }
+            if done.iter().all(|&d| d) {
+                break;
+            }
+        }
+        Ok(out)
+    })
+}
+
+/// Logits `[vocab]` at the last of `decoder_ids` of an encoder-decoder model, the encoder reading `input_ids`.
+pub fn last_decoder_logits(
+    model: &dyn BaseModel,
+    hooks: &dyn Hooks,
+    input_ids: &[u32],
+    decoder_ids: &[u32],
+) -> Result<Tensor> {
+    encoder_decoder(model)?;
+    peft_core::grad::no_grad(|| {
+        let decoder = Tensor::new(decoder_ids, model.device())?.unsqueeze(0)?;
+        let batch = Batch::single(input_ids, model.device())?.with_decoder_input_ids(decoder)?;
+        let out = model.forward(&batch, hooks)?;
+        let last = out.hidden.i((0, out.hidden.dim(1)? - 1))?.unsqueeze(0)?;
+        Ok(model.logits(&last)?.squeeze(0)?)
+    })
+}

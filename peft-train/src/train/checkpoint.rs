@@ -1,0 +1,136 @@
+//! Training checkpoints: the adapter (HF PEFT format, for inspection), the trainable variables themselves
+//! (`trainable.safetensors`: what a resume restores, since some methods save a folded form that cannot be
+//! trained further, as prefix tuning's projection and P-tuning's encoder), the optimiser moments and the
+//! trainer state, written to a staging folder and renamed into place, so that a crash leaves the previous
+//! checkpoint intact.
+//!
+//! ```no_run
+//! # fn demo(adapter: &dyn peft_core::method::Adapter, spec: &peft_core::spec::ModelSpec,
+//! #         opt: &peft_train::train::optim::AdamW) -> peft_core::Result<()> {
+//! use peft_train::train::checkpoint::{save_checkpoint, TrainerState};
+//! let state = TrainerState { step: 100, best_metric: Some(0.9), best_step: Some(100), seed: 42 };
+//! save_checkpoint(std::path::Path::new("out/checkpoint"), adapter, spec, opt, &state)?;
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::train::optim::AdamW;
+use peft_core::adapter_io::{replace_dir, save_adapter};
+use peft_core::atomic::{save_safetensors, write_atomic};
+use peft_core::error::{PeftError, Result};
+use peft_core::method::Adapter;
+use peft_core::spec::ModelSpec;
+
+/// Trainer progress saved with a checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Optimiser steps completed.
+    pub step: usize,
+    /// Best value of the primary metric so far.
+    pub best_metric: Option<f64>,
+    /// Step at which the best value was reached.
+    pub best_step: Option<usize>,
+    /// The run's seed (a resumed run must use the same one).
+    pub seed: u64,
+}
+
+const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+const TRAINABLE_FILE: &str = "trainable.safetensors";
+const STATE_FILE: &str = "trainer_state.json";
+
+/// Writes a checkpoint folder at `dir`.
+pub fn save_checkpoint(
+    dir: &Path,
+    adapter: &dyn Adapter,
+    spec: &ModelSpec,
+    optimizer: &AdamW,
+    state: &TrainerState,
+) -> Result<()> {
+    let staging = dir.with_file_name(format!(
+        ".{}.staging-{}",
+        dir.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&staging);
+    let written = (|| {
+        save_adapter(&staging, adapter, spec)?;
+        let trainable: Vec<(String, candle_core::Tensor)> = adapter
+            .trainable()
+            .into_iter()
+            .map(|(k, v)| (k, v.as_tensor().clone()))
+            .collect();
+        save_safetensors(&staging.join(TRAINABLE_FILE), &trainable, None)?;
+        let (tensors, _) = optimizer.state();
+        save_safetensors(&staging.join(OPTIMIZER_FILE), &tensors, None)?;
+        let json =
+            serde_json::to_string_pretty(state).map_err(|e| PeftError::Config(e.to_string()))?;
+        write_atomic(&staging.join(STATE_FILE), json.as_bytes())
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e);
+    }
+    replace_dir(&staging, dir)
+}
+
+/// Restores a checkpoint at `dir` into `adapter` and `optimizer`; returns the trainer state.
+pub fn load_checkpoint(
+    dir: &Path,
+    adapter: &dyn Adapter,
+    optimizer: &mut AdamW,
+) -> Result<TrainerState> {
+    let state_path = dir.join(STATE_FILE);
+    let text = std::fs::read_to_string(&state_path)
+        .map_err(|e| PeftError::io("reading", &state_path, e))?;
+    let state: TrainerState =
+        serde_json::from_str(&text).map_err(|e| PeftError::bad_file(&state_path, e.to_string()))?;
+    let device = adapter
+        .trainable()
+        .first()
+        .map(|(_, v)| v.device().clone())
+        .unwrap_or(candle_core::Device::Cpu);
+    restore_trainable(dir, adapter, &device)?;
+    let opt_path = dir.join(OPTIMIZER_FILE);
+    let tensors: HashMap<String, candle_core::Tensor> =
+        candle_core::safetensors::load(&opt_path, &device).map_err(|e| {
+            PeftError::bad_file(&opt_path, format!("unreadable optimiser state: {e}"))
+        })?;
+    optimizer.load_state(&tensors, state.step)?;
+    Ok(state)
+}
+
+/// Sets every trainable variable of `adapter` from `dir/trainable.safetensors`, by name.
+fn restore_trainable(
+    dir: &Path,
+    adapter: &dyn Adapter,
+    device: &candle_core::Device,
+) -> Result<()> {
+    let path = dir.join(TRAINABLE_FILE);
+    let saved: HashMap<String, candle_core::Tensor> = candle_core::safetensors::load(&path, device)
+        .map_err(|e| PeftError::bad_file(&path, format!("unreadable trainable state: {e}")))?;
+    for (name, var) in adapter.trainable() {
+        let value = saved.get(&name).ok_or_else(|| {
+            PeftError::bad_file(
+                &path,
+                format!("no tensor `{name}`: the checkpoint was written by another method or configuration"),
+            )
+        })?;
+        if value.dims() != var.dims() {
+            return Err(PeftError::ShapeMismatch {
+                what: name,
+                expected_from: "the adapter".into(),
+                expected: var.dims().to_vec(),
+                got_from: format!("checkpoint {}", dir.display()),
+                got: value.dims().to_vec(),
+            });
+        }
+        var.set(&value.to_dtype(var.dtype())?)?;
+    }
+    Ok(())
+}
