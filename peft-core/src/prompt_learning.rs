@@ -83,6 +83,23 @@ impl PromptLearningConfig {
         Ok(())
     }
 
+    /// Refuses what a prompt of `method` (prompt tuning, P-tuning: "the {method} config" in the error) cannot be
+    /// built from for a model of this `spec`: no virtual tokens, or a declared `token_dim` other than the model's
+    /// hidden size, since a virtual token stands where a token embedding would.
+    pub fn check_prompt_for(&self, spec: &ModelSpec, method: &str) -> Result<()> {
+        self.check_num_virtual_tokens()?;
+        match self.token_dim {
+            Some(dim) if dim != spec.hidden_size => Err(PeftError::ShapeMismatch {
+                what: "token_dim".into(),
+                expected_from: format!("model {} (hidden size)", spec.name_or_path),
+                expected: vec![spec.hidden_size],
+                got_from: format!("the {method} config"),
+                got: vec![dim],
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Fills the model-derived fields for a model of this `spec`, as HF PEFT does: `token_dim` and
     /// `num_attention_heads` as the method counts them, the model's layers, and `num_transformer_submodules`
     /// (the declared value, checked, or the default for `task_type`).
@@ -156,5 +173,101 @@ pub fn decoder_prefix_slot(layer: usize, num_layers: usize, submodules: usize) -
         (2 * layer) % num_layers
     } else {
         layer
+    }
+}
+
+/// Writes the four prompt-learning answers of [`PeftMethod`](crate::method::PeftMethod) (`common`,
+/// `common_mut`, `prompt_learning`, `prompt_learning_mut`) for a config whose fields are named `common`
+/// ([`CommonConfig`](crate::method::CommonConfig)) and `prompt_learning` ([`PromptLearningConfig`]), as every
+/// prompt-learning config in this workspace names them; invoke it inside the `impl PeftMethod` block.
+///
+/// ```
+/// use peft_core::method::{Adapter, CommonConfig, InitCtx, PeftMethod};
+/// use peft_core::prompt_learning::PromptLearningConfig;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, Clone, Serialize, Deserialize)]
+/// struct ToyPrompt {
+///     #[serde(flatten)]
+///     common: CommonConfig,
+///     #[serde(flatten)]
+///     prompt_learning: PromptLearningConfig,
+/// }
+///
+/// #[typetag::serde(name = "TOY_PROMPT")]
+/// impl PeftMethod for ToyPrompt {
+///     fn build(&self, _init: &mut InitCtx) -> peft_core::Result<Box<dyn Adapter>> {
+///         Err(peft_core::PeftError::Unsupported("a toy builds nothing".into()))
+///     }
+///     peft_core::prompt_learning_accessors!();
+/// }
+///
+/// let mut toy: Box<dyn PeftMethod> =
+///     serde_json::from_str(r#"{"peft_type": "TOY_PROMPT", "num_virtual_tokens": 4}"#).unwrap();
+/// assert_eq!(toy.prompt_learning().unwrap().num_virtual_tokens, 4);
+/// toy.prompt_learning_mut().unwrap().num_virtual_tokens = 2;
+/// toy.common_mut().inference_mode = true;
+/// let saved = serde_json::to_value(&toy).unwrap();
+/// assert_eq!((saved["num_virtual_tokens"].as_u64(), saved["inference_mode"].as_bool()), (Some(2), Some(true)));
+/// ```
+#[macro_export]
+macro_rules! prompt_learning_accessors {
+    () => {
+        fn common(&self) -> &$crate::method::CommonConfig {
+            &self.common
+        }
+
+        fn common_mut(&mut self) -> &mut $crate::method::CommonConfig {
+            &mut self.common
+        }
+
+        fn prompt_learning(&self) -> Option<&$crate::prompt_learning::PromptLearningConfig> {
+            Some(&self.prompt_learning)
+        }
+
+        fn prompt_learning_mut(
+            &mut self,
+        ) -> Option<&mut $crate::prompt_learning::PromptLearningConfig> {
+            Some(&mut self.prompt_learning)
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prompt_is_as_wide_as_the_hidden_size() {
+        let mut spec = ModelSpec::new("gpt2", 2, 32, 4, 4, 128, 64);
+        spec.name_or_path = "tiny".into();
+        let mut cfg = PromptLearningConfig::new(3);
+        assert!(cfg.check_prompt_for(&spec, "P-tuning").is_ok());
+        cfg.token_dim = Some(32);
+        assert!(cfg.check_prompt_for(&spec, "P-tuning").is_ok());
+        cfg.token_dim = Some(576);
+        match cfg.check_prompt_for(&spec, "P-tuning").unwrap_err() {
+            PeftError::ShapeMismatch {
+                what,
+                expected_from,
+                expected,
+                got_from,
+                got,
+            } => {
+                assert_eq!(
+                    (what.as_str(), expected_from.as_str(), got_from.as_str()),
+                    (
+                        "token_dim",
+                        "model tiny (hidden size)",
+                        "the P-tuning config"
+                    )
+                );
+                assert_eq!((expected, got), (vec![32], vec![576]));
+            }
+            other => panic!("expected a shape mismatch, got {other}"),
+        }
+        let none = PromptLearningConfig::new(0);
+        let err = none.check_prompt_for(&spec, "prompt tuning").unwrap_err();
+        assert!(err.to_string().contains("num_virtual_tokens"), "{err}");
     }
 }

@@ -34,7 +34,9 @@ use crate::attention::{attend, split_heads, PrefixMasks};
 use crate::embedding::lookup;
 use crate::error::{ModelError, Result};
 use crate::folder::parse_config;
-use crate::parts::{Activation, LayerNorm, Loader, Projection};
+use crate::parts::{
+    linear_at, linear_at_mut, projection_fields, Activation, LayerNorm, Loader, Projection,
+};
 use crate::weights::WeightMap;
 
 /// One encoder layer (`encoder.layer.{i}`).
@@ -55,29 +57,7 @@ struct Layer {
     out_norm: LayerNorm,
 }
 
-impl Layer {
-    fn projections(&self) -> [&Projection; 6] {
-        [
-            &self.query,
-            &self.key,
-            &self.value,
-            &self.attn_out,
-            &self.intermediate,
-            &self.output,
-        ]
-    }
-
-    fn projections_mut(&mut self) -> [&mut Projection; 6] {
-        [
-            &mut self.query,
-            &mut self.key,
-            &mut self.value,
-            &mut self.attn_out,
-            &mut self.intermediate,
-            &mut self.output,
-        ]
-    }
-}
+projection_fields!(Layer: [query, key, value, attn_out, intermediate, output]);
 
 /// BERT with frozen weights; implements [`BaseModel`].
 ///
@@ -354,6 +334,18 @@ impl Bert {
         })
     }
 
+    /// Every projection of the model: the layers', then the pooler where there is one.
+    fn projections(&self) -> impl Iterator<Item = &Projection> {
+        let layers = self.layers.iter().flat_map(Layer::projections);
+        layers.chain(self.pooler.as_ref())
+    }
+
+    /// [`Bert::projections`], mutably.
+    fn projections_mut(&mut self) -> impl Iterator<Item = &mut Projection> {
+        let layers = self.layers.iter_mut().flat_map(Layer::projections_mut);
+        layers.chain(self.pooler.as_mut())
+    }
+
     fn layer_forward(
         &self,
         layer: &Layer,
@@ -433,21 +425,11 @@ impl BaseModel for Bert {
     }
 
     fn frozen_linear(&self, site: SiteId) -> Option<&FrozenLinear> {
-        self.layers
-            .iter()
-            .flat_map(Layer::projections)
-            .chain(self.pooler.as_ref())
-            .find(|p| p.site == site)
-            .map(|p| &p.linear)
+        linear_at(self.projections(), site)
     }
 
     fn frozen_linear_mut(&mut self, site: SiteId) -> Option<&mut FrozenLinear> {
-        self.layers
-            .iter_mut()
-            .flat_map(Layer::projections_mut)
-            .chain(self.pooler.as_mut())
-            .find(|p| p.site == site)
-            .map(|p| &mut p.linear)
+        linear_at_mut(self.projections_mut(), site)
     }
 
     fn parameters(&self) -> Vec<(String, Tensor)> {

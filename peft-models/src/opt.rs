@@ -37,7 +37,9 @@ use crate::attention::{attend, key_mask_with_prefix, split_heads, PrefixMasks};
 use crate::embedding::{embed, lookup, Embedded};
 use crate::error::{ModelError, Result};
 use crate::folder::parse_config;
-use crate::parts::{Activation, LayerNorm, Loader, Projection};
+use crate::parts::{
+    linear_at, linear_at_mut, projection_fields, Activation, LayerNorm, Loader, Projection,
+};
 use crate::weights::WeightMap;
 
 mod config;
@@ -74,29 +76,7 @@ struct Layer {
     fc2: Projection,
 }
 
-impl Layer {
-    fn projections(&self) -> [&Projection; 6] {
-        [
-            &self.q_proj,
-            &self.k_proj,
-            &self.v_proj,
-            &self.out_proj,
-            &self.fc1,
-            &self.fc2,
-        ]
-    }
-
-    fn projections_mut(&mut self) -> [&mut Projection; 6] {
-        [
-            &mut self.q_proj,
-            &mut self.k_proj,
-            &mut self.v_proj,
-            &mut self.out_proj,
-            &mut self.fc1,
-            &mut self.fc2,
-        ]
-    }
-}
+projection_fields!(Layer: [q_proj, k_proj, v_proj, out_proj, fc1, fc2]);
 
 /// OPT with frozen weights; implements [`BaseModel`].
 ///
@@ -268,6 +248,24 @@ impl Opt {
         &self.config
     }
 
+    /// Every projection of the model: the layers', then `project_in` / `project_out` where they exist.
+    fn projections(&self) -> impl Iterator<Item = &Projection> {
+        let ends = self.project_in.iter().chain(self.project_out.iter());
+        self.layers.iter().flat_map(Layer::projections).chain(ends)
+    }
+
+    /// [`Opt::projections`], mutably.
+    fn projections_mut(&mut self) -> impl Iterator<Item = &mut Projection> {
+        let ends = self
+            .project_in
+            .iter_mut()
+            .chain(self.project_out.iter_mut());
+        self.layers
+            .iter_mut()
+            .flat_map(Layer::projections_mut)
+            .chain(ends)
+    }
+
     fn layer_forward(
         &self,
         layer: &Layer,
@@ -429,23 +427,11 @@ impl BaseModel for Opt {
     }
 
     fn frozen_linear(&self, site: SiteId) -> Option<&FrozenLinear> {
-        self.layers
-            .iter()
-            .flat_map(Layer::projections)
-            .chain(self.project_in.iter())
-            .chain(self.project_out.iter())
-            .find(|p| p.site == site)
-            .map(|p| &p.linear)
+        linear_at(self.projections(), site)
     }
 
     fn frozen_linear_mut(&mut self, site: SiteId) -> Option<&mut FrozenLinear> {
-        self.layers
-            .iter_mut()
-            .flat_map(Layer::projections_mut)
-            .chain(self.project_in.iter_mut())
-            .chain(self.project_out.iter_mut())
-            .find(|p| p.site == site)
-            .map(|p| &mut p.linear)
+        linear_at_mut(self.projections_mut(), site)
     }
 
     fn parameters(&self) -> Vec<(String, Tensor)> {

@@ -79,6 +79,49 @@ impl Projection {
     }
 }
 
+/// The frozen weight of the projection registered as `site` among `projections`: how a model answers
+/// [`BaseModel::frozen_linear`](peft_core::model::BaseModel::frozen_linear) from the list of its projections.
+pub fn linear_at<'a>(
+    projections: impl IntoIterator<Item = &'a Projection>,
+    site: SiteId,
+) -> Option<&'a FrozenLinear> {
+    projections
+        .into_iter()
+        .find(|p| p.site == site)
+        .map(|p| &p.linear)
+}
+
+/// [`linear_at`] for [`BaseModel::frozen_linear_mut`](peft_core::model::BaseModel::frozen_linear_mut).
+pub fn linear_at_mut<'a>(
+    projections: impl IntoIterator<Item = &'a mut Projection>,
+    site: SiteId,
+) -> Option<&'a mut FrozenLinear> {
+    projections
+        .into_iter()
+        .find(|p| p.site == site)
+        .map(|p| &mut p.linear)
+}
+
+/// Gives a struct of [`Projection`] fields `projections()` and `projections_mut()`, iterators over the named
+/// fields in the order given, so that a layer lists its projections once for both mutabilities:
+/// `projection_fields!(Layer: [q_proj, k_proj, v_proj, o_proj]);`.
+macro_rules! projection_fields {
+    ($layer:ty: [$($field:ident),+ $(,)?]) => {
+        impl $layer {
+            /// The layer's projections, in the order they were listed.
+            fn projections(&self) -> impl Iterator<Item = &$crate::parts::Projection> {
+                [$(&self.$field),+].into_iter()
+            }
+
+            /// The layer's projections, mutably.
+            fn projections_mut(&mut self) -> impl Iterator<Item = &mut $crate::parts::Projection> {
+                [$(&mut self.$field),+].into_iter()
+            }
+        }
+    };
+}
+pub(crate) use projection_fields;
+
 /// A LayerNorm (with or without a bias in the checkpoint) whose bias a hook may replace or add (BitFit).
 #[derive(Debug, Clone)]
 pub struct LayerNorm {

@@ -73,7 +73,9 @@ pub use tiny::{tiny, tiny_config, tiny_weights, tiny_with};
 use crate::attention::{attend, causal_bias, split_heads, MASKED};
 use crate::embedding::lookup;
 use crate::error::{ModelError, Result};
-use crate::parts::{Activation, Loader, Projection, RmsNorm};
+use crate::parts::{
+    linear_at, linear_at_mut, projection_fields, Activation, Loader, Projection, RmsNorm,
+};
 use crate::weights::WeightMap;
 use decoder_cache::KvShape;
 use relative_position::RelativeBias;
@@ -107,15 +109,9 @@ impl Attention {
             o: proj(Role::AttentionOutput, "o", inner, d)?,
         })
     }
-
-    fn projections(&self) -> [&Projection; 4] {
-        [&self.q, &self.k, &self.v, &self.o]
-    }
-
-    fn projections_mut(&mut self) -> [&mut Projection; 4] {
-        [&mut self.q, &mut self.k, &mut self.v, &mut self.o]
-    }
 }
+
+projection_fields!(Attention: [q, k, v, o]);
 
 /// `DenseReluDense`: `wo(act(wi x))`, or gated `wo(act(wi_0 x) * wi_1 x)`.
 #[derive(Debug, Clone)]
@@ -224,6 +220,32 @@ struct DecoderBlock {
     cross_attn: Attention,
     cross_attn_norm: RmsNorm,
     ff: FeedForward,
+}
+
+impl EncoderBlock {
+    fn projections(&self) -> impl Iterator<Item = &Projection> {
+        self.self_attn.projections().chain(self.ff.projections())
+    }
+
+    fn projections_mut(&mut self) -> impl Iterator<Item = &mut Projection> {
+        let ff = self.ff.projections_mut();
+        self.self_attn.projections_mut().chain(ff)
+    }
+}
+
+impl DecoderBlock {
+    fn projections(&self) -> impl Iterator<Item = &Projection> {
+        let attn = self
+            .self_attn
+            .projections()
+            .chain(self.cross_attn.projections());
+        attn.chain(self.ff.projections())
+    }
+
+    fn projections_mut(&mut self) -> impl Iterator<Item = &mut Projection> {
+        let (cross, ff) = (self.cross_attn.projections_mut(), self.ff.projections_mut());
+        self.self_attn.projections_mut().chain(cross).chain(ff)
+    }
 }
 
 /// T5 with frozen weights; implements [`BaseModel`] and [`EncoderDecoder`].
@@ -536,34 +558,23 @@ impl T5 {
         self.decoder_norm.forward(&x, hooks)
     }
 
+    /// Every projection of the model: the encoder's, then the decoder's.
     fn projections(&self) -> impl Iterator<Item = &Projection> {
-        let encoder = self.encoder.iter().flat_map(|b| {
-            let mut p: Vec<&Projection> = b.self_attn.projections().to_vec();
-            p.extend(b.ff.projections());
-            p
-        });
-        let decoder = self.decoder.iter().flat_map(|b| {
-            let mut p: Vec<&Projection> = b.self_attn.projections().to_vec();
-            p.extend(b.cross_attn.projections());
-            p.extend(b.ff.projections());
-            p
-        });
-        encoder.chain(decoder)
+        let encoder = self.encoder.iter().flat_map(EncoderBlock::projections);
+        encoder.chain(self.decoder.iter().flat_map(DecoderBlock::projections))
     }
 
+    /// [`T5::projections`], mutably.
     fn projections_mut(&mut self) -> impl Iterator<Item = &mut Projection> {
-        let encoder = self.encoder.iter_mut().flat_map(|b| {
-            let mut p: Vec<&mut Projection> = b.self_attn.projections_mut().into_iter().collect();
-            p.extend(b.ff.projections_mut());
-            p
-        });
-        let decoder = self.decoder.iter_mut().flat_map(|b| {
-            let mut p: Vec<&mut Projection> = b.self_attn.projections_mut().into_iter().collect();
-            p.extend(b.cross_attn.projections_mut());
-            p.extend(b.ff.projections_mut());
-            p
-        });
-        encoder.chain(decoder)
+        let encoder = self
+            .encoder
+            .iter_mut()
+            .flat_map(EncoderBlock::projections_mut);
+        encoder.chain(
+            self.decoder
+                .iter_mut()
+                .flat_map(DecoderBlock::projections_mut),
+        )
     }
 }
 
@@ -638,15 +649,11 @@ impl BaseModel for T5 {
     }
 
     fn frozen_linear(&self, site: SiteId) -> Option<&FrozenLinear> {
-        self.projections()
-            .find(|p| p.site == site)
-            .map(|p| &p.linear)
+        linear_at(self.projections(), site)
     }
 
     fn frozen_linear_mut(&mut self, site: SiteId) -> Option<&mut FrozenLinear> {
-        self.projections_mut()
-            .find(|p| p.site == site)
-            .map(|p| &mut p.linear)
+        linear_at_mut(self.projections_mut(), site)
     }
 
     fn parameters(&self) -> Vec<(String, Tensor)> {

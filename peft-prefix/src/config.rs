@@ -255,19 +255,5 @@ impl PeftMethod for PrefixTuningConfig {
         Ok(Box::new(PrefixTuning::new(config, shape, encoder)))
     }
 
-    fn common(&self) -> &CommonConfig {
-        &self.common
-    }
-
-    fn common_mut(&mut self) -> &mut CommonConfig {
-        &mut self.common
-    }
-
-    fn prompt_learning(&self) -> Option<&PromptLearningConfig> {
-        Some(&self.prompt_learning)
-    }
-
-    fn prompt_learning_mut(&mut self) -> Option<&mut PromptLearningConfig> {
-        Some(&mut self.prompt_learning)
-    }
+    peft_core::prompt_learning_accessors!();
 }

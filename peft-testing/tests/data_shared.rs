@@ -4,13 +4,11 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
+use peft_train::data::testing::byte_bpe_of;
 use peft_train::data::{
     chunk_text, epoch_order, read_text, ClassBatch, ClassEncoder, DataSource, Format, RawExample,
     Template, Verbalizer,
 };
-use tokenizers::models::bpe::{Vocab, BPE};
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::Tokenizer;
 
 fn data_dir() -> Option<PathBuf> {
     peft_testing::shared_data("")
@@ -20,39 +18,6 @@ fn label_set(rows: &[RawExample]) -> BTreeSet<&str> {
     rows.iter()
         .map(|r| r.label.as_deref().expect("labelled"))
         .collect()
-}
-
-/// GPT-2-style byte-level BPE whose only merges make `words` single tokens.
-fn byte_bpe(words: &[&str]) -> Tokenizer {
-    let mut alphabet: Vec<char> = ByteLevel::alphabet().into_iter().collect();
-    alphabet.sort_unstable();
-    let mut tokens: Vec<String> = alphabet.iter().map(|c| c.to_string()).collect();
-    let mut merges = Vec::new();
-    for word in words {
-        let chars: Vec<String> = word.replace(' ', "Ġ").chars().map(String::from).collect();
-        let mut prefix = chars[0].clone();
-        for c in &chars[1..] {
-            let merged = format!("{prefix}{c}");
-            if !tokens.contains(&merged) {
-                merges.push((prefix.clone(), c.clone()));
-                tokens.push(merged.clone());
-            }
-            prefix = merged;
-        }
-    }
-    let vocab: Vocab = tokens
-        .into_iter()
-        .enumerate()
-        .map(|(i, t)| (t, i as u32))
-        .collect();
-    let mut tokenizer = Tokenizer::new(
-        BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .build()
-            .unwrap(),
-    );
-    tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, false, true)));
-    tokenizer
 }
 
 #[test]
@@ -68,7 +33,7 @@ fn sst2_dev_reads_encodes_and_batches() {
         .iter()
         .all(|r| r.text == r.text.trim() && !r.text.is_empty()));
 
-    let tokenizer = byte_bpe(&[" negative", " positive"]);
+    let tokenizer = byte_bpe_of(&[" negative", " positive"]);
     let template = Template::new("{text} Sentiment:").unwrap();
     let verbalizer = Verbalizer::new([("0", " negative"), ("1", " positive")]).unwrap();
     let max_len = 48;
@@ -191,7 +156,7 @@ fn headerless_and_line_files_use_column_indices() {
 fn tinyshakespeare_chunks_into_blocks() {
     let Some(dir) = data_dir() else { return };
     let text = read_text(dir.join("tinyshakespeare/input.txt")).unwrap();
-    let tokenizer = byte_bpe(&[]);
+    let tokenizer = byte_bpe_of(&[]);
     let blocks = chunk_text(&tokenizer, &text, 512, false).unwrap();
     // Without merges every byte is a token.
     assert_eq!(blocks.len(), text.len() / 512);

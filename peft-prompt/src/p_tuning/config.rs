@@ -71,18 +71,7 @@ impl PromptEncoderConfig {
 
     /// Refuses what cannot be built for a model of this spec, before anything is allocated.
     fn validate(&self, spec: &peft_core::spec::ModelSpec) -> Result<()> {
-        self.prompt_learning.check_num_virtual_tokens()?;
-        if let Some(dim) = self.prompt_learning.token_dim {
-            if dim != spec.hidden_size {
-                return Err(PeftError::ShapeMismatch {
-                    what: "token_dim".into(),
-                    expected_from: format!("model {} (hidden size)", spec.name_or_path),
-                    expected: vec![spec.hidden_size],
-                    got_from: "the P-tuning config".into(),
-                    got: vec![dim],
-                });
-            }
-        }
+        self.prompt_learning.check_prompt_for(spec, "P-tuning")?;
         // HF PEFT lists the classification head of a SEQ_CLS adapter here; the head travels as WithClassifier.
         peft_core::head::check_modules_to_save(
             self.modules_to_save.as_ref(),
@@ -148,19 +137,5 @@ impl PeftMethod for PromptEncoderConfig {
         Ok(Box::new(PTuning::new(config, prompt)))
     }
 
-    fn common(&self) -> &CommonConfig {
-        &self.common
-    }
-
-    fn common_mut(&mut self) -> &mut CommonConfig {
-        &mut self.common
-    }
-
-    fn prompt_learning(&self) -> Option<&PromptLearningConfig> {
-        Some(&self.prompt_learning)
-    }
-
-    fn prompt_learning_mut(&mut self) -> Option<&mut PromptLearningConfig> {
-        Some(&mut self.prompt_learning)
-    }
+    peft_core::prompt_learning_accessors!();
 }

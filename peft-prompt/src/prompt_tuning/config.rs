@@ -12,7 +12,7 @@
 use candle_core::{DType, Tensor, Var};
 use peft_core::method::{Adapter, CommonConfig, InitCtx, PeftMethod};
 use peft_core::prompt_learning::{default_task_type, PromptLearningConfig};
-use peft_core::{PeftError, Result};
+use peft_core::Result;
 use serde::{Deserialize, Serialize};
 
 use super::adapter::PromptTuning;
@@ -70,18 +70,8 @@ impl PromptTuningConfig {
 impl PeftMethod for PromptTuningConfig {
     fn build(&self, init: &mut InitCtx) -> Result<Box<dyn Adapter>> {
         let spec = init.model.spec();
-        self.prompt_learning.check_num_virtual_tokens()?;
-        if let Some(dim) = self.prompt_learning.token_dim {
-            if dim != spec.hidden_size {
-                return Err(PeftError::ShapeMismatch {
-                    what: "token_dim".into(),
-                    expected_from: format!("model {} (hidden size)", spec.name_or_path),
-                    expected: vec![spec.hidden_size],
-                    got_from: "the prompt-tuning config".into(),
-                    got: vec![dim],
-                });
-            }
-        }
+        self.prompt_learning
+            .check_prompt_for(spec, "prompt-tuning")?;
         // HF PEFT lists the classification head of a SEQ_CLS adapter here; the head travels as WithClassifier.
         peft_core::head::check_modules_to_save(
             self.modules_to_save.as_ref(),
@@ -122,19 +112,5 @@ impl PeftMethod for PromptTuningConfig {
         )))
     }
 
-    fn common(&self) -> &CommonConfig {
-        &self.common
-    }
-
-    fn common_mut(&mut self) -> &mut CommonConfig {
-        &mut self.common
-    }
-
-    fn prompt_learning(&self) -> Option<&PromptLearningConfig> {
-        Some(&self.prompt_learning)
-    }
-
-    fn prompt_learning_mut(&mut self) -> Option<&mut PromptLearningConfig> {
-        Some(&mut self.prompt_learning)
-    }
+    peft_core::prompt_learning_accessors!();
 }

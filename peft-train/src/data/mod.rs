@@ -50,8 +50,9 @@ pub mod source;
 pub mod tagged;
 pub mod template;
 
-#[cfg(test)]
-pub(crate) mod testing;
+// Public for the tests of other crates (peft-testing reads the shared datasets with the same tokenizer).
+#[doc(hidden)]
+pub mod testing;
 
 pub use batch::{epoch_order, ClassBatch, ClassTensors, LmBatch, LmTensors, PaddedIds};
 pub use corpus::read_text;

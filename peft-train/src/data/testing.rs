@@ -1,6 +1,13 @@
-//! Helpers for the data tests: tiny tokenizers built in code (GPT-2-style byte-level BPE, so leading spaces
-//! become `Ġ`, with whole-word merges for a handful of words and single bytes for everything else), and the
-//! labels of read rows.
+//! Helpers for the data tests, this crate's and other crates': tiny tokenizers built in code (GPT-2-style
+//! byte-level BPE, so leading spaces become `Ġ`, with whole-word merges for a handful of words and single bytes
+//! for everything else), and the labels of read rows. Not part of the API.
+//!
+//! ```
+//! use peft_train::data::testing::{byte_bpe, byte_bpe_of};
+//! let ids = |t: &tokenizers::Tokenizer, s: &str| t.encode(s, false).unwrap().get_ids().len();
+//! assert_eq!(ids(&byte_bpe(), "great fun"), 2);
+//! assert_eq!(ids(&byte_bpe_of(&[" fun"]), "great fun"), 6);
+//! ```
 
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{Vocab, BPE};
@@ -24,15 +31,23 @@ const WORDS: &[&str] = &[
     "fun",
 ];
 
-/// Byte-level BPE without special tokens in its encodings.
-pub(crate) fn byte_bpe() -> Tokenizer {
+/// Byte-level BPE without special tokens in its encodings, whose merges make a handful of words (`great`,
+/// `fun`, ` positive`, ` negative`, ` Sentiment`, ` Question`, ` Answer`) single tokens.
+pub fn byte_bpe() -> Tokenizer {
+    byte_bpe_of(WORDS)
+}
+
+/// Byte-level BPE without special tokens in its encodings (`<s>` and `</s>` are in its vocabulary, ids 0 and 1,
+/// for [`byte_bpe_with_bos`]), whose only merges make each of `words` one token; a leading space may be
+/// written ` ` or `Ġ`. Without words, every byte is a token.
+pub fn byte_bpe_of(words: &[&str]) -> Tokenizer {
     let mut tokens: Vec<String> = vec!["<s>".into(), "</s>".into()];
     let mut alphabet: Vec<char> = ByteLevel::alphabet().into_iter().collect();
     alphabet.sort_unstable();
     tokens.extend(alphabet.iter().map(|c| c.to_string()));
     let mut merges: Vec<(String, String)> = Vec::new();
-    for word in WORDS {
-        let chars: Vec<char> = word.chars().collect();
+    for word in words {
+        let chars: Vec<char> = word.replace(' ', "Ġ").chars().collect();
         let mut prefix = chars[0].to_string();
         for c in &chars[1..] {
             let merged = format!("{prefix}{c}");
@@ -59,7 +74,7 @@ pub(crate) fn byte_bpe() -> Tokenizer {
 }
 
 /// [`byte_bpe`] whose post-processor wraps a sequence as `<s> ... </s>`.
-pub(crate) fn byte_bpe_with_bos() -> Tokenizer {
+pub fn byte_bpe_with_bos() -> Tokenizer {
     let mut tokenizer = byte_bpe();
     let processor = TemplateProcessing::builder()
         .try_single("<s> $A </s>")
@@ -72,7 +87,7 @@ pub(crate) fn byte_bpe_with_bos() -> Tokenizer {
 }
 
 /// Ids of whole tokens.
-pub(crate) fn ids_of(tokenizer: &Tokenizer, tokens: &[&str]) -> Vec<u32> {
+pub fn ids_of(tokenizer: &Tokenizer, tokens: &[&str]) -> Vec<u32> {
     tokens
         .iter()
         .map(|t| {
@@ -84,7 +99,7 @@ pub(crate) fn ids_of(tokenizer: &Tokenizer, tokens: &[&str]) -> Vec<u32> {
 }
 
 /// The label of each row, `-` where it has none.
-pub(crate) fn labels(rows: &[RawExample]) -> Vec<&str> {
+pub fn labels(rows: &[RawExample]) -> Vec<&str> {
     rows.iter()
         .map(|r| r.label.as_deref().unwrap_or("-"))
         .collect()
