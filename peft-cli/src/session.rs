@@ -21,13 +21,13 @@ pub fn open_model(name: &str) -> Result<LoadedModel> {
     open_model_with(name, LoadOptions::default())
 }
 
-/// [`open_model`] with options (trainable weights for full fine-tuning).
+/// [`open_model`] with options (trainable weights for full fine-tuning). A zoo model not fetched yet is
+/// fetched into the cache first (once).
 pub fn open_model_with(name: &str, options: LoadOptions) -> Result<LoadedModel> {
-    if peft_models::zoo::entry(name).is_ok() && peft_models::zoo::cached_path(name).is_none() {
-        eprintln!("{name} is not in the cache yet: fetching it (once)");
-        let path = peft_models::zoo::fetch(name, &peft_models::zoo::FetchOptions::default())?;
-        eprintln!("fetched {name} into {}", path.display());
-    }
+    let options = LoadOptions {
+        fetch_missing: true,
+        ..options
+    };
     peft_models::resolve::load_model_with_options(name, &Device::Cpu, options)
         .with_context(|| format!("loading model `{name}`"))
 }
@@ -38,6 +38,7 @@ pub fn open_model_for(exp: &Experiment) -> Result<LoadedModel> {
         &exp.file.model.name,
         LoadOptions {
             trainable_weights: exp.method.trains_base_weights(),
+            ..Default::default()
         },
     )
 }

@@ -18,4 +18,7 @@ pub struct LoadedModel {
 pub struct LoadOptions {
     /// Every weight becomes a trainable variable (full fine-tuning) instead of a frozen tensor.
     pub trainable_weights: bool,
+    /// A zoo model that is not in the cache yet is fetched into it (with pip, once) instead of refused with
+    /// the command that fetches it. The `peft` command sets it; a library caller chooses.
+    pub fetch_missing: bool,
 }

@@ -1,6 +1,7 @@
 //! The one path from a model name to an opened model. Any way of naming a model goes through [`classify`]
 //! (what the name is), then the cache that knows where its files are (the zoo cache, [`crate::zoo`], for a
-//! zoo name such as `smollm2-135m`, fetched beforehand; the local Hugging Face cache, [`crate::hub`], for a
+//! zoo name such as `smollm2-135m`, fetched beforehand or, with [`LoadOptions::fetch_missing`], on first use;
+//! the local Hugging Face cache, [`crate::hub`], for a
 //! hub id `org/name`, downloaded there where the network allows), then the loader of its format (a `.gguf`
 //! file, a Hugging Face model folder, or a seeded `random:*` model). The caches only map names to paths:
 //! nothing there opens a model.
@@ -84,7 +85,7 @@ fn load_model_from(
     zoo_cache: &ZooCache,
     options: LoadOptions,
 ) -> Result<LoadedModel> {
-    match locate(classify(spec)?, zoo_cache)? {
+    match locate(classify(spec)?, zoo_cache, options)? {
         Location::Gguf(path) => load_gguf_with(&path, device, options),
         Location::Folder(path) => load_folder_with(&path, device, options),
         Location::Random(name) => {
@@ -99,12 +100,17 @@ fn load_model_from(
     }
 }
 
-/// Where the files of `source` are: a zoo model in `zoo_cache` (an error says how to fetch it where it is
-/// missing), a hub model in the local hub cache, else downloaded into it.
-fn locate(source: ModelSource, zoo_cache: &ZooCache) -> Result<Location> {
+/// Where the files of `source` are: a zoo model in `zoo_cache` (fetched there first with
+/// `options.fetch_missing`, else an error says how to fetch it where it is missing), a hub model in the local
+/// hub cache, else downloaded into it.
+fn locate(source: ModelSource, zoo_cache: &ZooCache, options: LoadOptions) -> Result<Location> {
     Ok(match source {
         ModelSource::Zoo(e) => {
-            let path = zoo_cache.fetched_path(e.name)?;
+            let path = if options.fetch_missing {
+                zoo_cache.fetch(e.name, &zoo::FetchOptions::default())?
+            } else {
+                zoo_cache.fetched_path(e.name)?
+            };
             match e.format {
                 ZooFormat::Gguf => Location::Gguf(path),
                 ZooFormat::HfFolder => Location::Folder(path),
@@ -246,6 +252,7 @@ mod tests {
     fn random_models_open_frozen_on_the_cpu_only() {
         let trainable = LoadOptions {
             trainable_weights: true,
+            ..LoadOptions::default()
         };
         let err = load_model_with_options("random:gpt2-124m", &Device::Cpu, trainable)
             .err()

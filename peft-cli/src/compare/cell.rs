@@ -171,6 +171,7 @@ pub fn run_cell(spec: &CellSpec, dir: &Path) -> Result<CellResult> {
         &spec.model,
         peft_models::LoadOptions {
             trainable_weights: trains_weights,
+            ..Default::default()
         },
     )?;
     let model = loaded.model.as_ref();

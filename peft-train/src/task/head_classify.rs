@@ -1,7 +1,8 @@
 //! Classification by a trained head: the model's pooled state ([`BaseModel::pooled`]: the last real token's
 //! final state for decoders, as transformers' `*ForSequenceClassification` decoders pool, BERT's pooler over
 //! the first position) goes through the adapter's classifier
-//! ([`Hooks::classifier`], see [`peft_core::head::WithClassifier`]); the loss is the cross-entropy over classes.
+//! ([`Adapter::classifier`](peft_core::method::Adapter::classifier), see [`peft_core::head::WithClassifier`]);
+//! the loss is the cross-entropy over classes.
 //! This is how P-tuning v2 classifies, and any method can be trained this way.
 
 use candle_core::Tensor;

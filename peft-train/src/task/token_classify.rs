@@ -1,6 +1,6 @@
 //! Token classification (named entities, parts of speech): the adapter's trained head
-//! ([`Hooks::classifier`], as HF's `*ForTokenClassification` applies `classifier` to every final state) labels
-//! each token; the loss is the cross-entropy over labelled tokens (-100 elsewhere: sub-word continuations,
+//! ([`Adapter::classifier`](peft_core::method::Adapter::classifier), read through [`super::Tuned`], as HF's
+//! `*ForTokenClassification` applies `classifier` to every final state) labels each token; the loss is the cross-entropy over labelled tokens (-100 elsewhere: sub-word continuations,
 //! special tokens, virtual tokens), with the head applied only there.
 
 use candle_core::{DType, Tensor, D};
