@@ -9,7 +9,7 @@
 //! let mut spec = ModelSpec::new("gpt2", 2, 32, 4, 4, 100, 64);
 //! let qkv = spec.add_site(Site::conv1d("transformer.h.0.attn.c_attn", Some(0), 32, 96).with_role(Role::QueryKeyValue));
 //! assert_eq!(spec.head_dim, 8);
-//! assert_eq!(spec.sites_with_role(Role::QueryKeyValue).collect::<Vec<_>>(), vec![qkv]);
+//! assert_eq!(spec.sites_with_any_role(&[Role::QueryKeyValue]), vec![qkv]);
 //! ```
 
 pub mod adapter_io;

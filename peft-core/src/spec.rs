@@ -10,7 +10,7 @@
 //! assert!(matches!(spec.site(q).kind, SiteKind::Linear { .. }));
 //! // The model says what the site is; methods choose their defaults by role, not by architecture.
 //! let q = spec.add_site(Site::linear("model.layers.1.self_attn.q_proj", Some(1), 64, 64, false).with_role(Role::Query));
-//! assert_eq!(spec.sites_with_role(Role::Query).collect::<Vec<_>>(), vec![q]);
+//! assert_eq!(spec.sites_with_any_role(&[Role::Query]), vec![q]);
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -269,13 +269,6 @@ impl ModelSpec {
         self.sites.iter().position(|s| s.name == name).map(SiteId)
     }
 
-    /// The sites that play `role`, in site order.
-    pub fn sites_with_role(&self, role: Role) -> impl Iterator<Item = SiteId> + '_ {
-        self.iter_sites()
-            .filter(move |(_, s)| s.role == role)
-            .map(|(id, _)| id)
-    }
-
     /// All sites with their ids.
     pub fn iter_sites(&self) -> impl Iterator<Item = (SiteId, &Site)> {
         self.sites.iter().enumerate().map(|(i, s)| (SiteId(i), s))
@@ -286,6 +279,15 @@ impl ModelSpec {
         self.iter_sites()
             .filter(|(_, s)| roles.contains(&s.role))
             .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// The linear sites (projections) that play any of `roles`, in site order: the sites a projection
+    /// method's default adapts.
+    pub fn projections_with_any_role(&self, roles: &[Role]) -> Vec<SiteId> {
+        self.sites_with_any_role(roles)
+            .into_iter()
+            .filter(|&id| matches!(self.site(id).kind, SiteKind::Linear { .. }))
             .collect()
     }
 

@@ -22,11 +22,7 @@ pub const DEFAULT_ROLES: &[Role] = &[Role::Query, Role::Value, Role::QueryKeyVal
 /// exactly the sites of [`DEFAULT_ROLES`] by HF PEFT's suffix rule, longer dotted suffixes where not), or `None`
 /// where no linear site plays those roles.
 pub fn default_targets(spec: &ModelSpec) -> Option<Vec<String>> {
-    let chosen: Vec<SiteId> = spec
-        .sites_with_any_role(DEFAULT_ROLES)
-        .into_iter()
-        .filter(|&id| matches!(spec.site(id).kind, SiteKind::Linear { .. }))
-        .collect();
+    let chosen = spec.projections_with_any_role(DEFAULT_ROLES);
     (!chosen.is_empty()).then(|| spec.target_names(&chosen))
 }
 

@@ -29,7 +29,7 @@ fn assert_roles(model: &dyn BaseModel, table: &[(&str, Role)]) {
     // Every role the table names is played by some site.
     for (suffix, role) in table {
         assert!(
-            spec.sites_with_role(*role).next().is_some(),
+            !spec.sites_with_any_role(&[*role]).is_empty(),
             "{}: no site plays {role:?} ({suffix})",
             spec.architecture
         );
@@ -149,7 +149,8 @@ fn t5_cross_attention_plays_the_same_roles_as_self_attention() {
     assert_roles(&gated, &table);
     let cross = gated
         .spec()
-        .sites_with_role(Role::Query)
+        .sites_with_any_role(&[Role::Query])
+        .into_iter()
         .filter(|&id| gated.spec().site(id).name.contains("EncDecAttention"))
         .count();
     assert_eq!(cross, gated.spec().num_layers);

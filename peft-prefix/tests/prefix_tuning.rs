@@ -6,15 +6,14 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use peft_core::adapter_io::{load_adapter, save_adapter, CONFIG_FILE};
-use peft_core::frozen::FrozenLinear;
 use peft_core::head::WithClassifier;
 use peft_core::hooks::{positions_taken, Ctx, Hooks, KvPrefix, NoHooks};
 use peft_core::method::{Adapter, PeftMethod};
-use peft_core::model::{BaseModel, Batch, Output};
-use peft_core::spec::{ModelSpec, SiteId};
+use peft_core::model::{BaseModel, Batch};
+use peft_core::spec::ModelSpec;
 use peft_core::PeftError;
 use peft_prefix::{PrefixInit, PrefixTuningConfig, PROMPT_KEY};
-use peft_testing::{init, seeded_tiny_models, toy_lm_task};
+use peft_testing::{init, seeded_tiny_models, toy_lm_task, WithSpec};
 use peft_train::generate::last_logits;
 use peft_train::train::{TrainConfig, Trainer};
 
@@ -451,47 +450,12 @@ fn a_classification_head_wraps_the_prefix() {
     assert_eq!(max_diff(&plain, &through), 0.0);
 }
 
-/// A frozen model with a spec of our choosing, to reach the attention checks.
-struct WithSpec {
-    inner: Box<dyn BaseModel>,
-    spec: ModelSpec,
-}
-
-impl BaseModel for WithSpec {
-    fn spec(&self) -> &ModelSpec {
-        &self.spec
-    }
-    fn device(&self) -> &Device {
-        self.inner.device()
-    }
-    fn embed_tokens(&self, ids: &Tensor) -> peft_core::Result<Tensor> {
-        self.inner.embed_tokens(ids)
-    }
-    fn forward(&self, batch: &Batch, hooks: &dyn Hooks) -> peft_core::Result<Output> {
-        self.inner.forward(batch, hooks)
-    }
-    fn lm_head(&self) -> Option<&FrozenLinear> {
-        self.inner.lm_head()
-    }
-    fn frozen_linear(&self, site: SiteId) -> Option<&FrozenLinear> {
-        self.inner.frozen_linear(site)
-    }
-    fn frozen_linear_mut(&mut self, site: SiteId) -> Option<&mut FrozenLinear> {
-        self.inner.frozen_linear_mut(site)
-    }
-    fn parameters(&self) -> Vec<(String, Tensor)> {
-        self.inner.parameters()
-    }
-}
-
+/// The tiny LLaMA under a spec of our choosing, to reach the attention checks.
 fn with_spec(change: impl Fn(&mut ModelSpec)) -> WithSpec {
     let inner = peft_models::tiny::llama(0);
     let mut spec = inner.spec().clone();
     change(&mut spec);
-    WithSpec {
-        inner: Box::new(inner),
-        spec,
-    }
+    WithSpec::new(Box::new(inner), spec)
 }
 
 fn build_err(model: &dyn BaseModel, cfg: &PrefixTuningConfig) -> PeftError {

@@ -44,7 +44,7 @@ pub use hf::hf_fixture;
 pub use init::{init, init_loaded};
 pub use json::{f32s, ids_of, read_json, u32s};
 pub use logits::{full_logits_diff, logits, max_diff, top_diff, top_logits_diff};
-pub use models::{seeded_tiny_models, tiny};
+pub use models::{seeded_tiny_models, tiny, WithSpec};
 pub use ours::{
     committed_adapter, hf_logits, ours_fixture, write_fixture, writing_fixtures, DRIFT_TOLERANCE,
 };

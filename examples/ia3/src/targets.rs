@@ -44,24 +44,16 @@ pub const TARGET_ROLES: &[Role] = &[Role::Key, Role::Value, Role::QueryKeyValue,
 /// `TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING`): the MLP's down projection.
 pub const FEEDFORWARD_ROLES: &[Role] = &[Role::MlpDown];
 
-/// The linear sites of `spec` that play one of `roles`, in site order.
-fn linear_with_roles(spec: &ModelSpec, roles: &[Role]) -> Vec<SiteId> {
-    spec.sites_with_any_role(roles)
-        .into_iter()
-        .filter(|&id| matches!(spec.site(id).kind, SiteKind::Linear { .. }))
-        .collect()
-}
-
 /// The default (targets, feed-forward modules) of a model, as a saved config lists them, from
 /// [`TARGET_ROLES`] and [`FEEDFORWARD_ROLES`]; `None` where no linear site plays a target role. The names are
 /// the shortest dotted suffixes that select exactly those sites, and every feed-forward name is also listed as
 /// a target, as HF PEFT requires of a config it reads.
 pub fn default_modules(spec: &ModelSpec) -> Option<(Vec<String>, Vec<String>)> {
-    let targets = linear_with_roles(spec, TARGET_ROLES);
+    let targets = spec.projections_with_any_role(TARGET_ROLES);
     if targets.is_empty() {
         return None;
     }
-    let feedforward = linear_with_roles(spec, FEEDFORWARD_ROLES);
+    let feedforward = spec.projections_with_any_role(FEEDFORWARD_ROLES);
     let others: Vec<SiteId> = targets
         .iter()
         .copied()

@@ -6,22 +6,13 @@
 //!
 //! The toy reuses the tiny LLaMA's computation (its hooks see the same site ids) under a spec of its own.
 
-use candle_core::{Device, Tensor};
-use peft_core::frozen::FrozenLinear;
-use peft_core::hooks::{Hooks, NoHooks};
+use peft_core::hooks::NoHooks;
 use peft_core::method::{Adapter, PeftMethod};
-use peft_core::model::{BaseModel, Batch, Output};
-use peft_core::spec::{ModelSpec, Role, Site, SiteId, SiteKind};
-use peft_models::llama::Llama;
-use peft_testing::{init, rule_lm_task};
+use peft_core::model::{BaseModel, Batch};
+use peft_core::spec::{ModelSpec, Role, Site, SiteKind};
+use peft_testing::{init, rule_lm_task, WithSpec};
 use peft_train::conformance::{check_adapter, Conformance};
 use serde_json::{json, Value};
-
-/// A made-up architecture: the tiny LLaMA's weights and forward pass, its own names and declared roles.
-struct Toyformer {
-    inner: Llama,
-    spec: ModelSpec,
-}
 
 /// The toy's name and role for a site of the tiny LLaMA (`model.layers.1.mlp.down_proj` ->
 /// `blocks.1.ffn.proj`, the MLP's down projection). The attention output is `mix.proj` and the MLP's down
@@ -61,72 +52,33 @@ fn toy_parameter(llama_name: &str) -> String {
     }
 }
 
-impl Toyformer {
-    fn new(seed: u64) -> Self {
-        let inner = peft_models::tiny::llama(seed);
-        let from = inner.spec();
-        let mut spec = ModelSpec::new(
-            "toyformer",
-            from.num_layers,
-            from.hidden_size,
-            from.num_heads,
-            from.num_kv_heads,
-            from.vocab_size,
-            from.max_positions,
-        );
-        spec.head_dim = from.head_dim;
-        spec.num_parameters = from.num_parameters;
-        spec.name_or_path = "toyformer-tiny".into();
-        // The same sites in the same order (so the same ids), declared under the toy's names and roles.
-        for site in &from.sites {
-            let (name, role) = toy_site(&site.name);
-            let id = spec.add_site(Site {
-                name,
-                role,
-                ..site.clone()
-            });
-            assert_eq!(from.site(id).name, site.name);
-        }
-        Toyformer { inner, spec }
+/// A made-up architecture: the tiny LLaMA's weights and forward pass under its own names and declared roles.
+fn toyformer(seed: u64) -> WithSpec {
+    let inner = peft_models::tiny::llama(seed);
+    let from = inner.spec();
+    let mut spec = ModelSpec::new(
+        "toyformer",
+        from.num_layers,
+        from.hidden_size,
+        from.num_heads,
+        from.num_kv_heads,
+        from.vocab_size,
+        from.max_positions,
+    );
+    spec.head_dim = from.head_dim;
+    spec.num_parameters = from.num_parameters;
+    spec.name_or_path = "toyformer-tiny".into();
+    // The same sites in the same order (so the same ids), declared under the toy's names and roles.
+    for site in &from.sites {
+        let (name, role) = toy_site(&site.name);
+        let id = spec.add_site(Site {
+            name,
+            role,
+            ..site.clone()
+        });
+        assert_eq!(from.site(id).name, site.name);
     }
-}
-
-impl BaseModel for Toyformer {
-    fn spec(&self) -> &ModelSpec {
-        &self.spec
-    }
-
-    fn device(&self) -> &Device {
-        self.inner.device()
-    }
-
-    fn embed_tokens(&self, ids: &Tensor) -> peft_core::Result<Tensor> {
-        self.inner.embed_tokens(ids)
-    }
-
-    fn forward(&self, batch: &Batch, hooks: &dyn Hooks) -> peft_core::Result<Output> {
-        self.inner.forward(batch, hooks)
-    }
-
-    fn lm_head(&self) -> Option<&FrozenLinear> {
-        self.inner.lm_head()
-    }
-
-    fn frozen_linear(&self, site: SiteId) -> Option<&FrozenLinear> {
-        self.inner.frozen_linear(site)
-    }
-
-    fn frozen_linear_mut(&mut self, site: SiteId) -> Option<&mut FrozenLinear> {
-        self.inner.frozen_linear_mut(site)
-    }
-
-    fn parameters(&self) -> Vec<(String, Tensor)> {
-        self.inner
-            .parameters()
-            .into_iter()
-            .map(|(name, t)| (toy_parameter(&name), t))
-            .collect()
-    }
+    WithSpec::new(Box::new(inner), spec).renaming(toy_parameter)
 }
 
 fn link() {
@@ -194,13 +146,13 @@ fn keeps_the_contract(model: &dyn BaseModel, adapter: &dyn Adapter, what: &str) 
 
 #[test]
 fn the_toy_is_an_architecture_no_method_names() {
-    let toy = Toyformer::new(0);
+    let toy = toyformer(0);
     assert_eq!(toy.spec().architecture, "toyformer");
     assert!(toy.spec().sites.iter().all(|s| s.role != Role::Other));
     // Its forward pass is the tiny LLaMA's, so what differs below is the names and roles alone.
     let batch = Batch::single(&[3, 14, 15, 92], toy.device()).unwrap();
     let ours = toy.forward(&batch, &NoHooks).unwrap().hidden;
-    let llama = toy.inner.forward(&batch, &NoHooks).unwrap().hidden;
+    let llama = toy.inner().forward(&batch, &NoHooks).unwrap().hidden;
     assert_eq!(
         peft_core::compare::max_abs_diff(&ours, &llama).unwrap(),
         0.0
@@ -209,7 +161,7 @@ fn the_toy_is_an_architecture_no_method_names() {
 
 #[test]
 fn lora_defaults_to_the_query_and_value_projections() {
-    let toy = Toyformer::new(1);
+    let toy = toyformer(1);
     let adapter = build(&toy, json!({"peft_type": "LORA", "r": 4, "lora_alpha": 8}));
     assert_eq!(
         saved(adapter.as_ref())["target_modules"],
@@ -225,7 +177,7 @@ fn lora_defaults_to_the_query_and_value_projections() {
 
 #[test]
 fn bitfit_all_and_paper_presets_follow_the_roles() {
-    let toy = Toyformer::new(2);
+    let toy = toyformer(2);
     // "all": every linear site gets a (zero, added) bias, as the toy has none.
     let all = build(&toy, json!({"peft_type": "BITFIT"}));
     let linear = toy
@@ -257,7 +209,7 @@ fn bitfit_all_and_paper_presets_follow_the_roles() {
 
 #[test]
 fn ia3_defaults_to_key_value_and_the_mlp_down_projection() {
-    let toy = Toyformer::new(3);
+    let toy = toyformer(3);
     let adapter = build(&toy, json!({"peft_type": "IA3"}));
     let config = saved(adapter.as_ref());
     // `proj` alone would also select the attention output `mix.proj`: the saved name says `ffn.proj`.
@@ -294,7 +246,7 @@ fn ia3_defaults_to_key_value_and_the_mlp_down_projection() {
 
 #[test]
 fn prompt_and_prefix_tuning_build_and_train_on_the_toy() {
-    let toy = Toyformer::new(4);
+    let toy = toyformer(4);
     let batch = Batch::single(&[3, 14, 15, 92], toy.device()).unwrap();
     for (what, config) in [
         (

@@ -42,14 +42,6 @@ impl<'a> Tuned<'a> {
         }
     }
 
-    /// Hooks without a head (an adapter's hooks seen alone, or a test's).
-    pub fn hooks_only(hooks: &'a dyn Hooks) -> Self {
-        Tuned {
-            hooks,
-            head: Head::None,
-        }
-    }
-
     /// Hooks with a given head (a head loaded or built outside an adapter).
     pub fn with_head(hooks: &'a dyn Hooks, head: &'a ClassifierHead) -> Self {
         Tuned {
