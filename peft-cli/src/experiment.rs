@@ -113,6 +113,22 @@ pub struct DataSection {
     pub eval: DataSource,
 }
 
+impl DataSection {
+    /// Checks that each source names one file or one hub split (before any model is opened), and resolves
+    /// relative paths against `dir`, the folder of the file that named them.
+    pub fn checked(self, file: &Path, dir: &Path) -> Result<DataSection> {
+        for (name, source) in [("train", &self.train), ("eval", &self.eval)] {
+            source
+                .check()
+                .with_context(|| format!("{}: [data.{name}]", file.display()))?;
+        }
+        Ok(DataSection {
+            train: self.train.relative_to(dir),
+            eval: self.eval.relative_to(dir),
+        })
+    }
+}
+
 /// A parsed and checked experiment.
 pub struct Experiment {
     /// The file's content.
@@ -138,8 +154,7 @@ impl Experiment {
         check_task(&file.task).with_context(|| format!("{}: [task]", path.display()))?;
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut file = file;
-        file.data.train = file.data.train.relative_to(&dir);
-        file.data.eval = file.data.eval.relative_to(&dir);
+        file.data = file.data.checked(path, &dir)?;
         Ok(Experiment { file, method })
     }
 }
@@ -307,7 +322,10 @@ label = "label"
     fn a_good_file_parses_with_defaults_and_relative_paths() {
         let e = parse(GOOD).unwrap();
         assert_eq!(e.file.training.max_steps, 300);
-        assert_eq!(e.file.data.train.path, Path::new("exp/train.tsv"));
+        assert_eq!(
+            e.file.data.train.path.as_deref(),
+            Some(Path::new("exp/train.tsv"))
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@
 //! "#;
 //! let task = TaskFile::parse(text, Path::new("tasks/sst2.toml")).unwrap();
 //! assert_eq!(task.name, "sst2");
-//! assert_eq!(task.data.train.path, Path::new("tasks/train.tsv"));
+//! assert_eq!(task.data.train.path.as_deref(), Some(Path::new("tasks/train.tsv")));
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -113,9 +113,7 @@ impl TaskFile {
                 .unwrap_or_else(|| "task".into())
         });
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let mut data = repr.data;
-        data.train = data.train.relative_to(&dir);
-        data.eval = data.eval.relative_to(&dir);
+        let data = repr.data.checked(path, &dir)?;
         // A placeholder the data does not provide fails here, before any model is opened.
         if let Some(t) = &repr.task.template {
             let template = peft_train::data::Template::new(t.clone())?;

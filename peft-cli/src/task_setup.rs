@@ -105,10 +105,10 @@ fn build_task_as(
             }
             let train = encoder
                 .encode_all(&data.train.read()?)
-                .with_context(|| format!("encoding {}", data.train.path.display()))?;
+                .with_context(|| format!("encoding {}", data.train.name()))?;
             let eval = encoder
                 .encode_all(&data.eval.read()?)
-                .with_context(|| format!("encoding {}", data.eval.path.display()))?;
+                .with_context(|| format!("encoding {}", data.eval.name()))?;
             if kind == TaskKind::ClassificationHead {
                 let classes = encoder.label_token_ids().len();
                 return Ok(Box::new(HeadClassification::new(
@@ -133,13 +133,19 @@ fn build_task_as(
                         ),
                     }
                 };
-                let content = std::fs::read_to_string(&source.path)
-                    .with_context(|| format!("reading {}", source.path.display()))?;
+                let path = source.path.as_ref().with_context(|| {
+                    format!(
+                        "token classification reads a local JSONL file; {} names none (set `path`)",
+                        source.name()
+                    )
+                })?;
+                let content = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
                 let mut rows = parse_tagged(
                     &content,
                     &name(&Some(source.text.clone()), "text")?,
                     &name(&source.label, "label")?,
-                    &source.path.display().to_string(),
+                    &path.display().to_string(),
                 )?;
                 if let Some(limit) = source.limit {
                     rows.truncate(limit);
@@ -188,12 +194,12 @@ fn build_task_as(
                         let target = r.label.as_deref().with_context(|| {
                             format!(
                                 "{} example {row} has no target: name it as the label field",
-                                source.path.display()
+                                source.name()
                             )
                         })?;
-                        let source_text = template.render_example(r).with_context(|| {
-                            format!("{} {}", source.path.display(), r.position(row))
-                        })?;
+                        let source_text = template
+                            .render_example(r)
+                            .with_context(|| format!("{} {}", source.name(), r.position(row)))?;
                         let mut input_ids = encode(&source_text, "source", row)?;
                         input_ids.truncate(max_len);
                         Ok(Seq2SeqExample {
@@ -226,7 +232,7 @@ fn build_task_as(
                         task.block_size,
                         task.add_special_tokens,
                     )
-                    .with_context(|| format!("encoding {}", source.path.display()))
+                    .with_context(|| format!("encoding {}", source.name()))
                 };
             Ok(Box::new(CausalLm::new(
                 corpus(&data.train)?,

@@ -191,3 +191,69 @@ fn several_processes_need_the_mpi_build_and_one_process_commands_refuse_them() {
     }
     let _ = exp;
 }
+
+#[test]
+fn a_hub_dataset_is_read_from_the_cache_and_an_uncached_one_is_refused_before_the_model_loads() {
+    use peft_train::data::testing::{write_parquet, Column};
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let hub = p.join("hf-cache");
+    let endpoint = peft_train::data::testing::refusing_endpoint();
+    let exp = toy_run(p, PROMPT, &toy_train_rows());
+    let text = std::fs::read_to_string(&exp).unwrap().replace(
+        "[data.train]\npath = \"train.tsv\"",
+        "[data.train]\nhub = \"org/toy\"\nconfig = \"default\"\nsplit = \"train\"",
+    );
+    std::fs::write(&exp, text.replace("max_steps = 100", "max_steps = 2")).unwrap();
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_peft"))
+            .args(["train", exp.to_str().unwrap(), "--no-baseline"])
+            .env("HF_HUB_CACHE", &hub)
+            .env("HF_ENDPOINT", &endpoint)
+            .env_remove("HF_HUB_OFFLINE")
+            .output()
+            .unwrap()
+    };
+    let start = std::time::Instant::now();
+    fails_with(
+        &run(),
+        &[
+            "org/toy (config default, split train) is not in the local Hugging Face cache",
+            "peft fetch org/toy --config default",
+        ],
+    );
+    assert!(start.elapsed() < std::time::Duration::from_secs(20));
+    assert!(
+        !p.join("out").exists(),
+        "a refused run left an output folder"
+    );
+
+    // The same rows as a Parquet file where `datasets`' push_to_hub puts a default config's split.
+    let split = hub.join("datasets--org--toy/snapshots/0123abc/data");
+    std::fs::create_dir_all(&split).unwrap();
+    let rows: Vec<(String, i64)> = toy_train_rows()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let (s, label) = l.split_once('\t').unwrap();
+            (s.to_string(), label.trim().parse().unwrap())
+        })
+        .collect();
+    write_parquet(
+        &split.join("train-00000-of-00001.parquet"),
+        &[
+            (
+                "sentence",
+                Column::Text(rows.iter().map(|r| r.0.clone()).collect()),
+            ),
+            ("label", Column::Int(rows.iter().map(|r| r.1).collect())),
+        ],
+    );
+    let out = run();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("{} training examples", rows.len())),
+        "{err}"
+    );
+}

@@ -1,12 +1,12 @@
 //! `peft train` end to end on the toy classification task and the tiny GPT-2: complete outputs with no
 //! temporaries left, the trained adapter evaluating the same through `peft eval`, a trained classification
-//! head saved and reloaded, and a stack of methods.
+//! head saved and reloaded, a stack of methods, and plain progress lines when stderr is not a terminal.
 
 mod common;
 
 use common::{
-    fails_with, fixture, ok_json, read_json, run_peft, toy_run, toy_run_of_kind, toy_train_rows,
-    PROMPT,
+    fails_with, fixture, ok_json, read_json, run_peft, toy_experiment, toy_run, toy_run_of_kind,
+    toy_train_rows, PROMPT,
 };
 
 #[test]
@@ -153,4 +153,49 @@ fn a_stack_of_methods_trains_and_its_members_keys_are_checked() {
         &run_peft(&["train", exp.to_str().unwrap()]),
         &["adapters[1]", "unknown key `rr`"],
     );
+}
+
+#[test]
+fn train_prints_plain_progress_lines_when_stderr_is_not_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let training = format!(
+        "max_steps = 4\nlog_every = 2\nbatch_size = 8\nlearning_rate = 0.3\noutput_dir = \"{}\"",
+        dir.path().join("out").display()
+    );
+    let exp = toy_experiment(
+        dir.path(),
+        "exp.toml",
+        PROMPT,
+        "classification",
+        &toy_train_rows(),
+        &training,
+    );
+    // The test captures stderr, so it is no terminal: the bar is hidden and the plain lines stand in.
+    let out = run_peft(&["train", exp.to_str().unwrap(), "--no-baseline"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("step ") && l.contains(" tok/s "))
+        .collect();
+    assert_eq!(lines.len(), 2, "one line per training record: {stderr}");
+    let log = std::fs::read_to_string(dir.path().join("out/metrics.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|r: &serde_json::Value| r.get("loss").is_some())
+        .collect();
+    assert_eq!(records.len(), 2, "{log}");
+    for (line, record) in lines.iter().zip(&records) {
+        let step = record["step"].as_u64().unwrap();
+        // The line shows the record's own loss and tokens/s.
+        let head = format!(
+            "step {step}/4  loss {:.4}  {:.0} tok/s  elapsed ",
+            record["loss"].as_f64().unwrap(),
+            record["tokens_per_s"].as_f64().unwrap()
+        );
+        assert!(line.starts_with(&head), "{line:?} should start {head:?}");
+        assert!(line.contains("  left ~"), "no time left in {line:?}");
+    }
+    assert!(lines[1].ends_with("left ~0s"), "{}", lines[1]);
 }

@@ -10,14 +10,16 @@ pub enum PeftError {
     Candle(#[from] candle_core::Error),
 
     /// A file could not be read or written.
-    #[error("{action} {path}: {source}")]
+    // The cause is in the message and not also the error's `source()`, so that a report of the whole
+    // chain (`{:#}`) says it once.
+    #[error("{action} {path}: {cause}")]
     Io {
         /// What was being done ("reading", "writing", ...).
         action: &'static str,
         /// The file concerned.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
     /// A file exists but its content is not what it should be.
@@ -76,7 +78,7 @@ impl PeftError {
         PeftError::Io {
             action,
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 
@@ -86,5 +88,26 @@ impl PeftError {
             path: path.into(),
             message: message.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_io_error_says_its_cause_once_even_when_the_chain_is_printed() {
+        let err = PeftError::io(
+            "reading",
+            "train.tsv",
+            std::io::Error::new(std::io::ErrorKind::NotFound, "No such file"),
+        );
+        let mut chain = err.to_string();
+        let mut next = std::error::Error::source(&err);
+        while let Some(cause) = next {
+            chain.push_str(&format!(": {cause}"));
+            next = cause.source();
+        }
+        assert_eq!(chain, "reading train.tsv: No such file");
     }
 }

@@ -20,6 +20,7 @@ pub mod frozen;
 pub mod grad;
 pub mod head;
 pub mod hooks;
+pub mod hub_cache;
 pub mod method;
 pub mod model;
 pub mod prompt_learning;

@@ -14,14 +14,16 @@ pub enum ModelError {
     Core(#[from] peft_core::PeftError),
 
     /// A file could not be read.
-    #[error("{action} {path}: {source}")]
+    // The cause is in the message and not also the error's `source()`, so that a report of the whole
+    // chain (`{:#}`) says it once.
+    #[error("{action} {path}: {cause}")]
     Io {
         /// What was being done.
         action: &'static str,
         /// The file concerned.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
     /// A model file is missing, truncated or not what its name says.

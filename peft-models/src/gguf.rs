@@ -141,7 +141,7 @@ fn open(path: &Path) -> Result<(Content, BufReader<File>)> {
         .map_err(|e| ModelError::Io {
             action: "reading",
             path: path.into(),
-            source: e,
+            cause: e,
         })?;
     let content = Content::read(&mut reader).map_err(|e| {
         bad_file(

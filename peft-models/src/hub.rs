@@ -19,35 +19,18 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use hf_hub::api::sync::ApiBuilder;
 use hf_hub::Cache;
+use peft_core::hub_cache::{self, fetch_with_probe, FetchError};
 
 use crate::error::{ModelError, Result};
 
-/// How long to wait for the hub's first answer before calling it unreachable; `PEFT_HUB_TIMEOUT_SECS`
-/// overrides it. Once the hub has answered, downloads run to the end.
-const HUB_PROBE_SECS: u64 = 20;
-
-/// The local Hugging Face hub cache: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`.
+/// The local Hugging Face hub cache: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`
+/// (see [`peft_core::hub_cache::cache_dir`]).
 pub fn cache_dir() -> PathBuf {
-    let var = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    if let Some(dir) = var("HF_HUB_CACHE") {
-        return dir;
-    }
-    if let Some(home) = var("HF_HOME") {
-        return home.join("hub");
-    }
-    let user_home = var("HOME")
-        .or_else(|| var("USERPROFILE"))
-        .unwrap_or_else(|| PathBuf::from("."));
-    user_home.join(".cache").join("huggingface").join("hub")
+    hub_cache::cache_dir()
 }
 
 /// The snapshot folder of hub model `repo_id` in the local cache that has a config and weights: the one
@@ -81,12 +64,12 @@ fn snapshot_in(hub: &Path, repo_id: &str) -> Option<PathBuf> {
 /// model `repo_id` into the local hub cache through `hf-hub`, and returns the snapshot folder. Fails within
 /// the probe timeout (`PEFT_HUB_TIMEOUT_SECS`, default 20 s) where the hub does not answer.
 pub fn download(repo_id: &str) -> Result<PathBuf> {
-    let timeout = std::env::var("PEFT_HUB_TIMEOUT_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .map_or(Duration::from_secs(HUB_PROBE_SECS), Duration::from_secs);
-    let endpoint = std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty());
-    download_with_timeout(repo_id, cache_dir(), endpoint, timeout)
+    download_with_timeout(
+        repo_id,
+        cache_dir(),
+        hub_cache::endpoint(),
+        hub_cache::probe_timeout(),
+    )
 }
 
 /// [`download`] into the hub cache `hub`, from `endpoint` (default: the hub), giving up after `timeout`
@@ -97,94 +80,64 @@ fn download_with_timeout(
     endpoint: Option<String>,
     timeout: Duration,
 ) -> Result<PathBuf> {
-    let unreachable = |why: String| {
-        ModelError::Zoo(format!(
+    let id = repo_id.to_string();
+    let cache = hub.clone();
+    let fetched = fetch_with_probe(timeout, move |answered| {
+        fetch_files(&id, cache, endpoint, answered)
+    });
+    fetched.map_err(|e| match e {
+        FetchError::Unreachable(why) => ModelError::Zoo(format!(
             "cannot reach the Hugging Face hub to download `{repo_id}` ({why}), and it is not in the local hub \
              cache ({}). Download it on a machine with access (e.g. `huggingface-cli download {repo_id}`) and copy \
              the cache over (or set HF_HOME), or give a local model folder, a .gguf file or a zoo name \
              (`peft fetch <name>`)",
             hub.display()
-        ))
-    };
-    let (tx, rx) = mpsc::channel::<Step>();
-    let id = repo_id.to_string();
-    let cache_dir = hub.clone();
-    // A thread, so that a hub that never answers costs the probe timeout, not a hang.
-    std::thread::spawn(move || {
-        let _ = tx.send(fetch_files(&id, cache_dir, endpoint, &tx));
-    });
-    match rx.recv_timeout(timeout) {
-        Ok(Step::Reachable) => {}
-        Ok(Step::Done(Err(why))) => return Err(unreachable(why)),
-        Ok(Step::Done(Ok(dir))) => return Ok(dir),
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            return Err(unreachable(format!("no answer within {timeout:?}")))
+        )),
+        FetchError::Failed(why) => {
+            ModelError::Zoo(format!("downloading `{repo_id}` from the hub: {why}"))
         }
-        Err(mpsc::RecvTimeoutError::Disconnected) => {
-            return Err(unreachable("the download thread failed".into()))
-        }
-    }
-    match rx.recv() {
-        Ok(Step::Done(Ok(dir))) => Ok(dir),
-        Ok(Step::Done(Err(why))) => Err(ModelError::Zoo(format!(
-            "downloading `{repo_id}` from the hub: {why}"
-        ))),
-        _ => Err(ModelError::Zoo(format!(
-            "downloading `{repo_id}` from the hub: the download thread failed"
-        ))),
-    }
+    })
 }
 
-/// Progress of the download thread.
-enum Step {
-    /// `config.json` arrived: the hub answers.
-    Reachable,
-    /// The snapshot folder, or why not.
-    Done(std::result::Result<PathBuf, String>),
-}
-
-/// Fetches the files [`download`] names, saying [`Step::Reachable`] once the hub has answered.
+/// Fetches the files [`download`] names, calling `answered` once the hub has answered.
 fn fetch_files(
     repo_id: &str,
     hub: PathBuf,
     endpoint: Option<String>,
-    tx: &mpsc::Sender<Step>,
-) -> Step {
-    let result = (|| -> std::result::Result<PathBuf, String> {
-        let mut builder = ApiBuilder::from_cache(Cache::new(hub)).with_progress(false);
-        if let Some(endpoint) = endpoint {
-            builder = builder.with_endpoint(endpoint);
+    answered: &dyn Fn(),
+) -> std::result::Result<PathBuf, String> {
+    let mut builder = ApiBuilder::from_cache(Cache::new(hub)).with_progress(false);
+    if let Some(endpoint) = endpoint {
+        builder = builder.with_endpoint(endpoint);
+    }
+    let api = builder.build().map_err(|e| e.to_string())?;
+    let repo = api.model(repo_id.to_string());
+    let config = repo.get("config.json").map_err(|e| e.to_string())?;
+    answered();
+    if repo.get("model.safetensors").is_err() {
+        let index = repo.get("model.safetensors.index.json").map_err(|e| {
+            format!("the repository has neither model.safetensors nor a sharded index: {e}")
+        })?;
+        let text = std::fs::read_to_string(&index).map_err(|e| e.to_string())?;
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        let mut shards: Vec<&str> = json["weight_map"]
+            .as_object()
+            .ok_or("the sharded index has no weight_map")?
+            .values()
+            .filter_map(|v| v.as_str())
+            .collect();
+        shards.sort_unstable();
+        shards.dedup();
+        for shard in shards {
+            repo.get(shard).map_err(|e| format!("{shard}: {e}"))?;
         }
-        let api = builder.build().map_err(|e| e.to_string())?;
-        let repo = api.model(repo_id.to_string());
-        let config = repo.get("config.json").map_err(|e| e.to_string())?;
-        let _ = tx.send(Step::Reachable);
-        if repo.get("model.safetensors").is_err() {
-            let index = repo.get("model.safetensors.index.json").map_err(|e| {
-                format!("the repository has neither model.safetensors nor a sharded index: {e}")
-            })?;
-            let text = std::fs::read_to_string(&index).map_err(|e| e.to_string())?;
-            let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-            let mut shards: Vec<&str> = json["weight_map"]
-                .as_object()
-                .ok_or("the sharded index has no weight_map")?
-                .values()
-                .filter_map(|v| v.as_str())
-                .collect();
-            shards.sort_unstable();
-            shards.dedup();
-            for shard in shards {
-                repo.get(shard).map_err(|e| format!("{shard}: {e}"))?;
-            }
-        }
-        // A folder without tokenizer.json still loads (ids only).
-        let _ = repo.get("tokenizer.json");
-        config
-            .parent()
-            .map(Path::to_path_buf)
-            .ok_or_else(|| "config.json has no folder".to_string())
-    })();
-    Step::Done(result)
+    }
+    // A folder without tokenizer.json still loads (ids only).
+    let _ = repo.get("tokenizer.json");
+    config
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| "config.json has no folder".to_string())
 }
 
 #[cfg(test)]

@@ -39,6 +39,10 @@ pub struct TrainArgs {
     /// Skip the zero-shot evaluation before training.
     #[arg(long)]
     no_baseline: bool,
+    /// Evaluate on the first N dev examples only (as HF's `run_glue.py --max_eval_samples`): a smoke run's
+    /// evaluations take seconds; its numbers are not the dev set's.
+    #[arg(long, value_name = "N")]
+    max_eval_samples: Option<usize>,
 }
 
 fn show(metrics: &Metrics) -> String {
@@ -52,6 +56,9 @@ fn show(metrics: &Metrics) -> String {
 /// Runs `peft train`.
 pub fn run(args: TrainArgs, comm: &dyn Communicator) -> Result<()> {
     let mut exp = Experiment::load(&args.experiment)?;
+    if let Some(n) = args.max_eval_samples {
+        exp.file.data.eval = exp.file.data.eval.with_limit_at_most(n);
+    }
     let cfg = &mut exp.file.training;
     if let Some(s) = args.max_steps {
         cfg.max_steps = s;
@@ -63,6 +70,10 @@ pub fn run(args: TrainArgs, comm: &dyn Communicator) -> Result<()> {
         cfg.seed = s;
     }
     cfg.resume |= args.resume;
+    // Absent data stops the run before the model is loaded (or fetched).
+    for source in [&exp.file.data.train, &exp.file.data.eval] {
+        source.locate()?;
+    }
     let loaded = open_model_for(&exp)?;
     let model = loaded.model.as_ref();
     let spec = model.spec();

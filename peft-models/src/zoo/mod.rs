@@ -179,6 +179,6 @@ fn io(action: &'static str, path: &Path, source: std::io::Error) -> ModelError {
     ModelError::Io {
         action,
         path: path.to_path_buf(),
-        source,
+        cause: source,
     }
 }

@@ -160,7 +160,7 @@ impl<'t> ClassEncoder<'t> {
     pub fn encode_source(&self, source: &DataSource) -> Result<Vec<ClassExample>> {
         source.check_template(&self.template)?;
         self.encode_all(&source.read()?).map_err(|e| match e {
-            PeftError::Data(msg) => PeftError::Data(format!("{}: {msg}", source.path.display())),
+            PeftError::Data(msg) => PeftError::Data(format!("{}: {msg}", source.name())),
             other => other,
         })
     }

@@ -1,9 +1,9 @@
 //! The data pipeline: files -> raw examples -> prompts -> token ids -> padded batches.
 //!
-//! - [`source`]: [`DataSource`] reads JSONL / CSV / TSV / `label text` files into [`RawExample`]s
-//!   ([`raw_example`]), with the columns named by the user (text, text pair, label, and any further `fields` a
-//!   template places), and `skip` / `limit` to cut one file into parts; [`read_text`] ([`corpus`]) reads a
-//!   plain-text corpus.
+//! - [`source`]: [`DataSource`] reads JSONL / CSV / TSV / `label text` / Parquet files, or a dataset of the
+//!   Hugging Face hub by id, config and split ([`hub_dataset`]), into [`RawExample`]s ([`raw_example`]), with
+//!   the columns named by the user (text, text pair, label, and any further `fields` a template places), and
+//!   `skip` / `limit` to cut one file into parts; [`read_text`] ([`corpus`]) reads a plain-text corpus.
 //! - [`template`]: a [`Template`] renders an example into a prompt whose last token is the answer position
 //!   (`{text}`, `{text_pair}` and `{name}` for each field); a [`Verbalizer`] maps label values to label words
 //!   and those to token ids.
@@ -45,6 +45,7 @@
 pub mod batch;
 pub mod corpus;
 pub mod encode;
+pub mod hub_dataset;
 pub mod raw_example;
 pub mod source;
 pub mod tagged;
@@ -59,6 +60,7 @@ pub use corpus::read_text;
 pub use encode::{
     chunk_text, encode_prompt_completion, ClassEncoder, ClassExample, LmExample, IGNORE_INDEX,
 };
+pub use hub_dataset::HubDataset;
 pub use raw_example::RawExample;
-pub use source::{DataSource, Field, Format};
+pub use source::{DataSource, Field, Format, Located};
 pub use template::{Template, Verbalizer};

@@ -104,3 +104,95 @@ pub fn labels(rows: &[RawExample]) -> Vec<&str> {
         .map(|r| r.label.as_deref().unwrap_or("-"))
         .collect()
 }
+
+/// The values of one column of a test Parquet file.
+#[derive(Debug, Clone)]
+pub enum Column {
+    /// UTF-8 strings.
+    Text(Vec<String>),
+    /// UTF-8 strings, `None` written as null.
+    OptionalText(Vec<Option<String>>),
+    /// 64-bit integers (as HF datasets store a `ClassLabel`).
+    Int(Vec<i64>),
+}
+
+impl Column {
+    fn len(&self) -> usize {
+        match self {
+            Column::Text(v) => v.len(),
+            Column::OptionalText(v) => v.len(),
+            Column::Int(v) => v.len(),
+        }
+    }
+}
+
+/// Writes a one-row-group, snappy-compressed Parquet file of nullable columns, as HF datasets write theirs.
+pub fn write_parquet(path: &std::path::Path, columns: &[(&str, Column)]) {
+    use parquet::basic::Compression;
+    use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    use parquet::schema::parser::parse_message_type;
+    use std::sync::Arc;
+
+    let fields: Vec<String> = columns
+        .iter()
+        .map(|(name, column)| match column {
+            Column::Int(_) => format!("OPTIONAL INT64 {name};"),
+            _ => format!("OPTIONAL BYTE_ARRAY {name} (UTF8);"),
+        })
+        .collect();
+    let schema = parse_message_type(&format!("message schema {{ {} }}", fields.join(" ")))
+        .expect("valid schema");
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .build();
+    let file = std::fs::File::create(path).expect("create parquet file");
+    let mut writer =
+        SerializedFileWriter::new(file, Arc::new(schema), Arc::new(props)).expect("parquet writer");
+    let mut group = writer.next_row_group().expect("row group");
+    for (_, column) in columns {
+        let mut out = group.next_column().expect("column").expect("a column left");
+        let present: Vec<i16> = match column {
+            Column::OptionalText(v) => v.iter().map(|x| i16::from(x.is_some())).collect(),
+            other => vec![1; other.len()],
+        };
+        match column {
+            Column::Int(v) => {
+                out.typed::<Int64Type>()
+                    .write_batch(v, Some(&present), None)
+                    .expect("write ints");
+            }
+            Column::Text(v) => {
+                let v: Vec<ByteArray> = v.iter().map(|s| ByteArray::from(s.as_str())).collect();
+                out.typed::<ByteArrayType>()
+                    .write_batch(&v, Some(&present), None)
+                    .expect("write strings");
+            }
+            Column::OptionalText(v) => {
+                let v: Vec<ByteArray> = v
+                    .iter()
+                    .flatten()
+                    .map(|s| ByteArray::from(s.as_str()))
+                    .collect();
+                out.typed::<ByteArrayType>()
+                    .write_batch(&v, Some(&present), None)
+                    .expect("write strings");
+            }
+        }
+        out.close().expect("close column");
+    }
+    group.close().expect("close row group");
+    writer.close().expect("close parquet file");
+}
+
+/// A hub endpoint that refuses every connection at once: a local port just bound and released, on which
+/// nothing listens.
+pub fn refusing_endpoint() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a local port")
+        .local_addr()
+        .expect("its address")
+        .port();
+    format!("http://127.0.0.1:{port}")
+}

@@ -64,7 +64,10 @@ pub struct TrainConfig {
     /// checkpoint had logged, and the resumed run logs them again. Default false.
     #[serde(default)]
     pub resume: bool,
-    /// Show a progress bar on a terminal. Default true.
+    /// Show progress on rank 0: a bar when stderr is a terminal, else (a log file, CI, `nohup`) one plain line
+    /// on stderr with each training record (every `log_every` steps and the last), e.g.
+    /// `step 150/300  loss 0.3596  1234 tok/s  elapsed 8m12s  left ~8m10s`, the time left estimated from
+    /// this run's mean time per step since its start or resume. Default true; false shows nothing.
     #[serde(default = "default_true")]
     pub progress: bool,
     /// Write resumable checkpoints (and the best adapter) at all. Default true; `peft compare` turns it off,

@@ -59,7 +59,7 @@ impl Trainer<'_> {
             record[format!("eval_{k}")] = serde_json::json!(v);
         }
         log.write(&record)?;
-        bar.println(format!(
+        let line = format!(
             "step {}: {}",
             state.step,
             metrics
@@ -67,7 +67,13 @@ impl Trainer<'_> {
                 .map(|(k, v)| format!("{k} {v:.4}"))
                 .collect::<Vec<_>>()
                 .join(", ")
-        ));
+        );
+        // A hidden bar drops its lines: off a terminal the result goes to stderr as a plain line.
+        if self.plain_progress() {
+            eprintln!("{line}");
+        } else {
+            bar.println(line);
+        }
         report.evals.push((state.step, metrics));
         Ok(())
     }

@@ -33,7 +33,7 @@ pub(super) fn parse(
         .flexible(true)
         .from_reader(content.as_bytes());
     let mut records = reader.records();
-    let csv_err = |e: csv::Error| PeftError::Data(format!("{}: {e}", source.path.display()));
+    let csv_err = |e: csv::Error| PeftError::Data(format!("{}: {e}", source.name()));
 
     let header: Option<Vec<String>> = if source.has_header {
         match records.next() {
@@ -58,7 +58,7 @@ pub(super) fn parse(
             (Field::Name(name), Some(h)) => h.iter().position(|c| c == name).ok_or_else(|| {
                 PeftError::Data(format!(
                     "{} line 1 (header): no column `{name}`; available: {}",
-                    source.path.display(),
+                    source.name(),
                     h.join(", ")
                 ))
             })?,
@@ -66,7 +66,7 @@ pub(super) fn parse(
                 return Err(PeftError::Data(format!(
                     "{}: field `{name}` is a name but the file has no header (has_header = false); \
                      give fields as 0-based column indices",
-                    source.path.display()
+                    source.name()
                 )))
             }
         });
@@ -96,7 +96,7 @@ pub(super) fn parse(
                     .map_or(String::new(), |n| format!(" (`{n}`)"));
                 PeftError::Data(format!(
                     "{} line {line}: no column {column}{name}; the row has {} columns",
-                    source.path.display(),
+                    source.name(),
                     record.len()
                 ))
             })?;

@@ -24,10 +24,13 @@ pub enum Format {
     /// One example per non-blank line in the `label text` layout of the sentence sets: column 0 is the first
     /// whitespace-separated word, column 1 the rest of the line; the field name `line` selects the whole line.
     Lines,
+    /// Apache Parquet (the hub's format for datasets): one row per example, fields named by column or
+    /// addressed by column index.
+    Parquet,
 }
 
 impl Format {
-    /// The format a file name implies: `.jsonl`, `.csv`, `.tsv`, `.txt` (lines); `None` for anything else.
+    /// The format a file name implies: `.jsonl`, `.csv`, `.tsv`, `.txt` (lines), `.parquet`; `None` for anything else.
     pub fn from_path(path: &Path) -> Option<Format> {
         let ext = path.extension()?.to_str()?.to_ascii_lowercase();
         match ext.as_str() {
@@ -35,6 +38,7 @@ impl Format {
             "csv" => Some(Format::Csv),
             "tsv" => Some(Format::Tsv),
             "txt" => Some(Format::Lines),
+            "parquet" => Some(Format::Parquet),
             _ => None,
         }
     }

@@ -25,7 +25,7 @@ pub(super) fn parse(source: &DataSource, content: &str, out: &mut Vec<RawExample
     {
         return Err(PeftError::Data(format!(
             "{}: JSONL fields are named by key, not by column index ({i})",
-            source.path.display()
+            source.name()
         )));
     }
     let mut seen = 0;
@@ -36,7 +36,7 @@ pub(super) fn parse(source: &DataSource, content: &str, out: &mut Vec<RawExample
         if line.trim().is_empty() || source.skipped(&mut seen) {
             continue;
         }
-        let at = || format!("{} line {}", source.path.display(), n + 1);
+        let at = || format!("{} line {}", source.name(), n + 1);
         let value: serde_json::Value = serde_json::from_str(line)
             .map_err(|e| PeftError::Data(format!("{}: invalid JSON: {e}", at())))?;
         let object = value.as_object().ok_or_else(|| {

@@ -23,7 +23,7 @@ pub(super) fn parse(source: &DataSource, content: &str, out: &mut Vec<RawExample
             return Err(PeftError::Data(format!(
                 "{}: a `lines` file has column 0 (first word), column 1 (rest of the line) and the field \
                  `line` (whole line); {field} does not exist",
-                source.path.display()
+                source.name()
             )));
         }
     }
@@ -48,7 +48,7 @@ pub(super) fn parse(source: &DataSource, content: &str, out: &mut Vec<RawExample
                 Field::Index(_) => rest.ok_or_else(|| {
                     PeftError::Data(format!(
                         "{} line {}: no column 1 (text after the first word); the line has one word",
-                        source.path.display(),
+                        source.name(),
                         n + 1
                     ))
                 })?,
