@@ -6,7 +6,8 @@
 #   bash scripts/methods_table.sh [experiment names...]   # default: all of them
 #
 # Needs a release build (`cargo build --release -p peft-cli -p peft-ia3-cli`). Each run writes
-# out/sst2-<name>/ and out/sst2-<name>.time (GNU time's report); rows go to out/methods-table.md.
+# out/sst2-<name>/ and out/sst2-<name>.time (GNU time's report); rows go to out/methods-table.md. The README's
+# table is from the run whose outputs are copied to results/methods-table-sst2/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 names=("$@")
