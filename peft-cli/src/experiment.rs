@@ -127,6 +127,14 @@ impl DataSection {
             eval: self.eval.relative_to(dir),
         })
     }
+
+    /// Finds both sources' data (see `DataSource::locate`), so that a command stops on absent data before it
+    /// loads a model.
+    pub fn locate(&self) -> Result<()> {
+        self.train.locate()?;
+        self.eval.locate()?;
+        Ok(())
+    }
 }
 
 /// A parsed and checked experiment.

@@ -39,7 +39,9 @@ pub fn run(args: FetchArgs) -> Result<()> {
                 args.name
             );
         }
-        let config = args.config.unwrap_or_else(|| "default".into());
+        let config = args
+            .config
+            .unwrap_or_else(|| peft_train::data::hub_dataset::DEFAULT_CONFIG.into());
         let splits = if args.split.is_empty() {
             vec!["train".to_string(), "validation".to_string()]
         } else {

@@ -70,10 +70,7 @@ pub fn run(args: TrainArgs, comm: &dyn Communicator) -> Result<()> {
         cfg.seed = s;
     }
     cfg.resume |= args.resume;
-    // Absent data stops the run before the model is loaded (or fetched).
-    for source in [&exp.file.data.train, &exp.file.data.eval] {
-        source.locate()?;
-    }
+    exp.file.data.locate()?;
     let loaded = open_model_for(&exp)?;
     let model = loaded.model.as_ref();
     let spec = model.spec();

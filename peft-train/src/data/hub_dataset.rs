@@ -28,6 +28,9 @@ use hf_hub::{Cache, Repo, RepoType};
 use peft_core::error::{PeftError, Result};
 use peft_core::hub_cache::{self, fetch_with_probe, FetchError};
 
+/// The config of a dataset that has no configs of its own, as HF datasets names it.
+pub const DEFAULT_CONFIG: &str = "default";
+
 /// The revision holding the hub's own Parquet conversion of every dataset.
 pub const PARQUET_REVISION: &str = "refs/convert/parquet";
 
@@ -125,7 +128,7 @@ impl HubDataset {
         let split_file = file == self.split || file.starts_with(&format!("{}-", self.split));
         folder == format!("{}/{}", self.config, self.split)
             || (folder == self.config && split_file)
-            || (self.config == "default" && folder == "data" && split_file)
+            || (self.config == DEFAULT_CONFIG && folder == "data" && split_file)
     }
 
     /// `folder` of this dataset in hub cache `hub`: `datasets--org--name`.

@@ -254,7 +254,10 @@ impl DataSource {
         let id = self.hub.clone()?;
         Some(HubDataset {
             id,
-            config: self.config.clone().unwrap_or_else(|| "default".into()),
+            config: self
+                .config
+                .clone()
+                .unwrap_or_else(|| super::hub_dataset::DEFAULT_CONFIG.into()),
             split: self.split.clone().unwrap_or_default(),
             revision: self.revision.clone(),
         })
@@ -313,8 +316,9 @@ impl DataSource {
                         "hub dataset `{hub}` needs a `split` (\"train\", \"validation\", \"test\", ...)"
                     ));
                 }
-                if let Some(h) = self.hub_dataset() {
-                    h.check()?;
+                // `hub` is set here, so the dataset is there to check.
+                if let Some(dataset) = self.hub_dataset() {
+                    dataset.check()?;
                 }
             }
         }
@@ -470,14 +474,9 @@ impl DataSource {
     /// Reads every example (up to `limit`) from where [`DataSource::locate`] finds the data. An empty result
     /// is an error.
     pub fn read(&self) -> Result<Vec<RawExample>> {
-        self.check_field_names()?;
-        let mut out = Vec::new();
-        match self.locate()? {
+        let files = match self.locate()? {
             Located::Local(local) => return local.read(),
-            Located::File(path) if self.format()? == Format::Parquet => {
-                parquet::read(self, &[path.to_path_buf()], &mut out)?
-            }
-            Located::File(path) => {
+            Located::File(path) if self.format()? != Format::Parquet => {
                 let content = if self.lossy_utf8 {
                     let bytes =
                         std::fs::read(path).map_err(|e| PeftError::io("reading", path, e))?;
@@ -487,8 +486,12 @@ impl DataSource {
                 };
                 return self.parse_str(&content);
             }
-            Located::Hub(files) => parquet::read(self, &files, &mut out)?,
-        }
+            Located::File(path) => vec![path.to_path_buf()],
+            Located::Hub(files) => files,
+        };
+        self.check_field_names()?;
+        let mut out = Vec::new();
+        parquet::read(self, &files, &mut out)?;
         self.finish(out)
     }
 
