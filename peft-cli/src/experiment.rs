@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use peft_core::method::PeftMethod;
 use peft_train::data::{DataSource, Template, Verbalizer};
 use peft_train::train::TrainConfig;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// A whole experiment file.
 #[derive(Debug, Deserialize)]
@@ -37,7 +37,7 @@ pub struct ModelSection {
 }
 
 /// What kind of task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TaskKind {
     /// Label words scored by the LM head at the answer position.
     #[serde(rename = "classification")]
@@ -70,7 +70,7 @@ impl TaskKind {
 }
 
 /// `[task]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskSection {
     /// `classification`, `classification-head`, `causal-lm`, `seq2seq` or `token-classification`.
@@ -148,8 +148,7 @@ pub struct Experiment {
 impl Experiment {
     /// Reads and checks `path`: TOML syntax, unknown keys anywhere (method included), the task's fields.
     pub fn load(path: &Path) -> Result<Experiment> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading experiment {}", path.display()))?;
+        let text = crate::input_file::read_text(path, "experiment")?;
         Self::parse(&text, path)
     }
 
@@ -160,10 +159,41 @@ impl Experiment {
         let method = parse_method(&file.method, text)
             .with_context(|| format!("{}: [method]", path.display()))?;
         check_task(&file.task).with_context(|| format!("{}: [task]", path.display()))?;
+        file.training
+            .check()
+            .with_context(|| format!("{}: [training]", path.display()))?;
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut file = file;
         file.data = file.data.checked(path, &dir)?;
         Ok(Experiment { file, method })
+    }
+
+    /// A digest of what a run of this experiment learns from: the `[task]` section (template, label words,
+    /// lengths) and the training data's settings and content. A checkpoint records it, and a resume with
+    /// another digest (an edited data file, a changed template) is refused.
+    /// Its parts are named (`template:<hex> label_words:<hex> task:<hex> training_data:<hex>`, `task` being the
+    /// rest of the section), so that a refusal says which one changed.
+    pub fn inputs_digest(&self) -> Result<String> {
+        use peft_train::data::digest::Digest;
+        let mut rest = serde_json::to_value(&self.file.task)?;
+        let mut part = |key: &str| -> Result<String> {
+            let value = rest
+                .as_object_mut()
+                .and_then(|m| m.remove(key))
+                .unwrap_or_default();
+            let mut digest = Digest::new();
+            digest.field(serde_json::to_string(&value)?.as_bytes());
+            Ok(digest.hex())
+        };
+        let template = part("template")?;
+        let label_words = part("label_words")?;
+        let mut task = Digest::new();
+        task.field(serde_json::to_string(&rest)?.as_bytes());
+        Ok(format!(
+            "template:{template} label_words:{label_words} task:{} training_data:{}",
+            task.hex(),
+            self.file.data.train.content_digest()?
+        ))
     }
 }
 

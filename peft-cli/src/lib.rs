@@ -11,6 +11,7 @@
 pub mod commands;
 pub mod compare;
 pub mod experiment;
+pub mod input_file;
 pub mod launch;
 pub mod measure;
 #[cfg(feature = "mpi")]

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
-use peft_core::adapter_io::load_adapter;
+use peft_core::adapter_io::{load_adapter_with, AdapterIoOptions, LoadedAdapter};
 use peft_core::head::WithClassifier;
 use peft_core::hooks::{positions_taken, Hooks};
 use peft_core::method::{Adapter, InitCtx};
@@ -70,22 +70,46 @@ pub fn build_adapter(exp: &Experiment, loaded: &LoadedModel) -> Result<Box<dyn A
     })
 }
 
-/// Runs `f` with the adapter at `adapter` (its hooks and any trained head; or the bare model), printing the
-/// loader's warnings.
+/// The loader's options for `--allow-non-finite`: an adapter holding NaN or infinite values is refused unless
+/// the flag is given.
+pub fn adapter_options(allow_non_finite: bool) -> AdapterIoOptions {
+    AdapterIoOptions { allow_non_finite }
+}
+
+/// Loads the adapter folder `dir` onto `loaded` with `options`, printing the loader's warnings (and one more
+/// where non-finite tensors were let through).
+pub fn open_adapter(
+    loaded: &LoadedModel,
+    dir: &Path,
+    options: &AdapterIoOptions,
+) -> Result<LoadedAdapter> {
+    let mut init = init_ctx(loaded, 0);
+    let adapter = load_adapter_with(dir, &mut init, options)
+        .with_context(|| format!("loading adapter {}", dir.display()))?;
+    for w in &adapter.warnings {
+        eprintln!("warning: {w}");
+    }
+    if options.allow_non_finite {
+        eprintln!(
+            "warning: --allow-non-finite: adapter {} is loaded even if its tensors hold NaN or infinite values",
+            dir.display()
+        );
+    }
+    Ok(adapter)
+}
+
+/// Runs `f` with the adapter at `adapter` (its hooks and any trained head; or the bare model), loaded with
+/// `options` ([`open_adapter`]).
 pub fn with_adapter<T>(
     loaded: &LoadedModel,
     adapter: Option<&Path>,
+    options: &AdapterIoOptions,
     f: impl FnOnce(Tuned) -> Result<T>,
 ) -> Result<T> {
     match adapter {
         None => f(Tuned::frozen()),
         Some(dir) => {
-            let mut init = init_ctx(loaded, 0);
-            let adapter = load_adapter(dir, &mut init)
-                .with_context(|| format!("loading adapter {}", dir.display()))?;
-            for w in &adapter.warnings {
-                eprintln!("warning: {w}");
-            }
+            let adapter = open_adapter(loaded, dir, options)?;
             f(Tuned::of(adapter.adapter.as_ref()))
         }
     }

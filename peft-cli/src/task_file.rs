@@ -83,8 +83,7 @@ pub fn higher_is_better(metric: &str) -> bool {
 impl TaskFile {
     /// Reads and checks a task file.
     pub fn load(path: &Path) -> Result<TaskFile> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading task file {}", path.display()))?;
+        let text = crate::input_file::read_text(path, "task file")?;
         Self::parse(&text, path)
     }
 

@@ -115,6 +115,10 @@ fn build_task_as(
                     train, eval, classes, pad_id,
                 )?));
             }
+            task.label_words
+                .as_ref()
+                .context("label_words")?
+                .check_scorable(tokenizer, encoder.template())?;
             Ok(Box::new(VerbalizerClassification::new(
                 train,
                 eval,

@@ -261,3 +261,41 @@ fn the_grids_that_name_task_files_still_load() {
     }
     assert!(grids > 0, "no grid in {} names task files", dir.display());
 }
+
+#[test]
+fn every_verbalizer_task_scores_one_token_per_label_word_on_smollm2() {
+    let Some(loaded) = peft_testing::smollm2() else {
+        return;
+    };
+    let tokenizer = loaded
+        .tokenizer
+        .as_ref()
+        .expect("the GGUF carries its tokenizer");
+    let mut checked = 0;
+    for expected in TASKS {
+        let task = load(expected.file);
+        if task.task.kind != peft_cli::experiment::TaskKind::Classification {
+            continue;
+        }
+        let template =
+            peft_train::data::Template::new(task.task.template.clone().unwrap()).unwrap();
+        let words = task.task.label_words.as_ref().unwrap();
+        words
+            .check_scorable(tokenizer, &template)
+            .unwrap_or_else(|e| panic!("{}: {e}", expected.file));
+        checked += 1;
+    }
+    assert!(checked >= 5, "only {checked} verbalizer tasks");
+    // The check refuses a word of several tokens, naming its tokens.
+    let template = peft_train::data::Template::new("{text} Topic:").unwrap();
+    let long =
+        peft_train::data::Verbalizer::new([("0", " abbreviationally"), ("1", " sports")]).unwrap();
+    let err = long
+        .check_scorable(tokenizer, &template)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("abbreviationally") && err.contains("tokens"),
+        "{err}"
+    );
+}

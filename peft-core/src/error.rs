@@ -48,6 +48,23 @@ pub enum PeftError {
         got: Vec<usize>,
     },
 
+    /// Tensors hold NaN or infinite values where they are refused without an explicit override (an adapter
+    /// saved or loaded: it comes from a diverged run).
+    #[error(
+        "refusing to {action} the adapter {}: {found}. Such an adapter comes from a diverged run: retrain it (a lower \
+         learning rate, gradient clipping), or give the explicit override (`allow_non_finite`; \
+         `--allow-non-finite` on the command line) to {action} it anyway",
+        path.display()
+    )]
+    NonFinite {
+        /// What was being done (`save`, `load`).
+        action: &'static str,
+        /// The folder or file concerned.
+        path: PathBuf,
+        /// Which tensors hold how many such values.
+        found: String,
+    },
+
     /// A configuration value is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -12,16 +12,20 @@
 //! assert_eq!(spec.sites_with_any_role(&[Role::QueryKeyValue]), vec![qkv]);
 //! ```
 
+pub mod adapter_checks;
 pub mod adapter_io;
 pub mod atomic;
 pub mod compare;
 pub mod error;
+pub mod finite;
 pub mod frozen;
 pub mod grad;
 pub mod head;
 pub mod hooks;
 pub mod hub_cache;
+pub mod lock;
 pub mod method;
+pub mod method_config;
 pub mod model;
 pub mod prompt_learning;
 pub mod spec;

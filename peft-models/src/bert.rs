@@ -31,13 +31,39 @@ use serde_json::Value;
 pub use config::BertConfig;
 
 use crate::attention::{attend, split_heads, PrefixMasks};
+use crate::config_checks::{check_eps, check_layer_count, check_sizes};
 use crate::embedding::lookup;
 use crate::error::{ModelError, Result};
 use crate::folder::parse_config;
 use crate::parts::{
     linear_at, linear_at_mut, projection_fields, Activation, LayerNorm, Loader, Projection,
 };
+use crate::tensor_usage::Allowed;
 use crate::weights::WeightMap;
+
+/// Tensors a BERT checkpoint may hold that the encoder does not read.
+pub const ALLOWED_UNUSED: &[Allowed] = &[
+    Allowed::new(
+        "embeddings.position_ids",
+        "the integer buffer 0..max_position_embeddings transformers before 4.31 saved (all-MiniLM-L6-v2 holds it)",
+    ),
+    Allowed::new(
+        "embeddings.token_type_ids",
+        "the integer buffer of default segment ids some transformers versions saved",
+    ),
+    Allowed::new(
+        "cls.*",
+        "the MLM / next-sentence heads of BertForPreTraining and BertForMaskedLM: no MLM head is loaded",
+    ),
+    Allowed::new(
+        "classifier.*",
+        "the task head of BertForSequenceClassification / BertForTokenClassification: a method trains its own",
+    ),
+    Allowed::new(
+        "qa_outputs.*",
+        "the span head of BertForQuestionAnswering, which this encoder does not have",
+    ),
+];
 
 /// One encoder layer (`encoder.layer.{i}`).
 #[derive(Debug, Clone)]
@@ -97,11 +123,20 @@ impl Bert {
             cfg.num_attention_heads,
             cfg.num_hidden_layers,
         );
-        if heads == 0 || h % heads != 0 {
+        check_sizes(&[
+            ("vocab_size", cfg.vocab_size),
+            ("hidden_size", h),
+            ("num_attention_heads", heads),
+            ("intermediate_size", cfg.intermediate_size),
+            ("max_position_embeddings", cfg.max_position_embeddings),
+            ("type_vocab_size", cfg.type_vocab_size),
+        ])?;
+        if h % heads != 0 {
             return Err(ModelError::Config(format!(
                 "BERT hidden_size {h} is not divisible by num_attention_heads {heads}"
             )));
         }
+        check_eps("layer_norm_eps", cfg.layer_norm_eps)?;
         if cfg.is_decoder {
             return Err(ModelError::Config(
                 "BERT with is_decoder = true (a causal decoder) is not supported: only the bidirectional encoder is \
@@ -117,6 +152,7 @@ impl Bert {
         }
         let activation = Activation::parse(&cfg.hidden_act)?;
         let weights = bert_model_names(weights);
+        check_layer_count("num_hidden_layers", layers, &weights, "encoder.layer")?;
         let mut spec = ModelSpec::new(
             "bert",
             layers,
@@ -210,7 +246,7 @@ impl Bert {
         } else {
             None
         };
-        let (spec, parameters) = ld.finish();
+        let (spec, parameters) = ld.finish(ALLOWED_UNUSED)?;
         Ok(Bert {
             config: cfg.clone(),
             spec,
@@ -446,10 +482,8 @@ pub(crate) fn from_folder(
     name: &str,
 ) -> Result<(Box<dyn BaseModel>, Option<u32>)> {
     let cfg: BertConfig = parse_config(config_path, config)?;
-    let model = Bert::from_weights(&cfg, weights, name).map_err(|e| match e {
-        ModelError::Config(m) => ModelError::Config(format!("{}: {m}", config_path.display())),
-        other => other,
-    })?;
+    // A config error is prefixed with the config's path by the folder loader.
+    let model = Bert::from_weights(&cfg, weights, name)?;
     Ok((Box::new(model), None))
 }
 

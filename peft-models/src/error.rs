@@ -57,6 +57,29 @@ pub enum ModelError {
         got: Vec<usize>,
     },
 
+    /// A tensor read as a weight is stored as integers (a buffer such as `position_ids`, or a corrupt file).
+    #[error("tensor `{name}` in {source_desc} is stored as {dtype}, not as floating-point weights (f32, f16, bf16 or f64): the checkpoint does not fit this architecture or is corrupt")]
+    TensorDtype {
+        /// The Hugging Face parameter name.
+        name: String,
+        /// Where the weights came from.
+        source_desc: String,
+        /// The dtype found.
+        dtype: String,
+    },
+
+    /// A checkpoint holds tensors the architecture does not use (a config saying fewer layers than the file
+    /// holds, another architecture's names): loading it would silently ignore weights.
+    #[error("{source_desc} holds {count} tensor(s) this model does not use ({names}): the config does not describe the checkpoint (check its layer count and model_type) or the file holds another model")]
+    UnusedTensors {
+        /// Where the weights came from.
+        source_desc: String,
+        /// How many tensors are unused.
+        count: usize,
+        /// The first few, quoted.
+        names: String,
+    },
+
     /// The configuration cannot be used.
     #[error("model config: {0}")]
     Config(String),

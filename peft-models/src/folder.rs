@@ -51,38 +51,59 @@ pub fn load_folder_with(dir: &Path, device: &Device, options: LoadOptions) -> Re
         weights.make_trainable()?;
     }
     let name = dir.display().to_string();
-    let (model, eos_token_id): (Box<dyn peft_core::model::BaseModel>, Option<u32>) =
-        match model_type.as_str() {
-            "gpt2" => {
-                let cfg: Gpt2Config = parse_config(&config_path, config)?;
-                (
-                    Box::new(Gpt2::from_weights(&cfg, &weights, &name)?),
-                    cfg.eos_token_id,
-                )
-            }
-            "llama" => {
-                normalise_llama(&config_path, &mut config)?;
-                let cfg: LlamaConfig = parse_config(&config_path, config)?;
-                (
-                    Box::new(Llama::from_weights(&cfg, &weights, &name)?),
-                    cfg.eos_token_id,
-                )
-            }
-            "opt" => crate::opt::from_folder(config, &config_path, &weights, &name)?,
-            "bert" => crate::bert::from_folder(config, &config_path, &weights, &name)?,
-            "t5" => crate::t5::from_folder(config, &config_path, &weights, &name)?,
-            other => {
-                return Err(ModelError::Config(format!(
-                    "{}: model_type `{other}` is not supported; supported model types: {}",
-                    config_path.display(),
-                    SUPPORTED_MODEL_TYPES.join(", ")
-                )))
-            }
-        };
+    let (model, eos_token_id) = build(&model_type, config, &config_path, &weights, &name)
+        .map_err(|e| with_config_path(e, &config_path))?;
     Ok(LoadedModel {
         model,
         tokenizer: load_tokenizer(dir)?,
         eos_token_id,
+    })
+}
+
+/// A config error names the config file it comes from (once).
+fn with_config_path(e: ModelError, config_path: &Path) -> ModelError {
+    let path = config_path.display().to_string();
+    match e {
+        ModelError::Config(m) if !m.starts_with(&path) => {
+            ModelError::Config(format!("{path}: {m}"))
+        }
+        other => other,
+    }
+}
+
+/// The model of `model_type` from its parsed config and weights, with its eos token id.
+fn build(
+    model_type: &str,
+    mut config: Value,
+    config_path: &Path,
+    weights: &WeightMap,
+    name: &str,
+) -> Result<(Box<dyn peft_core::model::BaseModel>, Option<u32>)> {
+    Ok(match model_type {
+        "gpt2" => {
+            let cfg: Gpt2Config = parse_config(config_path, config)?;
+            (
+                Box::new(Gpt2::from_weights(&cfg, weights, name)?),
+                cfg.eos_token_id,
+            )
+        }
+        "llama" => {
+            normalise_llama(config_path, &mut config)?;
+            let cfg: LlamaConfig = parse_config(config_path, config)?;
+            (
+                Box::new(Llama::from_weights(&cfg, weights, name)?),
+                cfg.eos_token_id,
+            )
+        }
+        "opt" => crate::opt::from_folder(config, config_path, weights, name)?,
+        "bert" => crate::bert::from_folder(config, config_path, weights, name)?,
+        "t5" => crate::t5::from_folder(config, config_path, weights, name)?,
+        other => {
+            return Err(ModelError::Config(format!(
+                "model_type `{other}` is not supported; supported model types: {}",
+                SUPPORTED_MODEL_TYPES.join(", ")
+            )))
+        }
     })
 }
 

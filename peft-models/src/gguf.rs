@@ -30,10 +30,13 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{DType, Device, Tensor};
 
 use crate::config::LlamaConfig;
+use crate::config_checks::{check_eps, check_sizes, count_layers};
 use crate::error::{ModelError, Result};
+use crate::gguf_layout::{check_tensor_layout, precheck_alignment};
 use crate::gguf_tokenizer::{as_i64, tokenizer_from_metadata, GgufTokenizer};
 use crate::llama::Llama;
 use crate::loaded::{LoadOptions, LoadedModel};
+use crate::tensor_usage::Allowed;
 use crate::weights::WeightMap;
 
 /// Everything a GGUF file holds, converted to this crate's types, before a model is built from it.
@@ -62,7 +65,10 @@ pub fn load_gguf_with(path: &Path, device: &Device, options: LoadOptions) -> Res
         || path.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
     );
-    let model = Llama::from_weights(&ckpt.config, &ckpt.weights, &name)?;
+    let model = Llama::from_weights(&ckpt.config, &ckpt.weights, &name).map_err(|e| match e {
+        ModelError::Config(m) => bad_file(path, m),
+        other => other,
+    })?;
     Ok(LoadedModel {
         model: Box::new(model),
         eos_token_id: ckpt.tokenizer.eos_token_id.or(ckpt.config.eos_token_id),
@@ -71,11 +77,22 @@ pub fn load_gguf_with(path: &Path, device: &Device, options: LoadOptions) -> Res
 }
 
 /// Reads a LLaMA GGUF file: config, dequantized weights with Hugging Face names, tokenizer.
+///
+/// Before any tensor is read, the file must be whole: every tensor aligned and inside the file
+/// ([`crate::gguf_layout`]), `<arch>.block_count` equal to the blocks the tensors hold, and every tensor one
+/// the model uses (or `rope_freqs.weight`, see [`ALLOWED_UNUSED`]).
 pub fn read_gguf(path: &Path, device: &Device) -> Result<GgufCheckpoint> {
     let (content, mut reader) = open(path)?;
     let md = &content.metadata;
     let has_output = content.tensor_infos.contains_key("output.weight");
     let config = llama_config(md, has_output).map_err(|e| bad_file(path, e.to_string()))?;
+    let file_size = reader.seek(SeekFrom::End(0)).map_err(|e| ModelError::Io {
+        action: "reading",
+        path: path.into(),
+        cause: e,
+    })?;
+    check_tensor_layout(&content, file_size).map_err(|e| bad_file(path, e.to_string()))?;
+    check_tensors(&content, config.num_hidden_layers).map_err(|e| bad_file(path, e.to_string()))?;
     let tokenizer = tokenizer_from_metadata(md).map_err(|e| bad_file(path, e.to_string()))?;
 
     let mut tensors = HashMap::with_capacity(content.tensor_infos.len());
@@ -117,6 +134,40 @@ pub fn read_gguf(path: &Path, device: &Device) -> Result<GgufCheckpoint> {
     })
 }
 
+/// Tensors a llama GGUF file may hold that the model does not read.
+pub const ALLOWED_UNUSED: &[Allowed] = &[Allowed::new(
+    "rope_freqs.weight",
+    "llama.cpp's rotary frequency factors, which transformers' GGUF loader skips too",
+)];
+
+/// Refuses a file whose `llama.block_count` (`blocks`) differs from the blocks its tensors hold, or that
+/// holds a tensor the model has no parameter for (outside [`ALLOWED_UNUSED`]).
+fn check_tensors(content: &Content, blocks: usize) -> Result<()> {
+    let names = content.tensor_infos.keys().map(String::as_str);
+    let held = count_layers(names, "blk", "the file")?;
+    if held != blocks {
+        return Err(ModelError::Config(format!(
+            "GGUF metadata `llama.block_count` = {blocks}, but the file holds {held} blocks of tensors (blk.0 .. \
+             blk.{}): the header does not describe the weights; download the file again",
+            held.saturating_sub(1)
+        )));
+    }
+    let mut unused: Vec<&String> = content
+        .tensor_infos
+        .keys()
+        .filter(|n| hf_tensor_name(n).is_none() && !ALLOWED_UNUSED.iter().any(|a| a.matches(n)))
+        .collect();
+    unused.sort();
+    if let Some(first) = unused.first() {
+        return Err(ModelError::Config(format!(
+            "the file holds {} tensor(s) a llama model has no parameter for (first: `{first}`): it is not a \
+             llama checkpoint this loader understands",
+            unused.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Reads only the tokenizer of a GGUF file (its metadata; no tensor is read).
 pub fn read_gguf_tokenizer(path: &Path) -> Result<GgufTokenizer> {
     let (content, _) = open(path)?;
@@ -143,6 +194,8 @@ fn open(path: &Path) -> Result<(Content, BufReader<File>)> {
             path: path.into(),
             cause: e,
         })?;
+    // candle divides by `general.alignment` while reading the header: refuse a zero before.
+    precheck_alignment(&mut reader).map_err(|e| bad_file(path, e.to_string()))?;
     let content = Content::read(&mut reader).map_err(|e| {
         bad_file(
             path,
@@ -221,7 +274,7 @@ pub fn llama_config(md: &HashMap<String, Value>, has_output: bool) -> Result<Lla
         },
     };
     // Defaults are transformers' `LlamaConfig` defaults, which apply where the metadata is silent.
-    Ok(LlamaConfig {
+    let config = LlamaConfig {
         vocab_size,
         hidden_size: required("embedding_length")?,
         intermediate_size: required("feed_forward_length")?,
@@ -237,7 +290,27 @@ pub fn llama_config(md: &HashMap<String, Value>, has_output: bool) -> Result<Lla
         mlp_bias: false,
         bos_token_id: token_id("tokenizer.ggml.bos_token_id"),
         eos_token_id: token_id("tokenizer.ggml.eos_token_id"),
-    })
+    };
+    // The values are checked under the metadata's own key names, before anything is sized by them.
+    let key = |k: &str| format!("{arch}.{k}");
+    let sizes = [
+        (key("vocab_size"), config.vocab_size),
+        (key("embedding_length"), config.hidden_size),
+        (key("feed_forward_length"), config.intermediate_size),
+        (key("attention.head_count"), config.num_attention_heads),
+        (key("attention.head_count_kv"), config.kv_heads()),
+        (key("context_length"), config.max_position_embeddings),
+    ];
+    let sizes: Vec<(&str, usize)> = sizes.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    check_sizes(&sizes)?;
+    if let Some(d) = config.head_dim {
+        check_sizes(&[(key("rope.dimension_count").as_str(), d)])?;
+    }
+    check_eps(
+        &key("attention.layer_norm_rms_epsilon"),
+        config.rms_norm_eps,
+    )?;
+    Ok(config)
 }
 
 /// The Hugging Face name of a llama.cpp tensor (`blk.N.attn_q.weight` -> `model.layers.N.self_attn.q_proj.weight`),
@@ -454,6 +527,16 @@ mod tests {
 
     /// A one-layer LLaMA GGUF in f32, Q/K rows permuted as llama.cpp stores them; returns the HF-order Q.
     fn write_tiny(path: &Path, arch: &str, with_output: bool) -> Tensor {
+        write_tiny_with(path, arch, with_output, |_, _| {})
+    }
+
+    /// [`write_tiny`] with the metadata and the tensors edited by `edit` before writing.
+    fn write_tiny_with(
+        path: &Path,
+        arch: &str,
+        with_output: bool,
+        edit: impl FnOnce(&mut Vec<(String, Value)>, &mut Vec<(&str, Tensor)>),
+    ) -> Tensor {
         let v = VOCAB.len();
         let q_hf = values(&[HEADS * 4, HIDDEN], 1);
         let permute = |t: &Tensor, heads: usize| {
@@ -482,11 +565,12 @@ mod tests {
         if with_output {
             tensors.push(("output.weight", values(&[v, HIDDEN], 13)));
         }
+        let mut md = metadata(arch);
+        edit(&mut md, &mut tensors);
         let q: Vec<(&str, QTensor)> = tensors
             .iter()
             .map(|(n, t)| (*n, QTensor::quantize(t, GgmlDType::F32).unwrap()))
             .collect();
-        let md = metadata(arch);
         let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
         let q_refs: Vec<(&str, &QTensor)> = q.iter().map(|(n, t)| (*n, t)).collect();
         let mut f = File::create(path).unwrap();
@@ -594,5 +678,164 @@ mod tests {
             msg.contains("not a GGUF file") && msg.contains("model.safetensors"),
             "{msg}"
         );
+    }
+
+    /// Sets metadata `key` (replacing it where present).
+    fn set(md: &mut Vec<(String, Value)>, key: &str, value: Value) {
+        md.retain(|(k, _)| k != key);
+        md.push((key.to_string(), value));
+    }
+
+    fn load_err(path: &Path) -> String {
+        match load_gguf(path, &Device::Cpu) {
+            Ok(_) => panic!("{} loaded", path.display()),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn block_count_must_equal_the_blocks_the_file_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        for blocks in [0u64, 2, 1_000_000_000_000] {
+            let path = dir.path().join(format!("blocks{blocks}.gguf"));
+            write_tiny_with(&path, "llama", false, |md, _| {
+                set(md, "llama.block_count", Value::U64(blocks))
+            });
+            let err = load_err(&path);
+            assert!(
+                err.contains(&format!("`llama.block_count` = {blocks}"))
+                    && err.contains("holds 1 blocks")
+                    && err.contains(&format!("blocks{blocks}.gguf")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_tensor_without_a_llama_parameter_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fused.gguf");
+        write_tiny_with(&path, "llama", false, |_, tensors| {
+            tensors.push(("blk.0.attn_qkv.weight", values(&[3 * HIDDEN, HIDDEN], 20)))
+        });
+        let err = load_err(&path);
+        assert!(err.contains("`blk.0.attn_qkv.weight`"), "{err}");
+        // A mapped name the config does not use (a bias where llama has none) is refused by the model.
+        let path = dir.path().join("bias.gguf");
+        write_tiny_with(&path, "llama", false, |_, tensors| {
+            tensors.push(("blk.0.attn_q.bias", values(&[HEADS * 4], 21)))
+        });
+        let err = load_err(&path);
+        assert!(
+            err.contains("model.layers.0.self_attn.q_proj.bias") && err.contains("bias.gguf"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn metadata_values_are_checked_under_their_gguf_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            (
+                "llama.attention.layer_norm_rms_epsilon",
+                Value::F32(-1e-5),
+                "above 0",
+            ),
+            (
+                "llama.attention.layer_norm_rms_epsilon",
+                Value::F32(f32::NAN),
+                "above 0",
+            ),
+            (
+                "llama.embedding_length",
+                Value::U64(1 << 40),
+                "out of range",
+            ),
+            ("llama.attention.head_count", Value::U32(0), "out of range"),
+            (
+                "llama.context_length",
+                Value::U64(u64::MAX >> 1),
+                "out of range",
+            ),
+        ];
+        for (i, (key, value, says)) in cases.into_iter().enumerate() {
+            let path = dir.path().join(format!("case{i}.gguf"));
+            write_tiny_with(&path, "llama", false, |md, _| set(md, key, value));
+            let err = load_err(&path);
+            assert!(
+                err.contains(&format!("`{key}`")) && err.contains(says),
+                "{key}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn misaligned_and_overlong_tensors_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.gguf");
+        write_tiny(&path, "llama", false);
+        let size = std::fs::metadata(&path).unwrap().len();
+        let read = || Content::read(&mut File::open(&path).unwrap()).unwrap();
+        assert!(crate::gguf_layout::check_tensor_layout(&read(), size).is_ok());
+
+        let mut content = read();
+        content
+            .tensor_infos
+            .get_mut("blk.0.ffn_up.weight")
+            .unwrap()
+            .offset += 8;
+        let err = crate::gguf_layout::check_tensor_layout(&content, size)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`blk.0.ffn_up.weight`") && err.contains("alignment 32"),
+            "{err}"
+        );
+        let mut content = read();
+        content
+            .tensor_infos
+            .get_mut("output_norm.weight")
+            .unwrap()
+            .offset += 1 << 20;
+        let err = crate::gguf_layout::check_tensor_layout(&content, size)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`output_norm.weight`") && err.contains("past the end"),
+            "{err}"
+        );
+        // The file cut one byte short of its last tensor's end (f32: 4 bytes an element): refused.
+        let content = read();
+        let end = content
+            .tensor_infos
+            .values()
+            .map(|t| content.tensor_data_offset + t.offset + 4 * t.shape.elem_count() as u64)
+            .max()
+            .unwrap();
+        assert!(crate::gguf_layout::check_tensor_layout(&content, end).is_ok());
+        assert!(crate::gguf_layout::check_tensor_layout(&content, end - 1).is_err());
+    }
+
+    #[test]
+    fn an_alignment_candle_cannot_divide_by_is_refused_before_the_header_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, alignment) in [0u32, 24].into_iter().enumerate() {
+            let path = dir.path().join(format!("align{i}.gguf"));
+            write_tiny_with(&path, "llama", false, |md, _| {
+                set(md, "general.alignment", Value::U32(alignment))
+            });
+            let err = load_err(&path);
+            assert!(
+                err.contains(&format!("`general.alignment` = {alignment}"))
+                    && err.contains("power of two"),
+                "{err}"
+            );
+        }
+        // An alignment stated as the default reads like no statement at all.
+        let path = dir.path().join("align32.gguf");
+        write_tiny_with(&path, "llama", false, |md, _| {
+            set(md, "general.alignment", Value::U32(32))
+        });
+        assert!(load_gguf(&path, &Device::Cpu).is_ok());
     }
 }

@@ -23,12 +23,30 @@ use peft_kernels::frozen::FrozenGemm;
 
 use crate::attention::{attend, split_heads, PrefixMasks};
 use crate::config::Gpt2Config;
+use crate::config_checks::{check_eps, check_layer_count, check_sizes};
 use crate::embedding::{embed, lookup, Embedded};
 use crate::error::{ModelError, Result};
 use crate::parts::{
     linear_at, linear_at_mut, projection_fields, Activation, LayerNorm, Loader, Projection,
 };
+use crate::tensor_usage::Allowed;
 use crate::weights::WeightMap;
+
+/// Tensors a GPT-2 checkpoint may hold that the model does not read.
+pub const ALLOWED_UNUSED: &[Allowed] = &[
+    Allowed::new(
+        "transformer.h.*.attn.bias",
+        "the causal-mask buffer transformers saved with GPT-2 (the `gpt2` checkpoints on the hub hold it)",
+    ),
+    Allowed::new(
+        "transformer.h.*.attn.masked_bias",
+        "the masked-score constant older transformers saved",
+    ),
+    Allowed::new(
+        "lm_head.weight",
+        "GPT-2's head is tied to `transformer.wte.weight`, as transformers ties it",
+    ),
+];
 
 /// One transformer block.
 #[derive(Debug, Clone)]
@@ -71,13 +89,22 @@ impl Gpt2 {
     /// `name_or_path` is recorded in the spec (`base_model_name_or_path` of saved adapters).
     pub fn from_weights(cfg: &Gpt2Config, weights: &WeightMap, name_or_path: &str) -> Result<Gpt2> {
         let (h, heads, layers) = (cfg.n_embd, cfg.n_head, cfg.n_layer);
-        if heads == 0 || h % heads != 0 {
+        check_sizes(&[
+            ("vocab_size", cfg.vocab_size),
+            ("n_positions", cfg.n_positions),
+            ("n_embd", h),
+            ("n_head", heads),
+            ("n_inner", cfg.n_inner.unwrap_or(1)),
+        ])?;
+        if h % heads != 0 {
             return Err(ModelError::Config(format!(
                 "GPT-2 n_embd {h} is not divisible by n_head {heads}"
             )));
         }
+        check_eps("layer_norm_epsilon", cfg.layer_norm_epsilon)?;
         let activation = Activation::parse(&cfg.activation_function)?;
         let weights = with_transformer_prefix(weights);
+        check_layer_count("n_layer", layers, &weights, "transformer.h")?;
         let mut spec = ModelSpec::new(
             "gpt2",
             layers,
@@ -136,7 +163,7 @@ impl Gpt2 {
             });
         }
         let ln_f = ld.layer_norm(Role::FinalNorm, "transformer.ln_f", None, h, true, eps)?;
-        let (spec, parameters) = ld.finish();
+        let (spec, parameters) = ld.finish(ALLOWED_UNUSED)?;
         Ok(Gpt2 {
             config: cfg.clone(),
             spec,

@@ -23,11 +23,25 @@ use peft_kernels::frozen::FrozenGemm;
 
 use crate::attention::{attend, split_heads, PrefixMasks};
 use crate::config::LlamaConfig;
+use crate::config_checks::{check_eps, check_layer_count, check_size, check_sizes};
 use crate::embedding::{embed, lookup, Embedded};
 use crate::error::{ModelError, Result};
 use crate::parts::{linear_at, linear_at_mut, projection_fields, Loader, Projection, RmsNorm};
 use crate::rope::{Rope, RopeTables};
+use crate::tensor_usage::Allowed;
 use crate::weights::WeightMap;
+
+/// The rotary frequencies transformers before 4.31 saved in every layer: recomputed from `rope_theta`.
+pub const ROTARY_BUFFER: Allowed = Allowed::new(
+    "model.layers.*.self_attn.rotary_emb.inv_freq",
+    "a buffer older transformers saved; the frequencies are recomputed from rope_theta",
+);
+
+/// A tied head's copy (`tie_word_embeddings = true`): transformers ties it to the embeddings and ignores it.
+pub const TIED_HEAD: Allowed = Allowed::new(
+    "lm_head.weight",
+    "with tie_word_embeddings the head is the token embeddings",
+);
 
 /// One decoder layer.
 #[derive(Debug, Clone)]
@@ -68,17 +82,36 @@ impl Llama {
         weights: &WeightMap,
         name_or_path: &str,
     ) -> Result<Llama> {
-        let (h, heads, kv_heads, head_dim) = (
-            cfg.hidden_size,
-            cfg.num_attention_heads,
-            cfg.kv_heads(),
-            cfg.head_dim(),
-        );
-        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+        let (h, heads, kv_heads) = (cfg.hidden_size, cfg.num_attention_heads, cfg.kv_heads());
+        check_sizes(&[
+            ("vocab_size", cfg.vocab_size),
+            ("hidden_size", h),
+            ("intermediate_size", cfg.intermediate_size),
+            ("num_attention_heads", heads),
+            ("num_key_value_heads", kv_heads),
+            ("max_position_embeddings", cfg.max_position_embeddings),
+        ])?;
+        // Divides by the heads: computed once they are known not to be zero.
+        let head_dim = cfg.head_dim();
+        check_size("head_dim", head_dim)?;
+        if heads % kv_heads != 0 {
             return Err(ModelError::Config(format!(
                 "LLaMA num_attention_heads {heads} must be a multiple of num_key_value_heads {kv_heads}"
             )));
         }
+        check_eps("rms_norm_eps", cfg.rms_norm_eps)?;
+        if !(cfg.rope_theta.is_finite() && cfg.rope_theta > 0.0) {
+            return Err(ModelError::Config(format!(
+                "`rope_theta` = {} must be a finite number above 0 (the rotary base, such as 10000)",
+                cfg.rope_theta
+            )));
+        }
+        check_layer_count(
+            "num_hidden_layers",
+            cfg.num_hidden_layers,
+            weights,
+            "model.layers",
+        )?;
         let rope = Rope::new(head_dim, cfg.rope_theta)?;
         let mut spec = ModelSpec::new(
             "llama",
@@ -152,7 +185,11 @@ impl Llama {
         } else {
             ld.tensor("lm_head.weight", &[cfg.vocab_size, h])?
         };
-        let (spec, parameters) = ld.finish();
+        let mut allowed = vec![ROTARY_BUFFER];
+        if cfg.tie_word_embeddings {
+            allowed.push(TIED_HEAD);
+        }
+        let (spec, parameters) = ld.finish(&allowed)?;
         Ok(Llama {
             config: cfg.clone(),
             spec,

@@ -34,18 +34,27 @@ use peft_kernels::frozen::FrozenGemm;
 use serde_json::Value;
 
 use crate::attention::{attend, key_mask_with_prefix, split_heads, PrefixMasks};
+use crate::config_checks::{check_layer_count, check_sizes};
 use crate::embedding::{embed, lookup, Embedded};
 use crate::error::{ModelError, Result};
 use crate::folder::parse_config;
 use crate::parts::{
     linear_at, linear_at_mut, projection_fields, Activation, LayerNorm, Loader, Projection,
 };
+use crate::tensor_usage::Allowed;
 use crate::weights::WeightMap;
 
 mod config;
 
 pub use config::OptConfig;
 use config::LAYER_NORM_EPS;
+
+/// A tied head's copy (`tie_word_embeddings = true`, OPT's default): transformers ties it to the token
+/// embeddings and ignores it.
+pub const TIED_HEAD: Allowed = Allowed::new(
+    "lm_head.weight",
+    "with tie_word_embeddings the head is the token embeddings",
+);
 
 /// Rows of `embed_positions` before position 0 (transformers' `OPTLearnedPositionalEmbedding.offset`).
 pub const POSITION_OFFSET: usize = 2;
@@ -113,13 +122,27 @@ impl Opt {
             cfg.num_attention_heads,
             cfg.num_hidden_layers,
         );
-        if heads == 0 || h % heads != 0 {
+        check_sizes(&[
+            ("vocab_size", cfg.vocab_size),
+            ("hidden_size", h),
+            ("num_attention_heads", heads),
+            ("ffn_dim", cfg.ffn_dim),
+            ("max_position_embeddings", cfg.max_position_embeddings),
+            ("word_embed_proj_dim", cfg.word_embed_proj_dim()),
+        ])?;
+        if h % heads != 0 {
             return Err(ModelError::Config(format!(
                 "OPT hidden_size {h} is not divisible by num_attention_heads {heads}"
             )));
         }
         let activation = Activation::parse(&cfg.activation_function)?;
         let weights = with_model_prefix(weights);
+        check_layer_count(
+            "num_hidden_layers",
+            layers,
+            &weights,
+            "model.decoder.layers",
+        )?;
         let word = cfg.word_embed_proj_dim();
         let mut spec = ModelSpec::new(
             "opt",
@@ -225,7 +248,12 @@ impl Opt {
         } else {
             ld.tensor("lm_head.weight", &[cfg.vocab_size, word])?
         };
-        let (spec, parameters) = ld.finish();
+        let allowed: &[Allowed] = if cfg.tie_word_embeddings {
+            &[TIED_HEAD]
+        } else {
+            &[]
+        };
+        let (spec, parameters) = ld.finish(allowed)?;
         Ok(Opt {
             config: cfg.clone(),
             scale: (spec.head_dim as f64).powf(-0.5),

@@ -8,6 +8,8 @@
 //! assert!(Activation::parse("swiglu").unwrap_err().to_string().contains("swiglu"));
 //! ```
 
+use std::collections::BTreeSet;
+
 use candle_core::Tensor;
 use peft_core::frozen::FrozenLinear;
 use peft_core::hooks::Hooks;
@@ -15,6 +17,7 @@ use peft_core::spec::{ModelSpec, Role, Site, SiteId};
 use peft_kernels::frozen::FrozenGemm;
 
 use crate::error::{ModelError, Result};
+use crate::tensor_usage::{check_all_used, Allowed};
 use crate::weights::WeightMap;
 
 /// The MLP activations checkpoints name (`activation_function`, `hidden_act`, `dense_act_fn`).
@@ -172,7 +175,9 @@ impl RmsNorm {
 
 /// Collects the loaded tensors under their HF names while a model is built, and registers every module it
 /// loads as an injection site of `spec`, with the [`Role`] the architecture gives it: the one place a model
-/// says what each site is, so that methods choose their defaults by role rather than by architecture.
+/// says what each site is, so that methods choose their defaults by role rather than by architecture. It
+/// records every checkpoint tensor it reads, so that [`Loader::finish`] refuses a checkpoint with tensors
+/// left over.
 pub struct Loader<'a> {
     /// The checkpoint.
     pub weights: &'a WeightMap,
@@ -180,6 +185,8 @@ pub struct Loader<'a> {
     pub spec: ModelSpec,
     /// Every tensor loaded so far, by HF name.
     pub parameters: Vec<(String, Tensor)>,
+    /// Every checkpoint tensor read so far.
+    used: BTreeSet<String>,
 }
 
 impl<'a> Loader<'a> {
@@ -189,14 +196,21 @@ impl<'a> Loader<'a> {
             weights,
             spec,
             parameters: Vec::new(),
+            used: BTreeSet::new(),
         }
     }
 
     /// The tensor `name` of the given shape, recorded as a parameter.
     pub fn tensor(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let t = self.weights.get(name, shape)?;
+        self.used.insert(name.to_string());
         self.parameters.push((name.to_string(), t.clone()));
         Ok(t)
+    }
+
+    /// Records `name` as used by the model though it is not a parameter (a copy checked equal to one).
+    pub fn mark_used(&mut self, name: &str) {
+        self.used.insert(name.to_string());
     }
 
     /// A `nn.Linear` module (`[out, in]` weight, optional bias) playing `role`.
@@ -236,6 +250,7 @@ impl<'a> Loader<'a> {
     ) -> Result<Projection> {
         let name = format!("{module}.weight");
         let stored = self.weights.get(&name, &[in_f, out_f])?;
+        self.used.insert(name.clone());
         let weight = stored.t()?.contiguous()?;
         let bias = self.tensor(&format!("{module}.bias"), &[out_f])?;
         let linear = FrozenLinear::new(weight, Some(bias), &FrozenGemm);
@@ -295,14 +310,16 @@ impl<'a> Loader<'a> {
         Ok(RmsNorm { site, weight, eps })
     }
 
-    /// The finished spec (with its parameter count) and the parameters.
-    pub fn finish(self) -> (ModelSpec, Vec<(String, Tensor)>) {
+    /// The finished spec (with its parameter count) and the parameters, once every checkpoint tensor is
+    /// known to be used or `allowed` ([`check_all_used`]).
+    pub fn finish(self, allowed: &[Allowed]) -> Result<(ModelSpec, Vec<(String, Tensor)>)> {
+        check_all_used(self.weights, &self.used, allowed)?;
         let Loader {
             mut spec,
             parameters,
             ..
         } = self;
         spec.num_parameters = parameters.iter().map(|(_, t)| t.elem_count()).sum();
-        (spec, parameters)
+        Ok((spec, parameters))
     }
 }

@@ -71,11 +71,13 @@ pub use config::{T5Config, DEFAULT_CONTEXT};
 pub use tiny::{tiny, tiny_config, tiny_weights, tiny_with};
 
 use crate::attention::{attend, causal_bias, split_heads, MASKED};
+use crate::config_checks::check_layer_count;
 use crate::embedding::lookup;
 use crate::error::{ModelError, Result};
 use crate::parts::{
     linear_at, linear_at_mut, projection_fields, Activation, Loader, Projection, RmsNorm,
 };
+use crate::tensor_usage::Allowed;
 use crate::weights::WeightMap;
 use decoder_cache::KvShape;
 use relative_position::RelativeBias;
@@ -265,6 +267,23 @@ pub struct T5 {
     parameters: Vec<(String, Tensor)>,
 }
 
+/// Tensors a T5 checkpoint may hold that the model does not read.
+pub const ALLOWED_UNUSED: &[Allowed] = &[
+    Allowed::new(
+        "encoder.embed_tokens.weight",
+        "a tied copy of `shared.weight` (transformers ties the two and reads `shared`)",
+    ),
+    Allowed::new(
+        "decoder.embed_tokens.weight",
+        "a tied copy of `shared.weight` (transformers ties the two and reads `shared`)",
+    ),
+    Allowed::new(
+        "decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",
+        "cross-attention has no position bias; T5 v1.0 checkpoints (t5-small) carry this unused table, which \
+         transformers ignores too",
+    ),
+];
+
 /// The name the word embeddings are stored under: `shared.weight`, or one of its tied copies.
 fn embeddings_name(weights: &WeightMap) -> &'static str {
     [
@@ -290,6 +309,12 @@ impl T5 {
     /// ..., `lm_head.weight` where the head is untied). `name_or_path` is recorded in the spec.
     pub fn from_weights(cfg: &T5Config, weights: &WeightMap, name_or_path: &str) -> Result<T5> {
         cfg.validate()?;
+        check_layer_count("num_layers", cfg.num_layers, weights, "encoder.block")?;
+        let decoder_key = match cfg.num_decoder_layers {
+            Some(_) => "num_decoder_layers",
+            None => "num_layers (the decoder's depth where num_decoder_layers is absent)",
+        };
+        check_layer_count(decoder_key, cfg.decoder_layers(), weights, "decoder.block")?;
         let (d, heads, d_kv) = (cfg.d_model, cfg.num_heads, cfg.d_kv);
         let inner = heads * d_kv;
         let mut spec = ModelSpec::new(
@@ -372,6 +397,8 @@ impl T5 {
             true => {
                 let head = weights.get("lm_head.weight", &[cfg.vocab_size, d])?;
                 let same = peft_core::compare::max_abs_diff(&head, &shared)? == 0.0;
+                // A copy equal to `shared` is read (compared) and is the head: used either way.
+                ld.mark_used("lm_head.weight");
                 (!same).then_some(head)
             }
             // An untied config without its head is an incomplete checkpoint: name the tensor.
@@ -389,7 +416,7 @@ impl T5 {
         } else {
             head
         };
-        let (spec, parameters) = ld.finish();
+        let (spec, parameters) = ld.finish(ALLOWED_UNUSED)?;
         let max_distance = cfg.relative_attention_max_distance;
         let missing = |stack: &str| {
             ModelError::Config(format!(

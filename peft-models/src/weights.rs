@@ -9,6 +9,10 @@
 //! let w = WeightMap::new(HashMap::from([("transformer.wte.weight".to_string(), t)]), "test");
 //! assert!(w.get("transformer.wte.weight", &[3]).is_ok());
 //! assert!(w.get("transformer.wpe.weight", &[3]).unwrap_err().to_string().contains("transformer.wpe.weight"));
+//!
+//! let ids = Tensor::zeros(3, candle_core::DType::I64, &Device::Cpu).unwrap();
+//! let w = WeightMap::new(HashMap::from([("embeddings.position_ids".to_string(), ids)]), "test");
+//! assert!(w.get_any("embeddings.position_ids").unwrap_err().to_string().contains("I64"));
 //! ```
 
 use std::collections::HashMap;
@@ -62,7 +66,7 @@ impl WeightMap {
         Ok(t)
     }
 
-    /// The tensor `name` as f32, whatever its shape.
+    /// The tensor `name` as f32, whatever its shape; a tensor stored as integers is refused, naming its dtype.
     pub fn get_any(&self, name: &str) -> Result<Tensor> {
         let t = self
             .tensors
@@ -71,7 +75,19 @@ impl WeightMap {
                 name: name.to_string(),
                 source_desc: self.source.clone(),
             })?;
+        if is_integer(t.dtype()) {
+            return Err(ModelError::TensorDtype {
+                name: name.to_string(),
+                source_desc: self.source.clone(),
+                dtype: format!("{:?}", t.dtype()),
+            });
+        }
         Ok(t.to_dtype(DType::F32)?)
+    }
+
+    /// The dtype `name` is stored as, where the checkpoint has it.
+    pub fn dtype(&self, name: &str) -> Option<DType> {
+        self.tensors.get(name).map(Tensor::dtype)
     }
 
     /// Turns every tensor into an f32 candle variable, so that a model built from this map trains all its
@@ -83,6 +99,10 @@ impl WeightMap {
         let mut vars = Vec::with_capacity(names.len());
         for name in names {
             let t = &self.tensors[&name];
+            // Integer buffers (`position_ids`) are not weights: they stay as stored, and are refused if read.
+            if is_integer(t.dtype()) {
+                continue;
+            }
             let var = Var::from_tensor(&t.to_dtype(DType::F32)?)?;
             self.tensors.insert(name.clone(), var.as_tensor().clone());
             vars.push((name, var));
@@ -98,4 +118,12 @@ impl WeightMap {
             source: self.source,
         }
     }
+}
+
+/// Integer storage: never a weight (masks, ids and counters are saved this way).
+fn is_integer(dtype: DType) -> bool {
+    matches!(
+        dtype,
+        DType::U8 | DType::U32 | DType::I16 | DType::I32 | DType::I64
+    )
 }

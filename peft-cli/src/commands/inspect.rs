@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use peft_core::adapter_io::{load_adapter, WEIGHTS_FILE};
+use peft_core::adapter_io::WEIGHTS_FILE;
 
-use crate::session::{build_adapter, init_ctx, open_model};
+use crate::session::{adapter_options, build_adapter, open_adapter, open_model};
 
 /// Arguments of `peft inspect`.
 #[derive(Args)]
@@ -20,6 +20,10 @@ pub struct InspectArgs {
     /// An experiment file: its method is built on the model (fresh, untrained) and counted.
     #[arg(long, conflicts_with = "adapter")]
     experiment: Option<PathBuf>,
+    /// Load the adapter even if its tensors hold NaN or infinite values (refused by default: such an adapter
+    /// comes from a diverged run; inspecting one is how to see what it is).
+    #[arg(long, requires = "adapter")]
+    allow_non_finite: bool,
 }
 
 /// Runs `peft inspect`: prints one JSON object.
@@ -40,7 +44,8 @@ pub fn run(args: InspectArgs) -> Result<()> {
     });
     let adapter = match (&args.adapter, &args.experiment) {
         (Some(dir), _) => {
-            let loaded_adapter = load_adapter(dir, &mut init_ctx(&loaded, 0))?;
+            let loaded_adapter =
+                open_adapter(&loaded, dir, &adapter_options(args.allow_non_finite))?;
             let bytes = std::fs::metadata(dir.join(WEIGHTS_FILE))
                 .map(|m| m.len())
                 .unwrap_or(0);

@@ -7,12 +7,11 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use peft_core::adapter_io::load_adapter;
 use peft_core::hooks::Hooks;
 use peft_models::LoadedModel;
 use peft_train::generate::{last_decoder_logits, last_logits};
 
-use crate::session::{init_ctx, open_model, with_adapter, Tokens};
+use crate::session::{adapter_options, open_adapter, open_model, with_adapter, Tokens};
 
 /// Arguments of `peft logits`.
 #[derive(Args)]
@@ -23,6 +22,10 @@ pub struct LogitsArgs {
     /// HF PEFT adapter folder.
     #[arg(long)]
     adapter: Option<PathBuf>,
+    /// Load the adapter even if its tensors hold NaN or infinite values (refused by default: such an adapter
+    /// comes from a diverged run).
+    #[arg(long, requires = "adapter")]
+    allow_non_finite: bool,
     /// Text to tokenize (with the tokenizer's special tokens, as HF's `tokenizer(text)` does).
     #[arg(long, conflicts_with = "ids", required_unless_present = "ids")]
     text: Option<String>,
@@ -50,7 +53,7 @@ pub fn run(args: LogitsArgs) -> Result<()> {
     }
     if args.merge {
         let dir = args.adapter.as_deref().context("--merge needs --adapter")?;
-        let adapter = load_adapter(dir, &mut init_ctx(&loaded, 0))?.adapter;
+        let adapter = open_adapter(&loaded, dir, &adapter_options(args.allow_non_finite))?.adapter;
         adapter
             .merge_into(loaded.model.as_mut())
             .with_context(|| format!("merging {}", dir.display()))?;
@@ -64,16 +67,21 @@ pub fn run(args: LogitsArgs) -> Result<()> {
         println!("{json}");
         return Ok(());
     }
-    let json = with_adapter(&loaded, args.adapter.as_deref(), |tuned| {
-        let hooks = tuned.hooks();
-        top_logits(
-            &loaded,
-            hooks,
-            &ids,
-            args.decoder_ids.as_deref(),
-            args.top_k,
-        )
-    })
+    let json = with_adapter(
+        &loaded,
+        args.adapter.as_deref(),
+        &adapter_options(args.allow_non_finite),
+        |tuned| {
+            let hooks = tuned.hooks();
+            top_logits(
+                &loaded,
+                hooks,
+                &ids,
+                args.decoder_ids.as_deref(),
+                args.top_k,
+            )
+        },
+    )
     .context("computing logits")?;
     println!("{json}");
     Ok(())
@@ -106,6 +114,20 @@ fn top_logits(
         ),
         None => (last_logits(model, hooks, ids)?.to_vec1()?, None),
     };
+    // A NaN would sort first (as `null`); a non-finite logit means broken weights, never a ranking.
+    if let Some((token, value)) = logits.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        let (position, input) = match &decoder_ids {
+            Some(dec) => (dec.len() - 1, "decoder input"),
+            None => (ids.len().saturating_sub(1), "input"),
+        };
+        let count = logits.iter().filter(|v| !v.is_finite()).count();
+        bail!(
+            "the logits at {input} position {position} (the last) are not finite: token {token} has {value}, \
+             {count} of {} values are NaN or infinite; the model or adapter weights are broken (NaN / inf values, \
+             or a config with a zero or negative norm epsilon)",
+            logits.len()
+        );
+    }
     let mut ranked: Vec<(usize, f32)> = logits.into_iter().enumerate().collect();
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     ranked.truncate(top_k);

@@ -2,6 +2,11 @@
 //! dev metrics of the frozen model, trains the experiment's method with the shared trainer, and prints the
 //! dev metrics after training. Outputs: `<output_dir>/{metrics.jsonl, checkpoint/, best/, adapter/}`.
 //!
+//! Every setting, and what needs the task (a batch far above the training set, say), is checked before
+//! the zero-shot evaluation; `output_dir` is then locked for the whole command (a second `peft train` on it
+//! is refused, naming this one). The checkpoints record a digest of the data files' content and the task, so
+//! that `--resume` after either changed is refused.
+//!
 //! Under `mpirun -np N` (a build with the `mpi` feature) every rank loads the model and trains its share of each
 //! global batch; rank 0 alone evaluates, prints and writes the outputs.
 
@@ -11,6 +16,7 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Args;
 use peft_core::hooks::positions_taken;
+use peft_core::lock::DirLock;
 use peft_train::dist::Communicator;
 use peft_train::task::{Metrics, Tuned};
 use peft_train::train::Trainer;
@@ -62,6 +68,14 @@ pub fn run(args: TrainArgs, comm: &dyn Communicator) -> Result<()> {
     let cfg = &mut exp.file.training;
     if let Some(s) = args.max_steps {
         cfg.max_steps = s;
+        if s > 0 && cfg.warmup_steps > s {
+            // A short run of a long experiment (a smoke run): its warm-up shrinks with it, said aloud.
+            eprintln!(
+                "note: --max-steps {s} is below warmup_steps {}: warm-up shortened to {s} steps",
+                cfg.warmup_steps
+            );
+            cfg.warmup_steps = s;
+        }
     }
     if let Some(d) = args.output_dir {
         cfg.output_dir = d;
@@ -70,6 +84,7 @@ pub fn run(args: TrainArgs, comm: &dyn Communicator) -> Result<()> {
         cfg.seed = s;
     }
     cfg.resume |= args.resume;
+    cfg.check()?;
     exp.file.data.locate()?;
     let loaded = open_model_for(&exp)?;
     let model = loaded.model.as_ref();
@@ -79,13 +94,17 @@ pub fn run(args: TrainArgs, comm: &dyn Communicator) -> Result<()> {
     let task = build_task(&exp, &loaded, taken)?;
     let cfg = exp.file.training.clone();
     let root = comm.is_root();
+    let trainer = Trainer::new(model, adapter.as_ref(), task.as_ref(), cfg.clone())
+        .with_communicator(comm)
+        .with_inputs_digest(exp.inputs_digest()?);
+    // Everything the run needs is checked before the zero-shot evaluation, which takes minutes.
+    trainer.check()?;
     if !root {
         // The other ranks train their shards in silence; rank 0 reports for the job.
-        Trainer::new(model, adapter.as_ref(), task.as_ref(), cfg)
-            .with_communicator(comm)
-            .run()?;
+        trainer.run()?;
         return Ok(());
     }
+    let trainer = trainer.with_output_lock(DirLock::acquire(&cfg.output_dir, "output_dir")?);
     if comm.size() > 1 {
         eprintln!(
             "data-parallel over {} processes ({}): each global batch of {} split over them, {} compute \
@@ -140,20 +159,27 @@ pub fn run(args: TrainArgs, comm: &dyn Communicator) -> Result<()> {
         }
     };
     let t = Instant::now();
-    let report = Trainer::new(model, adapter.as_ref(), task.as_ref(), cfg.clone())
-        .with_communicator(comm)
-        .run()?;
+    let report = trainer.run()?;
     let after = report
         .evals
         .last()
         .map(|(_, m)| m.clone())
         .unwrap_or_default();
-    println!(
-        "dev after {} steps: {} [{:.0}s of training]",
-        cfg.max_steps,
-        show(&after),
-        t.elapsed().as_secs_f64()
-    );
+    if after.is_empty() {
+        // A resume of a checkpoint at the last step: its evaluation was logged by the run that wrote it.
+        println!(
+            "dev after {} steps: evaluated before the checkpoint this run resumed (see {})",
+            cfg.max_steps,
+            cfg.output_dir.join("metrics.jsonl").display()
+        );
+    } else {
+        println!(
+            "dev after {} steps: {} [{:.0}s of training]",
+            cfg.max_steps,
+            show(&after),
+            t.elapsed().as_secs_f64()
+        );
+    }
     if let Some((step, value)) = report.best {
         println!(
             "best {}: {value:.4} at step {step} (adapter in {})",

@@ -128,8 +128,7 @@ impl Grid {
     /// Reads and checks a grid file: syntax, unknown keys, method configs, task files, metric names.
     /// Models are checked later, when they are opened (before any training).
     pub fn load(path: &Path) -> Result<Grid> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading grid {}", path.display()))?;
+        let text = crate::input_file::read_text(path, "grid")?;
         Self::parse(&text, path)
     }
 
@@ -146,6 +145,17 @@ impl Grid {
             || repr.methods.is_empty()
         {
             bail!("{file}: a grid needs at least one of each: [compare] models, tasks, seeds, and a [[methods]] row");
+        }
+        if let Some(seed) = c
+            .seeds
+            .iter()
+            .enumerate()
+            .find_map(|(i, s)| c.seeds[..i].contains(s).then_some(s))
+        {
+            bail!(
+                "{file}: seed {seed} is listed twice in [compare] seeds: a repeated seed reruns the same cells and \
+                 its spread of 0 would pass for agreement between seeds; list each seed once"
+            );
         }
         if c.latency_batch == 0 {
             bail!("{file}: latency_batch must be at least 1");

@@ -84,6 +84,16 @@ pub fn run(args: CompareArgs, comm: &dyn Communicator) -> Result<()> {
         return Ok(());
     }
     let out = &grid.output_dir;
+    // One `peft compare` per results folder: two would run the same cells into the same run folders. Rank 0
+    // holds it for the job.
+    let _lock = if root {
+        Some(peft_core::lock::DirLock::acquire(
+            out,
+            "the results folder",
+        )?)
+    } else {
+        None
+    };
     std::fs::create_dir_all(out.join("runs"))
         .with_context(|| format!("creating {}", out.display()))?;
     if root {

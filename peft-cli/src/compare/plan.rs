@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use peft_core::hooks::positions_taken;
 use peft_core::method::PeftMethod;
 use peft_models::LoadedModel;
+use peft_train::data::digest::Digest;
 
 use super::cell::{experiment_of, CellSpec};
 use super::grid::{method_of, Grid, MethodRow, RowKind};
@@ -260,15 +261,16 @@ pub fn fit_budget(budget: usize, mut count: impl FnMut(usize) -> Result<usize>) 
     })
 }
 
-/// FNV-1a over the cell spec (its digest left empty) and the task file's text.
+/// A digest of the cell spec (its digest left empty), the task file's text and the content of the task's
+/// data files: a data file edited in place reruns the cells that read it.
 fn digest(spec: &CellSpec, task: &TaskFile) -> Result<String> {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let json = serde_json::to_string(spec)?;
-    for b in json.bytes().chain(task.text.bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    let mut digest = Digest::new();
+    digest.field(serde_json::to_string(spec)?.as_bytes());
+    digest.field(task.text.as_bytes());
+    for source in [&task.data.train, &task.data.eval] {
+        digest.field(source.content_digest()?.as_bytes());
     }
-    Ok(format!("{h:016x}"))
+    Ok(digest.hex())
 }
 
 #[cfg(test)]

@@ -195,6 +195,20 @@ impl T5Config {
         if let Some((name, _)) = dims.iter().find(|(_, v)| *v == 0) {
             return Err(ModelError::Config(format!("T5 {name} is 0")));
         }
+        // The layer counts are checked against the checkpoint's blocks instead (`T5::from_weights`).
+        crate::config_checks::check_sizes(&dims[..5])?;
+        crate::config_checks::check_sizes(&[
+            (
+                "relative_attention_num_buckets",
+                self.relative_attention_num_buckets,
+            ),
+            (
+                "relative_attention_max_distance",
+                self.relative_attention_max_distance,
+            ),
+            ("n_positions", self.context()),
+        ])?;
+        crate::config_checks::check_eps("layer_norm_epsilon", self.layer_norm_epsilon)?;
         // The encoder's buckets are halved per direction, then halved again into exact and logarithmic ones.
         let (buckets, max_distance) = (
             self.relative_attention_num_buckets,

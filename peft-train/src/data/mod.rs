@@ -44,6 +44,7 @@
 
 pub mod batch;
 pub mod corpus;
+pub mod digest;
 pub mod encode;
 pub mod hub_dataset;
 pub mod raw_example;

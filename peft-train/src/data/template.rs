@@ -400,6 +400,58 @@ impl Verbalizer {
     }
 }
 
+impl Verbalizer {
+    /// Checks that every label word can be scored as it is written, for a task that scores the LM's
+    /// prediction at the answer position ([`Verbalizer::label_token_ids`] takes each word's first token):
+    /// a word of several tokens would be scored by its first alone (`" abbreviation"` as `" ab"`), and a word
+    /// the tokenizer maps to its unknown token would train the model to say `<unk>`. Both are refused, naming
+    /// the word and its tokens; a word that should stay (a class name in a head task, say) belongs in a
+    /// `classification-head` task, which scores no word.
+    pub fn check_scorable(&self, tokenizer: &Tokenizer, template: &Template) -> Result<()> {
+        let tokenizer = &*untruncated(tokenizer)?;
+        let context_ids = encode_plain(tokenizer, &template.render("", ""))?;
+        let unknown = unknown_token_ids(tokenizer);
+        for (label, word) in &self.entries {
+            let full = encode_plain(tokenizer, &format!("{}{word}", template.render("", "")))?;
+            let added = full.get(context_ids.len()..).unwrap_or_default();
+            let tokens: Vec<String> = added
+                .iter()
+                .map(|&id| tokenizer.id_to_token(id).unwrap_or_else(|| id.to_string()))
+                .collect();
+            if let Some(&id) = added.iter().find(|id| unknown.contains(id)) {
+                return Err(PeftError::Data(format!(
+                    "label word {word:?} (label {label:?}) is unknown to the model's tokenizer: it encodes to \
+                     {tokens:?}, with the unknown token {id}; the model would learn to predict `<unk>`. Pick a word \
+                     its vocabulary holds"
+                )));
+            }
+            if added.len() > 1 {
+                return Err(PeftError::Data(format!(
+                    "label word {word:?} (label {label:?}) is {} tokens for this model ({tokens:?}), and a \
+                     verbalizer scores one token at the answer position, so only {:?} would be scored; pick a \
+                     word that is one token for this model, or use a `classification-head` task",
+                    added.len(),
+                    tokens[0]
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The ids of the tokenizer's unknown token: its model's `unk_token` and the usual spellings where the
+/// vocabulary holds them.
+fn unknown_token_ids(tokenizer: &Tokenizer) -> Vec<u32> {
+    let declared = serde_json::to_value(tokenizer.get_model())
+        .ok()
+        .and_then(|model| model.get("unk_token")?.as_str().map(str::to_string));
+    declared
+        .into_iter()
+        .chain(["<unk>", "[UNK]", "<|unk|>"].map(String::from))
+        .filter_map(|token| tokenizer.token_to_id(&token))
+        .collect()
+}
+
 /// `tokenizer` with its own truncation and padding switched off (a `tokenizer.json` may carry them): they
 /// would cut the answer position or pad behind our back. Borrowed when there is nothing to switch off.
 pub(crate) fn untruncated(tokenizer: &Tokenizer) -> Result<Cow<'_, Tokenizer>> {

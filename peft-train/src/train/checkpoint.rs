@@ -2,13 +2,17 @@
 //! (`trainable.safetensors`: what a resume restores, since some methods save a folded form that cannot be
 //! trained further, as prefix tuning's projection and P-tuning's encoder), the optimiser moments and the
 //! trainer state, written to a staging folder and renamed into place, so that a crash leaves the previous
-//! checkpoint intact.
+//! checkpoint intact. `trainer_state.json` is written last: a folder holding it is complete.
+//!
+//! The state records what a resumed run must share with the run that wrote it (seed, batch size, gradient
+//! accumulation, a digest of the data and task); a field missing from an older checkpoint reads as unknown
+//! (`None`), which a resume accepts with a note.
 //!
 //! ```no_run
 //! # fn demo(adapter: &dyn peft_core::method::Adapter, spec: &peft_core::spec::ModelSpec,
 //! #         opt: &peft_train::train::optim::AdamW) -> peft_core::Result<()> {
 //! use peft_train::train::checkpoint::{save_checkpoint, TrainerState};
-//! let state = TrainerState { step: 100, best_metric: Some(0.9), best_step: Some(100), seed: 42 };
+//! let state = TrainerState { step: 100, best_metric: Some(0.9), best_step: Some(100), ..TrainerState::fresh(42) };
 //! save_checkpoint(std::path::Path::new("out/checkpoint"), adapter, spec, opt, &state)?;
 //! # Ok(()) }
 //! ```
@@ -18,8 +22,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::train::divergence::DivergenceWatch;
 use crate::train::optim::AdamW;
-use peft_core::adapter_io::{replace_dir, save_adapter};
+use peft_core::adapter_io::{replace_dir, write_adapter_files};
 use peft_core::atomic::{save_safetensors, write_atomic};
 use peft_core::error::{PeftError, Result};
 use peft_core::method::Adapter;
@@ -36,11 +41,41 @@ pub struct TrainerState {
     pub best_step: Option<usize>,
     /// The run's seed (a resumed run must use the same one).
     pub seed: u64,
+    /// Examples per micro-batch (a resumed run must use the same; `None` in checkpoints of older versions).
+    #[serde(default)]
+    pub batch_size: Option<usize>,
+    /// Micro-batches per optimiser step (the same rule).
+    #[serde(default)]
+    pub gradient_accumulation_steps: Option<usize>,
+    /// The caller's digest of what the run learns from (data files' content, task, template), as given to
+    /// [`Trainer::with_inputs_digest`](crate::train::Trainer::with_inputs_digest); `None` when none was given.
+    #[serde(default)]
+    pub inputs_digest: Option<String>,
+    /// What the divergence warning has seen of the losses.
+    #[serde(default)]
+    pub divergence: DivergenceWatch,
+}
+
+impl TrainerState {
+    /// The state of a run at step 0 with `seed`, nothing else known yet.
+    pub fn fresh(seed: u64) -> Self {
+        TrainerState {
+            step: 0,
+            best_metric: None,
+            best_step: None,
+            seed,
+            batch_size: None,
+            gradient_accumulation_steps: None,
+            inputs_digest: None,
+            divergence: DivergenceWatch::default(),
+        }
+    }
 }
 
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 const TRAINABLE_FILE: &str = "trainable.safetensors";
-const STATE_FILE: &str = "trainer_state.json";
+/// The trainer state's file, written last: a checkpoint folder holding it is complete.
+pub const STATE_FILE: &str = "trainer_state.json";
 
 /// Writes a checkpoint folder at `dir`.
 pub fn save_checkpoint(
@@ -59,7 +94,8 @@ pub fn save_checkpoint(
     ));
     let _ = std::fs::remove_dir_all(&staging);
     let written = (|| {
-        save_adapter(&staging, adapter, spec)?;
+        // Into the staging folder directly: this function renames the whole folder into place itself.
+        write_adapter_files(&staging, adapter, spec)?;
         let trainable: Vec<(String, candle_core::Tensor)> = adapter
             .trainable()
             .into_iter()

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::optim::AdamWConfig;
 use super::schedule::Schedule;
+use peft_core::error::{PeftError, Result};
 
 /// Training settings (the `[training]` table of an experiment file). Every field has a default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,7 +52,7 @@ pub struct TrainConfig {
     /// Examples per evaluation batch. Default 16.
     #[serde(default = "default_eval_batch")]
     pub eval_batch_size: usize,
-    /// Write a training record to the metrics log every N steps. Default 10.
+    /// Write a training record to the metrics log every N steps (0: none). Default 10.
     #[serde(default = "default_log_every")]
     pub log_every: usize,
     /// Save a resumable checkpoint every N steps (0: at each evaluation). Default 0.
@@ -61,7 +62,10 @@ pub struct TrainConfig {
     #[serde(default = "default_output_dir")]
     pub output_dir: PathBuf,
     /// Continue from `output_dir/checkpoint` when it exists; `metrics.jsonl` then drops what steps after the
-    /// checkpoint had logged, and the resumed run logs them again. Default false.
+    /// checkpoint had logged, and the resumed run logs them again. A checkpoint written with another seed,
+    /// batch size, gradient accumulation or inputs digest is refused; one that a killed run left between two
+    /// renames is recovered first; with no checkpoint at all the run warns and starts from step 0. Default
+    /// false.
     #[serde(default)]
     pub resume: bool,
     /// Show progress on rank 0: a bar when stderr is a terminal, else (a log file, CI, `nohup`) one plain line
@@ -107,8 +111,130 @@ fn default_true() -> bool {
     true
 }
 
+impl TrainConfig {
+    /// Refuses settings that cannot train, naming the setting, its value and what it must be: batch sizes
+    /// and `max_steps` of at least 1, a finite positive learning rate, a finite `max_grad_norm` of at least 0,
+    /// AdamW's betas in [0, 1), a finite positive `eps`, a finite `weight_decay` of at least 0, and no more
+    /// warm-up steps than steps. Cheap: call it before any model is loaded.
+    ///
+    /// ```
+    /// use peft_train::train::TrainConfig;
+    /// assert!(TrainConfig::default().check().is_ok());
+    /// let zero = TrainConfig { max_steps: 0, ..TrainConfig::default() };
+    /// assert!(zero.check().unwrap_err().to_string().contains("max_steps"));
+    /// ```
+    pub fn check(&self) -> Result<()> {
+        let o = &self.optimizer;
+        let problems = [
+            (self.batch_size == 0).then(|| format!("batch_size is {}: it must be at least 1", self.batch_size)),
+            (self.gradient_accumulation_steps == 0)
+                .then(|| "gradient_accumulation_steps is 0: it must be at least 1".to_string()),
+            (self.eval_batch_size == 0).then(|| "eval_batch_size is 0: it must be at least 1".to_string()),
+            (self.max_steps == 0).then(|| "max_steps is 0: a run needs at least 1 optimiser step".to_string()),
+            (!(self.learning_rate.is_finite() && self.learning_rate > 0.0)).then(|| {
+                format!(
+                    "learning_rate is {}: it must be a finite number above 0",
+                    self.learning_rate
+                )
+            }),
+            (!(self.max_grad_norm.is_finite() && self.max_grad_norm >= 0.0)).then(|| {
+                format!(
+                    "max_grad_norm is {}: it must be a finite number, at least 0 (0 turns clipping off)",
+                    self.max_grad_norm
+                )
+            }),
+            (!(0.0..1.0).contains(&o.beta1))
+                .then(|| format!("optimizer.beta1 is {}: it must be in [0, 1)", o.beta1)),
+            (!(0.0..1.0).contains(&o.beta2))
+                .then(|| format!("optimizer.beta2 is {}: it must be in [0, 1)", o.beta2)),
+            (!(o.eps.is_finite() && o.eps > 0.0))
+                .then(|| format!("optimizer.eps is {}: it must be a finite number above 0", o.eps)),
+            (!(o.weight_decay.is_finite() && o.weight_decay >= 0.0)).then(|| {
+                format!(
+                    "optimizer.weight_decay is {}: it must be a finite number, at least 0",
+                    o.weight_decay
+                )
+            }),
+            (self.warmup_steps > self.max_steps).then(|| {
+                format!(
+                    "warmup_steps ({}) exceeds max_steps ({}): the learning rate would never reach its peak; \
+                     lower warmup_steps or raise max_steps",
+                    self.warmup_steps, self.max_steps
+                )
+            }),
+        ];
+        let problems: Vec<String> = problems.into_iter().flatten().collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(PeftError::Config(format!(
+                "[training] {}",
+                problems.join("; ")
+            )))
+        }
+    }
+}
+
 impl Default for TrainConfig {
     fn default() -> Self {
         toml::from_str("").expect("every field has a default")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(toml_text: &str) -> String {
+        let cfg: TrainConfig = toml::from_str(toml_text).unwrap();
+        cfg.check().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn every_setting_that_cannot_train_is_refused_by_name() {
+        for (text, needle) in [
+            ("batch_size = 0", "batch_size is 0"),
+            (
+                "gradient_accumulation_steps = 0",
+                "gradient_accumulation_steps is 0",
+            ),
+            ("eval_batch_size = 0", "eval_batch_size is 0"),
+            ("max_steps = 0", "max_steps is 0"),
+            ("learning_rate = nan", "learning_rate is NaN"),
+            ("learning_rate = -0.1", "learning_rate is -0.1"),
+            ("learning_rate = 0.0", "learning_rate is 0"),
+            ("learning_rate = inf", "learning_rate is inf"),
+            ("max_grad_norm = nan", "max_grad_norm is NaN"),
+            ("max_grad_norm = -1.0", "max_grad_norm is -1"),
+            ("optimizer = { beta1 = 1.0 }", "optimizer.beta1 is 1"),
+            ("optimizer = { beta2 = -0.5 }", "optimizer.beta2 is -0.5"),
+            ("optimizer = { beta2 = nan }", "optimizer.beta2 is NaN"),
+            ("optimizer = { eps = 0.0 }", "optimizer.eps is 0"),
+            (
+                "optimizer = { weight_decay = -0.01 }",
+                "optimizer.weight_decay is -0.01",
+            ),
+            (
+                "max_steps = 5\nwarmup_steps = 6",
+                "warmup_steps (6) exceeds max_steps (5)",
+            ),
+        ] {
+            let err = refusal(text);
+            assert!(err.contains(needle), "{text}: {needle:?} not in {err}");
+        }
+    }
+
+    #[test]
+    fn several_problems_are_named_together_and_good_settings_pass() {
+        let err = refusal("batch_size = 0\nlearning_rate = -1.0");
+        assert!(
+            err.contains("batch_size is 0") && err.contains("learning_rate is -1"),
+            "{err}"
+        );
+        let fine: TrainConfig = toml::from_str(
+            "max_steps = 5\nwarmup_steps = 5\nmax_grad_norm = 0.0\noptimizer = { beta1 = 0.0, weight_decay = 0.1 }",
+        )
+        .unwrap();
+        fine.check().unwrap();
     }
 }

@@ -17,6 +17,7 @@
 use std::time::Instant;
 
 use super::checkpoint::TrainerState;
+use super::finite::diverged;
 use super::run::Run;
 use super::trainer::{TrainReport, Trainer};
 use crate::task::{Metrics, Tuned};
@@ -53,6 +54,11 @@ impl Trainer<'_> {
         report
             .eval_seconds
             .push(eval_started.elapsed().as_secs_f64());
+        // A non-finite evaluation stops the run before it can replace `best/` or be logged.
+        if let Some((name, value)) = metrics.iter().find(|(_, v)| !v.is_finite()) {
+            let what = format!("the evaluation's {name} ({value})");
+            return Err(diverged(state.step, &what, &self.config));
+        }
         self.keep_if_best(state, report, &metrics)?;
         let mut record = serde_json::json!({ "step": state.step });
         for (k, v) in &metrics {

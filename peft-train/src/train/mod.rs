@@ -10,10 +10,13 @@
 
 pub mod checkpoint;
 mod config;
+pub mod divergence;
 mod evaluate;
+mod finite;
 pub mod metrics_log;
 pub mod optim;
 pub mod order;
+pub mod output_dir;
 mod progress;
 mod resume;
 mod run;

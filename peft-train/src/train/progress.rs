@@ -7,6 +7,10 @@
 //! time since this run (or resume) began, and the time left at this run's mean time per step so far.
 //! `progress = false` shows neither.
 //!
+//! A run whose loss climbs far above its start is warned once (rank 0), whatever `progress` says: a line on
+//! stderr and a record `{"step": N, "warning": "divergence", ...}` in the log (the rule is in
+//! [`divergence`](super::divergence)).
+//!
 //! ```no_run
 //! # fn demo(model: &dyn peft_core::model::BaseModel, adapter: &dyn peft_core::method::Adapter,
 //! #         task: &dyn peft_train::task::Task) -> peft_core::Result<()> {
@@ -24,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::divergence::{FACTOR, WINDOW};
 use super::metrics_log::MetricsLog;
 use super::run::Run;
 use super::step::StepOutcome;
@@ -74,6 +79,37 @@ impl Trainer<'_> {
         }
         run.window_tokens = 0;
         run.window_start = Instant::now();
+        Ok(())
+    }
+
+    /// Counts the step that just finished in the divergence watch (every rank, so that their states stay
+    /// equal) and, the first time the loss has climbed far above its start, warns on rank 0.
+    pub(super) fn watch_divergence(&self, run: &mut Run, outcome: &StepOutcome) -> Result<()> {
+        let Some(d) = run.state.divergence.observe(outcome.loss) else {
+            return Ok(());
+        };
+        let Some(log) = run.log.as_mut() else {
+            return Ok(());
+        };
+        let step = run.state.step;
+        let c = &self.config;
+        let clip = if c.max_grad_norm > 0.0 {
+            String::new()
+        } else {
+            ", or clip the gradients with max_grad_norm (now 0, off), e.g. 1.0".to_string()
+        };
+        let message = format!(
+            "the loss is diverging: its mean over the last {WINDOW} steps is {:.4}, more than {FACTOR} times \
+             the first step's ({:.4}); the run goes on, but learning_rate {:e} is likely too high: lower \
+             it{clip}",
+            d.window_mean, d.reference, c.learning_rate
+        );
+        log.write(&serde_json::json!({
+            "step": step, "warning": "divergence", "loss_window_mean": d.window_mean,
+            "loss_reference": d.reference, "message": message,
+        }))?;
+        run.bar
+            .suspend(|| eprintln!("warning: step {step}: {message}"));
         Ok(())
     }
 

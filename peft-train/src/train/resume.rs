@@ -2,6 +2,13 @@
 //! data-parallel job rank 0 alone reads the checkpoint (the others may not share its file system) and sends
 //! every rank its trainable variables, optimiser moments and progress, so that all ranks start equal.
 //!
+//! A resume continues exactly or not at all: a checkpoint written with another seed, batch size, gradient
+//! accumulation or inputs digest (data files' content, task, template: see
+//! [`Trainer::with_inputs_digest`]) is refused, naming what changed; a checkpoint of an older version that
+//! does not record one of them is accepted with a note. When `resume` is set, no checkpoint exists but
+//! `metrics.jsonl` records steps (a run stopped before its first checkpoint, or one without checkpoints), the
+//! run warns that it starts again from step 0 and rewrites the log.
+//!
 //! ```no_run
 //! # fn demo(model: &dyn peft_core::model::BaseModel, adapter: &dyn peft_core::method::Adapter,
 //! #         task: &dyn peft_train::task::Task) -> peft_core::Result<()> {
@@ -17,7 +24,7 @@ use std::path::Path;
 
 use candle_core::{Tensor, Var};
 
-use super::checkpoint::{load_checkpoint, TrainerState};
+use super::checkpoint::{load_checkpoint, TrainerState, STATE_FILE};
 use super::optim::AdamW;
 use super::trainer::Trainer;
 use crate::dist::pack::broadcast_tensors;
@@ -35,19 +42,26 @@ impl Trainer<'_> {
         let c = &self.config;
         let root = self.comm.is_root();
         let mut state = TrainerState {
-            step: 0,
-            best_metric: None,
-            best_step: None,
-            seed: c.seed,
+            batch_size: Some(c.batch_size),
+            gradient_accumulation_steps: Some(c.gradient_accumulation_steps),
+            inputs_digest: self.inputs_digest.clone(),
+            ..TrainerState::fresh(c.seed)
         };
         // Rank 0 alone looks for a checkpoint: the others may not share its file system.
         let mut found = [f64::from(u8::from(
-            root && c.resume && checkpoint_dir.join("trainer_state.json").is_file(),
+            root && c.resume && checkpoint_dir.join(STATE_FILE).is_file(),
         ))];
         self.comm.all_reduce_sum_f64(&mut found)?;
         let resumed = found[0] > 0.0;
         if resumed && root {
             state = self.load_checkpoint(checkpoint_dir, optimizer)?;
+            eprintln!(
+                "resuming from {} at step {}",
+                checkpoint_dir.display(),
+                state.step
+            );
+        } else if root && c.resume {
+            self.warn_if_log_without_checkpoint(checkpoint_dir);
         }
         if self.comm.size() > 1 {
             self.share_start(&mut state, optimizer, resumed)?;
@@ -55,19 +69,83 @@ impl Trainer<'_> {
         Ok((state, resumed))
     }
 
-    /// Loads the checkpoint in `dir` into the adapter and `optimizer`, refusing one trained with another seed
-    /// (its data order would not continue).
+    /// Loads the checkpoint in `dir` into the adapter and `optimizer`, refusing one this run cannot continue
+    /// exactly (see the module's doc); fills in what an older checkpoint did not record.
     fn load_checkpoint(&self, dir: &Path, optimizer: &mut AdamW) -> Result<TrainerState> {
-        let state = load_checkpoint(dir, self.adapter, optimizer)?;
-        if state.seed != self.config.seed {
+        let c = &self.config;
+        let mut state = load_checkpoint(dir, self.adapter, optimizer)?;
+        let mut changed = Vec::new();
+        let mut unknown = Vec::new();
+        if state.seed != c.seed {
+            changed.push(format!("seed {} -> {}", state.seed, c.seed));
+        }
+        for (name, saved, now) in [
+            ("batch_size", state.batch_size, c.batch_size),
+            (
+                "gradient_accumulation_steps",
+                state.gradient_accumulation_steps,
+                c.gradient_accumulation_steps,
+            ),
+        ] {
+            match saved {
+                Some(saved) if saved != now => changed.push(format!("{name} {saved} -> {now}")),
+                Some(_) => {}
+                None => unknown.push(name),
+            }
+        }
+        match (&state.inputs_digest, &self.inputs_digest) {
+            (Some(saved), Some(now)) if saved != now => changed.push(inputs_change(saved, now)),
+            (None, Some(_)) => unknown.push("the data and task digest"),
+            _ => {}
+        }
+        if !changed.is_empty() {
             return Err(PeftError::Config(format!(
-                "the checkpoint in {} was trained with seed {}, this run has seed {}: resume with the same seed",
+                "cannot resume {}: this run differs from the one that wrote it ({}), so it would not continue \
+                 that run; restore the settings and inputs it was trained with, or start afresh without \
+                 --resume (or in another output_dir)",
                 dir.display(),
-                state.seed,
-                self.config.seed
+                changed.join("; ")
             )));
         }
+        if !unknown.is_empty() {
+            eprintln!(
+                "note: the checkpoint in {} was written by an older version that does not record {}: resuming \
+                 on the assumption that they did not change",
+                dir.display(),
+                unknown.join(", ")
+            );
+        }
+        state.batch_size = Some(c.batch_size);
+        state.gradient_accumulation_steps = Some(c.gradient_accumulation_steps);
+        if self.inputs_digest.is_some() {
+            state.inputs_digest.clone_from(&self.inputs_digest);
+        }
         Ok(state)
+    }
+
+    /// Warns (rank 0, `resume` set, no checkpoint) when `metrics.jsonl` records training steps: they are lost,
+    /// the run starts again from step 0.
+    fn warn_if_log_without_checkpoint(&self, checkpoint_dir: &Path) {
+        let log = self.config.output_dir.join("metrics.jsonl");
+        let last = std::fs::read_to_string(&log).ok().and_then(|text| {
+            text.lines()
+                .filter_map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .ok()?
+                        .get("step")?
+                        .as_u64()
+                })
+                .max()
+        });
+        if let Some(step) = last.filter(|&s| s > 0) {
+            eprintln!(
+                "warning: --resume found no checkpoint in {}, but {} records steps up to {step}: starting \
+                 again from step 0 and rewriting the log (checkpoints come every save_every steps, or at \
+                 each evaluation)",
+                checkpoint_dir.display(),
+                log.display()
+            );
+        }
     }
 
     /// Gives every rank rank 0's start: its trainable variables (so that the copies are equal whatever each
@@ -133,5 +211,51 @@ impl Trainer<'_> {
             var.set(value)?;
         }
         Ok(())
+    }
+}
+
+/// What changed between the checkpoint's inputs digest `saved` and this run's `now`: the parts that differ
+/// when both are space-separated `name:value` parts with the same names, else the inputs as a whole.
+fn inputs_change(saved: &str, now: &str) -> String {
+    let parts = |d: &str| -> Option<Vec<(String, String)>> {
+        d.split_whitespace()
+            .map(|p| {
+                p.split_once(':')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
+            .collect()
+    };
+    if let (Some(a), Some(b)) = (parts(saved), parts(now)) {
+        let names = |v: &[(String, String)]| v.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+        if names(&a) == names(&b) {
+            let differ: Vec<String> = a
+                .iter()
+                .zip(&b)
+                .filter(|(x, y)| x.1 != y.1)
+                .map(|(x, _)| x.0.clone())
+                .collect();
+            return format!("its inputs changed: {}", differ.join(", "));
+        }
+    }
+    "its inputs changed: the content of a data file or the task (template, label words) differs from \
+     the checkpoint's"
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::inputs_change;
+
+    #[test]
+    fn a_changed_digest_names_the_parts_that_changed() {
+        assert_eq!(
+            inputs_change("task:a data:b template:c", "task:a data:x template:y"),
+            "its inputs changed: data, template"
+        );
+        let whole = inputs_change("3fa2", "91bc");
+        assert!(
+            whole.contains("data file") && whole.contains("template"),
+            "{whole}"
+        );
     }
 }

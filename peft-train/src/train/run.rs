@@ -27,6 +27,7 @@ use super::trainer::{TrainReport, Trainer};
 use crate::task::Tuned;
 use peft_core::adapter_io::save_adapter;
 use peft_core::error::Result;
+use peft_core::lock::DirLock;
 
 /// One run's state: what its steps read and update.
 pub(super) struct Run<'a> {
@@ -50,6 +51,8 @@ pub(super) struct Run<'a> {
     /// Tokens since the last training record, and when that window began (its `tokens_per_s`).
     pub(super) window_tokens: usize,
     pub(super) window_start: Instant,
+    /// Rank 0's lock on `output_dir`, released when the run ends (`None` when the trainer holds one).
+    pub(super) _lock: Option<DirLock>,
 }
 
 impl Run<'_> {
@@ -68,10 +71,11 @@ impl Run<'_> {
 }
 
 impl<'a> Trainer<'a> {
-    /// Starts a run: a fresh start or rank 0's checkpoint on every rank, the metrics log opened (or trimmed to
-    /// the checkpoint's step), and the report's start.
+    /// Starts a run: `output_dir` locked and tidied (rank 0), a fresh start or rank 0's checkpoint on every
+    /// rank, the metrics log opened (or trimmed to the checkpoint's step), and the report's start.
     pub(super) fn start(&self) -> Result<Run<'a>> {
         let c = &self.config;
+        let lock = self.take_output_dir()?;
         let vars = self.adapter.trainable();
         let mut optimizer = AdamW::new(vars.clone(), c.optimizer);
         let checkpoint_dir = c.output_dir.join("checkpoint");
@@ -96,6 +100,7 @@ impl<'a> Trainer<'a> {
             state,
             log,
             report,
+            _lock: lock,
         })
     }
 

@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Tensor, Var};
 
+use super::finite::{diverged, first_non_finite};
 use super::optim::clip_global_norm;
 use super::order::micro_batch;
 use super::run::Run;
@@ -57,14 +58,23 @@ impl Trainer<'_> {
             self.reduce_over_ranks(&mut grads, &mut outcome)?;
         }
         outcome.grad_norm = clip_global_norm(&mut grads, c.max_grad_norm)?;
-        let loss = outcome.loss;
-        if !loss.is_finite() {
-            return Err(PeftError::Unsupported(format!(
-                "loss became {loss} at step {}: lower the learning rate",
-                step + 1
-            )));
+        // The guard: nothing non-finite reaches the parameters, and no update leaves one non-finite.
+        if !outcome.loss.is_finite() {
+            return Err(diverged(
+                step + 1,
+                &format!("the loss ({})", outcome.loss),
+                c,
+            ));
+        }
+        if !outcome.grad_norm.is_finite() {
+            let what = format!("the gradient norm before clipping ({})", outcome.grad_norm);
+            return Err(diverged(step + 1, &what, c));
         }
         run.optimizer.step(&grads, outcome.lr)?;
+        if let Some(name) = first_non_finite(&run.vars)? {
+            let what = format!("trainable parameter `{name}` after the update");
+            return Err(diverged(step + 1, &what, c));
+        }
         Ok(outcome)
     }
 

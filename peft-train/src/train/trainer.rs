@@ -17,6 +17,7 @@ use super::config::TrainConfig;
 use crate::dist::{Communicator, SingleProcess};
 use crate::task::{Metrics, Task};
 use peft_core::error::{PeftError, Result};
+use peft_core::lock::DirLock;
 use peft_core::method::Adapter;
 use peft_core::model::BaseModel;
 
@@ -55,12 +56,22 @@ pub struct TrainReport {
 /// and AdamW then run on equal gradients on every rank, so that the adapters stay equal. Rank 0 alone
 /// evaluates and writes the log, checkpoints and adapters; a resumed run reads the checkpoint on rank 0 and
 /// sends it to the others.
+///
+/// Rank 0 locks `output_dir` for the run ([`DirLock`]: a second run on the folder is refused, naming this
+/// one), recovers what a killed run left half-replaced and removes its temporaries (see
+/// [`output_dir`](super::output_dir)). A run stops with an error at the first non-finite loss, gradient,
+/// parameter or evaluation, saving nothing after it (see `finite`), and warns once when its loss climbs far
+/// above its start (see [`divergence`](super::divergence)).
 pub struct Trainer<'a> {
     pub(super) model: &'a dyn BaseModel,
     pub(super) adapter: &'a dyn Adapter,
     pub(super) task: &'a dyn Task,
     pub(super) config: TrainConfig,
     pub(super) comm: &'a dyn Communicator,
+    /// The caller's digest of what the run learns from, checked on resume.
+    pub(super) inputs_digest: Option<String>,
+    /// A lock on `output_dir` the caller took already (else the run takes its own).
+    pub(super) lock: Option<DirLock>,
 }
 
 impl<'a> Trainer<'a> {
@@ -77,7 +88,25 @@ impl<'a> Trainer<'a> {
             task,
             config,
             comm: &SingleProcess,
+            inputs_digest: None,
+            lock: None,
         }
+    }
+
+    /// Records `digest`, the caller's fingerprint of what the run learns from (the data files' content, the
+    /// task and its template), in each checkpoint; a resume whose digest differs is refused. A digest of
+    /// space-separated `name:value` parts (`task:3fa2 data:91bc`) lets the refusal name the parts that
+    /// changed.
+    pub fn with_inputs_digest(mut self, digest: impl Into<String>) -> Self {
+        self.inputs_digest = Some(digest.into());
+        self
+    }
+
+    /// Uses `lock`, taken by the caller before its own work (`peft train` takes it before the zero-shot
+    /// evaluation), instead of locking `output_dir` at the run's start; a lock on another folder is ignored.
+    pub fn with_output_lock(mut self, lock: DirLock) -> Self {
+        self.lock = Some(lock);
+        self
     }
 
     /// Runs as one rank of the data-parallel job `comm` connects (every rank must build the same trainer).
@@ -97,13 +126,14 @@ impl<'a> Trainer<'a> {
     /// `max_steps`.
     pub fn run_until(&self, stop: usize) -> Result<TrainReport> {
         let stop = stop.min(self.config.max_steps);
-        self.validate()?;
+        self.check()?;
         let mut run = self.start()?;
         while run.state.step < stop {
             let step_started = Instant::now();
             let outcome = self.optimiser_step(&mut run)?;
             run.record(&outcome, step_started);
             self.log_step(&mut run, &outcome)?;
+            self.watch_divergence(&mut run, &outcome)?;
             let eval_now = self.evaluation_due(run.state.step);
             if eval_now {
                 self.evaluate(&mut run)?;
@@ -113,23 +143,33 @@ impl<'a> Trainer<'a> {
         self.finish(run)
     }
 
-    /// Refuses settings that cannot train, before any work.
-    fn validate(&self) -> Result<()> {
+    /// Refuses what cannot train, before any work: the settings ([`TrainConfig::check`]), an empty training
+    /// set, a batch more than twice the training set, an adapter with nothing to train, and fewer examples per
+    /// micro-batch than processes. Cheap: a caller runs it before its own long work (an evaluation).
+    pub fn check(&self) -> Result<()> {
         let c = &self.config;
-        let bad = |m: &str| Err(PeftError::Config(m.to_string()));
-        if c.batch_size == 0 || c.gradient_accumulation_steps == 0 || c.eval_batch_size == 0 {
-            return bad(
-                "batch_size, gradient_accumulation_steps and eval_batch_size must be at least 1",
-            );
+        c.check()?;
+        let examples = self.task.train_len();
+        if examples == 0 {
+            return Err(PeftError::Data(
+                "the training set is empty: give [data.train] at least one example".into(),
+            ));
         }
-        if !(c.learning_rate.is_finite() && c.learning_rate > 0.0) {
-            return bad("learning_rate must be a positive number");
-        }
-        if self.task.train_len() == 0 {
-            return bad("the training set is empty");
+        // A micro-batch a little larger than the set wraps into the next epoch's order (tests train 3
+        // examples in batches of 4); one more than twice the set only repeats examples at a memory cost
+        // that grows with it.
+        if c.batch_size > 2 * examples {
+            return Err(PeftError::Config(format!(
+                "batch_size {} is far above the {examples} examples of the training set: every micro-batch \
+                 would repeat each example {} times or more; set batch_size to at most {examples}",
+                c.batch_size,
+                c.batch_size / examples
+            )));
         }
         if self.adapter.trainable().is_empty() {
-            return bad("the adapter has no trainable parameters");
+            return Err(PeftError::Config(
+                "the adapter has no trainable parameters".into(),
+            ));
         }
         if c.batch_size < self.comm.size() {
             return Err(PeftError::Config(format!(

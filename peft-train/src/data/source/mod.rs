@@ -169,6 +169,14 @@ pub enum Located<'a> {
     Hub(Vec<PathBuf>),
 }
 
+/// The refusal of a data path that is a folder, a pipe or a device: reading a pipe would wait for a writer.
+fn not_a_file(path: &Path) -> PeftError {
+    PeftError::Data(format!(
+        "{} is not a regular file (a folder, a pipe or a device): name the data file itself",
+        path.display()
+    ))
+}
+
 /// The refusal of a data file that is not there, saying what to do; a path into `../shared/data` is the
 /// development copy of the datasets, which a clone of the project does not have.
 fn missing_file(path: &Path) -> PeftError {
@@ -459,6 +467,7 @@ impl DataSource {
         }
         match (&self.path, self.hub_dataset()) {
             (Some(path), _) if !path.exists() => Err(missing_file(path)),
+            (Some(path), _) if !path.is_file() => Err(not_a_file(path)),
             (Some(path), _) => Ok(Located::File(path)),
             (None, Some(hub)) => hub.files().map(Located::Hub).map_err(|e| match (e, local) {
                 (PeftError::Data(why), Some(local)) => PeftError::Data(format!(
@@ -853,7 +862,8 @@ mod tests {
         std::fs::create_dir(&unreadable).unwrap();
         let err = DataSource::new(&unreadable, "text").read().unwrap_err();
         assert!(
-            matches!(err, PeftError::Io { .. }) && err.to_string().contains("folder.jsonl"),
+            err.to_string().contains("folder.jsonl")
+                && err.to_string().contains("not a regular file"),
             "{err}"
         );
     }
