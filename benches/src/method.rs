@@ -22,20 +22,32 @@ pub enum Method {
     PTuningV2,
     /// LoRA (`LORA`) on the architecture's default targets, r 8.
     Lora,
+    /// DoRA (`LORA` with `use_dora`) on the architecture's default targets, r 8.
+    Dora,
     /// BitFit (`BITFIT`) on all biases.
     BitFit,
+    /// VeRA (`VERA`) on LoRA's default targets, r 256 (HF's default).
+    Vera,
+    /// LoHa (`LOHA`) on LoRA's default targets, r 8.
+    Loha,
+    /// LoKr (`LOKR`) on LoRA's default targets, r 8.
+    Lokr,
 }
 
 impl Method {
     /// Every method, in the order the benches run them.
-    pub const ALL: [Method; 7] = [
+    pub const ALL: [Method; 11] = [
         Method::Frozen,
         Method::PromptTuning,
         Method::PTuning,
         Method::PrefixTuning,
         Method::PTuningV2,
         Method::Lora,
+        Method::Dora,
         Method::BitFit,
+        Method::Vera,
+        Method::Loha,
+        Method::Lokr,
     ];
 
     /// The name in bench ids (`lora`, `p-tuning-v2`, ...).
@@ -47,7 +59,11 @@ impl Method {
             Method::PrefixTuning => "prefix-tuning",
             Method::PTuningV2 => "p-tuning-v2",
             Method::Lora => "lora",
+            Method::Dora => "dora",
             Method::BitFit => "bitfit",
+            Method::Vera => "vera",
+            Method::Loha => "loha",
+            Method::Lokr => "lokr",
         }
     }
 
@@ -62,7 +78,13 @@ impl Method {
                                            "prefix_projection": true}),
             Method::PTuningV2 => json!({"peft_type": "PREFIX_TUNING", "num_virtual_tokens": n}),
             Method::Lora => json!({"peft_type": "LORA", "r": 8, "lora_alpha": 16}),
+            Method::Dora => {
+                json!({"peft_type": "LORA", "r": 8, "lora_alpha": 16, "use_dora": true})
+            }
             Method::BitFit => json!({"peft_type": "BITFIT"}),
+            Method::Vera => json!({"peft_type": "VERA", "r": 256}),
+            Method::Loha => json!({"peft_type": "LOHA", "r": 8, "alpha": 16}),
+            Method::Lokr => json!({"peft_type": "LOKR", "r": 8, "alpha": 16}),
         })
     }
 
@@ -85,4 +107,6 @@ fn link_methods() {
     peft_prefix::register();
     peft_lora::register();
     peft_bitfit::register();
+    peft_vera::register();
+    peft_lycoris::register();
 }

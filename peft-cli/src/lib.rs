@@ -159,6 +159,8 @@ pub fn link_methods() {
     peft_prefix::register();
     peft_lora::register();
     peft_bitfit::register();
+    peft_vera::register();
+    peft_lycoris::register();
     peft_baselines::register();
 }
 

@@ -59,6 +59,35 @@ fn methods() -> Vec<(&'static str, serde_json::Value, f64)> {
         ),
         ("BitFit", json!({"peft_type": "BITFIT"}), 1e-2),
         (
+            "DoRA",
+            json!({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "use_dora": true}),
+            1e-2,
+        ),
+        (
+            "DoRA (rslora, all-linear, bias all)",
+            json!({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "use_dora": true, "use_rslora": true,
+                   "target_modules": "all-linear", "bias": "all"}),
+            1e-2,
+        ),
+        ("VeRA", json!({"peft_type": "VERA", "r": 16}), 3e-2),
+        (
+            "VeRA (all-linear, projections not saved, bias all)",
+            json!({"peft_type": "VERA", "r": 8, "target_modules": "all-linear",
+                   "save_projection": false, "bias": "all"}),
+            3e-2,
+        ),
+        (
+            "LoHa",
+            json!({"peft_type": "LOHA", "r": 4, "alpha": 8}),
+            1e-2,
+        ),
+        (
+            "LoKr (decompose_both, all-linear)",
+            json!({"peft_type": "LOKR", "r": 1, "alpha": 2, "decompose_both": true,
+                   "target_modules": "all-linear"}),
+            1e-2,
+        ),
+        (
             "STACK (prompt tuning + LoRA)",
             json!({"peft_type": "STACK", "adapters": [
                 {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 3},

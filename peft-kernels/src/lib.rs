@@ -17,6 +17,7 @@
 
 mod activation;
 mod attention;
+mod column_scale;
 pub mod composed;
 pub(crate) mod cpu;
 mod cross_entropy;
@@ -29,6 +30,7 @@ mod openblas;
 
 pub use activation::{gelu_erf, gelu_tanh, silu, silu_mul};
 pub use attention::scaled_dot_product_attention;
+pub use column_scale::column_scale;
 pub use composed::{log_softmax_last_dim, softmax_last_dim};
 pub use cross_entropy::cross_entropy;
 pub use linear_cross_entropy::linear_cross_entropy;

@@ -2,7 +2,8 @@
 //! `[r, in]`, `lora_B` `[out, r]` and `scale = lora_alpha / r` (rsLoRA: `/ sqrt(r)`), saved under HF PEFT's keys
 //! `base_model.model.<module>.lora_A.weight` / `lora_B.weight`. Trainable biases (`bias = "all"` /
 //! `"lora_only"`) replace the frozen ones through [`Hooks::bias`]. Merging adds `scale * B A` to the frozen
-//! weights, after which the linear hook adds nothing until unmerged.
+//! weights, after which the linear hook adds nothing until unmerged. With `use_dora` each layer also has a
+//! magnitude vector (`<module>.lora_magnitude_vector`) that rescales its output rows ([`DoraLayer`]).
 //!
 //! ```
 //! use peft_core::method::InitCtx;
@@ -29,6 +30,7 @@ use peft_core::spec::{SiteId, SiteKind};
 use peft_core::{PeftError, Result};
 
 use crate::config::{BiasMode, LoraConfig};
+use crate::dora::DoraLayer;
 use crate::dropout::Dropout;
 use crate::targets::Target;
 
@@ -38,6 +40,11 @@ const KEY_PREFIX: &str = "base_model.model.";
 /// HF PEFT's key of `lora_A` (`which = "A"`) or `lora_B` of `module`.
 pub fn lora_key(module: &str, which: &str) -> String {
     format!("{KEY_PREFIX}{module}.lora_{which}.weight")
+}
+
+/// HF PEFT's key of DoRA's magnitude vector of `module` (saved without the `.weight` of the module holding it).
+pub fn magnitude_key(module: &str) -> String {
+    format!("{KEY_PREFIX}{module}.lora_magnitude_vector")
 }
 
 /// HF PEFT's key of a trained bias: under `base_layer` for a module LoRA wraps.
@@ -94,6 +101,8 @@ pub struct LoraLayer {
     a: Var,
     b: Var,
     scale: f64,
+    /// DoRA's magnitude and norms, with `use_dora`.
+    dora: Option<DoraLayer>,
 }
 
 impl LoraLayer {
@@ -104,7 +113,21 @@ impl LoraLayer {
             a,
             b,
             scale,
+            dora: None,
         }
+    }
+
+    /// This layer with DoRA over it (`use_dora`).
+    pub(crate) fn with_dora(self, dora: DoraLayer) -> Self {
+        LoraLayer {
+            dora: Some(dora),
+            ..self
+        }
+    }
+
+    /// The DoRA part (magnitude vector), with `use_dora`.
+    pub fn dora(&self) -> Option<&DoraLayer> {
+        self.dora.as_ref()
     }
 
     /// The adapted module's full name.
@@ -142,14 +165,26 @@ impl LoraLayer {
         Ok((self.b.as_tensor().matmul(self.a.as_tensor())? * self.scale)?)
     }
 
-    /// `scale * dropout(x) A^T B^T` over the last dimension of `x` (HF PEFT's order of operations).
-    fn update(&self, x: &Tensor, dropout: &Dropout) -> Result<Tensor> {
+    /// The module's output: `next(x) + scale * dropout(x) A^T B^T` over the last dimension of `x` (HF PEFT's
+    /// order of operations), or DoRA's rescaled output (`bias`: the trained bias that replaced the frozen one).
+    fn output(
+        &self,
+        x: &Tensor,
+        next: &LinearFn,
+        bias: Option<Tensor>,
+        dropout: &Dropout,
+    ) -> Result<Tensor> {
         let a = peft_core::grad::param(&self.a).to_dtype(x.dtype())?;
         let b = peft_core::grad::param(&self.b).to_dtype(x.dtype())?;
+        if let Some(dora) = &self.dora {
+            let bias = bias.or_else(|| dora.frozen_bias().cloned());
+            return dora.forward(x, next, (&a, &b, self.scale), bias.as_ref(), dropout);
+        }
+        let y = next(x)?;
         // The dropout mask is drawn element by element in order, so it does not depend on x's shape.
         let x2 = dropout.apply(x)?;
         // One fused op (f32 on the CPU) with its own backward; B has `out_features` rows.
-        peft_kernels::low_rank(&x2, &a, &b, self.scale)
+        Ok((y + peft_kernels::low_rank(&x2, &a, &b, self.scale)?)?)
     }
 }
 
@@ -226,10 +261,13 @@ impl Lora {
 
     /// Every (key, variable) this adapter saves.
     fn named_vars(&self) -> Vec<(String, Var)> {
-        let mut vars = Vec::with_capacity(2 * self.layers.len() + self.biases.len());
+        let mut vars = Vec::with_capacity(3 * self.layers.len() + self.biases.len());
         for l in &self.layers {
             vars.push((lora_key(l.name(), "A"), l.a.clone()));
             vars.push((lora_key(l.name(), "B"), l.b.clone()));
+            if let Some(dora) = &l.dora {
+                vars.push((magnitude_key(l.name()), dora.magnitude_var().clone()));
+            }
         }
         for b in &self.biases {
             vars.push((b.key.clone(), b.value.clone()));
@@ -260,15 +298,19 @@ impl Lora {
         Ok(())
     }
 
-    /// Adds `sign * scale * B A` to every adapted frozen weight.
-    fn fold(&self, model: &mut dyn BaseModel, sign: f64) -> Result<()> {
+    /// Adds `scale * B A` to every adapted frozen weight (`merge`), or takes it away; with DoRA adds
+    /// `m / ||W + scale B A||_row * (W + scale B A) - W`, or takes away what the merge added.
+    fn fold(&self, model: &mut dyn BaseModel, merge: bool) -> Result<()> {
         self.check_model(model)?;
         for l in &self.layers {
-            let delta = (l.delta_weight()? * sign)?;
-            model
-                .frozen_linear_mut(l.site())
-                .expect("checked above")
-                .add_to_weight(&delta)?;
+            let frozen = model.frozen_linear_mut(l.site()).expect("checked above");
+            let delta = match (&l.dora, merge) {
+                (None, true) => l.delta_weight()?,
+                (None, false) => l.delta_weight()?.neg()?,
+                (Some(dora), true) => dora.merge_delta(frozen.weight(), &l.delta_weight()?)?,
+                (Some(dora), false) => dora.take_merged_delta()?.neg()?,
+            };
+            frozen.add_to_weight(&delta)?;
         }
         Ok(())
     }
@@ -276,12 +318,12 @@ impl Lora {
 
 impl Hooks for Lora {
     fn linear(&self, site: SiteId, x: &Tensor, next: &LinearFn) -> Result<Tensor> {
-        let y = next(x)?;
-        let layer = match self.layer_at.get(site.0).copied().flatten() {
-            Some(i) if !self.is_merged() => &self.layers[i],
-            _ => return Ok(y),
-        };
-        Ok((y + layer.update(x, &self.dropout)?)?)
+        match self.layer_at.get(site.0).copied().flatten() {
+            Some(i) if !self.is_merged() => {
+                self.layers[i].output(x, next, self.bias(site), &self.dropout)
+            }
+            _ => next(x),
+        }
     }
 
     fn bias(&self, site: SiteId) -> Option<Tensor> {
@@ -367,7 +409,7 @@ impl Adapter for Lora {
                     .into(),
             ));
         }
-        self.fold(model, 1.0)?;
+        self.fold(model, true)?;
         self.merged.store(true, Ordering::SeqCst);
         Ok(())
     }
@@ -378,7 +420,7 @@ impl Adapter for Lora {
                 "this LoRA adapter is not merged, so there is nothing to unmerge (merge_into first)".into(),
             ));
         }
-        self.fold(model, -1.0)?;
+        self.fold(model, false)?;
         self.merged.store(false, Ordering::SeqCst);
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! HF PEFT's `LoraConfig`: the same field names, defaults and meaning, so that an `adapter_config.json` written
 //! by HF PEFT 0.21 parses here and one written here loads there. Fields for LoRA variants this crate does not
-//! implement (DoRA, aLoRA, QALoRA, ...) are read and written back unchanged, and `build` refuses the values
+//! implement (aLoRA, QALoRA, ...) are read and written back unchanged, and `build` refuses the values
 //! that would change the computation. `build` resolves the targets, draws the factors and makes the
 //! [`Lora`] adapter.
 //!
@@ -28,6 +28,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::adapter::{trainable_biases, Lora, LoraLayer};
+use crate::dora::DoraLayer;
 use crate::dropout::Dropout;
 use crate::init::initial_pair;
 use crate::targets::resolve_targets;
@@ -218,7 +219,8 @@ pub struct LoraConfig {
     pub alpha_pattern: BTreeMap<String, f64>,
     /// A bias on `lora_B`; not supported here (must be false).
     pub lora_bias: bool,
-    /// DoRA; not supported here (must be false).
+    /// DoRA: a trained magnitude per output feature times the normalised direction of `W + scale B A`
+    /// (see [`DoraLayer`](crate::DoraLayer)).
     pub use_dora: bool,
     /// Version of HF PEFT that wrote the config.
     pub peft_version: Option<String>,
@@ -399,9 +401,11 @@ impl LoraConfig {
                 self.lora_dropout
             )));
         }
-        if self.use_dora {
-            return Err(PeftError::Unsupported(
-                "use_dora = true: DoRA is not implemented here; set use_dora = false for plain LoRA".into(),
+        if self.use_dora && self.lora_bias {
+            return Err(PeftError::Config(
+                "DoRA (use_dora = true) with lora_bias = true: HF PEFT refuses the pair; set lora_bias = false \
+                 or use_dora = false"
+                    .into(),
             ));
         }
         if self.lora_bias {
@@ -551,12 +555,23 @@ impl LoraConfig {
                 ),
             };
             let scale = self.scale_for(target.r, target.alpha);
-            layers.push(LoraLayer::new(
-                target,
-                Var::from_tensor(&a)?,
-                Var::from_tensor(&b)?,
-                scale,
-            ));
+            // HF PEFT sets the magnitude from the factors just drawn (the norm of W where B = 0).
+            let dora = if self.use_dora {
+                let frozen = model.frozen_linear(target.site).ok_or_else(|| {
+                    PeftError::Unsupported(format!(
+                        "use_dora: `{}` is not a linear layer the model exposes",
+                        target.name
+                    ))
+                })?;
+                Some(DoraLayer::new(frozen.clone(), &a, &b, scale)?)
+            } else {
+                None
+            };
+            let layer = LoraLayer::new(target, Var::from_tensor(&a)?, Var::from_tensor(&b)?, scale);
+            layers.push(match dora {
+                Some(dora) => layer.with_dora(dora),
+                None => layer,
+            });
         }
 
         let biases = trainable_biases(self.bias, model, &layers)?;

@@ -1,15 +1,16 @@
 //! LoRA (Hu et al., 2021) with HF PEFT's `LoraConfig` and file format: rsLoRA scaling, `target_modules` lists,
 //! regular expressions and `"all-linear"`, `layers_to_transform`, rank / alpha patterns, trainable biases, dropout,
-//! and merging into (and unmerging from) the frozen weights.
+//! merging into (and unmerging from) the frozen weights, and DoRA (`use_dora`).
 //!
-//! Adapters are saved as HF PEFT saves them (`base_model.model.<module>.lora_A.weight`, `lora_B.weight`, trained
-//! biases under `<module>.base_layer.bias` or `<module>.bias`) and load in HF PEFT with the same logits; HF PEFT's
-//! adapters load here. Fields of LoRA variants that are not implemented (DoRA, aLoRA, QALoRA, ...) are read and
-//! written back, and a value that would change the computation is refused with what to change.
+//! Adapters are saved as HF PEFT saves them (`base_model.model.<module>.lora_A.weight`, `lora_B.weight`, DoRA's
+//! `lora_magnitude_vector`, trained biases under `<module>.base_layer.bias` or `<module>.bias`) and load in HF
+//! PEFT with the same logits; HF PEFT's adapters load here. Fields of LoRA variants that are not implemented
+//! (aLoRA, QALoRA, ...) are read and written back, and a value that would change the computation is refused
+//! with what to change.
 //!
 //! Layout: `config.rs` (HF PEFT's `LoraConfig`, its defaults and `PeftMethod` impl, `build`), `adapter.rs` (the
 //! built adapter: hooks, saving, merging), `targets.rs` (which modules are adapted), `init.rs` (how the factors
-//! start) and `dropout.rs` (the LoRA branch's dropout).
+//! start), `dropout.rs` (the LoRA branch's dropout) and `dora.rs` (DoRA's magnitude, norms, forward and merge).
 //!
 //! ```
 //! use peft_core::method::{Adapter, InitCtx, PeftMethod};
@@ -33,15 +34,17 @@
 
 mod adapter;
 mod config;
+mod dora;
 mod dropout;
 mod init;
 mod targets;
 
-pub use adapter::{bias_key, lora_key, Lora, LoraLayer};
+pub use adapter::{bias_key, lora_key, magnitude_key, Lora, LoraLayer};
 pub use config::{
     BiasMode, HfLoraFields, InitLoraWeights, LayerSelection, LayersPattern, LoraConfig, LoraInit,
     TargetModules, ALL_LINEAR,
 };
+pub use dora::DoraLayer;
 pub use dropout::Dropout;
 pub use init::{initial_pair, linear_default};
 pub use targets::{

@@ -33,7 +33,7 @@ use crate::measure::{median, minor_page_faults, peak_rss_bytes};
 use crate::session::{init_ctx, open_model};
 
 /// The method tags `--method` takes, each with the config it stands for (HF PEFT's defaults otherwise).
-pub const METHOD_TAGS: [(&str, &str); 5] = [
+pub const METHOD_TAGS: [(&str, &str); 9] = [
     (
         "prompt-tuning",
         "peft_type = \"PROMPT_TUNING\"\nnum_virtual_tokens = 20",
@@ -50,7 +50,14 @@ pub const METHOD_TAGS: [(&str, &str); 5] = [
         "lora",
         "peft_type = \"LORA\"\nr = 8\nlora_alpha = 16\nlora_dropout = 0.0",
     ),
+    (
+        "dora",
+        "peft_type = \"LORA\"\nr = 8\nlora_alpha = 16\nlora_dropout = 0.0\nuse_dora = true",
+    ),
     ("bitfit", "peft_type = \"BITFIT\""),
+    ("vera", "peft_type = \"VERA\"\nr = 256"),
+    ("loha", "peft_type = \"LOHA\"\nr = 8\nalpha = 16"),
+    ("lokr", "peft_type = \"LOKR\"\nr = 8\nalpha = 16"),
 ];
 
 /// What the loss is computed on.

@@ -1,0 +1,417 @@
+//! The built VeRA adapter: for every adapted module
+//! `y = W x (+ b) + lambda_b * (B[:out] (lambda_d * (A[:, :in] dropout(x))))`, with the shared frozen
+//! projections `A`, `B` ([`Projections`]) and the module's trained vectors `vera_lambda_b` `[out]` (starting
+//! at zeros, so a fresh adapter is a no-op) and `vera_lambda_d` `[r]` (starting at `d_initial`), saved under
+//! HF PEFT's keys `base_model.model.<module>.vera_lambda_b` / `vera_lambda_d`, plus `base_model.vera_A` /
+//! `vera_B` with `save_projection`. Trainable biases (`bias = "all"` / `"vera_only"`) replace the frozen ones
+//! through [`Hooks::bias`]. Merging adds `(lambda_b B) (lambda_d A)` to the frozen weights.
+//!
+//! ```
+//! use peft_core::method::{Adapter, InitCtx};
+//! use peft_vera::{lambda_key, VeraConfig};
+//! use rand::SeedableRng;
+//! let model = peft_models::tiny::gpt2(0); // hidden 32, c_attn 32 -> 96, two layers
+//! let mut init = InitCtx { model: &model, tokenizer: None, rng: rand::rngs::StdRng::seed_from_u64(0) };
+//! let vera = VeraConfig::new(8, ["c_attn"]).build_vera(&mut init).unwrap();
+//! assert_eq!(vera.num_trainable(), 2 * (96 + 8)); // lambda_b [96] and lambda_d [8] per module
+//! assert_eq!((vera.projections().a().dims(), vera.projections().b().dims()), (&[8, 32][..], &[96, 8][..]));
+//! let saved: Vec<String> = vera.tensors().unwrap().into_iter().map(|(k, _)| k).collect();
+//! assert!(saved.contains(&"base_model.vera_A".to_string()));
+//! assert!(saved.contains(&lambda_key("transformer.h.0.attn.c_attn", "b")));
+//! ```
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::{DType, Tensor, Var};
+use peft_core::hooks::{Hooks, LinearFn};
+use peft_core::method::{Adapter, PeftMethod};
+use peft_core::model::BaseModel;
+use peft_core::spec::{SiteId, SiteKind};
+use peft_core::{PeftError, Result};
+
+use crate::config::{BiasMode, VeraConfig};
+use crate::dropout::Dropout;
+use crate::projection::{Projections, VERA_A_KEY, VERA_B_KEY};
+use crate::targets::Target;
+
+/// Prefix of every per-module key HF PEFT saves for a non-prompt method (`PeftModel.base_model.model`).
+const KEY_PREFIX: &str = "base_model.model.";
+
+/// HF PEFT's key of `vera_lambda_b` (`which = "b"`) or `vera_lambda_d` of `module`.
+pub fn lambda_key(module: &str, which: &str) -> String {
+    format!("{KEY_PREFIX}{module}.vera_lambda_{which}")
+}
+
+/// HF PEFT's key of a trained bias: under `base_layer` for a module VeRA wraps.
+fn bias_key(module: &str, wrapped: bool) -> String {
+    if wrapped {
+        format!("{KEY_PREFIX}{module}.base_layer.bias")
+    } else {
+        format!("{KEY_PREFIX}{module}.bias")
+    }
+}
+
+/// A frozen bias made trainable.
+#[derive(Debug)]
+pub(crate) struct TrainableBias {
+    site: SiteId,
+    key: String,
+    value: Var,
+}
+
+/// Copies of the frozen biases of `model` that `mode` trains, with their HF PEFT keys.
+pub(crate) fn trainable_biases(
+    mode: BiasMode,
+    model: &dyn BaseModel,
+    layers: &[VeraLayer],
+) -> Result<Vec<TrainableBias>> {
+    if mode == BiasMode::None {
+        return Ok(Vec::new());
+    }
+    let parameters: HashMap<String, Tensor> = model.parameters().into_iter().collect();
+    let mut biases = Vec::new();
+    for (id, site) in model.spec().iter_sites() {
+        let wrapped = layers.iter().any(|l| l.site() == id);
+        if !site.has_bias || (mode == BiasMode::VeraOnly && !wrapped) {
+            continue;
+        }
+        let frozen = match site.kind {
+            SiteKind::Linear { .. } => model.frozen_linear(id).and_then(|l| l.bias().cloned()),
+            SiteKind::Norm { .. } => None,
+        };
+        let value = frozen
+            .or_else(|| parameters.get(&format!("{}.bias", site.name)).cloned())
+            .ok_or_else(|| {
+                PeftError::Unsupported(format!(
+                    "bias = {mode:?}: the model reports a bias at `{}` but does not expose it",
+                    site.name
+                ))
+            })?;
+        biases.push(TrainableBias {
+            site: id,
+            key: bias_key(&site.name, wrapped),
+            value: Var::from_tensor(&value.to_dtype(DType::F32)?.detach())?,
+        });
+    }
+    Ok(biases)
+}
+
+/// The trained vectors of one adapted module.
+#[derive(Debug)]
+pub struct VeraLayer {
+    target: Target,
+    lambda_b: Var,
+    lambda_d: Var,
+}
+
+impl VeraLayer {
+    /// The vectors `lambda_b` `[out]` and `lambda_d` `[r]` of `target`.
+    pub(crate) fn new(target: Target, lambda_b: Var, lambda_d: Var) -> Self {
+        VeraLayer {
+            target,
+            lambda_b,
+            lambda_d,
+        }
+    }
+
+    /// The adapted module's full name.
+    pub fn name(&self) -> &str {
+        &self.target.name
+    }
+
+    /// The adapted site.
+    pub fn site(&self) -> SiteId {
+        self.target.site
+    }
+
+    /// `vera_lambda_b` `[out]`.
+    pub fn lambda_b(&self) -> &Tensor {
+        self.lambda_b.as_tensor()
+    }
+
+    /// `vera_lambda_d` `[r]`.
+    pub fn lambda_d(&self) -> &Tensor {
+        self.lambda_d.as_tensor()
+    }
+
+    /// The scaled factors `(lambda_d A[:, :in], lambda_b B[:out])`, `[r, in]` and `[out, r]`, with the
+    /// vectors as `read` gives them (tracked for training, plain for merging).
+    fn factors(&self, p: &Projections, read: impl Fn(&Var) -> Tensor) -> Result<(Tensor, Tensor)> {
+        let d = read(&self.lambda_d).unsqueeze(1)?;
+        let b = read(&self.lambda_b).unsqueeze(1)?;
+        let a = p.a_for(self.target.in_features)?.broadcast_mul(&d)?;
+        let bb = p.b_for(self.target.out_features)?.broadcast_mul(&b)?;
+        Ok((a, bb))
+    }
+
+    /// `(lambda_b B) (lambda_d A)` `[out, in]`: what merging adds to the frozen weight.
+    pub fn delta_weight(&self, p: &Projections) -> Result<Tensor> {
+        let (a, b) = self.factors(p, |v| v.as_tensor().detach())?;
+        Ok(b.matmul(&a)?)
+    }
+
+    /// The update for input `x` (last dimension `in`): the low-rank product with the scaled factors, which is
+    /// HF PEFT's `lambda_b * ((lambda_d * (x A^T)) B^T)` with the scalings moved onto the factors.
+    fn update(&self, x: &Tensor, p: &Projections, dropout: &Dropout) -> Result<Tensor> {
+        let (a, b) = self.factors(p, peft_core::grad::param)?;
+        let x2 = dropout.apply(x)?;
+        peft_kernels::low_rank(&x2, &a.to_dtype(x.dtype())?, &b.to_dtype(x.dtype())?, 1.0)
+    }
+}
+
+/// A built VeRA adapter.
+#[derive(Debug)]
+pub struct Vera {
+    config: VeraConfig,
+    projections: Projections,
+    layers: Vec<VeraLayer>,
+    /// Site index to index in `layers`.
+    layer_at: Vec<Option<usize>>,
+    biases: Vec<TrainableBias>,
+    /// Site index to index in `biases`.
+    bias_at: Vec<Option<usize>>,
+    dropout: Dropout,
+    merged: AtomicBool,
+}
+
+impl Vera {
+    /// The adapter of a resolved `config` over `layers` and `biases` (each in site order) of a model with
+    /// `num_sites` sites.
+    pub(crate) fn new(
+        config: VeraConfig,
+        projections: Projections,
+        layers: Vec<VeraLayer>,
+        biases: Vec<TrainableBias>,
+        dropout: Dropout,
+        num_sites: usize,
+    ) -> Self {
+        let mut layer_at = vec![None; num_sites];
+        for (i, l) in layers.iter().enumerate() {
+            layer_at[l.site().0] = Some(i);
+        }
+        let mut bias_at = vec![None; num_sites];
+        for (i, b) in biases.iter().enumerate() {
+            bias_at[b.site.0] = Some(i);
+        }
+        Vera {
+            config,
+            projections,
+            layers,
+            layer_at,
+            biases,
+            bias_at,
+            dropout,
+            merged: AtomicBool::new(false),
+        }
+    }
+
+    /// The adapted modules, in site order.
+    pub fn layers(&self) -> &[VeraLayer] {
+        &self.layers
+    }
+
+    /// The shared projections.
+    pub fn projections(&self) -> &Projections {
+        &self.projections
+    }
+
+    /// The resolved configuration (what `adapter_config.json` will hold).
+    pub fn vera_config(&self) -> &VeraConfig {
+        &self.config
+    }
+
+    /// Whether the update is currently folded into a model's weights.
+    pub fn is_merged(&self) -> bool {
+        self.merged.load(Ordering::SeqCst)
+    }
+
+    /// Every trained (key, variable).
+    fn named_vars(&self) -> Vec<(String, Var)> {
+        let mut vars = Vec::with_capacity(2 * self.layers.len() + self.biases.len());
+        for l in &self.layers {
+            vars.push((lambda_key(l.name(), "b"), l.lambda_b.clone()));
+            vars.push((lambda_key(l.name(), "d"), l.lambda_d.clone()));
+        }
+        for b in &self.biases {
+            vars.push((b.key.clone(), b.value.clone()));
+        }
+        vars
+    }
+
+    /// Adds `sign * (lambda_b B)(lambda_d A)` to every adapted frozen weight, after checking them all.
+    fn fold(&self, model: &mut dyn BaseModel, sign: f64) -> Result<()> {
+        for l in &self.layers {
+            let frozen = model.frozen_linear(l.site()).ok_or_else(|| {
+                PeftError::Unsupported(format!(
+                    "the model has no linear layer at `{}`: merge into the model the adapter was built for",
+                    l.name()
+                ))
+            })?;
+            let expected = [l.target.out_features, l.target.in_features];
+            if frozen.weight().dims() != expected {
+                return Err(PeftError::ShapeMismatch {
+                    what: format!("{}.weight", l.name()),
+                    expected_from: "the VeRA adapter".into(),
+                    expected: expected.to_vec(),
+                    got_from: "the model".into(),
+                    got: frozen.weight().dims().to_vec(),
+                });
+            }
+        }
+        for l in &self.layers {
+            let delta = (l.delta_weight(&self.projections)? * sign)?;
+            model
+                .frozen_linear_mut(l.site())
+                .expect("checked above")
+                .add_to_weight(&delta)?;
+        }
+        Ok(())
+    }
+}
+
+impl Hooks for Vera {
+    fn linear(&self, site: SiteId, x: &Tensor, next: &LinearFn) -> Result<Tensor> {
+        let y = next(x)?;
+        let layer = match self.layer_at.get(site.0).copied().flatten() {
+            Some(i) if !self.is_merged() => &self.layers[i],
+            _ => return Ok(y),
+        };
+        Ok((y + layer.update(x, &self.projections, &self.dropout)?)?)
+    }
+
+    fn bias(&self, site: SiteId) -> Option<Tensor> {
+        let i = self.bias_at.get(site.0).copied().flatten()?;
+        Some(peft_core::grad::param(&self.biases[i].value))
+    }
+}
+
+impl Adapter for Vera {
+    fn config(&self) -> &dyn PeftMethod {
+        &self.config
+    }
+
+    fn trainable(&self) -> Vec<(String, Var)> {
+        self.named_vars()
+    }
+
+    /// A snapshot of the trained vectors (copies, so later steps leave it as it was), and the projections
+    /// with `save_projection`.
+    fn tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = self
+            .named_vars()
+            .into_iter()
+            .map(|(k, v)| Ok((k, v.as_tensor().detach().copy()?)))
+            .collect::<Result<Vec<_>>>()?;
+        if self.config.save_projection {
+            out.push((VERA_A_KEY.into(), self.projections.a().copy()?));
+            out.push((VERA_B_KEY.into(), self.projections.b().copy()?));
+        }
+        Ok(out)
+    }
+
+    fn load_tensors(&self, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        if self.is_merged() {
+            return Err(PeftError::Unsupported(
+                "cannot load tensors into a merged VeRA adapter: unmerge it from the model first"
+                    .into(),
+            ));
+        }
+        let vars = self.named_vars();
+        let has_projection = tensors.contains_key(VERA_A_KEY) || tensors.contains_key(VERA_B_KEY);
+        if self.config.save_projection && !has_projection {
+            return Err(PeftError::Config(format!(
+                "the config says save_projection = true but the adapter file has no `{VERA_A_KEY}` / \
+                 `{VERA_B_KEY}` (as HF PEFT, this refuses to guess them): set save_projection = false to \
+                 draw them from projection_prng_key = {}",
+                self.config.projection_prng_key
+            )));
+        }
+        if !self.config.save_projection && has_projection {
+            return Err(PeftError::Config(format!(
+                "the adapter file holds `{VERA_A_KEY}` / `{VERA_B_KEY}` but its config says save_projection = \
+                 false: set save_projection = true to use the saved projections"
+            )));
+        }
+        let mut expected: BTreeSet<&str> = vars.iter().map(|(k, _)| k.as_str()).collect();
+        if self.config.save_projection {
+            expected.extend([VERA_A_KEY, VERA_B_KEY]);
+        }
+        let mut unexpected: Vec<&String> = tensors
+            .keys()
+            .filter(|k| !expected.contains(k.as_str()))
+            .collect();
+        if !unexpected.is_empty() {
+            unexpected.sort();
+            return Err(PeftError::Config(format!(
+                "the adapter file holds {} tensor(s) this VeRA config does not describe, e.g. {:?}: the \
+                 config's target_modules / layers_to_transform / bias do not match the file",
+                unexpected.len(),
+                &unexpected[..unexpected.len().min(3)]
+            )));
+        }
+        // Check everything before changing anything, so that a bad file leaves the adapter as it was.
+        let mut shapes: Vec<(&str, Vec<usize>)> = vars
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.dims().to_vec()))
+            .collect();
+        if self.config.save_projection {
+            shapes.push((VERA_A_KEY, self.projections.a().dims().to_vec()));
+            shapes.push((VERA_B_KEY, self.projections.b().dims().to_vec()));
+        }
+        for (key, dims) in &shapes {
+            let t = tensors.get(*key).ok_or_else(|| {
+                PeftError::Config(format!(
+                    "the adapter file has no tensor `{key}`, which this VeRA config needs (it has {} \
+                     tensors): the config's target_modules / bias do not match the file",
+                    tensors.len()
+                ))
+            })?;
+            if t.dims() != dims.as_slice() {
+                return Err(PeftError::ShapeMismatch {
+                    what: key.to_string(),
+                    expected_from: format!(
+                        "the model with this VeRA config (r = {}, projections sized for the widest adapted \
+                         module)",
+                        self.config.r
+                    ),
+                    expected: dims.clone(),
+                    got_from: "the adapter file".into(),
+                    got: t.dims().to_vec(),
+                });
+            }
+        }
+        for (key, var) in &vars {
+            var.set(&tensors[key].to_dtype(DType::F32)?)?;
+        }
+        if self.config.save_projection {
+            self.projections
+                .set(&tensors[VERA_A_KEY], &tensors[VERA_B_KEY])?;
+        }
+        Ok(())
+    }
+
+    fn merge_into(&self, model: &mut dyn BaseModel) -> Result<()> {
+        if self.is_merged() {
+            return Err(PeftError::Unsupported(
+                "this VeRA adapter is already merged into the model's weights: merging twice would add the \
+                 update twice (unmerge_from first)"
+                    .into(),
+            ));
+        }
+        self.fold(model, 1.0)?;
+        self.merged.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn unmerge_from(&self, model: &mut dyn BaseModel) -> Result<()> {
+        if !self.is_merged() {
+            return Err(PeftError::Unsupported(
+                "this VeRA adapter is not merged, so there is nothing to unmerge (merge_into first)".into(),
+            ));
+        }
+        self.fold(model, -1.0)?;
+        self.merged.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+}
