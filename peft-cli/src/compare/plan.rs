@@ -25,6 +25,8 @@ pub fn plan(grid: &Grid) -> Result<Vec<CellSpec>> {
         let loaded =
             open_model(model).with_context(|| format!("{file}: model `{model}` (line {line})"))?;
         for task in &grid.tasks {
+            // Read the task's data files once, not once per cell.
+            let data_digest = data_digest(task)?;
             for row in &grid.methods {
                 let at = || {
                     format!(
@@ -64,7 +66,7 @@ pub fn plan(grid: &Grid) -> Result<Vec<CellSpec>> {
                         latency_batch: grid.latency_batch,
                         digest: String::new(),
                     };
-                    spec.digest = digest(&spec, task)?;
+                    spec.digest = digest(&spec, task, &data_digest)?;
                     cells.push(spec);
                 }
             }
@@ -261,15 +263,22 @@ pub fn fit_budget(budget: usize, mut count: impl FnMut(usize) -> Result<usize>) 
     })
 }
 
-/// A digest of the cell spec (its digest left empty), the task file's text and the content of the task's
-/// data files: a data file edited in place reruns the cells that read it.
-fn digest(spec: &CellSpec, task: &TaskFile) -> Result<String> {
+/// A digest of the content of the task's train and eval data files.
+fn data_digest(task: &TaskFile) -> Result<String> {
     let mut digest = Digest::new();
-    digest.field(serde_json::to_string(spec)?.as_bytes());
-    digest.field(task.text.as_bytes());
     for source in [&task.data.train, &task.data.eval] {
         digest.field(source.content_digest()?.as_bytes());
     }
+    Ok(digest.hex())
+}
+
+/// A digest of the cell spec (its digest left empty), the task file's text and its data's digest
+/// ([`data_digest`]): a data file edited in place reruns the cells that read it.
+fn digest(spec: &CellSpec, task: &TaskFile, data_digest: &str) -> Result<String> {
+    let mut digest = Digest::new();
+    digest.field(serde_json::to_string(spec)?.as_bytes());
+    digest.field(task.text.as_bytes());
+    digest.field(data_digest.as_bytes());
     Ok(digest.hex())
 }
 
