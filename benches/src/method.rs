@@ -24,6 +24,9 @@ pub enum Method {
     Lora,
     /// DoRA (`LORA` with `use_dora`) on the architecture's default targets, r 8.
     Dora,
+    /// LoRA started from PiSSA (`init_lora_weights = "pissa"`): LoRA's step plus the frozen `B0 A0` product
+    /// each adapted module subtracts.
+    Pissa,
     /// BitFit (`BITFIT`) on all biases.
     BitFit,
     /// VeRA (`VERA`) on LoRA's default targets, r 256 (HF's default).
@@ -36,7 +39,7 @@ pub enum Method {
 
 impl Method {
     /// Every method, in the order the benches run them.
-    pub const ALL: [Method; 11] = [
+    pub const ALL: [Method; 12] = [
         Method::Frozen,
         Method::PromptTuning,
         Method::PTuning,
@@ -44,6 +47,7 @@ impl Method {
         Method::PTuningV2,
         Method::Lora,
         Method::Dora,
+        Method::Pissa,
         Method::BitFit,
         Method::Vera,
         Method::Loha,
@@ -60,6 +64,7 @@ impl Method {
             Method::PTuningV2 => "p-tuning-v2",
             Method::Lora => "lora",
             Method::Dora => "dora",
+            Method::Pissa => "pissa",
             Method::BitFit => "bitfit",
             Method::Vera => "vera",
             Method::Loha => "loha",
@@ -80,6 +85,9 @@ impl Method {
             Method::Lora => json!({"peft_type": "LORA", "r": 8, "lora_alpha": 16}),
             Method::Dora => {
                 json!({"peft_type": "LORA", "r": 8, "lora_alpha": 16, "use_dora": true})
+            }
+            Method::Pissa => {
+                json!({"peft_type": "LORA", "r": 8, "lora_alpha": 16, "init_lora_weights": "pissa"})
             }
             Method::BitFit => json!({"peft_type": "BITFIT"}),
             Method::Vera => json!({"peft_type": "VERA", "r": 256}),

@@ -80,6 +80,8 @@ enum Command {
     Embed(commands::embed::EmbedArgs),
     /// Show a model's architecture and parameter counts, and an adapter's size.
     Inspect(commands::inspect::InspectArgs),
+    /// Write a LoRA adapter started from PiSSA or OLoRA as plain LoRA of rank 2r against the original weights.
+    Convert(commands::convert::ConvertArgs),
     /// Time training steps of one method on one model (medians after a warm-up step).
     Bench(commands::bench::BenchArgs),
     /// Run a grid of models x tasks x methods x seeds and write tables and plots (see README).
@@ -107,6 +109,7 @@ pub fn run() -> i32 {
             Command::Logits(a) => commands::logits::run(a),
             Command::Embed(a) => commands::embed::run(a),
             Command::Inspect(a) => commands::inspect::run(a),
+            Command::Convert(a) => commands::convert::run(a),
             Command::Train(_)
             | Command::Compare(_)
             | Command::Bench(_)
@@ -135,6 +138,7 @@ impl Command {
             Command::Logits(_) => "logits",
             Command::Embed(_) => "embed",
             Command::Inspect(_) => "inspect",
+            Command::Convert(_) => "convert",
             Command::Bench(_) => "bench",
             Command::Compare(_) => "compare",
             Command::CompareCell(_) => "compare-cell",

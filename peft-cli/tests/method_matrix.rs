@@ -69,6 +69,17 @@ fn methods() -> Vec<(&'static str, serde_json::Value, f64)> {
                    "target_modules": "all-linear", "bias": "all"}),
             1e-2,
         ),
+        (
+            "LoRA from PiSSA",
+            json!({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "init_lora_weights": "pissa"}),
+            1e-2,
+        ),
+        (
+            "LoRA from OLoRA (all-linear)",
+            json!({"peft_type": "LORA", "r": 2, "lora_alpha": 2, "init_lora_weights": "olora",
+                   "target_modules": "all-linear"}),
+            1e-2,
+        ),
         ("VeRA", json!({"peft_type": "VERA", "r": 16}), 3e-2),
         (
             "VeRA (all-linear, projections not saved, bias all)",

@@ -1,8 +1,9 @@
 //! The contracts of the peft workspace, and nothing else: what a frozen model is ([`spec`], [`model`],
 //! [`frozen`]), where a method may act on it ([`hooks`]), what a method is ([`method`], composed by [`stack`],
 //! carrying a trained head through [`head`]), and how its adapter is saved in HF PEFT's format
-//! ([`adapter_io`]). A method crate depends on this crate alone; the kernels (`peft-kernels`) and the trainer
-//! (`peft-train`) build on it.
+//! ([`adapter_io`]), with what the module-wrapping methods share ([`tuner`]: target selection by HF PEFT's
+//! rules, dropout, trainable biases, config checks). A method crate depends on this crate alone; the kernels
+//! (`peft-kernels`) and the trainer (`peft-train`) build on it.
 //!
 //! ```
 //! use peft_core::spec::{ModelSpec, Role, Site};
@@ -30,5 +31,6 @@ pub mod model;
 pub mod prompt_learning;
 pub mod spec;
 pub mod stack;
+pub mod tuner;
 
 pub use error::{PeftError, Result};

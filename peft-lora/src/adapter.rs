@@ -19,14 +19,15 @@
 //! assert_eq!(bias_key("transformer.h.0.attn.c_attn", true), "base_model.model.transformer.h.0.attn.c_attn.base_layer.bias");
 //! ```
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Tensor, Var};
 use peft_core::hooks::{Hooks, LinearFn};
 use peft_core::method::{Adapter, PeftMethod};
 use peft_core::model::BaseModel;
-use peft_core::spec::{SiteId, SiteKind};
+use peft_core::spec::SiteId;
+use peft_core::tuner::{check_file_tensors, BiasScope, ExpectedTensors, TrainableBias};
 use peft_core::{PeftError, Result};
 
 use crate::config::{BiasMode, LoraConfig};
@@ -47,14 +48,9 @@ pub fn magnitude_key(module: &str) -> String {
     format!("{KEY_PREFIX}{module}.lora_magnitude_vector")
 }
 
-/// HF PEFT's key of a trained bias: under `base_layer` for a module LoRA wraps.
-pub fn bias_key(module: &str, wrapped: bool) -> String {
-    if wrapped {
-        format!("{KEY_PREFIX}{module}.base_layer.bias")
-    } else {
-        format!("{KEY_PREFIX}{module}.bias")
-    }
-}
+// HF PEFT's key of a trained bias, under `base_layer` for a module LoRA wraps: shared by the methods that wrap
+// modules.
+pub use peft_core::tuner::bias_key;
 
 /// Copies of the frozen biases of `model` that `mode` trains, with their HF PEFT keys (under `base_layer` at
 /// the sites of `layers`, which LoRA wraps).
@@ -63,35 +59,13 @@ pub(crate) fn trainable_biases(
     model: &dyn BaseModel,
     layers: &[LoraLayer],
 ) -> Result<Vec<TrainableBias>> {
-    let mut biases = Vec::new();
-    if mode == BiasMode::None {
-        return Ok(biases);
-    }
-    let parameters: HashMap<String, Tensor> = model.parameters().into_iter().collect();
-    for (id, site) in model.spec().iter_sites() {
-        let wrapped = layers.iter().any(|l| l.site() == id);
-        if !site.has_bias || (mode == BiasMode::LoraOnly && !wrapped) {
-            continue;
-        }
-        let frozen = match site.kind {
-            SiteKind::Linear { .. } => model.frozen_linear(id).and_then(|l| l.bias().cloned()),
-            SiteKind::Norm { .. } => None,
-        };
-        let value = frozen
-            .or_else(|| parameters.get(&format!("{}.bias", site.name)).cloned())
-            .ok_or_else(|| {
-                PeftError::Unsupported(format!(
-                    "bias = {mode:?}: the model reports a bias at `{}` but does not expose it",
-                    site.name
-                ))
-            })?;
-        biases.push(TrainableBias {
-            site: id,
-            key: bias_key(&site.name, wrapped),
-            value: Var::from_tensor(&value.to_dtype(DType::F32)?.detach())?,
-        });
-    }
-    Ok(biases)
+    let scope = match mode {
+        BiasMode::None => BiasScope::None,
+        BiasMode::All => BiasScope::All,
+        BiasMode::LoraOnly => BiasScope::WrappedOnly,
+    };
+    let wrapped: Vec<SiteId> = layers.iter().map(LoraLayer::site).collect();
+    peft_core::tuner::trainable_biases(model, &wrapped, scope, mode)
 }
 
 /// The low-rank update of one module.
@@ -103,6 +77,9 @@ pub struct LoraLayer {
     scale: f64,
     /// DoRA's magnitude and norms, with `use_dora`.
     dora: Option<DoraLayer>,
+    /// PiSSA / OLoRA's starting factors `(A0, B0)`, frozen: the model runs on `W - scale B0 A0` (HF PEFT writes
+    /// that into the base weight; here the shared base stays as loaded and this layer subtracts it).
+    initial: Option<(Tensor, Tensor)>,
 }
 
 impl LoraLayer {
@@ -114,7 +91,22 @@ impl LoraLayer {
             b,
             scale,
             dora: None,
+            initial: None,
         }
+    }
+
+    /// This layer over the base weight less `scale * b0 a0` (PiSSA, OLoRA), the part its factors started from.
+    pub(crate) fn with_initial(self, a0: Tensor, b0: Tensor) -> Self {
+        LoraLayer {
+            initial: Some((a0.detach(), b0.detach())),
+            ..self
+        }
+    }
+
+    /// PiSSA / OLoRA's starting factors `(A0 [r, in], B0 [out, r])`, which the base weight is taken to be
+    /// without (`W - scale B0 A0`).
+    pub fn initial(&self) -> Option<(&Tensor, &Tensor)> {
+        self.initial.as_ref().map(|(a, b)| (a, b))
     }
 
     /// This layer with DoRA over it (`use_dora`).
@@ -128,6 +120,11 @@ impl LoraLayer {
     /// The DoRA part (magnitude vector), with `use_dora`.
     pub fn dora(&self) -> Option<&DoraLayer> {
         self.dora.as_ref()
+    }
+
+    /// The resolved target (site, name, rank, alpha, sizes).
+    pub(crate) fn target(&self) -> &Target {
+        &self.target
     }
 
     /// The adapted module's full name.
@@ -160,9 +157,14 @@ impl LoraLayer {
         self.b.as_tensor()
     }
 
-    /// `scale * B A` `[out, in]`: what merging adds to the frozen weight.
+    /// `scale * B A` `[out, in]` (PiSSA / OLoRA: `scale * (B A - B0 A0)`): what merging adds to the frozen
+    /// weight.
     pub fn delta_weight(&self) -> Result<Tensor> {
-        Ok((self.b.as_tensor().matmul(self.a.as_tensor())? * self.scale)?)
+        let mut product = self.b.as_tensor().matmul(self.a.as_tensor())?;
+        if let Some((a0, b0)) = &self.initial {
+            product = (product - b0.matmul(a0)?)?;
+        }
+        Ok((product * self.scale)?)
     }
 
     /// The module's output: `next(x) + scale * dropout(x) A^T B^T` over the last dimension of `x` (HF PEFT's
@@ -180,20 +182,24 @@ impl LoraLayer {
             let bias = bias.or_else(|| dora.frozen_bias().cloned());
             return dora.forward(x, next, (&a, &b, self.scale), bias.as_ref(), dropout);
         }
-        let y = next(x)?;
+        let mut y = next(x)?;
+        if let Some((a0, b0)) = &self.initial {
+            let (a0, b0) = (a0.to_dtype(x.dtype())?, b0.to_dtype(x.dtype())?);
+            if dropout.p() == 0.0 || !peft_core::grad::enabled() {
+                // No dropout: `B A x - B0 A0 x` is one low-rank product of rank 2r, `[B, -B0] [A; A0] x`,
+                // which costs about what LoRA of rank 2r does instead of two products' passes and activations.
+                let a2 = Tensor::cat(&[&a, &a0], 0)?;
+                let b2 = Tensor::cat(&[&b, &b0.neg()?], 1)?;
+                return Ok((y + peft_kernels::low_rank(x, &a2, &b2, self.scale)?)?);
+            }
+            // The residual base `W - scale B0 A0` sees the input before dropout, as in HF PEFT.
+            y = (y - peft_kernels::low_rank(x, &a0, &b0, self.scale)?)?;
+        }
         // The dropout mask is drawn element by element in order, so it does not depend on x's shape.
         let x2 = dropout.apply(x)?;
         // One fused op (f32 on the CPU) with its own backward; B has `out_features` rows.
         Ok((y + peft_kernels::low_rank(&x2, &a, &b, self.scale)?)?)
     }
-}
-
-/// A frozen bias made trainable.
-#[derive(Debug)]
-pub(crate) struct TrainableBias {
-    site: SiteId,
-    key: String,
-    value: Var,
 }
 
 /// A built LoRA adapter.
@@ -252,6 +258,16 @@ impl Lora {
     /// The resolved configuration (what `adapter_config.json` will hold).
     pub fn lora_config(&self) -> &LoraConfig {
         &self.config
+    }
+
+    /// The number of sites of the model this adapter was built for.
+    pub(crate) fn num_sites(&self) -> usize {
+        self.layer_at.len()
+    }
+
+    /// The trainable biases, for a converted copy of this adapter.
+    pub(crate) fn biases(&self) -> &[TrainableBias] {
+        &self.biases
     }
 
     /// Whether the update is currently folded into a model's weights.
@@ -357,44 +373,21 @@ impl Adapter for Lora {
             ));
         }
         let vars = self.named_vars();
-        let expected: BTreeSet<&str> = vars.iter().map(|(k, _)| k.as_str()).collect();
-        let unexpected: Vec<&String> = tensors
-            .keys()
-            .filter(|k| !expected.contains(k.as_str()))
-            .collect();
-        if !unexpected.is_empty() {
-            let mut unexpected = unexpected;
-            unexpected.sort();
-            return Err(PeftError::Config(format!(
-                "the adapter file holds {} tensor(s) this LoRA config does not describe, e.g. {:?}: the config's \
-                 target_modules / layers_to_transform / bias do not match the file (was it edited, or saved for \
-                 another model?)",
-                unexpected.len(),
-                &unexpected[..unexpected.len().min(3)]
-            )));
-        }
         // Check everything before changing anything, so that a bad file leaves the adapter as it was.
-        for (key, var) in &vars {
-            let t = tensors.get(key).ok_or_else(|| {
-                PeftError::Config(format!(
-                    "the adapter file has no tensor `{key}`, which this LoRA config needs (it has {} tensors): \
-                     the config's target_modules / bias do not match the file",
-                    tensors.len()
-                ))
-            })?;
-            if t.dims() != var.dims() {
-                return Err(PeftError::ShapeMismatch {
-                    what: key.clone(),
-                    expected_from: format!(
-                        "the model with this LoRA config (r = {}, see rank_pattern)",
-                        self.config.r
-                    ),
-                    expected: var.dims().to_vec(),
-                    got_from: "the adapter file".into(),
-                    got: t.dims().to_vec(),
-                });
-            }
-        }
+        let expected: Vec<(&str, &[usize])> =
+            vars.iter().map(|(k, v)| (k.as_str(), v.dims())).collect();
+        check_file_tensors(
+            tensors,
+            &expected,
+            &ExpectedTensors {
+                method: "LoRA",
+                fields: "target_modules / layers_to_transform / bias",
+                shapes_from: &format!(
+                    "the model with this LoRA config (r = {}, see rank_pattern)",
+                    self.config.r
+                ),
+            },
+        )?;
         for (key, var) in &vars {
             var.set(&tensors[key].to_dtype(DType::F32)?)?;
         }

@@ -25,84 +25,15 @@ use peft_core::method::{Adapter, CommonConfig, InitCtx, PeftMethod};
 use peft_core::spec::ModelSpec;
 use peft_core::{PeftError, Result};
 use rand::SeedableRng;
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 use crate::adapter::{trainable_biases, Lora, LoraLayer};
 use crate::dora::DoraLayer;
 use crate::dropout::Dropout;
-use crate::init::initial_pair;
+use crate::init::{factors_from_base, initial_pair};
 use crate::targets::resolve_targets;
 
-/// `target_modules` / `exclude_modules`: a list of names, or one string that is a regular expression
-/// full-matched against whole module names (`"all-linear"` is the shorthand for every linear module).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum TargetModules {
-    /// Module names; an entry matches a module whose full name equals it or ends with `"." + entry`.
-    List(Vec<String>),
-    /// A regular expression over full module names, or `"all-linear"`.
-    Pattern(String),
-}
-
-impl TargetModules {
-    /// A list of names.
-    pub fn list<S: Into<String>>(names: impl IntoIterator<Item = S>) -> Self {
-        TargetModules::List(names.into_iter().map(Into::into).collect())
-    }
-
-    /// Whether this is HF PEFT's `"all-linear"` shorthand (compared case-insensitively, as HF PEFT does).
-    pub fn is_all_linear(&self) -> bool {
-        matches!(self, TargetModules::Pattern(p) if p.eq_ignore_ascii_case(ALL_LINEAR))
-    }
-}
-
-/// HF PEFT's shorthand for every linear module except the output head.
-pub const ALL_LINEAR: &str = "all-linear";
-
-/// `layers_to_transform`: one layer index or several.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum LayerSelection {
-    /// A single layer.
-    One(usize),
-    /// Several layers.
-    Many(Vec<usize>),
-}
-
-impl LayerSelection {
-    /// Whether layer `index` is selected.
-    pub fn contains(&self, index: usize) -> bool {
-        match self {
-            LayerSelection::One(i) => *i == index,
-            LayerSelection::Many(v) => v.contains(&index),
-        }
-    }
-
-    /// HF PEFT treats an empty list as "no selection".
-    pub fn is_empty(&self) -> bool {
-        matches!(self, LayerSelection::Many(v) if v.is_empty())
-    }
-}
-
-/// `layers_pattern`: the name (or names) of the module list holding the layers (`"layers"`, `"h"`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum LayersPattern {
-    /// One name.
-    One(String),
-    /// Several names, tried in order.
-    Many(Vec<String>),
-}
-
-impl LayersPattern {
-    /// The names, in order.
-    pub fn names(&self) -> Vec<&str> {
-        match self {
-            LayersPattern::One(s) => vec![s.as_str()],
-            LayersPattern::Many(v) => v.iter().map(String::as_str).collect(),
-        }
-    }
-}
+pub use peft_core::tuner::{LayerSelection, LayersPattern, TargetModules, ALL_LINEAR};
 
 /// `init_lora_weights`: `true`, `false`, or the name of an initialisation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,7 +42,8 @@ pub enum InitLoraWeights {
     /// `true`: A kaiming-uniform (a = sqrt 5), B zero, so the fresh adapter is a no-op. `false`: A and B both
     /// as `nn.Linear` initialises them, so the fresh adapter changes the model (for tests and debugging).
     Flag(bool),
-    /// `"gaussian"`: A ~ N(0, (1/r)^2), B zero. Other names (`"pissa"`, `"olora"`, `"eva"`, ...) are HF PEFT
+    /// `"gaussian"`: A ~ N(0, (1/r)^2), B zero. `"pissa"`, `"pissa_niter_<K>"`, `"olora"`: factors taken from
+    /// the frozen weight (see [`LoraInit`]). Other names (`"eva"`, `"loftq"`, `"corda"`, ...) are HF PEFT
     /// initialisations this crate does not implement.
     Named(String),
 }
@@ -131,31 +63,62 @@ pub enum LoraInit {
     Gaussian,
     /// A ~ U(-1/sqrt(in), 1/sqrt(in)), B ~ U(-1/sqrt(r), 1/sqrt(r)): not a no-op.
     Random,
+    /// PiSSA: the top `r` singular triplets of W, `A = sqrt(S/s) V^T`, `B = U sqrt(S/s)` (`s` the scale), and the
+    /// model runs on `W - s B A`; `Some(niter)` finds them by randomized subspace iteration.
+    Pissa {
+        /// Subspace iterations of the randomized SVD (`"pissa_niter_<K>"`), or `None` for the exact SVD.
+        niter: Option<usize>,
+    },
+    /// OLoRA: `B = Q[:, :r]`, `A = R[:r]` of W's QR, and the model runs on `W - s B A`.
+    Olora,
+}
+
+impl LoraInit {
+    /// Whether the factors come from the frozen weight, whose part `s B0 A0` then leaves the base (PiSSA,
+    /// OLoRA): the adapter keeps `B0`, `A0` and subtracts their product, so the shared base stays as loaded.
+    pub fn rewrites_base(self) -> bool {
+        matches!(self, LoraInit::Pissa { .. } | LoraInit::Olora)
+    }
 }
 
 impl InitLoraWeights {
+    /// HF PEFT initialisations not implemented here that only choose the starting values and leave the base
+    /// weights alone, so that an adapter saved with them loads like any other.
+    fn only_starting_values(&self) -> bool {
+        matches!(self, InitLoraWeights::Named(name)
+            if matches!(name.to_ascii_lowercase().as_str(), "eva" | "orthogonal"))
+    }
+
     /// The initialisation this value asks for, or an error naming the supported ones.
     pub fn resolve(&self) -> Result<LoraInit> {
         match self {
             InitLoraWeights::Flag(true) => Ok(LoraInit::KaimingUniform),
             InitLoraWeights::Flag(false) => Ok(LoraInit::Random),
-            InitLoraWeights::Named(name) if name.eq_ignore_ascii_case("gaussian") => {
-                Ok(LoraInit::Gaussian)
-            }
-            InitLoraWeights::Named(name) => Err(PeftError::Unsupported(format!(
-                "init_lora_weights = {name:?} is not implemented here: use true (default), false or \"gaussian\""
-            ))),
-        }
-    }
-
-    /// Named initialisations that only choose the starting values and leave the base weights alone, so that
-    /// an adapter saved with them loads like any other.
-    fn leaves_base_weights_alone(&self) -> bool {
-        match self {
-            InitLoraWeights::Flag(_) => true,
             InitLoraWeights::Named(name) => {
-                let name = name.to_ascii_lowercase();
-                matches!(name.as_str(), "gaussian" | "eva" | "orthogonal")
+                let lower = name.to_ascii_lowercase();
+                if lower == "gaussian" {
+                    return Ok(LoraInit::Gaussian);
+                }
+                if lower == "olora" {
+                    return Ok(LoraInit::Olora);
+                }
+                // HF PEFT is case-sensitive here: "pissa" or "pissa_niter_<K>".
+                if name == "pissa" {
+                    return Ok(LoraInit::Pissa { niter: None });
+                }
+                if let Some(k) = name.strip_prefix("pissa_niter_") {
+                    return match k.parse::<usize>() {
+                        Ok(niter) => Ok(LoraInit::Pissa { niter: Some(niter) }),
+                        Err(_) => Err(PeftError::Config(format!(
+                            "init_lora_weights = {name:?}: the number after pissa_niter_ must be a whole number \
+                             of subspace iterations, as in \"pissa_niter_4\""
+                        ))),
+                    };
+                }
+                Err(PeftError::Unsupported(format!(
+                    "init_lora_weights = {name:?} is not implemented here: use true (default), false, \
+                     \"gaussian\", \"pissa\", \"pissa_niter_<K>\" or \"olora\""
+                )))
             }
         }
     }
@@ -193,7 +156,7 @@ pub struct LoraConfig {
     /// Modules never to adapt, matched as `target_modules` is.
     pub exclude_modules: Option<TargetModules>,
     /// Scale numerator (default 8): the update is scaled by `lora_alpha / r` (or `/ sqrt(r)` with rsLoRA).
-    #[serde(serialize_with = "number")]
+    #[serde(serialize_with = "peft_core::tuner::numbers::whole_as_integer")]
     pub lora_alpha: f64,
     /// Dropout on the LoRA branch's input during training (default 0).
     pub lora_dropout: f64,
@@ -215,7 +178,7 @@ pub struct LoraConfig {
     /// Per-module ranks by name pattern (`(.*\.)?<key>$`), overriding `r`.
     pub rank_pattern: BTreeMap<String, usize>,
     /// Per-module alphas by name pattern, overriding `lora_alpha`.
-    #[serde(serialize_with = "number_map")]
+    #[serde(serialize_with = "peft_core::tuner::numbers::map_whole_as_integer")]
     pub alpha_pattern: BTreeMap<String, f64>,
     /// A bias on `lora_B`; not supported here (must be false).
     pub lora_bias: bool,
@@ -310,33 +273,6 @@ fn empty_object() -> serde_json::Value {
     serde_json::json!({})
 }
 
-/// Writes whole numbers as integers (HF PEFT writes `"lora_alpha": 16`), others as floats.
-fn number<S: Serializer>(value: &f64, s: S) -> std::result::Result<S::Ok, S::Error> {
-    if value.fract() == 0.0 && value.abs() < 9.0e15 {
-        s.serialize_i64(*value as i64)
-    } else {
-        s.serialize_f64(*value)
-    }
-}
-
-fn number_map<S: Serializer>(
-    map: &BTreeMap<String, f64>,
-    s: S,
-) -> std::result::Result<S::Ok, S::Error> {
-    use serde::ser::SerializeMap;
-    struct Num(f64);
-    impl Serialize for Num {
-        fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-            number(&self.0, s)
-        }
-    }
-    let mut m = s.serialize_map(Some(map.len()))?;
-    for (k, v) in map {
-        m.serialize_entry(k, &Num(*v))?;
-    }
-    m.end()
-}
-
 /// HF PEFT's defaults, which serde also takes for every field a config leaves out.
 impl Default for LoraConfig {
     fn default() -> Self {
@@ -385,22 +321,9 @@ impl LoraConfig {
 
     /// Refuses what this crate cannot reproduce, each with what to change.
     pub fn check_supported(&self) -> Result<()> {
-        if self.r == 0 {
-            return Err(PeftError::Config(
-                "r = 0: the LoRA rank must be at least 1 (HF PEFT's default is 8)".into(),
-            ));
-        }
-        if let Some((key, _)) = self.rank_pattern.iter().find(|(_, &r)| r == 0) {
-            return Err(PeftError::Config(format!(
-                "rank_pattern gives `{key}` rank 0: every rank must be at least 1"
-            )));
-        }
-        if !(0.0..1.0).contains(&self.lora_dropout) {
-            return Err(PeftError::Config(format!(
-                "lora_dropout = {} must be in [0, 1)",
-                self.lora_dropout
-            )));
-        }
+        peft_core::tuner::check_rank(self.r, "LoRA", 8)?;
+        peft_core::tuner::check_rank_pattern(&self.rank_pattern, "LoRA")?;
+        peft_core::tuner::check_probability("lora_dropout", self.lora_dropout)?;
         if self.use_dora && self.lora_bias {
             return Err(PeftError::Config(
                 "DoRA (use_dora = true) with lora_bias = true: HF PEFT refuses the pair; set lora_bias = false \
@@ -419,34 +342,31 @@ impl LoraConfig {
             self.common.task_type.as_deref(),
             "LoRA",
         )?;
-        if self.common.inference_mode {
-            // A saved adapter: its tensors come from the file, so only inits that changed the base weights
-            // (PiSSA, OLoRA, LoftQ, ...) make it unusable on the unchanged base model.
-            if !self.init_lora_weights.leaves_base_weights_alone() {
+        // A saved adapter's tensors come from its file, but PiSSA and OLoRA rebuild B0 A0 from the base weight
+        // as HF PEFT does when it loads one, so every init must be one this crate computes.
+        let init = match self.init_lora_weights.resolve() {
+            Ok(init) => Some(init),
+            // Inits that only chose the starting values (EVA, orthogonal) do not matter once trained.
+            Err(_) if self.common.inference_mode && self.init_lora_weights.only_starting_values() => {
+                None
+            }
+            Err(_) if self.common.inference_mode => {
                 return Err(PeftError::Unsupported(format!(
                     "this adapter was made with init_lora_weights = {:?}, which also changes the base model's \
-                     weights; convert it to plain LoRA with HF PEFT (save_pretrained with \
-                     path_initial_model_for_weight_conversion) before loading it here",
+                     weights in a way not implemented here; convert it to plain LoRA with HF PEFT \
+                     (save_pretrained with path_initial_model_for_weight_conversion) before loading it here",
                     self.init_lora_weights
-                )));
+                )))
             }
-        } else {
-            self.init_lora_weights.resolve()?;
-        }
-        if let (Some(TargetModules::Pattern(p)), Some(_)) =
-            (&self.target_modules, &self.layers_to_transform)
-        {
-            return Err(PeftError::Config(format!(
-                "layers_to_transform cannot be used when target_modules is a string ({p:?}), as in HF PEFT: \
-                 list the module names instead, or put the layer numbers in the regular expression"
+            Err(e) => return Err(e),
+        };
+        if init.is_some_and(LoraInit::rewrites_base) && self.use_dora {
+            return Err(PeftError::Unsupported(format!(
+                "use_dora with init_lora_weights = {:?} is not implemented here: use one of the two",
+                self.init_lora_weights
             )));
         }
-        if self.layers_pattern.is_some() && self.layers_to_transform.is_none() {
-            return Err(PeftError::Config(
-                "layers_pattern is set but layers_to_transform is not: give the layer indices too"
-                    .into(),
-            ));
-        }
+        self.target_fields().check_layer_selection()?;
         let h = &self.hf;
         let refused: [(&str, bool); 10] = [
             (
@@ -533,15 +453,33 @@ impl LoraConfig {
                 Some(peft_core::prompt_learning::default_task_type(init.model).into());
         }
 
+        let how = self.init_lora_weights.resolve().ok();
         let fresh = if self.common.inference_mode {
             None
         } else {
-            Some(self.init_lora_weights.resolve()?)
+            how
         };
+        // PiSSA / OLoRA take their factors from the base weight, also for a saved adapter (its B0 A0 are not
+        // in the file: HF PEFT recomputes them when it loads one too).
+        let from_base = how.filter(|h| h.rewrites_base());
         let mut layers = Vec::with_capacity(targets.len());
         for target in targets {
-            let (a, b) = match fresh {
-                Some(how) => initial_pair(
+            let scale = self.scale_for(target.r, target.alpha);
+            let initial = match from_base {
+                Some(how) => {
+                    let frozen = model.frozen_linear(target.site).ok_or_else(|| {
+                        PeftError::Unsupported(format!(
+                            "init_lora_weights = {:?}: `{}` is not a linear layer the model exposes",
+                            self.init_lora_weights, target.name
+                        ))
+                    })?;
+                    Some(factors_from_base(how, frozen.weight(), &target, scale)?)
+                }
+                None => None,
+            };
+            let (a, b) = match (&initial, fresh) {
+                (Some((a0, b0)), _) => (a0.copy()?, b0.copy()?),
+                (None, Some(how)) => initial_pair(
                     how,
                     target.r,
                     target.in_features,
@@ -549,7 +487,7 @@ impl LoraConfig {
                     &mut init.rng,
                     &device,
                 )?,
-                None => (
+                (None, None) => (
                     Tensor::zeros((target.r, target.in_features), DType::F32, &device)?,
                     Tensor::zeros((target.out_features, target.r), DType::F32, &device)?,
                 ),
@@ -568,9 +506,10 @@ impl LoraConfig {
                 None
             };
             let layer = LoraLayer::new(target, Var::from_tensor(&a)?, Var::from_tensor(&b)?, scale);
-            layers.push(match dora {
-                Some(dora) => layer.with_dora(dora),
-                None => layer,
+            layers.push(match (dora, initial) {
+                (Some(dora), _) => layer.with_dora(dora),
+                (None, Some((a0, b0))) => layer.with_initial(a0, b0),
+                (None, None) => layer,
             });
         }
 

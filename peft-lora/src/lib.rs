@@ -1,6 +1,7 @@
 //! LoRA (Hu et al., 2021) with HF PEFT's `LoraConfig` and file format: rsLoRA scaling, `target_modules` lists,
 //! regular expressions and `"all-linear"`, `layers_to_transform`, rank / alpha patterns, trainable biases, dropout,
-//! merging into (and unmerging from) the frozen weights, and DoRA (`use_dora`).
+//! merging into (and unmerging from) the frozen weights, DoRA (`use_dora`), and the PiSSA / OLoRA initialisations
+//! (`init_lora_weights = "pissa"`, `"pissa_niter_<K>"`, `"olora"`), which start from factors of the base weight.
 //!
 //! Adapters are saved as HF PEFT saves them (`base_model.model.<module>.lora_A.weight`, `lora_B.weight`, DoRA's
 //! `lora_magnitude_vector`, trained biases under `<module>.base_layer.bias` or `<module>.bias`) and load in HF
@@ -10,7 +11,8 @@
 //!
 //! Layout: `config.rs` (HF PEFT's `LoraConfig`, its defaults and `PeftMethod` impl, `build`), `adapter.rs` (the
 //! built adapter: hooks, saving, merging), `targets.rs` (which modules are adapted), `init.rs` (how the factors
-//! start), `dropout.rs` (the LoRA branch's dropout) and `dora.rs` (DoRA's magnitude, norms, forward and merge).
+//! start), `decompose.rs` (the SVD and QR that PiSSA and OLoRA start from), `conversion.rs` (PiSSA / OLoRA to plain
+//! LoRA), `dropout.rs` (the LoRA branch's dropout) and `dora.rs` (DoRA's magnitude, norms, forward and merge).
 //!
 //! ```
 //! use peft_core::method::{Adapter, InitCtx, PeftMethod};
@@ -34,6 +36,8 @@
 
 mod adapter;
 mod config;
+mod conversion;
+pub mod decompose;
 mod dora;
 mod dropout;
 mod init;
@@ -46,11 +50,9 @@ pub use config::{
 };
 pub use dora::DoraLayer;
 pub use dropout::Dropout;
-pub use init::{initial_pair, linear_default};
-pub use targets::{
-    default_targets, list_entry_matches, minimal_target_names, resolve_targets, Target,
-    DEFAULT_ROLES,
-};
+pub use init::{factors_from_base, initial_pair, linear_default};
+pub use peft_core::tuner::list_entry_matches;
+pub use targets::{default_targets, minimal_target_names, resolve_targets, Target, DEFAULT_ROLES};
 
 /// Makes sure this crate's methods are linked (and so registered with typetag) into a binary that names no
 /// other item of it.

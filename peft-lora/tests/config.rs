@@ -59,10 +59,18 @@ fn union_fields_take_every_form_hf_peft_allows() {
         random.init_lora_weights.resolve().unwrap(),
         LoraInit::Random
     );
-    let pissa = parse(json!({"init_lora_weights": "pissa"}));
-    let msg = pissa.init_lora_weights.resolve().unwrap_err().to_string();
+    for (text, init) in [
+        ("pissa", LoraInit::Pissa { niter: None }),
+        ("pissa_niter_16", LoraInit::Pissa { niter: Some(16) }),
+        ("OLoRA", LoraInit::Olora),
+    ] {
+        let read = parse(json!({ "init_lora_weights": text }));
+        assert_eq!(read.init_lora_weights.resolve().unwrap(), init);
+    }
+    let loftq = parse(json!({"init_lora_weights": "loftq"}));
+    let msg = loftq.init_lora_weights.resolve().unwrap_err().to_string();
     assert!(
-        msg.contains("\"pissa\"") && msg.contains("gaussian"),
+        msg.contains("\"loftq\"") && msg.contains("gaussian") && msg.contains("olora"),
         "{msg}"
     );
     for (text, mode) in [
@@ -203,11 +211,17 @@ fn unsupported_settings_are_refused_saying_what_to_change() {
     assert!(msg.contains("QALoRA"), "{msg}");
     let msg = refusal(parse(json!({"trainable_token_indices": [1, 2]})));
     assert!(msg.contains("trainable_token_indices"), "{msg}");
-    // A saved adapter made with PiSSA also changed the base weights: refused; EVA only chose A's start.
+    // A saved adapter made with LoftQ also changed the base weights in a way not rebuilt here: refused; PiSSA's
+    // B0 A0 are rebuilt from the base on load; EVA only chose A's start.
     let msg = refusal(parse(
-        json!({"init_lora_weights": "pissa", "inference_mode": true}),
+        json!({"init_lora_weights": "loftq", "inference_mode": true}),
     ));
     assert!(msg.contains("changes the base model"), "{msg}");
+    assert!(
+        parse(json!({"init_lora_weights": "pissa", "inference_mode": true}))
+            .check_supported()
+            .is_ok()
+    );
     assert!(
         parse(json!({"init_lora_weights": "eva", "inference_mode": true}))
             .check_supported()

@@ -5,15 +5,13 @@
 //! `PEFT_WRITE_FIXTURES=1 cargo test -p peft-lora --test hf_parity` rewrites the `ours-*-lora*` adapters (then
 //! run the script's `ours` mode to refresh their `hf_logits.json`).
 
-use peft_core::adapter_io::load_adapter;
-use peft_core::hooks::NoHooks;
 use peft_core::method::{Adapter, PeftMethod};
 use peft_lora::{BiasMode, InitLoraWeights, LayerSelection, LayersPattern, LoraConfig};
 use peft_models::LoadedModel;
 use peft_testing::{
-    checked_ids, fixture, full_logits_diff, hf_fixture, hf_logits, ids_of, init, logits, max_diff,
-    ours_fixture, read_json, smollm2, text_lm_task, tiny, top_logits_diff, toy_trained, train,
-    write_fixture, writing_fixtures, SMOLLM2_REVIEWS,
+    assert_agrees_with_hf, assert_cases_agree, committed_or_written, fixture, hf_fixture,
+    hf_logits, init, ours_fixture, smollm2, text_lm_task, tiny, toy_trained, train, Agreement,
+    SMOLLM2_REVIEWS,
 };
 
 /// HF adapter folders on the tiny models, with the base model each was made for.
@@ -29,28 +27,24 @@ fn hf_lora_adapters_load_with_equal_logits_and_trainable_counts_on_tiny_models()
         let mut loaded = tiny(base);
         let dir = fixture(&format!("adapters/{folder}"));
         let (adapter, reference) = hf_fixture(&dir, &mut init(loaded.model.as_ref(), 0));
-        assert_eq!(
-            adapter.num_trainable() as u64,
-            reference["num_trainable"].as_u64().unwrap(),
-            "{folder}: trainable parameters differ from HF PEFT's count"
+        assert_agrees_with_hf(
+            folder,
+            &loaded,
+            adapter.as_ref(),
+            &reference,
+            Agreement::TINY,
         );
-        let model = loaded.model.as_ref();
-        for case in reference["cases"].as_array().unwrap() {
-            let diff = full_logits_diff(model, adapter.as_ref(), case);
-            eprintln!("{folder}: max |logit diff| vs HF PEFT {diff:.2e}");
-            assert!(diff < 1e-4, "{folder}: max |logit diff| {diff}");
-            // The adapter matters: without it the logits are far from HF PEFT's.
-            assert!(
-                full_logits_diff(model, &NoHooks, case) > 1e-2,
-                "{folder} is a no-op"
-            );
-        }
         // Merged into the weights, the same logits.
         adapter.merge_into(loaded.model.as_mut()).unwrap();
-        for case in reference["cases"].as_array().unwrap() {
-            let diff = full_logits_diff(loaded.model.as_ref(), adapter.as_ref(), case);
-            assert!(diff < 1e-4, "{folder} merged: max |logit diff| {diff}");
-        }
+        let merged = Agreement::TINY.merged();
+        let name = format!("{folder} merged");
+        assert_cases_agree(
+            &name,
+            &loaded,
+            adapter.as_ref(),
+            &reference["cases"],
+            merged,
+        );
     }
 }
 
@@ -129,20 +123,8 @@ fn our_lora_adapters_load_in_hf_peft_with_equal_logits() {
             continue;
         };
         let hf = hf_logits(&dir);
-        assert_eq!(
-            committed.num_trainable() as u64,
-            hf["num_trainable"].as_u64().unwrap(),
-            "{folder}: trainable parameters differ from HF PEFT's count"
-        );
-        for case in hf["cases"].as_array().unwrap() {
-            let diff = full_logits_diff(model, committed.as_ref(), case);
-            eprintln!("{folder}: max |logit diff| vs HF PEFT {diff:.2e}");
-            assert!(diff < 1e-4, "{folder}: max |logit diff| vs HF PEFT {diff}");
-            assert!(
-                full_logits_diff(model, &NoHooks, case) > 1e-4,
-                "{folder} is a no-op in HF PEFT"
-            );
-        }
+        let trained = Agreement::TINY.with_min_effect(1e-4);
+        assert_agrees_with_hf(folder, &loaded, committed.as_ref(), &hf, trained);
     }
 }
 
@@ -150,73 +132,55 @@ fn our_lora_adapters_load_in_hf_peft_with_equal_logits() {
 fn smollm2_hf_lora_adapter_matches_hf_logits_merged_and_unmerged() {
     let Some(mut loaded) = smollm2() else { return };
     let dir = fixture("adapters/hf-smollm2-lora");
-    let adapter = load_adapter(&dir, &mut init(loaded.model.as_ref(), 0))
-        .unwrap()
-        .adapter;
-    let reference = read_json(&dir.join("logits.json"));
-    assert_eq!(
-        adapter.num_trainable() as u64,
-        reference["num_trainable"].as_u64().unwrap()
+    let (adapter, reference) = hf_fixture(&dir, &mut init(loaded.model.as_ref(), 0));
+    assert_agrees_with_hf(
+        "hf-smollm2-lora",
+        &loaded,
+        adapter.as_ref(),
+        &reference,
+        Agreement::SMOLLM2,
     );
-    let tokenizer = loaded.tokenizer.clone().unwrap();
-    for merged in [false, true] {
-        if merged {
-            adapter.merge_into(loaded.model.as_mut()).unwrap();
-        }
-        for case in reference["cases"].as_array().unwrap() {
-            let text = case["text"].as_str().unwrap();
-            let ids = checked_ids(&tokenizer, case);
-            let diff = top_logits_diff(loaded.model.as_ref(), adapter.as_ref(), case);
-            eprintln!("hf-smollm2-lora (merged: {merged}): max top-20 |logit diff| {diff:.2e}");
-            assert!(
-                diff < 1e-3,
-                "merged {merged}: max |logit diff| {diff} for {text:?}"
-            );
-            if !merged {
-                let base = logits(loaded.model.as_ref(), &NoHooks, &ids);
-                let with = logits(loaded.model.as_ref(), adapter.as_ref(), &ids);
-                assert!(max_diff(&base, &with) > 1e-2, "the HF adapter is a no-op");
-            }
-        }
-    }
+    adapter.merge_into(loaded.model.as_mut()).unwrap();
+    let merged = Agreement::SMOLLM2.merged();
+    let cases = &reference["cases"];
+    assert_cases_agree(
+        "hf-smollm2-lora merged",
+        &loaded,
+        adapter.as_ref(),
+        cases,
+        merged,
+    );
+}
+
+/// Our SmolLM2 adapter: the HF fixture's settings from HF PEFT's default init, 3 steps on two reviews.
+fn smollm2_trained_adapter(loaded: &LoadedModel) -> Box<dyn Adapter> {
+    let model = loaded.model.as_ref();
+    let task = text_lm_task(loaded.tokenizer.as_ref().unwrap(), &SMOLLM2_REVIEWS);
+    let mut config = our_config("ours-smollm2-lora");
+    config.common.base_model_name_or_path = Some("SmolLM2-135M-Instruct.Q4_1.gguf".into());
+    let adapter = config.build(&mut init(model, 7)).unwrap();
+    train(model, adapter.as_ref(), &task, 3, 2, 0.01);
+    adapter
 }
 
 #[test]
 fn smollm2_lora_trained_here_loads_in_hf_peft() {
     let Some(loaded) = smollm2() else { return };
     let dir = fixture("adapters/ours-smollm2-lora");
-    let model = loaded.model.as_ref();
-    if writing_fixtures() {
-        let task = text_lm_task(loaded.tokenizer.as_ref().unwrap(), &SMOLLM2_REVIEWS);
-        let mut config = our_config("ours-smollm2-lora");
-        config.common.base_model_name_or_path = Some("SmolLM2-135M-Instruct.Q4_1.gguf".into());
-        let adapter = config.build(&mut init(model, 7)).unwrap();
-        train(model, adapter.as_ref(), &task, 3, 2, 0.01);
-        write_fixture(&dir, adapter.as_ref(), model);
+    let ctx = init(loaded.model.as_ref(), 0);
+    let Some(adapter) = committed_or_written(&dir, ctx, || smollm2_trained_adapter(&loaded)) else {
         return;
-    }
-    let adapter = load_adapter(&dir, &mut init(model, 0)).unwrap().adapter;
+    };
     assert!(
         max_abs_b(adapter.as_ref()) > 1e-3,
         "the committed adapter was not trained"
     );
     let hf = hf_logits(&dir);
-    assert_eq!(
-        adapter.num_trainable() as u64,
-        hf["num_trainable"].as_u64().unwrap()
+    assert_agrees_with_hf(
+        "ours-smollm2-lora",
+        &loaded,
+        adapter.as_ref(),
+        &hf,
+        Agreement::SMOLLM2,
     );
-    for case in hf["cases"].as_array().unwrap() {
-        let diff = top_logits_diff(model, adapter.as_ref(), case);
-        eprintln!("ours-smollm2-lora: max top-20 |logit diff| vs HF PEFT {diff:.2e}");
-        assert!(diff < 1e-3, "max |logit diff| vs HF PEFT {diff}");
-        let ids = ids_of(case);
-        let moved = max_diff(
-            &logits(model, &NoHooks, &ids),
-            &logits(model, adapter.as_ref(), &ids),
-        );
-        assert!(
-            moved > 1e-2,
-            "the trained adapter moves the logits by only {moved}"
-        );
-    }
 }

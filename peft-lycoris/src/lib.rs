@@ -34,12 +34,13 @@ mod shared;
 
 pub use loha::{HadaFactors, Loha, LohaConfig};
 pub use lokr::{factorization, kron, KronFactor, KronFactors, Lokr, LokrConfig, LokrInitWeights};
+pub use peft_core::tuner::list_entry_matches;
 pub use shared::adapter::{factor_key, Factors, LycorisAdapter, LycorisLayer};
 pub use shared::build::{prepare, Prepared};
 pub use shared::dropout::LycorisDropout;
 pub use shared::fields::{LayerSelection, LayersPattern, LycorisFields, TargetModules, ALL_LINEAR};
 pub use shared::init::kaiming_uniform;
-pub use shared::targets::{list_entry_matches, resolve_targets, Target, DEFAULT_ROLES};
+pub use shared::targets::{resolve_targets, Target, DEFAULT_ROLES};
 
 /// Makes sure this crate's methods are linked (and so registered with typetag) into a binary that names no
 /// other item of it.

@@ -1,7 +1,8 @@
 //! Test support shared by the workspace's method crates (and methods added from outside, like `examples/ia3`):
 //! the repository's fixtures, the models tests run on, seeded init contexts, logits checks against the cases of
-//! an HF fixture, small tasks, a short run of the shared trainer, and the `ours-*` fixture round trip. Add it
-//! as a dev-dependency; nothing here is meant for non-test code.
+//! an HF fixture, the checks the `hf_parity` tests make against HF PEFT's reference files, small tasks, a short
+//! run of the shared trainer, and the `ours-*` fixture round trip. Add it as a dev-dependency; nothing here is
+//! meant for non-test code.
 //!
 //! ```
 //! use peft_core::hooks::NoHooks;
@@ -25,6 +26,7 @@
 mod assets;
 mod contract;
 mod hf;
+mod hf_parity;
 mod init;
 mod json;
 mod logits;
@@ -41,9 +43,14 @@ pub use contract::{
     assert_contract_on_tiny_models, assert_data_parallel_exact, assert_resume_exact,
 };
 pub use hf::hf_fixture;
+pub use hf_parity::{
+    assert_agrees_with_hf, assert_cases_agree, assert_trainable_count, committed_or_written,
+    compare_case, hf_trainable_count, saved_tensor_names, trainable_names, Agreement,
+    CaseComparison, COUNT_KEYS,
+};
 pub use init::{init, init_loaded};
 pub use json::{f32s, ids_of, read_json, u32s};
-pub use logits::{full_logits_diff, logits, max_diff, top_diff, top_logits_diff};
+pub use logits::{assert_same_top1, full_logits_diff, logits, max_diff, top_diff, top_logits_diff};
 pub use models::{seeded_tiny_models, tiny, WithSpec};
 pub use ours::{
     committed_adapter, hf_logits, ours_fixture, write_fixture, writing_fixtures, DRIFT_TOLERANCE,

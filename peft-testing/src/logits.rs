@@ -42,6 +42,12 @@ pub fn top_diff(ours: &[f32], case: &Value) -> f32 {
 /// Max |ours - reference| over a case's top-20 reference logits; our top-1 token must be the reference's.
 pub fn top_logits_diff(model: &dyn BaseModel, hooks: &dyn Hooks, case: &Value) -> f32 {
     let ours = logits(model, hooks, &ids_of(case));
+    assert_same_top1(&ours, case);
+    top_diff(&ours, case)
+}
+
+/// Asserts that the largest of `ours` is at the id a case's `top` list ranks first.
+pub fn assert_same_top1(ours: &[f32], case: &Value) {
     let best = ours
         .iter()
         .enumerate()
@@ -52,5 +58,4 @@ pub fn top_logits_diff(model: &dyn BaseModel, hooks: &dyn Hooks, case: &Value) -
         case["top"][0][0].as_u64().unwrap(),
         "different top-1 token"
     );
-    top_diff(&ours, case)
 }

@@ -20,81 +20,37 @@
 //! assert!(saved.contains(&lambda_key("transformer.h.0.attn.c_attn", "b")));
 //! ```
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Tensor, Var};
 use peft_core::hooks::{Hooks, LinearFn};
 use peft_core::method::{Adapter, PeftMethod};
 use peft_core::model::BaseModel;
-use peft_core::spec::{SiteId, SiteKind};
+use peft_core::spec::SiteId;
+use peft_core::tuner::{
+    check_file_tensors, Dropout, ExpectedTensors, TrainableBias, MODULE_KEY_PREFIX,
+};
 use peft_core::{PeftError, Result};
 
 use crate::config::{BiasMode, VeraConfig};
-use crate::dropout::Dropout;
 use crate::projection::{Projections, VERA_A_KEY, VERA_B_KEY};
 use crate::targets::Target;
 
-/// Prefix of every per-module key HF PEFT saves for a non-prompt method (`PeftModel.base_model.model`).
-const KEY_PREFIX: &str = "base_model.model.";
-
 /// HF PEFT's key of `vera_lambda_b` (`which = "b"`) or `vera_lambda_d` of `module`.
 pub fn lambda_key(module: &str, which: &str) -> String {
-    format!("{KEY_PREFIX}{module}.vera_lambda_{which}")
+    format!("{MODULE_KEY_PREFIX}{module}.vera_lambda_{which}")
 }
 
-/// HF PEFT's key of a trained bias: under `base_layer` for a module VeRA wraps.
-fn bias_key(module: &str, wrapped: bool) -> String {
-    if wrapped {
-        format!("{KEY_PREFIX}{module}.base_layer.bias")
-    } else {
-        format!("{KEY_PREFIX}{module}.bias")
-    }
-}
-
-/// A frozen bias made trainable.
-#[derive(Debug)]
-pub(crate) struct TrainableBias {
-    site: SiteId,
-    key: String,
-    value: Var,
-}
-
-/// Copies of the frozen biases of `model` that `mode` trains, with their HF PEFT keys.
+/// Copies of the frozen biases of `model` that `mode` trains, with their HF PEFT keys (under `base_layer` at
+/// the sites of `layers`, which VeRA wraps).
 pub(crate) fn trainable_biases(
     mode: BiasMode,
     model: &dyn BaseModel,
     layers: &[VeraLayer],
 ) -> Result<Vec<TrainableBias>> {
-    if mode == BiasMode::None {
-        return Ok(Vec::new());
-    }
-    let parameters: HashMap<String, Tensor> = model.parameters().into_iter().collect();
-    let mut biases = Vec::new();
-    for (id, site) in model.spec().iter_sites() {
-        let wrapped = layers.iter().any(|l| l.site() == id);
-        if !site.has_bias || (mode == BiasMode::VeraOnly && !wrapped) {
-            continue;
-        }
-        let frozen = match site.kind {
-            SiteKind::Linear { .. } => model.frozen_linear(id).and_then(|l| l.bias().cloned()),
-            SiteKind::Norm { .. } => None,
-        };
-        let value = frozen
-            .or_else(|| parameters.get(&format!("{}.bias", site.name)).cloned())
-            .ok_or_else(|| {
-                PeftError::Unsupported(format!(
-                    "bias = {mode:?}: the model reports a bias at `{}` but does not expose it",
-                    site.name
-                ))
-            })?;
-        biases.push(TrainableBias {
-            site: id,
-            key: bias_key(&site.name, wrapped),
-            value: Var::from_tensor(&value.to_dtype(DType::F32)?.detach())?,
-        });
-    }
-    Ok(biases)
+    let wrapped: Vec<SiteId> = layers.iter().map(VeraLayer::site).collect();
+    peft_core::tuner::trainable_biases(model, &wrapped, mode.scope(), mode)
 }
 
 /// The trained vectors of one adapted module.
@@ -333,54 +289,27 @@ impl Adapter for Vera {
                  false: set save_projection = true to use the saved projections"
             )));
         }
-        let mut expected: BTreeSet<&str> = vars.iter().map(|(k, _)| k.as_str()).collect();
-        if self.config.save_projection {
-            expected.extend([VERA_A_KEY, VERA_B_KEY]);
-        }
-        let mut unexpected: Vec<&String> = tensors
-            .keys()
-            .filter(|k| !expected.contains(k.as_str()))
-            .collect();
-        if !unexpected.is_empty() {
-            unexpected.sort();
-            return Err(PeftError::Config(format!(
-                "the adapter file holds {} tensor(s) this VeRA config does not describe, e.g. {:?}: the \
-                 config's target_modules / layers_to_transform / bias do not match the file",
-                unexpected.len(),
-                &unexpected[..unexpected.len().min(3)]
-            )));
-        }
         // Check everything before changing anything, so that a bad file leaves the adapter as it was.
-        let mut shapes: Vec<(&str, Vec<usize>)> = vars
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.dims().to_vec()))
-            .collect();
+        let mut expected: Vec<(&str, &[usize])> =
+            vars.iter().map(|(k, v)| (k.as_str(), v.dims())).collect();
+        let (a, b) = (self.projections.a(), self.projections.b());
         if self.config.save_projection {
-            shapes.push((VERA_A_KEY, self.projections.a().dims().to_vec()));
-            shapes.push((VERA_B_KEY, self.projections.b().dims().to_vec()));
+            expected.push((VERA_A_KEY, a.dims()));
+            expected.push((VERA_B_KEY, b.dims()));
         }
-        for (key, dims) in &shapes {
-            let t = tensors.get(*key).ok_or_else(|| {
-                PeftError::Config(format!(
-                    "the adapter file has no tensor `{key}`, which this VeRA config needs (it has {} \
-                     tensors): the config's target_modules / bias do not match the file",
-                    tensors.len()
-                ))
-            })?;
-            if t.dims() != dims.as_slice() {
-                return Err(PeftError::ShapeMismatch {
-                    what: key.to_string(),
-                    expected_from: format!(
-                        "the model with this VeRA config (r = {}, projections sized for the widest adapted \
-                         module)",
-                        self.config.r
-                    ),
-                    expected: dims.clone(),
-                    got_from: "the adapter file".into(),
-                    got: t.dims().to_vec(),
-                });
-            }
-        }
+        let shapes_from = format!(
+            "the model with this VeRA config (r = {}, projections sized for the widest adapted module)",
+            self.config.r
+        );
+        check_file_tensors(
+            tensors,
+            &expected,
+            &ExpectedTensors {
+                method: "VeRA",
+                fields: "target_modules / layers_to_transform / bias",
+                shapes_from: &shapes_from,
+            },
+        )?;
         for (key, var) in &vars {
             var.set(&tensors[key].to_dtype(DType::F32)?)?;
         }

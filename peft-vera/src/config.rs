@@ -18,81 +18,13 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
+use peft_core::tuner::{check_probability, check_rank, BiasScope, Dropout, TargetFields};
+
 use crate::adapter::{trainable_biases, Vera, VeraLayer};
-use crate::dropout::Dropout;
 use crate::projection::Projections;
 use crate::targets::resolve_targets;
 
-/// `target_modules`: a list of names, or one string that is a regular expression full-matched against whole
-/// module names (`"all-linear"` is the shorthand for every linear module).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum TargetModules {
-    /// Module names; an entry matches a module whose full name equals it or ends with `"." + entry`.
-    List(Vec<String>),
-    /// A regular expression over full module names, or `"all-linear"`.
-    Pattern(String),
-}
-
-impl TargetModules {
-    /// A list of names.
-    pub fn list<S: Into<String>>(names: impl IntoIterator<Item = S>) -> Self {
-        TargetModules::List(names.into_iter().map(Into::into).collect())
-    }
-
-    /// Whether this is HF PEFT's `"all-linear"` shorthand (compared case-insensitively, as HF PEFT does).
-    pub fn is_all_linear(&self) -> bool {
-        matches!(self, TargetModules::Pattern(p) if p.eq_ignore_ascii_case(ALL_LINEAR))
-    }
-}
-
-/// HF PEFT's shorthand for every linear module except the output head.
-pub const ALL_LINEAR: &str = "all-linear";
-
-/// `layers_to_transform`: one layer index or several.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum LayerSelection {
-    /// A single layer.
-    One(usize),
-    /// Several layers.
-    Many(Vec<usize>),
-}
-
-impl LayerSelection {
-    /// Whether layer `index` is selected.
-    pub fn contains(&self, index: usize) -> bool {
-        match self {
-            LayerSelection::One(i) => *i == index,
-            LayerSelection::Many(v) => v.contains(&index),
-        }
-    }
-
-    /// HF PEFT treats an empty list as "no selection".
-    pub fn is_empty(&self) -> bool {
-        matches!(self, LayerSelection::Many(v) if v.is_empty())
-    }
-}
-
-/// `layers_pattern`: the name (or names) of the module list holding the layers (`"layers"`, `"h"`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum LayersPattern {
-    /// One name.
-    One(String),
-    /// Several names, tried in order.
-    Many(Vec<String>),
-}
-
-impl LayersPattern {
-    /// The names, in order.
-    pub fn names(&self) -> Vec<&str> {
-        match self {
-            LayersPattern::One(s) => vec![s.as_str()],
-            LayersPattern::Many(v) => v.iter().map(String::as_str).collect(),
-        }
-    }
-}
+pub use peft_core::tuner::{LayerSelection, LayersPattern, TargetModules, ALL_LINEAR};
 
 /// `bias`: which frozen biases become trainable (and are saved with the adapter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -107,6 +39,17 @@ pub enum BiasMode {
     /// The biases of the adapted modules only, saved as `<module>.base_layer.bias`.
     #[serde(rename = "vera_only")]
     VeraOnly,
+}
+
+impl BiasMode {
+    /// Which biases this setting trains.
+    pub fn scope(self) -> BiasScope {
+        match self {
+            BiasMode::None => BiasScope::None,
+            BiasMode::All => BiasScope::All,
+            BiasMode::VeraOnly => BiasScope::WrappedOnly,
+        }
+    }
 }
 
 /// HF PEFT's `VeraConfig` (peft_type `VERA`, Kopiczko et al., 2024): one pair of frozen random projections
@@ -182,19 +125,20 @@ impl VeraConfig {
         }
     }
 
+    /// The fields that select the adapted modules (VeRA has no `exclude_modules`).
+    pub fn target_fields(&self) -> TargetFields<'_> {
+        TargetFields {
+            target_modules: self.target_modules.as_ref(),
+            exclude_modules: None,
+            layers_to_transform: self.layers_to_transform.as_ref(),
+            layers_pattern: self.layers_pattern.as_ref(),
+        }
+    }
+
     /// Refuses what HF PEFT refuses, each with what to change.
     pub fn check(&self) -> Result<()> {
-        if self.r == 0 {
-            return Err(PeftError::Config(
-                "r = 0: the VeRA rank must be at least 1 (HF PEFT's default is 256)".into(),
-            ));
-        }
-        if !(0.0..1.0).contains(&self.vera_dropout) {
-            return Err(PeftError::Config(format!(
-                "vera_dropout = {} must be in [0, 1)",
-                self.vera_dropout
-            )));
-        }
+        check_rank(self.r, "VeRA", 256)?;
+        check_probability("vera_dropout", self.vera_dropout)?;
         if !self.d_initial.is_finite() {
             return Err(PeftError::Config(format!(
                 "d_initial = {} must be a finite number (HF PEFT's default is 0.1)",
@@ -218,14 +162,7 @@ impl VeraConfig {
             }
             _ => {}
         }
-        if self.layers_pattern.is_some() && self.layers_to_transform.is_none() {
-            return Err(PeftError::Config(
-                "layers_pattern is set but layers_to_transform is not: give the layer indices too (as HF \
-                 PEFT requires)"
-                    .into(),
-            ));
-        }
-        Ok(())
+        self.target_fields().check_layers_pattern()
     }
 
     /// Builds the adapter for `init.model` (what [`PeftMethod::build`] does, with the concrete type). The

@@ -9,7 +9,8 @@
 //!
 //! Layout: `config.rs` (HF PEFT's `VeraConfig`, its defaults and `PeftMethod` impl, `build`), `adapter.rs`
 //! (the built adapter: hooks, saving, merging), `projection.rs` (the shared projections), `torch_rng.rs`
-//! (PyTorch's CPU generator), `targets.rs` (which modules are adapted) and `dropout.rs`.
+//! (PyTorch's CPU generator) and `targets.rs` (which modules are adapted); target selection, dropout and
+//! trainable biases are `peft_core::tuner`'s.
 //!
 //! ```
 //! use peft_core::method::{Adapter, InitCtx, PeftMethod};
@@ -31,16 +32,15 @@
 
 mod adapter;
 mod config;
-mod dropout;
 mod projection;
 mod targets;
 mod torch_rng;
 
 pub use adapter::{lambda_key, Vera, VeraLayer};
 pub use config::{BiasMode, LayerSelection, LayersPattern, TargetModules, VeraConfig, ALL_LINEAR};
-pub use dropout::Dropout;
+pub use peft_core::tuner::{list_entry_matches, Dropout};
 pub use projection::{Projections, VERA_A_KEY, VERA_B_KEY};
-pub use targets::{list_entry_matches, resolve_targets, Target, DEFAULT_ROLES};
+pub use targets::{resolve_targets, Target, DEFAULT_ROLES};
 pub use torch_rng::TorchGenerator;
 
 /// Makes sure this crate's method is linked (and so registered with typetag) into a binary that names no

@@ -1,5 +1,5 @@
 """Helpers shared by the HF PEFT interoperability scripts (prompt_tuning.py, p_tuning.py, prefix_tuning.py,
-lora.py, ia3.py): the fixture models and inputs, last-position logits, the fixture cases, the adapter folders'
+lora.py, ia3.py, dora.py, vera.py, lycoris.py): the fixture models and inputs, last-position logits, the fixture cases, the adapter folders'
 clean-up, and the scripts' common command line (`hf` / `ours` mode, `--gguf`, `--out`).
 
 Set-up and use: see prompt_tuning.py.
@@ -64,6 +64,24 @@ def tiny_cases(model):
     return [{"input_ids": ids, "logits": last_logits(model, ids).tolist()} for ids in TINY_IDS]
 
 
+def model_cases(model, tokenizer=None):
+    """The cases of `model`: `smol_cases` where a tokenizer is given (SmolLM2), else `tiny_cases`."""
+    return smol_cases(model, tokenizer) if tokenizer else tiny_cases(model)
+
+
+@torch.no_grad()
+def largest_change(model, cases):
+    """The largest |logit| change a PeftModel's adapter makes over its frozen model at the last position of the
+    `cases`' inputs, over the whole vocabulary (the fixture is no no-op when this is far from zero)."""
+    changes = []
+    for case in cases:
+        with_adapter = last_logits(model, case["input_ids"]).tolist()
+        with model.disable_adapter():
+            frozen = last_logits(model, case["input_ids"]).tolist()
+        changes.append(max(abs(a - b) for a, b in zip(with_adapter, frozen)))  # in Python floats, as before
+    return max(changes)
+
+
 def smol_cases(model, tokenizer):
     """A case per SMOL_TEXTS text: the text, its ids and the 20 largest last-position logits."""
     cases = []
@@ -90,6 +108,7 @@ def rewrite_base_name(folder, name, sorted_lists=()):
 
 
 def write_json(path, value):
+    """`value` as indented JSON at `path`."""
     path.write_text(json.dumps(value, indent=1) + "\n")
 
 
@@ -100,12 +119,12 @@ def write_hf_logits(folder, result, note=""):
     print(f"{folder.name}: {len(result['cases'])} cases{note}")
 
 
-def ours_models(folders, gguf, **kwargs):
+def ours_models(folders, gguf, load_base=None, **kwargs):
     """For each of the `ours-*` adapter `folders`: the folder, its adapter config, HF PEFT's model with the adapter
     loaded (`PeftModel.from_pretrained(base, folder, **kwargs)`, in eval mode), and the tokenizer where the base is
-    SmolLM2 (else None). Every adapter gets a pristine base: its tiny model loaded afresh, or a copy of SmolLM2
-    (loaded once, from `gguf`); a folder on SmolLM2 is skipped, saying so, when no `gguf` was given, and so is
-    one on a ZOO_BASES model (zoo_adapters.py handles those)."""
+    SmolLM2 (else None). Every adapter gets a pristine base: its tiny model loaded afresh (with `load_base(name)`,
+    `load_tiny` by default), or a copy of SmolLM2 (loaded once, from `gguf`); a folder on SmolLM2 is skipped,
+    saying so, when no `gguf` was given, and so is one on a ZOO_BASES model (zoo_adapters.py handles those)."""
     smol = None
     for folder in folders:
         config = json.loads((folder / "adapter_config.json").read_text())
@@ -120,7 +139,7 @@ def ours_models(folders, gguf, **kwargs):
             smol = smol or load_smol(gguf)
             base, tokenizer = copy.deepcopy(smol[0]), smol[1]
         else:
-            base, tokenizer = load_tiny(base_name), None
+            base, tokenizer = (load_base or load_tiny)(base_name), None
         yield folder, config, PeftModel.from_pretrained(base, folder, **kwargs).eval(), tokenizer
 
 

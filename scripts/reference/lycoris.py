@@ -9,7 +9,9 @@ fixture models (`fixtures/tiny-*`, written by tiny_models.py):
   alpha_pattern {"o_proj": 16};
 - `hf-tiny-gpt2-lokr/`, `hf-tiny-llama-lokr/`: LoKrConfig with the default targets (r=8: both factors full);
 - `hf-tiny-llama-both-lokr/`: decompose_both, r=2, alpha=4, all-linear (a mix of full and decomposed sides);
-- `hf-tiny-llama-factor2-lokr/`: decompose_factor=2, r=4, on q_proj, v_proj and down_proj (w2 decomposed).
+- `hf-tiny-llama-factor2-lokr/`: decompose_factor=2, r=4, on q_proj, v_proj and down_proj (w2 decomposed);
+- `hf-smollm2-loha/`, `hf-smollm2-lokr/` (when a GGUF path is given): r=4, alpha=8, q_proj and v_proj of layers
+  0, 14 and 29, on SmolLM2-135M-Instruct loaded from its GGUF.
 
 HF PEFT's LyCORIS tuners accept only nn.Linear / nn.Conv1d / nn.Conv2d modules and refuse GPT-2's
 transformers Conv1D (TypeError). The GPT-2 fixtures therefore use the tiny GPT-2 with each Conv1D replaced by the
@@ -18,28 +20,32 @@ with the [out, in] factor orientation peft-lycoris uses for GPT-2, and the modul
 
 Every trainable tensor is moved away from its initial value (+ s * N(0, 1), seeded) so that the adapter is no
 no-op, then saved with `save_pretrained`, plus `logits.json`: {"trainable_parameters": N (HF PEFT's count),
-"cases": [{"input_ids": [...], "logits": [...]}]} with the full last-position logits.
+"cases": [{"input_ids": [...], "logits": [...]}]} with the full last-position logits (on SmolLM2: {"text",
+"input_ids", "top": [[id, logit], ...]} with the 20 largest).
 
-`ours` mode (we write, HF PEFT reads): for every `ours-tiny-*-loha` / `ours-tiny-*-lokr` adapter folder under OUT
-(written by `peft-lycoris/tests/hf_parity.rs` with PEFT_WRITE_FIXTURES=1), loads it with
+`ours` mode (we write, HF PEFT reads): for every `ours-*-loha` / `ours-*-lokr` adapter folder under OUT (written
+by `peft-lycoris/tests/hf_parity.rs` with PEFT_WRITE_FIXTURES=1; the SmolLM2 ones only with --gguf), loads it with
 `PeftModel.from_pretrained` on its base model (GPT-2 linearised as above) and writes `hf_logits.json`
 ({"peft_loaded": true, "lycoris_parameters": N, "cases": [...]}).
 
 Machine paths never enter the fixtures: `base_model_name_or_path` is rewritten to the fixture's name.
 Environment: see prompt_tuning.py. From the repository root:
 
-    peft-ref-venv/bin/python scripts/reference/lycoris.py hf [--out OUT]
-    peft-ref-venv/bin/python scripts/reference/lycoris.py ours [--out OUT]
+    peft-ref-venv/bin/python scripts/reference/lycoris.py hf [--gguf PATH/TO/SmolLM2.gguf] [--out OUT]
+    peft-ref-venv/bin/python scripts/reference/lycoris.py ours [--gguf PATH/TO/SmolLM2.gguf] [--out OUT]
 """
 
-import json
+import copy
 from pathlib import Path
 
 import torch
-from peft import LoHaConfig, LoKrConfig, PeftModel, TaskType, get_peft_model
+from peft import LoHaConfig, LoKrConfig, TaskType, get_peft_model
 from transformers.pytorch_utils import Conv1D
 
-from common import load_tiny, main, rewrite_base_name, tiny_cases, write_hf_logits, write_json
+from common import (
+    SMOL_NAME, largest_change, load_smol, load_tiny, main, model_cases, ours_models, rewrite_base_name, tiny_cases,
+    write_hf_logits, write_json,
+)
 
 # Keys HF PEFT saves from a Python set: the fixture sorts them, so that regenerating it is stable.
 SET_VALUED = ["target_modules", "exclude_modules"]
@@ -71,6 +77,12 @@ CASES = [
         lambda **kw: LoKrConfig(r=4, decompose_factor=2, target_modules=["q_proj", "v_proj", "down_proj"], **kw),
     ),
 ]
+# The SmolLM2 fixtures: (folder, config, seed); few layers and a small rank, so that the files stay small.
+SMOL_TARGETS = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"], "layers_to_transform": [0, 14, 29]}
+SMOL = [
+    ("hf-smollm2-loha", lambda **kw: LoHaConfig(**SMOL_TARGETS, **kw), 20),
+    ("hf-smollm2-lokr", lambda **kw: LoKrConfig(**SMOL_TARGETS, **kw), 21),
+]
 
 
 @torch.no_grad()
@@ -93,6 +105,10 @@ def load_base(name):
     """The tiny fixture model `name`, with GPT-2's Conv1D modules as nn.Linear (see the module docstring)."""
     model = load_tiny(name)
     return linearize_conv1d(model) if name == "tiny-gpt2" else model
+
+
+# How far the SmolLM2 fixtures' factors move: smaller than on the tiny models, whose weights are larger.
+SMOL_SCALE = 0.1
 
 
 @torch.no_grad()
@@ -127,16 +143,32 @@ def hf_mode(args):
                 assert max(abs(a - b) for a, b in zip(case["logits"], stock["logits"])) < 1e-5
         write_json(folder / "logits.json", {"trainable_parameters": trainable, "cases": cases})
         print(f"{folder_name}: {trainable} trainable parameters")
+    if args.gguf:
+        smol, tokenizer = load_smol(args.gguf)
+        for folder_name, make_config, seed in SMOL:
+            torch.manual_seed(seed)  # the factors' initial draws, so that regenerating gives the same fixture
+            model = get_peft_model(copy.deepcopy(smol), make_config(task_type=TaskType.CAUSAL_LM))
+            trainable, _ = model.get_nb_trainable_parameters()
+            perturb(model, SMOL_SCALE, seed)
+            model.eval()
+            folder = out / folder_name
+            model.save_pretrained(folder)
+            rewrite_base_name(folder, SMOL_NAME, SET_VALUED)
+            cases = model_cases(model, tokenizer)
+            changed = largest_change(model, cases)
+            write_json(
+                folder / "logits.json",
+                {"trainable_parameters": trainable, "frozen_changed": changed, "cases": cases},
+            )
+            print(f"{folder_name}: {trainable} trainable parameters, logits moved by up to {changed:.3g}")
 
 
 def ours_mode(args):
     out = Path(args.out)
-    folders = sorted(out.glob("ours-tiny-*-loha")) + sorted(out.glob("ours-tiny-*-lokr"))
-    for folder in folders:
-        config = json.loads((folder / "adapter_config.json").read_text())
-        model = PeftModel.from_pretrained(load_base(config["base_model_name_or_path"]), folder).eval()
+    folders = sorted(out.glob("ours-*-loha")) + sorted(out.glob("ours-*-lokr"))
+    for folder, _, model, tokenizer in ours_models(folders, args.gguf, load_base):
         count = lycoris_parameters(model)
-        cases = tiny_cases(model)
+        cases = model_cases(model, tokenizer)
         write_hf_logits(folder, {"lycoris_parameters": count, "cases": cases}, f", {count} parameters")
 
 

@@ -12,6 +12,7 @@ use peft_core::hooks::{Hooks, LinearFn};
 use peft_core::method::{Adapter, PeftMethod};
 use peft_core::model::BaseModel;
 use peft_core::spec::SiteId;
+use peft_core::tuner::{check_file_tensors, ExpectedTensors, MODULE_KEY_PREFIX};
 use peft_core::{PeftError, Result};
 
 use crate::config::Ia3Config;
@@ -29,7 +30,7 @@ pub struct Ia3Vector {
 impl Ia3Vector {
     /// The HF PEFT state-dict key.
     pub fn key(&self) -> String {
-        format!("base_model.model.{}.ia3_l", self.target.module)
+        format!("{MODULE_KEY_PREFIX}{}.ia3_l", self.target.module)
     }
 }
 
@@ -166,45 +167,27 @@ impl Adapter for Ia3 {
     }
 
     fn load_tensors(&self, tensors: &HashMap<String, Tensor>) -> Result<()> {
-        let expected: Vec<String> = self.vectors.iter().map(Ia3Vector::key).collect();
-        let unexpected: Vec<&String> = tensors.keys().filter(|k| !expected.contains(k)).collect();
-        if !unexpected.is_empty() {
-            return Err(PeftError::Config(format!(
-                "the IA3 file holds {unexpected:?}, which this config's target_modules do not produce \
-                 (expected {expected:?})"
-            )));
-        }
+        let keys: Vec<String> = self.vectors.iter().map(Ia3Vector::key).collect();
+        let expected: Vec<(&str, &[usize])> = keys
+            .iter()
+            .zip(&self.vectors)
+            .map(|(k, v)| (k.as_str(), v.var.dims()))
+            .collect();
         // Check everything before changing anything, so a bad file leaves the adapter as it was.
-        let mut values = Vec::with_capacity(self.vectors.len());
-        for (v, key) in self.vectors.iter().zip(&expected) {
-            let t = tensors.get(key).ok_or_else(|| {
-                PeftError::Config(format!(
-                    "the IA3 file has no `{key}` (it has {} tensors; target_modules / feedforward_modules \
-                     of the config must match the file)",
-                    tensors.len()
-                ))
-            })?;
-            if t.dims() != v.var.dims() {
-                return Err(PeftError::ShapeMismatch {
-                    what: key.clone(),
-                    expected_from: format!(
-                        "the model ({} {}: in {}, out {})",
-                        if v.target.feedforward {
-                            "feed-forward module"
-                        } else {
-                            "module"
-                        },
-                        v.target.module,
-                        v.target.in_features,
-                        v.target.out_features
-                    ),
-                    expected: v.var.dims().to_vec(),
-                    got_from: "the adapter file".into(),
-                    got: t.dims().to_vec(),
-                });
-            }
-            values.push(t.to_dtype(DType::F32)?);
-        }
+        check_file_tensors(
+            tensors,
+            &expected,
+            &ExpectedTensors {
+                method: "IA3",
+                fields: "target_modules / feedforward_modules",
+                shapes_from:
+                    "the model ([1, in] for a feed-forward module, [out, 1] for any other)",
+            },
+        )?;
+        let values = keys
+            .iter()
+            .map(|k| Ok(tensors[k].to_dtype(DType::F32)?))
+            .collect::<Result<Vec<_>>>()?;
         for (v, t) in self.vectors.iter().zip(values) {
             v.var.set(&t)?;
         }

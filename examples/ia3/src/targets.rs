@@ -1,11 +1,15 @@
 //! Which frozen projections IA3 scales, resolved once against the model's spec with HF PEFT's matching rules:
 //! a listed `target_modules` / `exclude_modules` name matches a module whose full name equals it or ends with
 //! `.<name>`; a listed `feedforward_modules` name matches a module whose full name ends with it (no dot needed,
-//! as HF PEFT's `_check_target_module_feedforward` does). A string is a regular expression in HF PEFT, matched
-//! against the whole module name; without a regex engine here only strings that are plain module names are
-//! accepted, plus `all-linear`.
+//! as HF PEFT's `_check_target_module_feedforward` does); the list rule and the messages' names are
+//! [`peft_core::tuner`]'s, which any method crate can use. A string is a regular expression in HF PEFT, matched
+//! against the whole module name; this example accepts only strings that are plain module names, plus
+//! `all-linear`, and refuses an expression rather than read it another way.
 
 use peft_core::spec::{ModelSpec, Role, SiteId, SiteKind};
+use peft_core::tuner::{
+    describe_model, describe_roles, linear_module_names, list_entry_matches, ALL_LINEAR,
+};
 use peft_core::{PeftError, Result};
 use serde::{Deserialize, Serialize};
 
@@ -25,9 +29,6 @@ impl ModuleSelection {
         ModuleSelection::Names(names.into_iter().map(Into::into).collect())
     }
 }
-
-/// HF PEFT's shorthand for every linear layer but the output head.
-const ALL_LINEAR: &str = "all-linear";
 
 /// The roles IA3 scales when `target_modules` is not set: the key and value projections (or the fused
 /// projection that computes them) and the MLP's down projection. This is the rule behind HF PEFT's
@@ -82,15 +83,6 @@ pub fn default_modules(spec: &ModelSpec) -> Option<(Vec<String>, Vec<String>)> {
     Some((target_names, feedforward_names))
 }
 
-/// The model as error messages name it.
-fn model_name(spec: &ModelSpec) -> String {
-    if spec.name_or_path.is_empty() {
-        format!("this {} model", spec.architecture)
-    } else {
-        format!("{} ({})", spec.name_or_path, spec.architecture)
-    }
-}
-
 /// A string that a regular expression engine would read as itself (no metacharacters).
 fn is_literal(pattern: &str) -> bool {
     !pattern.chars().any(|c| "\\^$.|?*+()[]{}".contains(c))
@@ -111,9 +103,7 @@ fn literal_pattern<'a>(field: &str, pattern: &'a str) -> Result<&'a str> {
 /// Whether `key` is selected by a target / exclude selection (HF PEFT's `check_target_module_exists`).
 fn selects(field: &str, selection: &ModuleSelection, key: &str) -> Result<bool> {
     Ok(match selection {
-        ModuleSelection::Names(names) => names
-            .iter()
-            .any(|n| key == n || key.ends_with(&format!(".{n}"))),
+        ModuleSelection::Names(names) => names.iter().any(|n| list_entry_matches(n, key)),
         ModuleSelection::Pattern(p) => key == literal_pattern(field, p)?,
     })
 }
@@ -165,9 +155,10 @@ pub fn resolve(
     let defaults = default_modules(spec);
     let no_default = |field: &str| {
         PeftError::Config(format!(
-            "IA3 has no default {field} for {}: no linear module declares the key, value, fused \
-             query-key-value or MLP down role; set target_modules and feedforward_modules",
-            model_name(spec)
+            "IA3 has no default {field} for {}: no linear module declares the {} role; set target_modules \
+             and feedforward_modules",
+            describe_model(spec),
+            describe_roles(TARGET_ROLES)
         ))
     };
     let linear_sites = || {
@@ -241,9 +232,7 @@ pub fn resolve(
         }
     }
     if targets.is_empty() {
-        let mut names: Vec<&str> = linear_sites().map(|(_, s)| s.short_name()).collect();
-        names.sort_unstable();
-        names.dedup();
+        let names = linear_module_names(spec);
         return Err(PeftError::Config(format!(
             "target_modules {target_modules:?} match no linear module of {} (`{}`); its linear modules are named {names:?}",
             spec.name_or_path, spec.architecture

@@ -7,15 +7,13 @@
 
 use std::collections::BTreeSet;
 
-use peft_core::adapter_io::{load_adapter, WEIGHTS_FILE};
-use peft_core::hooks::NoHooks;
 use peft_core::method::{Adapter, PeftMethod};
 use peft_ia3_example::Ia3Config;
 use peft_models::LoadedModel;
 use peft_testing::{
-    fixture, full_logits_diff, hf_fixture, hf_logits, ids_of, init_loaded, logits, ours_fixture,
-    read_json, smollm2, text_cases_top_diffs, text_lm_task, tiny, top_diff, top_logits_diff,
-    toy_trained, train, write_fixture, writing_fixtures, SMOLLM2_REVIEWS,
+    assert_agrees_with_hf, assert_cases_agree, assert_trainable_count, committed_or_written,
+    fixture, hf_fixture, hf_logits, init_loaded, ours_fixture, read_json, saved_tensor_names,
+    smollm2, text_lm_task, tiny, toy_trained, train, trainable_names, Agreement, SMOLLM2_REVIEWS,
 };
 
 /// (base model fixture, HF adapter fixture).
@@ -25,16 +23,6 @@ const HF_TINY: [(&str, &str); 3] = [
     ("tiny-llama", "hf-tiny-llama-ia3-all-linear"),
 ];
 
-fn saved_keys(dir: &std::path::Path) -> BTreeSet<String> {
-    let tensors =
-        candle_core::safetensors::load(dir.join(WEIGHTS_FILE), &candle_core::Device::Cpu).unwrap();
-    tensors.into_keys().collect()
-}
-
-fn trainable_names(adapter: &dyn Adapter) -> BTreeSet<String> {
-    adapter.trainable().into_iter().map(|(k, _)| k).collect()
-}
-
 #[test]
 fn hf_ia3_adapters_load_with_equal_logits_and_counts_on_tiny_models() {
     peft_ia3_example::register();
@@ -43,26 +31,11 @@ fn hf_ia3_adapters_load_with_equal_logits_and_counts_on_tiny_models() {
         let dir = fixture(&format!("adapters/{name}"));
         let (adapter, reference) = hf_fixture(&dir, &mut init_loaded(&loaded, 0));
         assert_eq!(
-            adapter.num_trainable() as u64,
-            reference["trainable_parameters"].as_u64().unwrap(),
-            "{name}: trainable count differs from HF PEFT's"
-        );
-        assert_eq!(
             trainable_names(adapter.as_ref()),
-            saved_keys(&dir),
+            saved_tensor_names(&dir),
             "{name}"
         );
-        for case in reference["cases"].as_array().unwrap() {
-            let diff = full_logits_diff(loaded.model.as_ref(), adapter.as_ref(), case);
-            eprintln!("{name}: max |logit diff| vs HF PEFT {diff:e}");
-            assert!(diff < 1e-4, "{name}: max |logit diff| {diff}");
-            // The fixture is no identity adapter: the frozen model's logits are far from HF's.
-            let frozen = full_logits_diff(loaded.model.as_ref(), &NoHooks, case);
-            assert!(
-                frozen > 1e-2,
-                "{name}: the adapter changes logits by only {frozen}"
-            );
-        }
+        assert_agrees_with_hf(name, &loaded, adapter.as_ref(), &reference, Agreement::TINY);
     }
 }
 
@@ -74,13 +47,12 @@ fn our_default_config_targets_what_hf_peft_targets() {
         let ours = Ia3Config::default()
             .build(&mut init_loaded(&loaded, 0))
             .unwrap();
-        assert_eq!(trainable_names(ours.as_ref()), saved_keys(&dir), "{name}");
         assert_eq!(
-            ours.num_trainable() as u64,
-            read_json(&dir.join("logits.json"))["trainable_parameters"]
-                .as_u64()
-                .unwrap()
+            trainable_names(ours.as_ref()),
+            saved_tensor_names(&dir),
+            "{name}"
         );
+        assert_trainable_count(name, ours.as_ref(), &read_json(&dir.join("logits.json")));
         // The filled-in config says what HF PEFT's says.
         let hf = read_json(&dir.join("adapter_config.json"));
         let saved = serde_json::to_value(ours.config()).unwrap();
@@ -137,15 +109,9 @@ fn our_ia3_adapters_load_in_hf_peft_with_equal_logits() {
             "{name}: training moved the vectors by only {moved}"
         );
         let hf = hf_logits(&dir);
-        assert_eq!(
-            hf["ia3_parameters"].as_u64().unwrap(),
-            committed.num_trainable() as u64
-        );
-        for case in hf["cases"].as_array().unwrap() {
-            let diff = full_logits_diff(loaded.model.as_ref(), committed.as_ref(), case);
-            eprintln!("ours-{name}-ia3: max |logit diff| vs HF PEFT {diff:e}");
-            assert!(diff < 1e-4, "{name}: max |logit diff| vs HF PEFT {diff}");
-        }
+        let trained = Agreement::TINY.with_min_effect(1e-3);
+        let folder = format!("ours-{name}-ia3");
+        assert_agrees_with_hf(&folder, &loaded, committed.as_ref(), &hf, trained);
     }
 }
 
@@ -158,15 +124,16 @@ fn smollm2_hf_ia3_adapter_matches_hf_logits_and_count() {
     let ours = Ia3Config::default()
         .build(&mut init_loaded(&loaded, 0))
         .unwrap();
-    assert_eq!(
-        ours.num_trainable() as u64,
-        reference["trainable_parameters"].as_u64().unwrap()
+    assert_trainable_count("hf-smollm2-ia3", ours.as_ref(), &reference);
+    assert_eq!(trainable_names(ours.as_ref()), saved_tensor_names(&dir));
+    let (cases, agreement) = (&reference["cases"], Agreement::SMOLLM2);
+    assert_cases_agree(
+        "hf-smollm2-ia3",
+        &loaded,
+        adapter.as_ref(),
+        cases,
+        agreement,
     );
-    assert_eq!(trainable_names(ours.as_ref()), saved_keys(&dir));
-    for (text, diff) in text_cases_top_diffs(&loaded, adapter.as_ref(), &reference) {
-        eprintln!("hf-smollm2-ia3: max |top-20 logit diff| {diff:e} for {text:?}");
-        assert!(diff < 1e-3, "max |logit diff| {diff} for {text:?}");
-    }
 }
 
 /// SmolLM2 with the default IA3 config, 3 causal-LM steps on two sentences (only run to rewrite the fixture).
@@ -181,34 +148,15 @@ fn smollm2_trained_adapter(loaded: &LoadedModel) -> Box<dyn Adapter> {
 
 #[test]
 fn smollm2_ia3_adapter_trained_here_loads_in_hf_peft() {
+    peft_ia3_example::register();
     let Some(loaded) = smollm2() else { return };
     let dir = fixture("adapters/ours-smollm2-ia3");
-    if writing_fixtures() {
-        let adapter = smollm2_trained_adapter(&loaded);
-        write_fixture(&dir, adapter.as_ref(), loaded.model.as_ref());
+    let ctx = init_loaded(&loaded, 0);
+    let Some(adapter) = committed_or_written(&dir, ctx, || smollm2_trained_adapter(&loaded)) else {
         return;
-    }
-    peft_ia3_example::register();
-    let adapter = load_adapter(&dir, &mut init_loaded(&loaded, 0))
-        .unwrap()
-        .adapter;
+    };
     let hf = hf_logits(&dir);
-    assert_eq!(
-        hf["ia3_parameters"].as_u64().unwrap(),
-        adapter.num_trainable() as u64
-    );
-    for case in hf["cases"].as_array().unwrap() {
-        let diff = top_logits_diff(loaded.model.as_ref(), adapter.as_ref(), case);
-        eprintln!("ours-smollm2-ia3: max |top-20 logit diff| vs HF PEFT {diff:e}");
-        assert!(diff < 1e-3, "max |logit diff| vs HF PEFT {diff}");
-        // Over the reference's top-20 ids (the frozen model's top-1 may differ).
-        let frozen = top_diff(
-            &logits(loaded.model.as_ref(), &NoHooks, &ids_of(case)),
-            case,
-        );
-        assert!(
-            frozen > 1e-3,
-            "the trained adapter is indistinguishable from the frozen model ({frozen})"
-        );
-    }
+    // Over the reference's top-20 ids (the frozen model's top-1 may differ), the trained adapter is visible.
+    let agreement = Agreement::SMOLLM2.with_min_effect(1e-3);
+    assert_agrees_with_hf("ours-smollm2-ia3", &loaded, &*adapter, &hf, agreement);
 }

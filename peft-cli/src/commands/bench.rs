@@ -33,7 +33,7 @@ use crate::measure::{median, minor_page_faults, peak_rss_bytes};
 use crate::session::{init_ctx, open_model};
 
 /// The method tags `--method` takes, each with the config it stands for (HF PEFT's defaults otherwise).
-pub const METHOD_TAGS: [(&str, &str); 9] = [
+pub const METHOD_TAGS: [(&str, &str); 10] = [
     (
         "prompt-tuning",
         "peft_type = \"PROMPT_TUNING\"\nnum_virtual_tokens = 20",
@@ -53,6 +53,10 @@ pub const METHOD_TAGS: [(&str, &str); 9] = [
     (
         "dora",
         "peft_type = \"LORA\"\nr = 8\nlora_alpha = 16\nlora_dropout = 0.0\nuse_dora = true",
+    ),
+    (
+        "pissa",
+        "peft_type = \"LORA\"\nr = 8\nlora_alpha = 16\nlora_dropout = 0.0\ninit_lora_weights = \"pissa\"",
     ),
     ("bitfit", "peft_type = \"BITFIT\""),
     ("vera", "peft_type = \"VERA\"\nr = 256"),
@@ -75,7 +79,8 @@ pub struct BenchArgs {
     /// Zoo name, model folder, .gguf file, hub id, or `random:gpt2-124m` / `random:llama-135m`.
     #[arg(long)]
     model: String,
-    /// A method tag (prompt-tuning, p-tuning, prefix-tuning, lora, bitfit) or a TOML file with a method table.
+    /// A method tag (prompt-tuning, p-tuning, prefix-tuning, lora, dora, pissa, bitfit, vera, loha, lokr) or a TOML
+    /// file with a method table.
     #[arg(long)]
     method: String,
     /// Sequences per step.

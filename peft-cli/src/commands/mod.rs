@@ -1,6 +1,7 @@
 //! One file per `peft` subcommand.
 
 pub mod bench;
+pub mod convert;
 pub mod embed;
 pub mod eval;
 pub mod fetch;

@@ -4,7 +4,7 @@
 //! `ΔW` to the frozen weights; unmerging subtracts the current `ΔW`, as HF does. The factors are saved under
 //! `base_model.model.<module>.<name>` (`hada_w1_a`, `lokr_w1`, ...), HF PEFT's keys.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -13,17 +13,15 @@ use peft_core::hooks::{Hooks, LinearFn};
 use peft_core::method::{Adapter, PeftMethod};
 use peft_core::model::BaseModel;
 use peft_core::spec::SiteId;
+use peft_core::tuner::{check_file_tensors, ExpectedTensors, MODULE_KEY_PREFIX};
 use peft_core::{PeftError, Result};
 
 use crate::shared::dropout::LycorisDropout;
 use crate::shared::targets::Target;
 
-/// Prefix of every key HF PEFT saves for a non-prompt method (`PeftModel.base_model.model`).
-const KEY_PREFIX: &str = "base_model.model.";
-
 /// HF PEFT's key of the parameter `param` (`hada_w1_a`, `lokr_w1`, ...) of `module`.
 pub fn factor_key(module: &str, param: &str) -> String {
-    format!("{KEY_PREFIX}{module}.{param}")
+    format!("{MODULE_KEY_PREFIX}{module}.{param}")
 }
 
 /// The trainable factors of one module and how they multiply into its unscaled update.
@@ -240,42 +238,19 @@ impl<C: PeftMethod + Clone + 'static, F: Factors> Adapter for LycorisAdapter<C, 
             )));
         }
         let vars = self.named_vars();
-        let expected: BTreeSet<&str> = vars.iter().map(|(k, _)| k.as_str()).collect();
-        let mut unexpected: Vec<&String> = tensors
-            .keys()
-            .filter(|k| !expected.contains(k.as_str()))
-            .collect();
-        if !unexpected.is_empty() {
-            unexpected.sort();
-            return Err(PeftError::Config(format!(
-                "the adapter file holds {} tensor(s) this {method} config does not describe, e.g. {:?}: the \
-                 config's target_modules / layers_to_transform / r / rank_pattern (and for LoKr decompose_both, \
-                 decompose_factor) do not match the file",
-                unexpected.len(),
-                &unexpected[..unexpected.len().min(3)]
-            )));
-        }
         // Check everything before changing anything, so that a bad file leaves the adapter as it was.
-        for (key, var) in &vars {
-            let t = tensors.get(key).ok_or_else(|| {
-                PeftError::Config(format!(
-                    "the adapter file has no tensor `{key}`, which this {method} config needs (it has {} \
-                     tensors): the config does not match the file",
-                    tensors.len()
-                ))
-            })?;
-            if t.dims() != var.dims() {
-                return Err(PeftError::ShapeMismatch {
-                    what: key.clone(),
-                    expected_from: format!(
-                        "the model with this {method} config (see r, rank_pattern)"
-                    ),
-                    expected: var.dims().to_vec(),
-                    got_from: "the adapter file".into(),
-                    got: t.dims().to_vec(),
-                });
-            }
-        }
+        let expected: Vec<(&str, &[usize])> =
+            vars.iter().map(|(k, v)| (k.as_str(), v.dims())).collect();
+        check_file_tensors(
+            tensors,
+            &expected,
+            &ExpectedTensors {
+                method,
+                fields: "target_modules / layers_to_transform / r / rank_pattern (and for LoKr decompose_both, \
+                         decompose_factor)",
+                shapes_from: &format!("the model with this {method} config (see r, rank_pattern)"),
+            },
+        )?;
         for (key, var) in &vars {
             var.set(&tensors[key].to_dtype(DType::F32)?)?;
         }

@@ -12,79 +12,13 @@
 
 use std::collections::BTreeMap;
 
-use peft_core::{PeftError, Result};
-use serde::{Deserialize, Serialize, Serializer};
+use peft_core::tuner::{
+    check_probability, check_rank, check_rank_pattern, RankFields, TargetFields,
+};
+use peft_core::Result;
+use serde::{Deserialize, Serialize};
 
-/// `target_modules` / `exclude_modules`: a list of names, or one string that is a regular expression
-/// full-matched against whole module names (`"all-linear"` is the shorthand for every linear module).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum TargetModules {
-    /// Module names; an entry matches a module whose full name equals it or ends with `"." + entry`.
-    List(Vec<String>),
-    /// A regular expression over full module names, or `"all-linear"`.
-    Pattern(String),
-}
-
-impl TargetModules {
-    /// A list of names.
-    pub fn list<S: Into<String>>(names: impl IntoIterator<Item = S>) -> Self {
-        TargetModules::List(names.into_iter().map(Into::into).collect())
-    }
-
-    /// Whether this is HF PEFT's `"all-linear"` shorthand (compared case-insensitively, as HF PEFT does).
-    pub fn is_all_linear(&self) -> bool {
-        matches!(self, TargetModules::Pattern(p) if p.eq_ignore_ascii_case(ALL_LINEAR))
-    }
-}
-
-/// HF PEFT's shorthand for every linear module except the output head.
-pub const ALL_LINEAR: &str = "all-linear";
-
-/// `layers_to_transform`: one layer index or several.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum LayerSelection {
-    /// A single layer.
-    One(usize),
-    /// Several layers.
-    Many(Vec<usize>),
-}
-
-impl LayerSelection {
-    /// Whether layer `index` is selected.
-    pub fn contains(&self, index: usize) -> bool {
-        match self {
-            LayerSelection::One(i) => *i == index,
-            LayerSelection::Many(v) => v.contains(&index),
-        }
-    }
-
-    /// HF PEFT treats an empty list as "no selection".
-    pub fn is_empty(&self) -> bool {
-        matches!(self, LayerSelection::Many(v) if v.is_empty())
-    }
-}
-
-/// `layers_pattern`: the name (or names) of the module list holding the layers (`"layers"`, `"h"`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum LayersPattern {
-    /// One name.
-    One(String),
-    /// Several names, tried in order.
-    Many(Vec<String>),
-}
-
-impl LayersPattern {
-    /// The names, in order.
-    pub fn names(&self) -> Vec<&str> {
-        match self {
-            LayersPattern::One(s) => vec![s.as_str()],
-            LayersPattern::Many(v) => v.iter().map(String::as_str).collect(),
-        }
-    }
-}
+pub use peft_core::tuner::{LayerSelection, LayersPattern, TargetModules, ALL_LINEAR};
 
 /// HF PEFT's `LycorisConfig` fields and the fields `LoHaConfig` and `LoKrConfig` both declare, with HF's
 /// defaults (see [`LycorisFields::default`]).
@@ -94,7 +28,7 @@ pub struct LycorisFields {
     /// Rank (default 8).
     pub r: usize,
     /// Scale numerator (default 8): the update is scaled by `alpha / r`.
-    #[serde(serialize_with = "number")]
+    #[serde(serialize_with = "peft_core::tuner::numbers::whole_as_integer")]
     pub alpha: f64,
     /// While training, each output row of the update is dropped with this probability (default 0).
     pub rank_dropout: f64,
@@ -117,7 +51,7 @@ pub struct LycorisFields {
     /// Per-module ranks by name pattern (`(.*\.)?<key>$`), overriding `r`.
     pub rank_pattern: BTreeMap<String, usize>,
     /// Per-module alphas by name pattern, overriding `alpha`.
-    #[serde(serialize_with = "number_map")]
+    #[serde(serialize_with = "peft_core::tuner::numbers::map_whole_as_integer")]
     pub alpha_pattern: BTreeMap<String, f64>,
     /// Extra modules trained in full; only a classification head is supported here.
     pub modules_to_save: Option<Vec<String>>,
@@ -149,40 +83,32 @@ impl Default for LycorisFields {
 impl LycorisFields {
     /// Refuses what HF PEFT refuses (or what would not be meaningful), naming `method` and what to change.
     pub fn check(&self, method: &str, task_type: Option<&str>) -> Result<()> {
-        if self.r == 0 {
-            return Err(PeftError::Config(format!(
-                "r = 0: the {method} rank must be at least 1 (HF PEFT's default is 8)"
-            )));
-        }
-        if let Some((key, _)) = self.rank_pattern.iter().find(|(_, &r)| r == 0) {
-            return Err(PeftError::Config(format!(
-                "rank_pattern gives `{key}` rank 0: every {method} rank must be at least 1"
-            )));
-        }
-        for (name, p) in [
-            ("rank_dropout", self.rank_dropout),
-            ("module_dropout", self.module_dropout),
-        ] {
-            if !(0.0..1.0).contains(&p) {
-                return Err(PeftError::Config(format!("{name} = {p} must be in [0, 1)")));
-            }
-        }
-        if self.layers_pattern.is_some() && self.layers_to_transform.is_none() {
-            return Err(PeftError::Config(
-                "layers_pattern is set but layers_to_transform is not: give the layer indices too (as HF PEFT \
-                 requires)"
-                    .into(),
-            ));
-        }
-        if let (Some(TargetModules::Pattern(p)), Some(_)) =
-            (&self.target_modules, &self.layers_to_transform)
-        {
-            return Err(PeftError::Config(format!(
-                "layers_to_transform cannot be used when target_modules is a string ({p:?}), as in HF PEFT: \
-                 list the module names instead, or put the layer numbers in the regular expression"
-            )));
-        }
+        check_rank(self.r, method, 8)?;
+        check_rank_pattern(&self.rank_pattern, method)?;
+        check_probability("rank_dropout", self.rank_dropout)?;
+        check_probability("module_dropout", self.module_dropout)?;
+        self.target_fields().check_layer_selection()?;
         peft_core::head::check_modules_to_save(self.modules_to_save.as_ref(), task_type, method)
+    }
+
+    /// The fields that select the adapted modules.
+    pub fn target_fields(&self) -> TargetFields<'_> {
+        TargetFields {
+            target_modules: self.target_modules.as_ref(),
+            exclude_modules: self.exclude_modules.as_ref(),
+            layers_to_transform: self.layers_to_transform.as_ref(),
+            layers_pattern: self.layers_pattern.as_ref(),
+        }
+    }
+
+    /// `r` and `alpha` with their per-module patterns.
+    pub fn rank_fields(&self) -> RankFields<'_> {
+        RankFields {
+            r: self.r,
+            alpha: self.alpha,
+            rank_pattern: &self.rank_pattern,
+            alpha_pattern: &self.alpha_pattern,
+        }
     }
 
     /// This config at rank `size` (at least 1), with `alpha` scaled along so that `alpha / r` stays.
@@ -194,31 +120,4 @@ impl LycorisFields {
             ..self.clone()
         }
     }
-}
-
-/// Writes whole numbers as integers (HF PEFT writes `"alpha": 8`), others as floats.
-fn number<S: Serializer>(value: &f64, s: S) -> std::result::Result<S::Ok, S::Error> {
-    if value.fract() == 0.0 && value.abs() < 9.0e15 {
-        s.serialize_i64(*value as i64)
-    } else {
-        s.serialize_f64(*value)
-    }
-}
-
-fn number_map<S: Serializer>(
-    map: &BTreeMap<String, f64>,
-    s: S,
-) -> std::result::Result<S::Ok, S::Error> {
-    use serde::ser::SerializeMap;
-    struct Num(f64);
-    impl Serialize for Num {
-        fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-            number(&self.0, s)
-        }
-    }
-    let mut m = s.serialize_map(Some(map.len()))?;
-    for (k, v) in map {
-        m.serialize_entry(k, &Num(*v))?;
-    }
-    m.end()
 }
