@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{fails_with, fixture, ok_json, read_json, run_peft};
+use common::{fails_with, fixture, id_list, ok_json, read_json, run_peft};
 
 #[test]
 fn a_pissa_adapter_converts_to_plain_lora_with_the_same_logits() {
@@ -24,12 +24,7 @@ fn a_pissa_adapter_converts_to_plain_lora_with_the_same_logits() {
 
     let reference = read_json(&fixture("adapters/hf-tiny-llama-pissa/logits.json"));
     for case in reference["cases"].as_array().unwrap() {
-        let ids: Vec<String> = case["input_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.to_string())
-            .collect();
+        let ids = id_list(&case["input_ids"]);
         let json = ok_json(&run_peft(&[
             "logits",
             "--model",
@@ -37,7 +32,7 @@ fn a_pissa_adapter_converts_to_plain_lora_with_the_same_logits() {
             "--adapter",
             converted,
             "--ids",
-            &ids.join(","),
+            &ids,
             "--top-k",
             "5",
         ]));

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{fails_with, fixture, ok_json, read_json, run_peft};
+use common::{fails_with, fixture, id_list, ok_json, read_json, run_peft};
 use serde_json::Value;
 
 /// Checks `peft logits` output against full reference logits of the last position.
@@ -49,18 +49,13 @@ fn logits_prints_the_documented_json_and_matches_transformers() {
     let reference = read_json(&fixture("tiny-gpt2/logits.json"));
     let case = &reference["cases"][0];
     assert_eq!(case["name"], "single");
-    let ids: Vec<String> = case["input_ids"][0]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.to_string())
-        .collect();
+    let ids = id_list(&case["input_ids"][0]);
     let out = run_peft(&[
         "logits",
         "--model",
         &fixture("tiny-gpt2"),
         "--ids",
-        &ids.join(","),
+        &ids,
         "--top-k",
         "7",
     ]);
@@ -85,12 +80,7 @@ fn logits_with_an_hf_peft_adapter_match_hf_peft() {
     let dir = fixture("adapters/hf-tiny-llama-random");
     let reference = read_json(&format!("{dir}/logits.json"));
     let case = &reference["cases"][0];
-    let ids: Vec<String> = case["input_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.to_string())
-        .collect();
+    let ids = id_list(&case["input_ids"]);
     let out = run_peft(&[
         "logits",
         "--model",
@@ -98,7 +88,7 @@ fn logits_with_an_hf_peft_adapter_match_hf_peft() {
         "--adapter",
         &dir,
         "--ids",
-        &ids.join(","),
+        &ids,
     ]);
     let json = ok_json(&out);
     // Virtual tokens are not listed among the input ids.
@@ -190,26 +180,16 @@ fn seq2seq_logits_take_decoder_ids_and_match_transformers() {
     let model = fixture("tiny-t5");
     let refs = read_json(&format!("{model}/logits.json"));
     let case = &refs["cases"][0];
-    let ids: Vec<String> = case["input_ids"][0]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.to_string())
-        .collect();
-    let dec: Vec<String> = case["decoder_input_ids"][0]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.to_string())
-        .collect();
+    let ids = id_list(&case["input_ids"][0]);
+    let dec = id_list(&case["decoder_input_ids"][0]);
     let json = ok_json(&run_peft(&[
         "logits",
         "--model",
         &model,
         "--ids",
-        &ids.join(","),
+        &ids,
         "--decoder-ids",
-        &dec.join(","),
+        &dec,
         "--top-k",
         "5",
     ]));

@@ -3,15 +3,14 @@
 //! PEFT's `save_pretrained(path_initial_model_for_weight_conversion = ...)`): it loads without recomputing the
 //! starting factors, stacks with other adapters, and an HF PEFT user needs no residual model for it.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use peft_core::adapter_io::save_adapter;
+use peft_core::adapter_io::{load_adapter_tensors, read_adapter_config, save_adapter};
 use peft_lora::LoraConfig;
 
-use crate::session::{adapter_options, init_ctx, open_adapter, open_model};
+use crate::session::{init_ctx, open_model};
 
 /// Arguments of `peft convert`.
 #[derive(Args)]
@@ -36,8 +35,9 @@ pub fn run(args: ConvertArgs) -> Result<()> {
         );
     }
     let loaded = open_model(&args.model)?;
-    let generic = open_adapter(&loaded, &args.adapter, &adapter_options(false))?.adapter;
-    let mut value = serde_json::to_value(generic.config())?;
+    // Read as LoRA and built once: PiSSA's SVD runs a single time.
+    let method = read_adapter_config(&args.adapter)?;
+    let mut value = serde_json::to_value(&method)?;
     if value["peft_type"] != "LORA" {
         bail!(
             "{} is a {} adapter: only LoRA adapters started from PiSSA or OLoRA convert to plain LoRA",
@@ -51,8 +51,8 @@ pub fn run(args: ConvertArgs) -> Result<()> {
         .remove("peft_type");
     let config: LoraConfig = serde_json::from_value(value)?;
     let lora = config.build_lora(&mut init_ctx(&loaded, 0))?;
-    let tensors: HashMap<String, candle_core::Tensor> = generic.tensors()?.into_iter().collect();
-    peft_core::method::Adapter::load_tensors(&lora, &tensors)?;
+    load_adapter_tensors(&args.adapter, &lora, loaded.model.device())
+        .with_context(|| format!("loading adapter {}", args.adapter.display()))?;
     let plain = lora.to_plain_lora()?;
     save_adapter(&args.out, &plain, loaded.model.spec())
         .with_context(|| format!("writing {}", args.out.display()))?;

@@ -58,6 +58,17 @@ pub fn fails_with(out: &Output, needles: &[&str]) {
     }
 }
 
+/// A JSON array of token ids as `--ids` takes it: `1,2,3`.
+pub fn id_list(ids: &Value) -> String {
+    let ids: Vec<String> = ids
+        .as_array()
+        .expect("an array of ids")
+        .iter()
+        .map(Value::to_string)
+        .collect();
+    ids.join(",")
+}
+
 /// Reads a JSON file.
 pub fn read_json(path: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
