@@ -8,12 +8,11 @@ use peft_core::head::WithClassifier;
 use peft_core::hooks::Hooks;
 use peft_core::method::{Adapter, InitCtx};
 use peft_core::model::{BaseModel, Batch};
-use peft_core::PeftError;
 use peft_train::task::{
     pad_batch, CausalLm, ClassExample, HeadClassification, LmExample, Seq2Seq, Seq2SeqExample,
     Task, Tuned,
 };
-use peft_train::train::optim::{AdamW, AdamWConfig};
+use peft_train::train::optim::{gradients, AdamW, AdamWConfig};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
@@ -273,16 +272,7 @@ impl TrainStep<'_> {
             &Tuned::of(self.adapter.as_ref()),
             case.micro_batch(),
         )?;
-        let grads = out.loss.backward()?;
-        let grads =
-            self.vars
-                .iter()
-                .map(|(name, var)| {
-                    grads.get(var.as_tensor()).cloned().ok_or_else(|| {
-                        PeftError::Unsupported(format!("`{name}` received no gradient"))
-                    })
-                })
-                .collect::<peft_core::Result<Vec<Tensor>>>()?;
+        let grads = gradients(&out.loss, &self.vars)?;
         self.optimizer.step(&grads, LEARNING_RATE)?;
         Ok(out
             .loss

@@ -16,6 +16,7 @@ use peft_train::task::Tuned;
 use peft_train::train::{TrainConfig, Trainer};
 use serde::{Deserialize, Serialize};
 
+use super::report::source_commit;
 use crate::experiment::{
     DataSection, Experiment, ExperimentFile, ModelSection, TaskKind, TaskSection,
 };
@@ -87,6 +88,10 @@ pub struct CellResult {
     pub losses: Vec<f64>,
     /// What building the method decided (the method's notes).
     pub notes: Vec<String>,
+    /// The commit checked out where the cell ran (`git rev-parse --short HEAD`), where known: a report that
+    /// reuses earlier cells names the code each row came from.
+    #[serde(default)]
+    pub commit: Option<String>,
 }
 
 /// The experiment a cell amounts to. `method` is the row's config; a zero-shot row has none, and gets a
@@ -214,6 +219,7 @@ pub fn run_cell(spec: &CellSpec, dir: &Path) -> Result<CellResult> {
             base_latency_ms: base,
             losses: Vec::new(),
             notes: Vec::new(),
+            commit: source_commit(),
         });
     }
     let adapter = build_adapter(&exp, &loaded)?;
@@ -261,6 +267,7 @@ pub fn run_cell(spec: &CellSpec, dir: &Path) -> Result<CellResult> {
         base_latency_ms: base,
         losses: report.losses,
         notes: adapter.notes(),
+        commit: source_commit(),
     })
 }
 

@@ -99,7 +99,7 @@ pub fn write_all(
         "Produced by `{command}` (grid `{}`, copied as `grid.toml`).\n",
         grid.path.display()
     )?;
-    writeln!(md, "{}\n", provenance())?;
+    writeln!(md, "{}\n", provenance(results))?;
     writeln!(
         md,
         "Every cell ran in a process of its own, one after another, with the same data order and evaluation; \
@@ -458,14 +458,18 @@ fn bytes(b: f64) -> String {
     }
 }
 
-/// The versions and machine that produced a report.
-fn provenance() -> String {
-    let commit = std::process::Command::new("git")
+/// The short hash of the commit checked out in the working directory, where git can tell.
+pub fn source_commit() -> Option<String> {
+    std::process::Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
         .output()
         .ok()
         .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+/// The versions and machine that produced a report, and the commits its cells ran at.
+fn provenance(results: &[(CellSpec, CellResult)]) -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -479,15 +483,77 @@ fn provenance() -> String {
     format!(
         "Versions: peft {}{}, candle {}. Machine: {cpu}, {cores} cores, {}.",
         env!("CARGO_PKG_VERSION"),
-        commit.map(|c| format!(" (commit {c})")).unwrap_or_default(),
+        commits_of(
+            &results
+                .iter()
+                .map(|(_, r)| (r.id.as_str(), r.commit.as_deref()))
+                .collect::<Vec<_>>(),
+            source_commit().as_deref()
+        ),
         env!("PEFT_CANDLE_VERSION"),
         std::env::consts::OS
     )
 }
 
+/// `" (commit X)"` when every cell (id, commit) ran at `now`, the commit the report is written at; else which
+/// cells ran at which commit: reused cells may come from an earlier one.
+fn commits_of(cells: &[(&str, Option<&str>)], now: Option<&str>) -> String {
+    let mut by_commit: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for &(id, commit) in cells {
+        by_commit
+            .entry(commit.unwrap_or("unrecorded"))
+            .or_default()
+            .push(id);
+    }
+    let all_now =
+        by_commit.is_empty() || (by_commit.len() == 1 && by_commit.contains_key(now.unwrap_or("")));
+    if all_now {
+        return now.map(|c| format!(" (commit {c})")).unwrap_or_default();
+    }
+    let parts: Vec<String> = by_commit
+        .iter()
+        .map(|(commit, ids)| {
+            if ids.len() == cells.len() {
+                format!("commit {commit}: every cell")
+            } else if ids.len() * 2 > cells.len() {
+                format!("commit {commit}: the other {} cells", ids.len())
+            } else {
+                format!("commit {commit}: {}", ids.join(", "))
+            }
+        })
+        .collect();
+    let written = now
+        .map(|c| format!("; report written at commit {c}"))
+        .unwrap_or_default();
+    format!(" (cells from {}{written})", parts.join("; "))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{bytes, mean_std, thousands};
+    use super::{bytes, commits_of, mean_std, thousands};
+
+    #[test]
+    fn reports_name_the_commit_of_each_cell() {
+        let all = [("a", Some("abc1234")), ("b", Some("abc1234"))];
+        assert_eq!(commits_of(&all, Some("abc1234")), " (commit abc1234)");
+        assert_eq!(commits_of(&[], Some("abc1234")), " (commit abc1234)");
+        let mixed = [
+            ("a", Some("old0001")),
+            ("b", Some("old0001")),
+            ("c", Some("old0001")),
+            ("loha", Some("new0002")),
+        ];
+        assert_eq!(
+            commits_of(&mixed, Some("new0002")),
+            " (cells from commit new0002: loha; commit old0001: the other 3 cells; report written at commit \
+             new0002)"
+        );
+        // Cells from before results recorded their commit.
+        assert_eq!(
+            commits_of(&[("a", None)], Some("new0002")),
+            " (cells from commit unrecorded: every cell; report written at commit new0002)"
+        );
+    }
 
     #[test]
     fn summaries_format_as_tables_need() {

@@ -71,6 +71,26 @@ pub fn takes_weight_decay(name: &str) -> bool {
         || lower.starts_with("ln_"))
 }
 
+/// The gradient of `loss` for each of `vars`, in order, detached; an error names a variable the loss does not
+/// reach.
+///
+/// Detached because candle leaves a variable's gradient tracked when the backward pass built it from tracked
+/// tensors (LoHa's `grad ⊙ (w2_a w2_b)`, for one): AdamW's moments would then keep every step's graph alive,
+/// about 150 MB a step for LoHa on SmolLM2 until a 100-step run peaked at 18.5 GB.
+pub fn gradients(loss: &Tensor, vars: &[(String, Var)]) -> Result<Vec<Tensor>> {
+    let grads = loss.backward()?;
+    vars.iter()
+        .map(|(name, var)| {
+            grads.get(var.as_tensor()).map(Tensor::detach).ok_or_else(|| {
+                PeftError::Unsupported(format!(
+                    "trainable parameter `{name}` received no gradient: the forward pass does not use it \
+                     or an op without backward cut the graph"
+                ))
+            })
+        })
+        .collect()
+}
+
 /// One parameter under optimisation with its moments.
 struct Slot {
     name: String,
@@ -296,5 +316,35 @@ mod tests {
             t2[0].1.to_vec1::<f32>().unwrap(),
             map["exp_avg.w"].to_vec1::<f32>().unwrap()
         );
+    }
+
+    #[test]
+    fn gradients_carry_no_graph_even_where_candle_leaves_one() {
+        // LoHa's shape of update: a Hadamard product of two low-rank products.
+        let dev = Device::Cpu;
+        let var = |seed: f32, rows, cols| {
+            let data: Vec<f32> = (0..rows * cols).map(|i| (i as f32 * seed).sin()).collect();
+            Var::from_tensor(&Tensor::from_vec(data, (rows, cols), &dev).unwrap()).unwrap()
+        };
+        let vars: Vec<(String, Var)> = [(0.3, 4, 2), (0.7, 2, 3), (1.1, 4, 2), (1.3, 2, 3)]
+            .iter()
+            .enumerate()
+            .map(|(i, &(s, r, c))| (format!("w{i}"), var(s, r, c)))
+            .collect();
+        let t = |i: usize| vars[i].1.as_tensor();
+        let w = (t(0).matmul(t(1)).unwrap() * t(2).matmul(t(3)).unwrap()).unwrap();
+        let loss = w.sqr().unwrap().sum_all().unwrap();
+        // The premise: candle's own gradient of a factor is tracked here.
+        let raw = loss.backward().unwrap();
+        assert!(raw.get(t(0)).unwrap().track_op());
+        let grads = gradients(&loss, &vars).unwrap();
+        assert_eq!(grads.len(), 4);
+        for (g, (name, v)) in grads.iter().zip(&vars) {
+            assert!(!g.track_op(), "the gradient of {name} keeps a graph");
+            assert_eq!(g.dims(), v.dims());
+        }
+        // Detaching changes nothing in the values.
+        let a = raw.get(t(0)).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(grads[0].to_vec2::<f32>().unwrap(), a);
     }
 }

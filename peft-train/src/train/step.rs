@@ -18,7 +18,7 @@ use std::time::Instant;
 use candle_core::{DType, Tensor, Var};
 
 use super::finite::{diverged, first_non_finite};
-use super::optim::clip_global_norm;
+use super::optim::{clip_global_norm, gradients};
 use super::order::micro_batch;
 use super::run::Run;
 use super::trainer::Trainer;
@@ -144,21 +144,6 @@ impl Trainer<'_> {
         outcome.comm_seconds += t.elapsed().as_secs_f64();
         Ok(())
     }
-}
-
-/// The gradient of `loss` for each of `vars`, in order; an error names a variable the loss does not reach.
-fn gradients(loss: &Tensor, vars: &[(String, Var)]) -> Result<Vec<Tensor>> {
-    let grads = loss.backward()?;
-    vars.iter()
-        .map(|(name, var)| {
-            grads.get(var.as_tensor()).cloned().ok_or_else(|| {
-                PeftError::Unsupported(format!(
-                    "trainable parameter `{name}` received no gradient: the forward pass does not use it \
-                     or an op without backward cut the graph"
-                ))
-            })
-        })
-        .collect()
 }
 
 /// Zero gradients for each of `vars`: a shard that adds nothing to the step.
