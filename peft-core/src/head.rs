@@ -315,6 +315,26 @@ impl Adapter for WithClassifier {
         self.inner.notes()
     }
 
+    fn training_loss_term(&self) -> Result<Option<Tensor>> {
+        self.inner.training_loss_term()
+    }
+
+    fn after_optimizer_step(&self, step: usize, grads: &[Tensor]) -> Result<()> {
+        // The head's variables come last in `trainable`.
+        let inner = grads
+            .len()
+            .saturating_sub(1 + usize::from(self.bias.is_some()));
+        self.inner.after_optimizer_step(step, &grads[..inner])
+    }
+
+    fn step_state(&self) -> Result<Vec<(String, Tensor)>> {
+        self.inner.step_state()
+    }
+
+    fn load_step_state(&self, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        self.inner.load_step_state(tensors)
+    }
+
     fn merge_into(&self, model: &mut dyn BaseModel) -> Result<()> {
         self.inner.merge_into(model)
     }

@@ -208,6 +208,43 @@ pub trait Adapter: Hooks + Send + Sync {
         Vec::new()
     }
 
+    /// A term the trainer adds to each training micro-batch's loss before weighing it, built from the trainable
+    /// variables so that its gradient reaches them (AdaLoRA's orthogonality regulariser, as HF PEFT adds it to
+    /// `outputs.loss` in training); evaluation never adds it. `None` by default.
+    fn training_loss_term(&self) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+
+    /// Called by the trainer after each optimiser step, the variables already updated: `step` counts the steps
+    /// taken (1-based), `grads` are the gradients the step applied, in [`Adapter::trainable`]'s order (summed
+    /// over micro-batches and ranks, then clipped). Every data-parallel rank makes the same call with the same
+    /// gradients. For methods that change themselves while training (AdaLoRA's rank allocator, which HF PEFT
+    /// has the user call as `update_and_allocate` between `optimizer.step()` and `zero_grad()`); nothing by
+    /// default.
+    fn after_optimizer_step(&self, step: usize, grads: &[Tensor]) -> Result<()> {
+        let _ = (step, grads);
+        Ok(())
+    }
+
+    /// What the method keeps across optimiser steps outside its trainable variables (AdaLoRA's sensitivity
+    /// averages), by name: checkpoints save it, so that a resumed run ends where an uninterrupted one does.
+    /// Empty by default.
+    fn step_state(&self) -> Result<Vec<(String, Tensor)>> {
+        Ok(Vec::new())
+    }
+
+    /// Restores what [`Adapter::step_state`] gave. The default, for methods that keep none, refuses any.
+    fn load_step_state(&self, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        match tensors.keys().next() {
+            None => Ok(()),
+            Some(key) => Err(PeftError::Unsupported(format!(
+                "{} adapters keep no state between steps, but the checkpoint holds `{key}`: it was written by \
+                 another method",
+                self.config().typetag_name()
+            ))),
+        }
+    }
+
     /// Folds the adapter into the frozen weights of `model` (LoRA's `merge`), after which its hooks add nothing.
     /// Methods that cannot be merged say so; merging twice is an error.
     fn merge_into(&self, model: &mut dyn BaseModel) -> Result<()> {

@@ -193,13 +193,68 @@ impl Adapter for Stack {
 
     fn load_tensors(&self, tensors: &HashMap<String, Tensor>) -> Result<()> {
         for (i, m) in self.members.iter().enumerate() {
-            let prefix = member_key(i, "");
-            let own: HashMap<String, Tensor> = tensors
-                .iter()
-                .filter_map(|(k, t)| k.strip_prefix(&prefix).map(|k| (k.to_string(), t.clone())))
-                .collect();
-            m.load_tensors(&own)?;
+            m.load_tensors(&member_share(i, tensors))?;
         }
         Ok(())
     }
+
+    fn training_loss_term(&self) -> Result<Option<Tensor>> {
+        let mut total: Option<Tensor> = None;
+        for m in &self.members {
+            if let Some(term) = m.training_loss_term()? {
+                total = Some(match total {
+                    None => term,
+                    Some(t) => (t + term)?,
+                });
+            }
+        }
+        Ok(total)
+    }
+
+    fn after_optimizer_step(&self, step: usize, grads: &[Tensor]) -> Result<()> {
+        // `trainable` lists the members' variables one member after another.
+        let mut rest = grads;
+        for m in &self.members {
+            let n = m.trainable().len();
+            if rest.len() < n {
+                return Err(PeftError::Unsupported(format!(
+                    "the stack's members train {} variables or more, but the step gave {} gradients",
+                    grads.len() - rest.len() + n,
+                    grads.len()
+                )));
+            }
+            let (own, later) = rest.split_at(n);
+            m.after_optimizer_step(step, own)?;
+            rest = later;
+        }
+        Ok(())
+    }
+
+    fn step_state(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut all = Vec::new();
+        for (i, m) in self.members.iter().enumerate() {
+            all.extend(
+                m.step_state()?
+                    .into_iter()
+                    .map(|(k, t)| (member_key(i, &k), t)),
+            );
+        }
+        Ok(all)
+    }
+
+    fn load_step_state(&self, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        for (i, m) in self.members.iter().enumerate() {
+            m.load_step_state(&member_share(i, tensors))?;
+        }
+        Ok(())
+    }
+}
+
+/// The tensors of member `i`, under the member's own keys.
+fn member_share(i: usize, tensors: &HashMap<String, Tensor>) -> HashMap<String, Tensor> {
+    let prefix = member_key(i, "");
+    tensors
+        .iter()
+        .filter_map(|(k, t)| k.strip_prefix(&prefix).map(|k| (k.to_string(), t.clone())))
+        .collect()
 }

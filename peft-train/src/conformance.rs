@@ -249,6 +249,19 @@ pub fn check_resume(
         for ((_, a), (_, b)) in straight.trainable().iter().zip(&resumed.trainable()) {
             worst = worst.max(f64::from(max_abs_diff(a.as_tensor(), b.as_tensor())?));
         }
+        // The method's own state between steps, where it keeps one, resumes too.
+        let (kept, restored) = (straight.step_state()?, resumed.step_state()?);
+        let names = |s: &[(String, Tensor)]| s.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+        if names(&kept) != names(&restored) {
+            return Err(PeftError::Unsupported(format!(
+                "conformance: the resumed adapter keeps state {:?} between steps, the uninterrupted one {:?}",
+                names(&restored),
+                names(&kept)
+            )));
+        }
+        for ((_, a), (_, b)) in kept.iter().zip(&restored) {
+            worst = worst.max(f64::from(max_abs_diff(a, b)?));
+        }
         Ok(worst)
     })();
     let _ = std::fs::remove_dir_all(&straight_dir);
@@ -286,10 +299,13 @@ pub fn check_data_parallel(
         let single_losses = Trainer::new(model, single.as_ref(), task, config(single_dir.clone()))
             .run()?
             .losses;
+        // Trainable tensors, then the method's state between steps (equal gradients on every rank make it
+        // equal).
         let expected: Vec<(String, Tensor)> = single
             .trainable()
             .into_iter()
             .map(|(k, v)| (k, v.as_tensor().clone()))
+            .chain(single.step_state()?)
             .collect();
         let per_rank = crate::dist::threads::ThreadGroup::run(ranks, |comm| {
             let adapter = build()?;
@@ -309,8 +325,22 @@ pub fn check_data_parallel(
             for (a, b) in single_losses.iter().zip(&losses) {
                 worst = worst.max((a - b).abs());
             }
-            for ((name, a), (_, b)) in expected.iter().zip(&adapter.trainable()) {
-                let d = f64::from(max_abs_diff(a, b.as_tensor())?);
+            let got: Vec<Tensor> = adapter
+                .trainable()
+                .into_iter()
+                .map(|(_, v)| v.as_tensor().clone())
+                .chain(adapter.step_state()?.into_iter().map(|(_, t)| t))
+                .collect();
+            if got.len() != expected.len() {
+                return Err(PeftError::Unsupported(format!(
+                    "conformance: rank {} has {} trained and step-state tensors, one process {}",
+                    comm.rank(),
+                    got.len(),
+                    expected.len()
+                )));
+            }
+            for ((name, a), b) in expected.iter().zip(&got) {
+                let d = f64::from(max_abs_diff(a, b)?);
                 if d.is_nan() {
                     return Err(PeftError::Unsupported(format!(
                         "conformance: `{name}` is NaN on rank {}",

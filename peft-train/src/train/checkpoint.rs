@@ -73,6 +73,8 @@ impl TrainerState {
 }
 
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// The method's state between steps ([`Adapter::step_state`]), where it keeps any.
+const METHOD_STATE_FILE: &str = "method_state.safetensors";
 const TRAINABLE_FILE: &str = "trainable.safetensors";
 /// The trainer state's file, written last: a checkpoint folder holding it is complete.
 pub const STATE_FILE: &str = "trainer_state.json";
@@ -104,6 +106,10 @@ pub fn save_checkpoint(
         save_safetensors(&staging.join(TRAINABLE_FILE), &trainable, None)?;
         let (tensors, _) = optimizer.state();
         save_safetensors(&staging.join(OPTIMIZER_FILE), &tensors, None)?;
+        let method_state = adapter.step_state()?;
+        if !method_state.is_empty() {
+            save_safetensors(&staging.join(METHOD_STATE_FILE), &method_state, None)?;
+        }
         let json =
             serde_json::to_string_pretty(state).map_err(|e| PeftError::Config(e.to_string()))?;
         write_atomic(&staging.join(STATE_FILE), json.as_bytes())
@@ -138,7 +144,34 @@ pub fn load_checkpoint(
             PeftError::bad_file(&opt_path, format!("unreadable optimiser state: {e}"))
         })?;
     optimizer.load_state(&tensors, state.step)?;
+    restore_method_state(dir, adapter, &device)?;
     Ok(state)
+}
+
+/// Restores the method's state between steps from `dir`; a checkpoint without it suits only a method that
+/// keeps none.
+fn restore_method_state(
+    dir: &Path,
+    adapter: &dyn Adapter,
+    device: &candle_core::Device,
+) -> Result<()> {
+    let path = dir.join(METHOD_STATE_FILE);
+    if !path.exists() {
+        return match adapter.step_state()?.first() {
+            None => Ok(()),
+            Some((key, _)) => Err(PeftError::bad_file(
+                &path,
+                format!(
+                    "missing: the {} adapter keeps `{key}` between steps, and this checkpoint has none (written \
+                     by another method, or by an older version: start the run afresh)",
+                    adapter.config().typetag_name()
+                ),
+            )),
+        };
+    }
+    let saved: HashMap<String, candle_core::Tensor> = candle_core::safetensors::load(&path, device)
+        .map_err(|e| PeftError::bad_file(&path, format!("unreadable method state: {e}")))?;
+    adapter.load_step_state(&saved)
 }
 
 /// Sets every trainable variable of `adapter` from `dir/trainable.safetensors`, by name.

@@ -25,6 +25,7 @@ use super::trainer::Trainer;
 use crate::dist::pack::all_reduce_tensors;
 use crate::dist::shard;
 use peft_core::error::{PeftError, Result};
+use peft_core::method::Adapter;
 
 /// What one optimiser step did and measured.
 #[derive(Debug, Default)]
@@ -75,6 +76,7 @@ impl Trainer<'_> {
             let what = format!("trainable parameter `{name}` after the update");
             return Err(diverged(step + 1, &what, c));
         }
+        self.adapter.after_optimizer_step(step + 1, &grads)?;
         Ok(outcome)
     }
 
@@ -129,7 +131,8 @@ impl Trainer<'_> {
             return zeros_like(&run.vars);
         }
         let share = out.terms as f64 / counts[0];
-        let scaled = ((out.loss * share)? / c.gradient_accumulation_steps as f64)?;
+        let loss = with_method_term(out.loss, self.adapter)?;
+        let scaled = ((loss * share)? / c.gradient_accumulation_steps as f64)?;
         outcome.loss += scaled.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         gradients(&scaled, &run.vars)
     }
@@ -144,6 +147,24 @@ impl Trainer<'_> {
         outcome.comm_seconds += t.elapsed().as_secs_f64();
         Ok(())
     }
+}
+
+/// The task's `loss` plus the method's own training term ([`Adapter::training_loss_term`]), if it has one;
+/// weighed with the loss, so that over ranks and micro-batches the step adds it once, as HF PEFT adds it to
+/// each forward's loss.
+fn with_method_term(loss: Tensor, adapter: &dyn Adapter) -> Result<Tensor> {
+    let Some(term) = adapter.training_loss_term()? else {
+        return Ok(loss);
+    };
+    if term.rank() != 0 {
+        return Err(PeftError::Unsupported(format!(
+            "the {} adapter's training loss term has shape {:?}; it must be a scalar",
+            adapter.config().typetag_name(),
+            term.dims()
+        )));
+    }
+    let term = term.to_dtype(loss.dtype())?;
+    Ok((loss + term)?)
 }
 
 /// Zero gradients for each of `vars`: a shard that adds nothing to the step.
