@@ -12,7 +12,7 @@ use peft_train::task::{
     pad_batch, CausalLm, ClassExample, HeadClassification, LmExample, Seq2Seq, Seq2SeqExample,
     Task, Tuned,
 };
-use peft_train::train::optim::{gradients, AdamW, AdamWConfig};
+use peft_train::train::optim::{gradients, with_method_term, AdamW, AdamWConfig};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
@@ -263,8 +263,9 @@ impl TrainStep<'_> {
         self.adapter.as_ref()
     }
 
-    /// `Task::loss` on the case's micro-batch, `backward`, and an AdamW step over the trainable variables;
-    /// returns the loss before the step.
+    /// `Task::loss` on the case's micro-batch (plus the method's own loss term), `backward`, an AdamW step over
+    /// the trainable variables and the method's `after_optimizer_step`, as the trainer calls them; returns the
+    /// loss before the step.
     pub fn run(&mut self) -> peft_core::Result<f64> {
         let case = self.case;
         let out = case.task().loss(
@@ -272,12 +273,12 @@ impl TrainStep<'_> {
             &Tuned::of(self.adapter.as_ref()),
             case.micro_batch(),
         )?;
-        let grads = gradients(&out.loss, &self.vars)?;
+        let loss = with_method_term(out.loss, self.adapter.as_ref())?;
+        let grads = gradients(&loss, &self.vars)?;
         self.optimizer.step(&grads, LEARNING_RATE)?;
-        Ok(out
-            .loss
-            .to_dtype(candle_core::DType::F64)?
-            .to_scalar::<f64>()?)
+        self.adapter
+            .after_optimizer_step(self.optimizer.steps(), &grads)?;
+        Ok(loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?)
     }
 }
 

@@ -35,11 +35,16 @@ pub enum Method {
     Loha,
     /// LoKr (`LOKR`) on LoRA's default targets, r 8.
     Lokr,
+    /// AdaLoRA (`ADALORA`) on its default targets, init_r 12 -> target_r 8 over 1000 steps: the rank
+    /// allocator runs after every step (`deltaT` 1), so its cost is in the step.
+    AdaLora,
+    /// LayerNorm tuning (`LN_TUNING`) on HF's default norms (every norm where HF has no default).
+    LnTuning,
 }
 
 impl Method {
     /// Every method, in the order the benches run them.
-    pub const ALL: [Method; 12] = [
+    pub const ALL: [Method; 14] = [
         Method::Frozen,
         Method::PromptTuning,
         Method::PTuning,
@@ -52,6 +57,8 @@ impl Method {
         Method::Vera,
         Method::Loha,
         Method::Lokr,
+        Method::AdaLora,
+        Method::LnTuning,
     ];
 
     /// The name in bench ids (`lora`, `p-tuning-v2`, ...).
@@ -69,6 +76,8 @@ impl Method {
             Method::Vera => "vera",
             Method::Loha => "loha",
             Method::Lokr => "lokr",
+            Method::AdaLora => "adalora",
+            Method::LnTuning => "ln-tuning",
         }
     }
 
@@ -93,6 +102,10 @@ impl Method {
             Method::Vera => json!({"peft_type": "VERA", "r": 256}),
             Method::Loha => json!({"peft_type": "LOHA", "r": 8, "alpha": 16}),
             Method::Lokr => json!({"peft_type": "LOKR", "r": 8, "alpha": 16}),
+            Method::AdaLora => {
+                json!({"peft_type": "ADALORA", "init_r": 12, "target_r": 8, "total_step": 1000})
+            }
+            Method::LnTuning => json!({"peft_type": "LN_TUNING"}),
         })
     }
 
@@ -117,4 +130,6 @@ fn link_methods() {
     peft_bitfit::register();
     peft_vera::register();
     peft_lycoris::register();
+    peft_ln_tuning::register();
+    peft_adalora::register();
 }

@@ -165,6 +165,8 @@ pub fn link_methods() {
     peft_bitfit::register();
     peft_vera::register();
     peft_lycoris::register();
+    peft_ln_tuning::register();
+    peft_adalora::register();
     peft_baselines::register();
 }
 

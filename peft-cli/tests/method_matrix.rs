@@ -92,6 +92,15 @@ fn methods() -> Vec<(&'static str, serde_json::Value, f64)> {
             json!({"peft_type": "LOHA", "r": 4, "alpha": 8}),
             1e-2,
         ),
+        ("LN tuning", json!({"peft_type": "LN_TUNING"}), 1e-2),
+        (
+            // The budget shrinks from step 2 on, a quarter of the way by step 20: some triplets are masked,
+            // and no module loses all of them (a fully masked E would end where it started, at zero).
+            "AdaLoRA (rank allocator running)",
+            json!({"peft_type": "ADALORA", "init_r": 4, "target_r": 2, "total_step": 200,
+                   "tinit": 2, "deltaT": 2}),
+            1e-2,
+        ),
         (
             "LoKr (decompose_both, all-linear)",
             json!({"peft_type": "LOKR", "r": 1, "alpha": 2, "decompose_both": true,

@@ -112,12 +112,13 @@ pub fn write_adapter_files_with(
     spec: &ModelSpec,
     options: &AdapterIoOptions,
 ) -> Result<()> {
-    let mut common = adapter.config().common().clone();
+    let saved = adapter.saved_config();
+    let mut common = saved.common().clone();
     if common.base_model_name_or_path.is_none() && !spec.name_or_path.is_empty() {
         common.base_model_name_or_path = Some(spec.name_or_path.clone());
     }
     common.inference_mode = true;
-    let config = adapter.config().with_common(common);
+    let config = saved.with_common(common);
     let json = serde_json::to_string_pretty(&config)
         .map_err(|e| PeftError::Config(format!("serialising the adapter config: {e}")))?;
 

@@ -231,11 +231,22 @@ impl Hooks for WithClassifier {
     fn bias(&self, site: SiteId) -> Option<Tensor> {
         self.inner.bias(site)
     }
+
+    fn norm_weight(&self, site: SiteId) -> Option<Tensor> {
+        self.inner.norm_weight(site)
+    }
 }
 
 impl Adapter for WithClassifier {
     fn config(&self) -> &dyn PeftMethod {
         self.config.as_ref()
+    }
+
+    fn saved_config(&self) -> Box<dyn PeftMethod> {
+        // The method's own saved form (AdaLoRA's final rank pattern) with this wrapper's task type.
+        self.inner
+            .saved_config()
+            .with_common(self.config.common().clone())
     }
 
     fn classifier(&self) -> Option<ClassifierHead> {

@@ -1,6 +1,6 @@
 //! Injection sites a frozen model calls during its forward pass. Every default is a no-op, so a method
 //! implements only the sites it uses: prompt tuning the embeddings, prefix tuning the attention prefix,
-//! LoRA / IA3 the linear projections, BitFit the biases.
+//! LoRA / IA3 the linear projections, BitFit the biases, LayerNorm tuning the norms' weights (and biases).
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
@@ -97,6 +97,14 @@ pub trait Hooks: Send + Sync {
 
     /// A trainable bias that replaces the frozen bias at `site` (a linear or a norm site).
     fn bias(&self, site: SiteId) -> Option<Tensor> {
+        let _ = site;
+        None
+    }
+
+    /// A trainable scale that replaces the frozen weight of the norm at `site` (`[dim]`, LayerNorm's or RMS
+    /// norm's elementwise weight; LayerNorm tuning). Linear sites never ask: their weights change through
+    /// [`Hooks::linear`].
+    fn norm_weight(&self, site: SiteId) -> Option<Tensor> {
         let _ = site;
         None
     }

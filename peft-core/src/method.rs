@@ -181,6 +181,13 @@ pub trait Adapter: Hooks + Send + Sync {
     /// The configuration as it will be saved in `adapter_config.json` (model-derived fields filled in).
     fn config(&self) -> &dyn PeftMethod;
 
+    /// The configuration to write into a saved adapter's `adapter_config.json`: [`Adapter::config`] unless the
+    /// method changes it while training (AdaLoRA's final `rank_pattern`, which [`Adapter::tensors`] then
+    /// follows).
+    fn saved_config(&self) -> Box<dyn PeftMethod> {
+        self.config().clone_method()
+    }
+
     /// Trainable variables, named after their HF PEFT keys.
     fn trainable(&self) -> Vec<(String, Var)>;
 

@@ -152,11 +152,22 @@ impl Hooks for Stack {
     fn bias(&self, site: SiteId) -> Option<Tensor> {
         self.members.iter().find_map(|m| m.bias(site))
     }
+
+    fn norm_weight(&self, site: SiteId) -> Option<Tensor> {
+        self.members.iter().find_map(|m| m.norm_weight(site))
+    }
 }
 
 impl Adapter for Stack {
     fn config(&self) -> &dyn PeftMethod {
         &self.config
+    }
+
+    fn saved_config(&self) -> Box<dyn PeftMethod> {
+        Box::new(StackConfig {
+            adapters: self.members.iter().map(|m| m.saved_config()).collect(),
+            common: self.config.common.clone(),
+        })
     }
 
     fn classifier(&self) -> Option<ClassifierHead> {

@@ -125,7 +125,8 @@ macro_rules! projection_fields {
 }
 pub(crate) use projection_fields;
 
-/// A LayerNorm (with or without a bias in the checkpoint) whose bias a hook may replace or add (BitFit).
+/// A LayerNorm (with or without a bias in the checkpoint) whose bias a hook may replace or add (BitFit) and
+/// whose weight a hook may replace (LayerNorm tuning).
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
     /// The injection site.
@@ -142,16 +143,18 @@ impl LayerNorm {
     /// The normalised `x`.
     pub fn forward(&self, x: &Tensor, hooks: &dyn Hooks) -> Result<Tensor> {
         let bias = hooks.bias(self.site).or_else(|| self.bias.clone());
+        let weight = hooks.norm_weight(self.site);
         Ok(peft_kernels::layer_norm(
             x,
-            &self.weight,
+            weight.as_ref().unwrap_or(&self.weight),
             bias.as_ref(),
             self.eps,
         )?)
     }
 }
 
-/// An RMS norm (LLaMA's, T5's); it has no bias in the checkpoint, but a hook may add one (BitFit).
+/// An RMS norm (LLaMA's, T5's); it has no bias in the checkpoint, but a hook may add one (BitFit), and a hook
+/// may replace its weight (LayerNorm tuning).
 #[derive(Debug, Clone)]
 pub struct RmsNorm {
     /// The injection site.
@@ -165,7 +168,8 @@ pub struct RmsNorm {
 impl RmsNorm {
     /// The normalised `x`.
     pub fn forward(&self, x: &Tensor, hooks: &dyn Hooks) -> Result<Tensor> {
-        let y = peft_kernels::rms_norm(x, &self.weight, self.eps)?;
+        let weight = hooks.norm_weight(self.site);
+        let y = peft_kernels::rms_norm(x, weight.as_ref().unwrap_or(&self.weight), self.eps)?;
         Ok(match hooks.bias(self.site) {
             Some(b) => y.broadcast_add(&b)?,
             None => y,
@@ -321,5 +325,101 @@ impl<'a> Loader<'a> {
         } = self;
         spec.num_parameters = parameters.iter().map(|(_, t)| t.elem_count()).sum();
         Ok((spec, parameters))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor, Var};
+    use peft_core::hooks::{Hooks, NoHooks};
+    use peft_core::spec::SiteId;
+
+    use super::{LayerNorm, RmsNorm};
+
+    /// Replaces the weight of the norm at one site by a variable, as LayerNorm tuning does.
+    struct NormWeight(SiteId, Var);
+
+    impl Hooks for NormWeight {
+        fn norm_weight(&self, site: SiteId) -> Option<Tensor> {
+            (site == self.0).then(|| self.1.as_tensor().clone())
+        }
+    }
+
+    fn input() -> Tensor {
+        let values: Vec<f32> = (0..12).map(|i| ((i * 7) % 5) as f32 - 1.5).collect();
+        Tensor::from_vec(values, (3, 4), &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        peft_core::compare::max_abs_diff(a, b).unwrap()
+    }
+
+    #[test]
+    fn a_replacement_norm_weight_scales_the_normalised_rows_and_gets_the_gradient() {
+        let dev = Device::Cpu;
+        let (site, other) = (SiteId(3), SiteId(4));
+        let frozen_w = Tensor::new(&[1f32, 0.5, 2.0, 1.0], &dev).unwrap();
+        let bias = Tensor::new(&[0.1f32, -0.2, 0.3, 0.0], &dev).unwrap();
+        let ln = LayerNorm {
+            site,
+            weight: frozen_w.clone(),
+            bias: Some(bias.clone()),
+            eps: 1e-5,
+        };
+        let rms = RmsNorm {
+            site,
+            weight: frozen_w.clone(),
+            eps: 1e-6,
+        };
+        let new_w = Tensor::new(&[3f32, -1.0, 0.25, 2.0], &dev).unwrap();
+        let ratio = new_w.div(&frozen_w).unwrap();
+        let hooks = NormWeight(site, Var::from_tensor(&new_w).unwrap());
+        let x = input();
+
+        // LayerNorm: (normalised x) * w + b, so the part above the bias scales by w' / w.
+        let frozen = ln.forward(&x, &NoHooks).unwrap();
+        let replaced = ln.forward(&x, &hooks).unwrap();
+        let expected = frozen
+            .broadcast_sub(&bias)
+            .unwrap()
+            .broadcast_mul(&ratio)
+            .unwrap()
+            .broadcast_add(&bias)
+            .unwrap();
+        assert!(max_diff(&replaced, &expected) < 1e-5);
+        assert!(max_diff(&replaced, &frozen) > 0.1);
+        // RMS norm: (normalised x) * w.
+        let frozen = rms.forward(&x, &NoHooks).unwrap();
+        let replaced = rms.forward(&x, &hooks).unwrap();
+        assert!(max_diff(&replaced, &frozen.broadcast_mul(&ratio).unwrap()) < 1e-5);
+        assert!(max_diff(&replaced, &frozen) > 0.1);
+
+        // A hook for another site leaves this norm as it is.
+        let elsewhere = NormWeight(other, Var::from_tensor(&new_w).unwrap());
+        assert_eq!(
+            max_diff(
+                &ln.forward(&x, &elsewhere).unwrap(),
+                &ln.forward(&x, &NoHooks).unwrap()
+            ),
+            0.0
+        );
+
+        // The replacement gets the gradient: d sum(rms(x) * w') / d w' = sum over rows of the normalised x.
+        let grads = rms
+            .forward(&x, &hooks)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let grad = grads
+            .get(hooks.1.as_tensor())
+            .expect("the weight's gradient");
+        let normalised = rms
+            .forward(&x, &NoHooks)
+            .unwrap()
+            .broadcast_div(&frozen_w)
+            .unwrap();
+        assert!(max_diff(grad, &normalised.sum(0).unwrap()) < 1e-5);
     }
 }

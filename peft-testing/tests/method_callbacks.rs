@@ -122,6 +122,13 @@ impl Adapter for Steered {
         *self.steps_seen.lock().unwrap() += 1.0;
         Ok(())
     }
+    fn saved_config(&self) -> Box<dyn PeftMethod> {
+        // What training decided goes into the saved config (as AdaLoRA's final rank pattern does).
+        Box::new(SteeredConfig {
+            pull: Some((f64::from(self.steps_seen()), 0.0)),
+            ..self.config.clone()
+        })
+    }
     fn step_state(&self) -> peft_core::Result<Vec<(String, Tensor)>> {
         let seen = Tensor::new(&[self.steps_seen()], self.scale.device())?;
         Ok(vec![("steps_seen".into(), seen)])
@@ -329,4 +336,50 @@ fn a_method_without_state_refuses_a_checkpoint_that_has_some() {
         headed.step_state().unwrap()[0].1.to_vec1::<f32>().unwrap(),
         [5.0]
     );
+}
+
+#[test]
+fn wrappers_save_what_their_methods_decided_while_training() {
+    let model = peft_models::tiny::llama(3);
+    let headed = peft_core::head::WithClassifier::new(
+        Box::new(Steered::new(&model, None)),
+        2,
+        &mut init(&model, 0),
+    )
+    .unwrap();
+    let saved = HashMap::from([(
+        "steps_seen".to_string(),
+        Tensor::new(&[7f32], &candle_core::Device::Cpu).unwrap(),
+    )]);
+    headed.load_step_state(&saved).unwrap();
+    let json = serde_json::to_value(headed.saved_config()).unwrap();
+    assert_eq!(json["pull"][0], 7.0, "{json}");
+    assert_eq!(json["task_type"], "SEQ_CLS", "{json}");
+
+    let member = || -> Box<dyn PeftMethod> { Box::new(SteeredConfig::default()) };
+    let stack = StackConfig {
+        adapters: vec![member(), member()],
+        common: CommonConfig::default(),
+    }
+    .build(&mut init(&model, 0))
+    .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    Trainer::new(
+        &model,
+        stack.as_ref(),
+        &rule_lm_task(),
+        config(out.path(), 3),
+    )
+    .run()
+    .unwrap();
+    let json = serde_json::to_value(stack.saved_config()).unwrap();
+    for member in json["adapters"].as_array().unwrap() {
+        assert_eq!(member["pull"][0], 3.0, "{json}");
+    }
+    // The adapter folder the run wrote holds that config.
+    let written: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("adapter/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(written["adapters"][1]["pull"][0], 3.0, "{written}");
 }

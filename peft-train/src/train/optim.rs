@@ -21,6 +21,7 @@ use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use peft_core::error::{PeftError, Result};
+use peft_core::method::Adapter;
 
 /// AdamW hyperparameters (PyTorch defaults, weight decay 0 as transformers' Trainer).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -89,6 +90,24 @@ pub fn gradients(loss: &Tensor, vars: &[(String, Var)]) -> Result<Vec<Tensor>> {
             })
         })
         .collect()
+}
+
+/// The task's `loss` plus the method's own training term ([`Adapter::training_loss_term`]), if it has one;
+/// weighed with the loss, so that over ranks and micro-batches the step adds it once, as HF PEFT adds it to
+/// each forward's loss.
+pub fn with_method_term(loss: Tensor, adapter: &dyn Adapter) -> Result<Tensor> {
+    let Some(term) = adapter.training_loss_term()? else {
+        return Ok(loss);
+    };
+    if term.rank() != 0 {
+        return Err(PeftError::Unsupported(format!(
+            "the {} adapter's training loss term has shape {:?}; it must be a scalar",
+            adapter.config().typetag_name(),
+            term.dims()
+        )));
+    }
+    let term = term.to_dtype(loss.dtype())?;
+    Ok((loss + term)?)
 }
 
 /// One parameter under optimisation with its moments.

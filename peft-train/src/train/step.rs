@@ -18,14 +18,13 @@ use std::time::Instant;
 use candle_core::{DType, Tensor, Var};
 
 use super::finite::{diverged, first_non_finite};
-use super::optim::{clip_global_norm, gradients};
+use super::optim::{clip_global_norm, gradients, with_method_term};
 use super::order::micro_batch;
 use super::run::Run;
 use super::trainer::Trainer;
 use crate::dist::pack::all_reduce_tensors;
 use crate::dist::shard;
 use peft_core::error::{PeftError, Result};
-use peft_core::method::Adapter;
 
 /// What one optimiser step did and measured.
 #[derive(Debug, Default)]
@@ -147,24 +146,6 @@ impl Trainer<'_> {
         outcome.comm_seconds += t.elapsed().as_secs_f64();
         Ok(())
     }
-}
-
-/// The task's `loss` plus the method's own training term ([`Adapter::training_loss_term`]), if it has one;
-/// weighed with the loss, so that over ranks and micro-batches the step adds it once, as HF PEFT adds it to
-/// each forward's loss.
-fn with_method_term(loss: Tensor, adapter: &dyn Adapter) -> Result<Tensor> {
-    let Some(term) = adapter.training_loss_term()? else {
-        return Ok(loss);
-    };
-    if term.rank() != 0 {
-        return Err(PeftError::Unsupported(format!(
-            "the {} adapter's training loss term has shape {:?}; it must be a scalar",
-            adapter.config().typetag_name(),
-            term.dims()
-        )));
-    }
-    let term = term.to_dtype(loss.dtype())?;
-    Ok((loss + term)?)
 }
 
 /// Zero gradients for each of `vars`: a shard that adds nothing to the step.
