@@ -20,7 +20,6 @@
 //! ```
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use candle_core::{DType, Tensor, Var};
@@ -28,6 +27,7 @@ use peft_core::hooks::{Hooks, LinearFn};
 use peft_core::method::{Adapter, PeftMethod};
 use peft_core::model::BaseModel;
 use peft_core::spec::SiteId;
+use peft_core::tuner::MergeFlag;
 use peft_core::tuner::{
     check_file_tensors, Dropout, ExpectedTensors, LinearTarget, TrainableBias, MODULE_KEY_PREFIX,
 };
@@ -150,7 +150,7 @@ pub struct AdaLora {
     /// Site index to index in `biases`.
     bias_at: Vec<Option<usize>>,
     dropout: Dropout,
-    merged: AtomicBool,
+    merged: MergeFlag,
     /// The budget schedule; `None` for a saved adapter (`inference_mode`), which allocates nothing.
     schedule: Option<Schedule>,
     state: Mutex<AllocatorState>,
@@ -193,7 +193,7 @@ impl AdaLora {
             biases,
             bias_at,
             dropout,
-            merged: AtomicBool::new(false),
+            merged: MergeFlag::default(),
             schedule,
             state: Mutex::new(AllocatorState {
                 averages: None,
@@ -232,7 +232,7 @@ impl AdaLora {
 
     /// Whether the update is currently folded into a model's weights.
     pub fn is_merged(&self) -> bool {
-        self.merged.load(Ordering::SeqCst)
+        self.merged.is_merged()
     }
 
     /// Every trained (key, variable): per module `lora_A`, `lora_B`, `lora_E`, then the biases.
@@ -590,26 +590,10 @@ impl Adapter for AdaLora {
     }
 
     fn merge_into(&self, model: &mut dyn BaseModel) -> Result<()> {
-        if self.is_merged() {
-            return Err(PeftError::Unsupported(
-                "this AdaLoRA adapter is already merged into the model's weights: merging twice would add the \
-                 update twice (unmerge_from first)"
-                    .into(),
-            ));
-        }
-        self.fold(model, 1.0)?;
-        self.merged.store(true, Ordering::SeqCst);
-        Ok(())
+        self.merged.merge("AdaLoRA", || self.fold(model, 1.0))
     }
 
     fn unmerge_from(&self, model: &mut dyn BaseModel) -> Result<()> {
-        if !self.is_merged() {
-            return Err(PeftError::Unsupported(
-                "this AdaLoRA adapter is not merged, so there is nothing to unmerge (merge_into first)".into(),
-            ));
-        }
-        self.fold(model, -1.0)?;
-        self.merged.store(false, Ordering::SeqCst);
-        Ok(())
+        self.merged.unmerge("AdaLoRA", || self.fold(model, -1.0))
     }
 }

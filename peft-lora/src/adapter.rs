@@ -20,13 +20,13 @@
 //! ```
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Tensor, Var};
 use peft_core::hooks::{Hooks, LinearFn};
 use peft_core::method::{Adapter, PeftMethod};
 use peft_core::model::BaseModel;
 use peft_core::spec::SiteId;
+use peft_core::tuner::MergeFlag;
 use peft_core::tuner::{check_file_tensors, BiasScope, ExpectedTensors, TrainableBias};
 use peft_core::{PeftError, Result};
 
@@ -213,7 +213,7 @@ pub struct Lora {
     /// Site index to index in `biases`.
     bias_at: Vec<Option<usize>>,
     dropout: Dropout,
-    merged: AtomicBool,
+    merged: MergeFlag,
 }
 
 impl Lora {
@@ -241,7 +241,7 @@ impl Lora {
             biases,
             bias_at,
             dropout,
-            merged: AtomicBool::new(false),
+            merged: MergeFlag::default(),
         }
     }
 
@@ -272,7 +272,7 @@ impl Lora {
 
     /// Whether the update is currently folded into a model's weights.
     pub fn is_merged(&self) -> bool {
-        self.merged.load(Ordering::SeqCst)
+        self.merged.is_merged()
     }
 
     /// Every (key, variable) this adapter saves.
@@ -395,26 +395,10 @@ impl Adapter for Lora {
     }
 
     fn merge_into(&self, model: &mut dyn BaseModel) -> Result<()> {
-        if self.is_merged() {
-            return Err(PeftError::Unsupported(
-                "this LoRA adapter is already merged into the model's weights: merging twice would add the \
-                 update twice (unmerge_from first)"
-                    .into(),
-            ));
-        }
-        self.fold(model, true)?;
-        self.merged.store(true, Ordering::SeqCst);
-        Ok(())
+        self.merged.merge("LoRA", || self.fold(model, true))
     }
 
     fn unmerge_from(&self, model: &mut dyn BaseModel) -> Result<()> {
-        if !self.is_merged() {
-            return Err(PeftError::Unsupported(
-                "this LoRA adapter is not merged, so there is nothing to unmerge (merge_into first)".into(),
-            ));
-        }
-        self.fold(model, false)?;
-        self.merged.store(false, Ordering::SeqCst);
-        Ok(())
+        self.merged.unmerge("LoRA", || self.fold(model, false))
     }
 }

@@ -21,13 +21,13 @@
 //! ```
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Tensor, Var};
 use peft_core::hooks::{Hooks, LinearFn};
 use peft_core::method::{Adapter, PeftMethod};
 use peft_core::model::BaseModel;
 use peft_core::spec::SiteId;
+use peft_core::tuner::MergeFlag;
 use peft_core::tuner::{
     check_file_tensors, Dropout, ExpectedTensors, TrainableBias, MODULE_KEY_PREFIX,
 };
@@ -128,7 +128,7 @@ pub struct Vera {
     /// Site index to index in `biases`.
     bias_at: Vec<Option<usize>>,
     dropout: Dropout,
-    merged: AtomicBool,
+    merged: MergeFlag,
 }
 
 impl Vera {
@@ -158,7 +158,7 @@ impl Vera {
             biases,
             bias_at,
             dropout,
-            merged: AtomicBool::new(false),
+            merged: MergeFlag::default(),
         }
     }
 
@@ -179,7 +179,7 @@ impl Vera {
 
     /// Whether the update is currently folded into a model's weights.
     pub fn is_merged(&self) -> bool {
-        self.merged.load(Ordering::SeqCst)
+        self.merged.is_merged()
     }
 
     /// Every trained (key, variable).
@@ -321,26 +321,10 @@ impl Adapter for Vera {
     }
 
     fn merge_into(&self, model: &mut dyn BaseModel) -> Result<()> {
-        if self.is_merged() {
-            return Err(PeftError::Unsupported(
-                "this VeRA adapter is already merged into the model's weights: merging twice would add the \
-                 update twice (unmerge_from first)"
-                    .into(),
-            ));
-        }
-        self.fold(model, 1.0)?;
-        self.merged.store(true, Ordering::SeqCst);
-        Ok(())
+        self.merged.merge("VeRA", || self.fold(model, 1.0))
     }
 
     fn unmerge_from(&self, model: &mut dyn BaseModel) -> Result<()> {
-        if !self.is_merged() {
-            return Err(PeftError::Unsupported(
-                "this VeRA adapter is not merged, so there is nothing to unmerge (merge_into first)".into(),
-            ));
-        }
-        self.fold(model, -1.0)?;
-        self.merged.store(false, Ordering::SeqCst);
-        Ok(())
+        self.merged.unmerge("VeRA", || self.fold(model, -1.0))
     }
 }

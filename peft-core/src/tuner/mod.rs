@@ -2,7 +2,7 @@
 //! crate alone), stated once in terms of sites and roles: the target fields of HF PEFT's tuner configs and
 //! their JSON forms ([`selection`]), HF's name-matching rules ([`matching`]), target resolution with defaults by
 //! role and per-module ranks ([`targets`]), the config checks HF makes ([`checks`]), HF's integer formatting of
-//! whole floats ([`numbers`]), the branch dropout ([`dropout`]), trainable biases ([`bias`]) and the check of a
+//! whole floats ([`numbers`]), the branch dropout ([`dropout`]), trainable biases ([`bias`]), the merged state and its refusals ([`merged`]) and the check of a
 //! weights file's tensor set before loading it ([`file_tensors`]). A method keeps only what differs: its own
 //! fields, keys and forward pass.
 //!
@@ -26,6 +26,7 @@ pub mod checks;
 pub mod dropout;
 pub mod file_tensors;
 pub mod matching;
+pub mod merged;
 pub mod numbers;
 pub mod selection;
 pub mod targets;
@@ -35,6 +36,7 @@ pub use checks::{check_probability, check_rank, check_rank_pattern};
 pub use dropout::Dropout;
 pub use file_tensors::{check_file_tensors, ExpectedTensors};
 pub use matching::{list_entry_matches, LayerFilter, ModuleMatcher, PatternMap};
+pub use merged::MergeFlag;
 pub use selection::{LayerSelection, LayersPattern, TargetModules, ALL_LINEAR};
 pub use targets::{
     default_targets, describe_model, describe_roles, linear_module_names, saved_target_modules,

@@ -6,13 +6,13 @@
 
 use std::collections::HashMap;
 use std::fmt::Debug;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Tensor, Var};
 use peft_core::hooks::{Hooks, LinearFn};
 use peft_core::method::{Adapter, PeftMethod};
 use peft_core::model::BaseModel;
 use peft_core::spec::SiteId;
+use peft_core::tuner::MergeFlag;
 use peft_core::tuner::{check_file_tensors, ExpectedTensors, MODULE_KEY_PREFIX};
 use peft_core::{PeftError, Result};
 
@@ -105,7 +105,7 @@ pub struct LycorisAdapter<C, F> {
     /// Site index to index in `layers`.
     layer_at: Vec<Option<usize>>,
     dropout: LycorisDropout,
-    merged: AtomicBool,
+    merged: MergeFlag,
 }
 
 impl<C: PeftMethod + Clone + 'static, F: Factors> LycorisAdapter<C, F> {
@@ -128,7 +128,7 @@ impl<C: PeftMethod + Clone + 'static, F: Factors> LycorisAdapter<C, F> {
             layers,
             layer_at,
             dropout,
-            merged: AtomicBool::new(false),
+            merged: MergeFlag::default(),
         }
     }
 
@@ -149,7 +149,7 @@ impl<C: PeftMethod + Clone + 'static, F: Factors> LycorisAdapter<C, F> {
 
     /// Whether the update is currently folded into a model's weights.
     pub fn is_merged(&self) -> bool {
-        self.merged.load(Ordering::SeqCst)
+        self.merged.is_merged()
     }
 
     /// Every (key, variable) this adapter saves, module by module.
@@ -258,27 +258,10 @@ impl<C: PeftMethod + Clone + 'static, F: Factors> Adapter for LycorisAdapter<C, 
     }
 
     fn merge_into(&self, model: &mut dyn BaseModel) -> Result<()> {
-        if self.is_merged() {
-            return Err(PeftError::Unsupported(format!(
-                "this {} adapter is already merged into the model's weights: merging twice would add the \
-                 update twice (unmerge_from first)",
-                self.method
-            )));
-        }
-        self.fold(model, 1.0)?;
-        self.merged.store(true, Ordering::SeqCst);
-        Ok(())
+        self.merged.merge(self.method, || self.fold(model, 1.0))
     }
 
     fn unmerge_from(&self, model: &mut dyn BaseModel) -> Result<()> {
-        if !self.is_merged() {
-            return Err(PeftError::Unsupported(format!(
-                "this {} adapter is not merged, so there is nothing to unmerge (merge_into first)",
-                self.method
-            )));
-        }
-        self.fold(model, -1.0)?;
-        self.merged.store(false, Ordering::SeqCst);
-        Ok(())
+        self.merged.unmerge(self.method, || self.fold(model, -1.0))
     }
 }
