@@ -27,10 +27,10 @@ use peft_core::hooks::{Hooks, LinearFn};
 use peft_core::method::{Adapter, PeftMethod};
 use peft_core::model::BaseModel;
 use peft_core::spec::SiteId;
-use peft_core::tuner::MergeFlag;
 use peft_core::tuner::{
     check_file_tensors, Dropout, ExpectedTensors, LinearTarget, TrainableBias, MODULE_KEY_PREFIX,
 };
+use peft_core::tuner::{check_merge_targets, MergeFlag};
 use peft_core::{PeftError, Result};
 
 use crate::allocator::{kth_smallest, surviving, triplet_scores, Averages, Schedule};
@@ -290,24 +290,17 @@ impl AdaLora {
 
     /// Adds `sign * B (A * E) * scale` to every adapted frozen weight, after checking them all.
     fn fold(&self, model: &mut dyn BaseModel, sign: f64) -> Result<()> {
-        for l in &self.layers {
-            let frozen = model.frozen_linear(l.site()).ok_or_else(|| {
-                PeftError::Unsupported(format!(
-                    "the model has no linear layer at `{}`: merge into the model the adapter was built for",
-                    l.name()
-                ))
-            })?;
-            let expected = [l.target.out_features, l.target.in_features];
-            if frozen.weight().dims() != expected {
-                return Err(PeftError::ShapeMismatch {
-                    what: format!("{}.weight", l.name()),
-                    expected_from: "the AdaLoRA adapter".into(),
-                    expected: expected.to_vec(),
-                    got_from: "the model".into(),
-                    got: frozen.weight().dims().to_vec(),
-                });
-            }
-        }
+        check_merge_targets(
+            model,
+            "AdaLoRA",
+            self.layers.iter().map(|l| {
+                (
+                    l.site(),
+                    l.name(),
+                    [l.target.out_features, l.target.in_features],
+                )
+            }),
+        )?;
         for l in self.layers.iter().filter(|l| l.r > 0) {
             let delta = (l.delta_weight()? * sign)?;
             model

@@ -26,8 +26,8 @@ use peft_core::hooks::{Hooks, LinearFn};
 use peft_core::method::{Adapter, PeftMethod};
 use peft_core::model::BaseModel;
 use peft_core::spec::SiteId;
-use peft_core::tuner::MergeFlag;
 use peft_core::tuner::{check_file_tensors, BiasScope, ExpectedTensors, TrainableBias};
+use peft_core::tuner::{check_merge_targets, MergeFlag};
 use peft_core::{PeftError, Result};
 
 use crate::config::{BiasMode, LoraConfig};
@@ -293,25 +293,17 @@ impl Lora {
 
     /// Checks that every adapted site is a linear layer of `model` with the expected shape.
     fn check_model(&self, model: &dyn BaseModel) -> Result<()> {
-        for l in &self.layers {
-            let frozen = model.frozen_linear(l.site()).ok_or_else(|| {
-                PeftError::Unsupported(format!(
-                    "the model has no linear layer at `{}`: merge into the model the adapter was built for",
-                    l.name()
-                ))
-            })?;
-            let expected = [l.target.out_features, l.target.in_features];
-            if frozen.weight().dims() != expected {
-                return Err(PeftError::ShapeMismatch {
-                    what: format!("{}.weight", l.name()),
-                    expected_from: "the LoRA adapter".into(),
-                    expected: expected.to_vec(),
-                    got_from: "the model".into(),
-                    got: frozen.weight().dims().to_vec(),
-                });
-            }
-        }
-        Ok(())
+        check_merge_targets(
+            model,
+            "LoRA",
+            self.layers.iter().map(|l| {
+                (
+                    l.site(),
+                    l.name(),
+                    [l.target.out_features, l.target.in_features],
+                )
+            }),
+        )
     }
 
     /// Adds `scale * B A` to every adapted frozen weight (`merge`), or takes it away; with DoRA adds

@@ -1,5 +1,6 @@
 //! Whether a module-wrapping adapter is folded into the model's weights, and the two refusals every such method
-//! makes: merging twice (the update would be added twice) and unmerging what is not merged.
+//! makes: merging twice (the update would be added twice) and unmerging what is not merged; and the check that
+//! the model still has every adapted module, shaped as built, before a merge changes anything.
 //!
 //! ```
 //! use peft_core::tuner::MergeFlag;
@@ -17,6 +18,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::{PeftError, Result};
+use crate::model::BaseModel;
+use crate::spec::SiteId;
 
 /// The merged state of one adapter (not merged at first).
 #[derive(Debug, Default)]
@@ -54,4 +57,30 @@ impl MergeFlag {
         self.0.store(false, Ordering::SeqCst);
         Ok(())
     }
+}
+
+/// Checks, before a merge changes anything, that every adapted module `(site, name, [out, in])` is a linear
+/// layer of `model` with that weight shape; `method` names the adapter in the error.
+pub fn check_merge_targets<'a>(
+    model: &dyn BaseModel,
+    method: &str,
+    modules: impl IntoIterator<Item = (SiteId, &'a str, [usize; 2])>,
+) -> Result<()> {
+    for (site, name, expected) in modules {
+        let frozen = model.frozen_linear(site).ok_or_else(|| {
+            PeftError::Unsupported(format!(
+                "the model has no linear layer at `{name}`: merge into the model the adapter was built for"
+            ))
+        })?;
+        if frozen.weight().dims() != expected {
+            return Err(PeftError::ShapeMismatch {
+                what: format!("{name}.weight"),
+                expected_from: format!("the {method} adapter"),
+                expected: expected.to_vec(),
+                got_from: "the model".into(),
+                got: frozen.weight().dims().to_vec(),
+            });
+        }
+    }
+    Ok(())
 }

@@ -36,7 +36,7 @@ pub use checks::{check_probability, check_rank, check_rank_pattern};
 pub use dropout::Dropout;
 pub use file_tensors::{check_file_tensors, ExpectedTensors};
 pub use matching::{list_entry_matches, LayerFilter, ModuleMatcher, PatternMap};
-pub use merged::MergeFlag;
+pub use merged::{check_merge_targets, MergeFlag};
 pub use selection::{LayerSelection, LayersPattern, TargetModules, ALL_LINEAR};
 pub use targets::{
     default_targets, describe_model, describe_roles, linear_module_names, saved_target_modules,
