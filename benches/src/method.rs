@@ -40,11 +40,13 @@ pub enum Method {
     AdaLora,
     /// LayerNorm tuning (`LN_TUNING`) on HF's default norms (every norm where HF has no default).
     LnTuning,
+    /// OFT (`OFT`) on LoRA's default targets, HF's default blocks of 32 (Cayley-Neumann series).
+    Oft,
 }
 
 impl Method {
     /// Every method, in the order the benches run them.
-    pub const ALL: [Method; 14] = [
+    pub const ALL: [Method; 15] = [
         Method::Frozen,
         Method::PromptTuning,
         Method::PTuning,
@@ -59,6 +61,7 @@ impl Method {
         Method::Lokr,
         Method::AdaLora,
         Method::LnTuning,
+        Method::Oft,
     ];
 
     /// The name in bench ids (`lora`, `p-tuning-v2`, ...).
@@ -78,6 +81,7 @@ impl Method {
             Method::Lokr => "lokr",
             Method::AdaLora => "adalora",
             Method::LnTuning => "ln-tuning",
+            Method::Oft => "oft",
         }
     }
 
@@ -106,6 +110,7 @@ impl Method {
                 json!({"peft_type": "ADALORA", "init_r": 12, "target_r": 8, "total_step": 1000})
             }
             Method::LnTuning => json!({"peft_type": "LN_TUNING"}),
+            Method::Oft => json!({"peft_type": "OFT", "oft_block_size": 32}),
         })
     }
 
@@ -132,4 +137,5 @@ fn link_methods() {
     peft_lycoris::register();
     peft_ln_tuning::register();
     peft_adalora::register();
+    peft_oft::register();
 }

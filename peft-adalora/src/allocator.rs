@@ -96,8 +96,11 @@ impl Averages {
     }
 
     /// One update with the parameter `p` after the step and the gradient `grad` the step applied.
+    ///
+    /// `p` is read detached: a trainable variable's products are tracked, and the averages would then hold a
+    /// graph that every step extends (each step's intermediate tensors kept alive to the end of the run).
     pub fn update(&mut self, p: &Tensor, grad: &Tensor, beta1: f64, beta2: f64) -> Result<()> {
-        let ipt = (p * grad)?.abs()?;
+        let ipt = (p.detach() * grad.detach())?.abs()?;
         // HF PEFT's arithmetic: float32 tensors times the Python floats beta and 1 - beta.
         self.sensitivity = ((&self.sensitivity * beta1)? + (&ipt * (1.0 - beta1))?)?;
         let deviation = (&ipt - &self.sensitivity)?.abs()?;
@@ -128,5 +131,31 @@ pub fn surviving(scores: &[f32], threshold: Option<f32>) -> Vec<bool> {
     match threshold {
         None => vec![true; scores.len()],
         Some(t) => scores.iter().map(|&s| s > t || s.is_nan()).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn averages_of_a_trainable_variable_keep_no_graph() {
+        let p = Var::from_slice(&[1.0f32, -2.0, 3.0], 3, &Device::Cpu).unwrap();
+        // The premise: a product with the variable is tracked.
+        assert!((p.as_tensor() * 2.0).unwrap().track_op());
+        let grad = Tensor::new(&[0.5f32, 0.5, -1.0], &Device::Cpu).unwrap();
+        let mut averages = Averages::zeros(p.as_tensor()).unwrap();
+        for _ in 0..3 {
+            averages.update(p.as_tensor(), &grad, 0.85, 0.85).unwrap();
+        }
+        assert!(!averages.sensitivity.track_op());
+        assert!(!averages.uncertainty.track_op());
+        // |p g| smoothed three times from zero: (1 - 0.85^3) |p g|.
+        let expected = [0.5f32, 1.0, 3.0].map(|v| v * (1.0 - 0.85f32.powi(3)));
+        let got = averages.sensitivity.to_vec1::<f32>().unwrap();
+        for (g, e) in got.iter().zip(expected) {
+            assert!((g - e).abs() < 1e-6, "{got:?}");
+        }
     }
 }

@@ -9,10 +9,12 @@
 use peft_adalora::{AdaLoraConfig, RankPattern, TargetModules};
 use peft_core::adapter_io::read_adapter_config;
 use peft_core::method::Adapter;
+use peft_core::tuner::LayerSelection;
 use peft_models::LoadedModel;
 use peft_testing::{
-    assert_agrees_with_hf, fixture, hf_fixture, hf_logits, init_loaded, ours_fixture, read_json,
-    saved_tensor_names, tiny, toy_trained, trainable_names, Agreement,
+    assert_agrees_with_hf, committed_or_written, fixture, hf_fixture, hf_logits, init_loaded,
+    ours_fixture, read_json, saved_tensor_names, smollm2, text_lm_task, tiny, toy_trained, train,
+    trainable_names, Agreement, SMOLLM2_REVIEWS,
 };
 
 /// (base model fixture, HF adapter fixture).
@@ -53,6 +55,71 @@ fn hf_adalora_adapters_load_at_their_rank_pattern_with_equal_logits_and_counts()
             assert_eq!(saved[field], hf[field], "{name}: {field}");
         }
     }
+}
+
+#[test]
+fn smollm2_hf_adalora_adapter_loads_at_its_rank_pattern_with_hf_logits() {
+    peft_adalora::register();
+    let Some(loaded) = smollm2() else { return };
+    let name = "hf-smollm2-adalora";
+    let dir = fixture(&format!("adapters/{name}"));
+    let (adapter, reference) = hf_fixture(&dir, &mut init_loaded(&loaded, 0));
+    assert_eq!(
+        trainable_names(adapter.as_ref()),
+        saved_tensor_names(&dir),
+        "{name}"
+    );
+    // HF's allocator pruned one module to rank 0 (layer 0's q_proj): it loads as a module with no update.
+    let pattern: RankPattern = serde_json::from_value(reference["rank_pattern"].clone()).unwrap();
+    assert!(pattern.values().any(|f| !f.contains(&true)), "{pattern:?}");
+    assert!(reference["frozen_changed"].as_f64().unwrap() > 1e-2);
+    assert_agrees_with_hf(
+        name,
+        &loaded,
+        adapter.as_ref(),
+        &reference,
+        Agreement::SMOLLM2,
+    );
+}
+
+/// Our SmolLM2 adapter: q_proj and v_proj of layers 0 and 29 from rank 4 to an average of 2, 4 steps (batch
+/// 1) on two reviews, the allocator pruning at steps 2 and 3.
+fn smollm2_trained_adapter(loaded: &LoadedModel) -> Box<dyn Adapter> {
+    let mut config = AdaLoraConfig {
+        tinit: 1,
+        tfinal: 1,
+        layers_to_transform: Some(LayerSelection::Many(vec![0, 29])),
+        ..AdaLoraConfig::new(4, 2, 4, ["q_proj", "v_proj"])
+    };
+    config.common.base_model_name_or_path = Some("SmolLM2-135M-Instruct.Q4_1.gguf".into());
+    let adapter = config.build_adalora(&mut init_loaded(loaded, 7)).unwrap();
+    let task = text_lm_task(loaded.tokenizer.as_ref().unwrap(), &SMOLLM2_REVIEWS);
+    train(loaded.model.as_ref(), &adapter, &task, 4, 1, 0.01);
+    Box::new(adapter)
+}
+
+#[test]
+fn smollm2_adalora_trained_here_loads_in_hf_peft() {
+    peft_adalora::register();
+    let Some(loaded) = smollm2() else { return };
+    let dir = fixture("adapters/ours-smollm2-adalora");
+    let ctx = init_loaded(&loaded, 0);
+    let Some(adapter) = committed_or_written(&dir, ctx, || smollm2_trained_adapter(&loaded)) else {
+        return;
+    };
+    // The pattern the allocator wrote cut some module below rank 4.
+    let saved = serde_json::to_value(adapter.saved_config()).unwrap();
+    let pattern: RankPattern = serde_json::from_value(saved["rank_pattern"].clone()).unwrap();
+    assert_eq!(pattern.len(), 4, "{pattern:?}");
+    assert!(pattern.values().any(|f| f.contains(&false)), "{pattern:?}");
+    let hf = hf_logits(&dir);
+    assert_agrees_with_hf(
+        "ours-smollm2-adalora",
+        &loaded,
+        adapter.as_ref(),
+        &hf,
+        Agreement::SMOLLM2.with_min_effect(1e-3),
+    );
 }
 
 #[test]

@@ -82,6 +82,8 @@ enum Command {
     Inspect(commands::inspect::InspectArgs),
     /// Write a LoRA adapter started from PiSSA or OLoRA as plain LoRA of rank 2r against the original weights.
     Convert(commands::convert::ConvertArgs),
+    /// Combine LoRA adapters of one base model into one, as HF PEFT's add_weighted_adapter (linear, svd, ties, ...).
+    Merge(commands::merge::MergeArgs),
     /// Time training steps of one method on one model (medians after a warm-up step).
     Bench(commands::bench::BenchArgs),
     /// Run a grid of models x tasks x methods x seeds and write tables and plots (see README).
@@ -110,6 +112,7 @@ pub fn run() -> i32 {
             Command::Embed(a) => commands::embed::run(a),
             Command::Inspect(a) => commands::inspect::run(a),
             Command::Convert(a) => commands::convert::run(a),
+            Command::Merge(a) => commands::merge::run(a),
             Command::Train(_)
             | Command::Compare(_)
             | Command::Bench(_)
@@ -139,6 +142,7 @@ impl Command {
             Command::Embed(_) => "embed",
             Command::Inspect(_) => "inspect",
             Command::Convert(_) => "convert",
+            Command::Merge(_) => "merge",
             Command::Bench(_) => "bench",
             Command::Compare(_) => "compare",
             Command::CompareCell(_) => "compare-cell",
@@ -167,6 +171,7 @@ pub fn link_methods() {
     peft_lycoris::register();
     peft_ln_tuning::register();
     peft_adalora::register();
+    peft_oft::register();
     peft_baselines::register();
 }
 

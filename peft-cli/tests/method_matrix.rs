@@ -102,6 +102,22 @@ fn methods() -> Vec<(&'static str, serde_json::Value, f64)> {
             1e-2,
         ),
         (
+            "OFT",
+            json!({"peft_type": "OFT", "oft_block_size": 8}),
+            1e-2,
+        ),
+        (
+            "OFT (exact Cayley, all-linear, shared blocks by r, bias all)",
+            json!({"peft_type": "OFT", "r": 4, "oft_block_size": 0, "use_cayley_neumann": false,
+                   "block_share": true, "target_modules": "all-linear", "bias": "all"}),
+            1e-2,
+        ),
+        (
+            "OFT (COFT)",
+            json!({"peft_type": "OFT", "oft_block_size": 8, "coft": true, "eps": 0.5}),
+            1e-2,
+        ),
+        (
             "LoKr (decompose_both, all-linear)",
             json!({"peft_type": "LOKR", "r": 1, "alpha": 2, "decompose_both": true,
                    "target_modules": "all-linear"}),

@@ -9,7 +9,9 @@ pattern; then saved with `save_pretrained` (which cuts the factors to the patter
 - `hf-tiny-gpt2-adalora/`: init_r=6, target_r=3, tinit=1, tfinal=1, total_step=5, lora_alpha=16, default targets
   (`c_attn`, Conv1D);
 - `hf-tiny-llama-adalora/`: init_r=4, target_r=2, tinit=1, tfinal=2, deltaT=2, total_step=7, on q_proj, v_proj and
-  o_proj, orth_reg_weight=0.2.
+  o_proj, orth_reg_weight=0.2;
+- `hf-smollm2-adalora/` (when a GGUF path is given): init_r=4, target_r=2, tinit=1, tfinal=1, total_step=4, on
+  q_proj and v_proj of layers 0 and 29 of SmolLM2-135M-Instruct, trained on the three SMOL_TEXTS in turn.
 
 Plus `logits.json`: {"trainable_parameters": N (lora_A / lora_B / lora_E elements of the adapter as HF PEFT loads
 it, at the pattern's ranks), "training_parameters": N (HF PEFT's trainable count when training started, at
@@ -23,8 +25,8 @@ base model and writes `hf_logits.json` ({"peft_loaded": true, "trainable_paramet
 Machine paths never enter the fixtures: `base_model_name_or_path` is rewritten to the fixture's name.
 Environment: see prompt_tuning.py. From the repository root:
 
-    peft-ref-venv/bin/python scripts/reference/adalora.py hf [--out OUT]
-    peft-ref-venv/bin/python scripts/reference/adalora.py ours [--out OUT]
+    peft-ref-venv/bin/python scripts/reference/adalora.py hf [--gguf PATH/TO/SmolLM2.gguf] [--out OUT]
+    peft-ref-venv/bin/python scripts/reference/adalora.py ours [--gguf PATH/TO/SmolLM2.gguf] [--out OUT]
 """
 
 import json
@@ -34,8 +36,8 @@ import torch
 from peft import AdaLoraConfig, PeftModel, TaskType, get_peft_model
 
 from common import (
-    TINY_IDS, largest_change, load_tiny, main, model_cases, ours_models, rewrite_base_name, write_hf_logits,
-    write_json,
+    SMOL_NAME, SMOL_TEXTS, TINY_IDS, largest_change, load_smol, load_tiny, main, model_cases, ours_models,
+    rewrite_base_name, write_hf_logits, write_json,
 )
 
 # Keys HF PEFT saves from a Python set: the fixture sorts them, so that regenerating it is stable.
@@ -64,17 +66,29 @@ TINY = [
 ]
 
 
+SMOL = {
+    "init_r": 4,
+    "target_r": 2,
+    "tinit": 1,
+    "tfinal": 1,
+    "total_step": 4,
+    "target_modules": ["q_proj", "v_proj"],
+    "layers_to_transform": [0, 29],
+}
+
+
 def adalora_parameters(model):
     return sum(p.numel() for n, p in model.named_parameters() if any(f"lora_{x}" in n for x in "ABE"))
 
 
-def train(model, total_step, seed):
+def train(model, total_step, seed, inputs=TINY_IDS):
+    """`total_step` AdamW steps as a causal LM, one sequence of `inputs` (token id lists) a step, in turn."""
     torch.manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=0.05)
     model.train()
     for step in range(1, total_step + 1):
-        ids = torch.tensor([TINY_IDS[(step - 1) % len(TINY_IDS)]])
+        ids = torch.tensor([inputs[(step - 1) % len(inputs)]])
         loss = model(input_ids=ids, labels=ids).loss  # includes the orthogonality regulariser
         loss.backward()
         opt.step()
@@ -83,20 +97,23 @@ def train(model, total_step, seed):
     model.eval()
 
 
-def save_hf(name, folder, extra, seed):
+def save_hf(name, folder, extra, seed, load_base=load_tiny, tokenizer=None):
+    """AdaLoRA(**extra) on `name` (loaded by `load_base(name)`), trained, saved into `folder` with `logits.json`
+    (`tokenizer`: SmolLM2's, whose texts are then the training inputs and the cases)."""
     config = AdaLoraConfig(task_type=TaskType.CAUSAL_LM, **extra)
-    model = get_peft_model(load_tiny(name), config)
+    model = get_peft_model(load_base(name), config)
     training, _ = model.get_nb_trainable_parameters()
-    train(model, config.total_step, seed)
+    inputs = [tokenizer(t)["input_ids"] for t in SMOL_TEXTS] if tokenizer else TINY_IDS
+    train(model, config.total_step, seed, inputs)
+    model.eval()
     model.save_pretrained(folder)
     rewrite_base_name(folder, name, SET_VALUED)
     # The reference is the adapter as HF PEFT loads it (at the pattern's ranks); it equals the trained model's.
-    trained_cases = model_cases(model)
-    loaded = PeftModel.from_pretrained(load_tiny(name), folder).eval()
-    cases = model_cases(loaded)
-    worst = max(
-        max(abs(a - b) for a, b in zip(c["logits"], t["logits"])) for c, t in zip(cases, trained_cases)
-    )
+    trained_cases = model_cases(model, tokenizer)
+    loaded = PeftModel.from_pretrained(load_base(name), folder).eval()
+    cases = model_cases(loaded, tokenizer)
+    key = "top" if tokenizer else "logits"
+    worst = max(max(abs(a - b) for a, b in zip(flat(c[key]), flat(t[key]))) for c, t in zip(cases, trained_cases))
     assert worst < 1e-5, f"{folder.name}: reloading moved the logits by {worst}"
     changed = largest_change(loaded, cases)
     pattern = json.loads((folder / "adapter_config.json").read_text())["rank_pattern"]
@@ -115,10 +132,20 @@ def save_hf(name, folder, extra, seed):
     print(f"{folder.name}: {training} -> {count} parameters, ranks {kept}, logits moved by up to {changed:.3g}")
 
 
+def flat(values):
+    """Logits of a tiny case (numbers) or of a SmolLM2 case (top-20 [id, logit] pairs) as numbers."""
+    return [v[1] if isinstance(v, list) else v for v in values]
+
+
 def hf_mode(args):
     out = Path(args.out)
     for seed, (name, folder_name, extra) in enumerate(TINY):
         save_hf(name, out / folder_name, extra, seed)
+    if args.gguf:
+        _, tokenizer = load_smol(args.gguf)
+        # get_peft_model changes its base in place: the reload gets a fresh one.
+        fresh = lambda _name: load_smol(args.gguf)[0]  # noqa: E731
+        save_hf(SMOL_NAME, out / "hf-smollm2-adalora", SMOL, len(TINY), fresh, tokenizer)
 
 
 def ours_mode(args):

@@ -33,7 +33,7 @@ use crate::measure::{median, minor_page_faults, peak_rss_bytes};
 use crate::session::{init_ctx, open_model};
 
 /// The method tags `--method` takes, each with the config it stands for (HF PEFT's defaults otherwise).
-pub const METHOD_TAGS: [(&str, &str); 12] = [
+pub const METHOD_TAGS: [(&str, &str); 13] = [
     (
         "prompt-tuning",
         "peft_type = \"PROMPT_TUNING\"\nnum_virtual_tokens = 20",
@@ -67,6 +67,7 @@ pub const METHOD_TAGS: [(&str, &str); 12] = [
         "peft_type = \"ADALORA\"\ninit_r = 12\ntarget_r = 8\ntotal_step = 1000",
     ),
     ("ln-tuning", "peft_type = \"LN_TUNING\""),
+    ("oft", "peft_type = \"OFT\"\noft_block_size = 32"),
 ];
 
 /// What the loss is computed on.
@@ -84,7 +85,7 @@ pub struct BenchArgs {
     /// Zoo name, model folder, .gguf file, hub id, or `random:gpt2-124m` / `random:llama-135m`.
     #[arg(long)]
     model: String,
-    /// A method tag (prompt-tuning, p-tuning, prefix-tuning, lora, dora, pissa, bitfit, vera, loha, lokr, adalora, ln-tuning) or a TOML
+    /// A method tag (prompt-tuning, p-tuning, prefix-tuning, lora, dora, pissa, bitfit, vera, loha, lokr, adalora, ln-tuning, oft) or a TOML
     /// file with a method table.
     #[arg(long)]
     method: String,

@@ -8,4 +8,5 @@ pub mod fetch;
 pub mod generate;
 pub mod inspect;
 pub mod logits;
+pub mod merge;
 pub mod train;

@@ -458,14 +458,33 @@ fn bytes(b: f64) -> String {
     }
 }
 
-/// The short hash of the commit checked out in the working directory, where git can tell.
+/// The short hash of the commit checked out in the working directory, where git can tell, with `+changes`
+/// where tracked files outside `results/` differ from it (a cell run on uncommitted work does not claim the
+/// commit's code; a grid's own results, rewritten as it runs, do not count).
 pub fn source_commit() -> Option<String> {
-    std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let head = git(&["rev-parse", "--short", "HEAD"])?;
+    let changed = git(&[
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+        "--",
+        ".",
+        ":(exclude)results",
+    ])
+    .is_some_and(|s| !s.is_empty());
+    Some(if changed {
+        format!("{head}+changes")
+    } else {
+        head
+    })
 }
 
 /// The versions and machine that produced a report, and the commits its cells ran at.
