@@ -30,7 +30,7 @@ use peft_core::spec::SiteId;
 use peft_core::tuner::{
     check_file_tensors, Dropout, ExpectedTensors, LinearTarget, TrainableBias, MODULE_KEY_PREFIX,
 };
-use peft_core::tuner::{check_merge_targets, MergeFlag};
+use peft_core::tuner::{check_merge_targets, MergeFlag, SiteIndex};
 use peft_core::{PeftError, Result};
 
 use crate::allocator::{kth_smallest, surviving, triplet_scores, Averages, Schedule};
@@ -144,11 +144,11 @@ struct AllocatorState {
 pub struct AdaLora {
     config: AdaLoraConfig,
     layers: Vec<AdaLoraLayer>,
-    /// Site index to index in `layers`.
-    layer_at: Vec<Option<usize>>,
+    /// Site to index in `layers`.
+    layer_at: SiteIndex,
     biases: Vec<TrainableBias>,
-    /// Site index to index in `biases`.
-    bias_at: Vec<Option<usize>>,
+    /// Site to index in `biases`.
+    bias_at: SiteIndex,
     dropout: Dropout,
     merged: MergeFlag,
     /// The budget schedule; `None` for a saved adapter (`inference_mode`), which allocates nothing.
@@ -167,14 +167,8 @@ impl AdaLora {
         num_sites: usize,
         pattern: Option<Vec<Option<Vec<bool>>>>,
     ) -> Result<Self> {
-        let mut layer_at = vec![None; num_sites];
-        for (i, l) in layers.iter().enumerate() {
-            layer_at[l.site().0] = Some(i);
-        }
-        let mut bias_at = vec![None; num_sites];
-        for (i, b) in biases.iter().enumerate() {
-            bias_at[b.site.0] = Some(i);
-        }
+        let layer_at = SiteIndex::new(num_sites, layers.iter().map(|l| l.site()));
+        let bias_at = SiteIndex::new(num_sites, biases.iter().map(|b| b.site));
         let schedule = match (config.common.inference_mode, config.total_step) {
             (false, Some(total_step)) => Some(Schedule {
                 init_budget: layers.iter().map(|l| l.r).sum(),
@@ -315,7 +309,7 @@ impl AdaLora {
 impl Hooks for AdaLora {
     fn linear(&self, site: SiteId, x: &Tensor, next: &LinearFn) -> Result<Tensor> {
         let y = next(x)?;
-        let layer = match self.layer_at.get(site.0).copied().flatten() {
+        let layer = match self.layer_at.get(site) {
             Some(i) if !self.is_merged() => &self.layers[i],
             _ => return Ok(y),
         };
@@ -326,7 +320,7 @@ impl Hooks for AdaLora {
     }
 
     fn bias(&self, site: SiteId) -> Option<Tensor> {
-        let i = self.bias_at.get(site.0).copied().flatten()?;
+        let i = self.bias_at.get(site)?;
         Some(peft_core::grad::param(&self.biases[i].value))
     }
 }

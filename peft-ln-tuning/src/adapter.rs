@@ -25,7 +25,9 @@ use peft_core::hooks::Hooks;
 use peft_core::method::{Adapter, PeftMethod};
 use peft_core::model::BaseModel;
 use peft_core::spec::{SiteId, SiteKind};
-use peft_core::tuner::{check_file_tensors, describe_model, ExpectedTensors, MODULE_KEY_PREFIX};
+use peft_core::tuner::{
+    check_file_tensors, describe_model, ExpectedTensors, SiteIndex, MODULE_KEY_PREFIX,
+};
 use peft_core::{PeftError, Result};
 
 use crate::config::LnTuningConfig;
@@ -71,8 +73,8 @@ impl TunedNorm {
 pub struct LnTuning {
     config: LnTuningConfig,
     norms: Vec<TunedNorm>,
-    /// Site index to index in `norms`.
-    norm_at: Vec<Option<usize>>,
+    /// Site to index in `norms`.
+    norm_at: SiteIndex,
     notes: Vec<String>,
 }
 
@@ -165,10 +167,7 @@ impl LnTuning {
                 plain.join(", ")
             ));
         }
-        let mut norm_at = vec![None; spec.sites.len()];
-        for (i, n) in norms.iter().enumerate() {
-            norm_at[n.site.0] = Some(i);
-        }
+        let norm_at = SiteIndex::new(spec.sites.len(), norms.iter().map(|n| n.site));
         Ok(LnTuning {
             config,
             norms,
@@ -188,7 +187,7 @@ impl LnTuning {
     }
 
     fn tuned(&self, site: SiteId) -> Option<&TunedNorm> {
-        let i = self.norm_at.get(site.0).copied().flatten()?;
+        let i = self.norm_at.get(site)?;
         Some(&self.norms[i])
     }
 

@@ -27,7 +27,7 @@ use peft_core::method::{Adapter, PeftMethod};
 use peft_core::model::BaseModel;
 use peft_core::spec::SiteId;
 use peft_core::tuner::{check_file_tensors, BiasScope, ExpectedTensors, TrainableBias};
-use peft_core::tuner::{check_merge_targets, MergeFlag};
+use peft_core::tuner::{check_merge_targets, MergeFlag, SiteIndex};
 use peft_core::{PeftError, Result};
 
 use crate::config::{BiasMode, LoraConfig};
@@ -207,11 +207,11 @@ impl LoraLayer {
 pub struct Lora {
     config: LoraConfig,
     layers: Vec<LoraLayer>,
-    /// Site index to index in `layers`.
-    layer_at: Vec<Option<usize>>,
+    /// Site to index in `layers`.
+    layer_at: SiteIndex,
     biases: Vec<TrainableBias>,
-    /// Site index to index in `biases`.
-    bias_at: Vec<Option<usize>>,
+    /// Site to index in `biases`.
+    bias_at: SiteIndex,
     dropout: Dropout,
     merged: MergeFlag,
 }
@@ -226,14 +226,8 @@ impl Lora {
         dropout: Dropout,
         num_sites: usize,
     ) -> Self {
-        let mut layer_at = vec![None; num_sites];
-        for (i, l) in layers.iter().enumerate() {
-            layer_at[l.site().0] = Some(i);
-        }
-        let mut bias_at = vec![None; num_sites];
-        for (i, b) in biases.iter().enumerate() {
-            bias_at[b.site.0] = Some(i);
-        }
+        let layer_at = SiteIndex::new(num_sites, layers.iter().map(|l| l.site()));
+        let bias_at = SiteIndex::new(num_sites, biases.iter().map(|b| b.site));
         Lora {
             config,
             layers,
@@ -262,7 +256,7 @@ impl Lora {
 
     /// The number of sites of the model this adapter was built for.
     pub(crate) fn num_sites(&self) -> usize {
-        self.layer_at.len()
+        self.layer_at.num_sites()
     }
 
     /// The trainable biases, for a converted copy of this adapter.
@@ -326,7 +320,7 @@ impl Lora {
 
 impl Hooks for Lora {
     fn linear(&self, site: SiteId, x: &Tensor, next: &LinearFn) -> Result<Tensor> {
-        match self.layer_at.get(site.0).copied().flatten() {
+        match self.layer_at.get(site) {
             Some(i) if !self.is_merged() => {
                 self.layers[i].output(x, next, self.bias(site), &self.dropout)
             }
@@ -335,7 +329,7 @@ impl Hooks for Lora {
     }
 
     fn bias(&self, site: SiteId) -> Option<Tensor> {
-        let i = self.bias_at.get(site.0).copied().flatten()?;
+        let i = self.bias_at.get(site)?;
         Some(peft_core::grad::param(&self.biases[i].value))
     }
 }

@@ -30,7 +30,7 @@ use peft_core::method::{Adapter, PeftMethod};
 use peft_core::model::BaseModel;
 use peft_core::spec::SiteId;
 use peft_core::tuner::{check_file_tensors, ExpectedTensors, TrainableBias, MODULE_KEY_PREFIX};
-use peft_core::tuner::{check_merge_targets, MergeFlag};
+use peft_core::tuner::{check_merge_targets, MergeFlag, SiteIndex};
 use peft_core::{PeftError, Result};
 
 use crate::cayley::{cayley_exact, cayley_neumann, invert_blocks, project_coft, Skew};
@@ -168,11 +168,11 @@ impl OftLayer {
 pub struct Oft {
     config: OftConfig,
     layers: Vec<OftLayer>,
-    /// Site index to index in `layers`.
-    layer_at: Vec<Option<usize>>,
+    /// Site to index in `layers`.
+    layer_at: SiteIndex,
     biases: Vec<TrainableBias>,
-    /// Site index to index in `biases`.
-    bias_at: Vec<Option<usize>>,
+    /// Site to index in `biases`.
+    bias_at: SiteIndex,
     dropout: BlockDropout,
     merged: MergeFlag,
 }
@@ -187,14 +187,8 @@ impl Oft {
         dropout: BlockDropout,
         num_sites: usize,
     ) -> Self {
-        let mut layer_at = vec![None; num_sites];
-        for (i, l) in layers.iter().enumerate() {
-            layer_at[l.site().0] = Some(i);
-        }
-        let mut bias_at = vec![None; num_sites];
-        for (i, b) in biases.iter().enumerate() {
-            bias_at[b.site.0] = Some(i);
-        }
+        let layer_at = SiteIndex::new(num_sites, layers.iter().map(|l| l.site()));
+        let bias_at = SiteIndex::new(num_sites, biases.iter().map(|b| b.site));
         Oft {
             config,
             layers,
@@ -270,14 +264,14 @@ impl Oft {
 
 impl Hooks for Oft {
     fn linear(&self, site: SiteId, x: &Tensor, next: &LinearFn) -> Result<Tensor> {
-        match self.layer_at.get(site.0).copied().flatten() {
+        match self.layer_at.get(site) {
             Some(i) if !self.is_merged() => next(&self.layers[i].rotate(x, &self.dropout)?),
             _ => next(x),
         }
     }
 
     fn bias(&self, site: SiteId) -> Option<Tensor> {
-        let i = self.bias_at.get(site.0).copied().flatten()?;
+        let i = self.bias_at.get(site)?;
         Some(peft_core::grad::param(&self.biases[i].value))
     }
 }

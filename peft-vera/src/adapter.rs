@@ -30,7 +30,7 @@ use peft_core::spec::SiteId;
 use peft_core::tuner::{
     check_file_tensors, Dropout, ExpectedTensors, TrainableBias, MODULE_KEY_PREFIX,
 };
-use peft_core::tuner::{check_merge_targets, MergeFlag};
+use peft_core::tuner::{check_merge_targets, MergeFlag, SiteIndex};
 use peft_core::{PeftError, Result};
 
 use crate::config::{BiasMode, VeraConfig};
@@ -122,11 +122,11 @@ pub struct Vera {
     config: VeraConfig,
     projections: Projections,
     layers: Vec<VeraLayer>,
-    /// Site index to index in `layers`.
-    layer_at: Vec<Option<usize>>,
+    /// Site to index in `layers`.
+    layer_at: SiteIndex,
     biases: Vec<TrainableBias>,
-    /// Site index to index in `biases`.
-    bias_at: Vec<Option<usize>>,
+    /// Site to index in `biases`.
+    bias_at: SiteIndex,
     dropout: Dropout,
     merged: MergeFlag,
 }
@@ -142,14 +142,8 @@ impl Vera {
         dropout: Dropout,
         num_sites: usize,
     ) -> Self {
-        let mut layer_at = vec![None; num_sites];
-        for (i, l) in layers.iter().enumerate() {
-            layer_at[l.site().0] = Some(i);
-        }
-        let mut bias_at = vec![None; num_sites];
-        for (i, b) in biases.iter().enumerate() {
-            bias_at[b.site.0] = Some(i);
-        }
+        let layer_at = SiteIndex::new(num_sites, layers.iter().map(|l| l.site()));
+        let bias_at = SiteIndex::new(num_sites, biases.iter().map(|b| b.site));
         Vera {
             config,
             projections,
@@ -222,7 +216,7 @@ impl Vera {
 impl Hooks for Vera {
     fn linear(&self, site: SiteId, x: &Tensor, next: &LinearFn) -> Result<Tensor> {
         let y = next(x)?;
-        let layer = match self.layer_at.get(site.0).copied().flatten() {
+        let layer = match self.layer_at.get(site) {
             Some(i) if !self.is_merged() => &self.layers[i],
             _ => return Ok(y),
         };
@@ -230,7 +224,7 @@ impl Hooks for Vera {
     }
 
     fn bias(&self, site: SiteId) -> Option<Tensor> {
-        let i = self.bias_at.get(site.0).copied().flatten()?;
+        let i = self.bias_at.get(site)?;
         Some(peft_core::grad::param(&self.biases[i].value))
     }
 }

@@ -12,7 +12,7 @@ use peft_core::hooks::{Hooks, LinearFn};
 use peft_core::method::{Adapter, PeftMethod};
 use peft_core::model::BaseModel;
 use peft_core::spec::SiteId;
-use peft_core::tuner::{check_file_tensors, ExpectedTensors, MODULE_KEY_PREFIX};
+use peft_core::tuner::{check_file_tensors, ExpectedTensors, SiteIndex, MODULE_KEY_PREFIX};
 use peft_core::{PeftError, Result};
 
 use crate::config::Ia3Config;
@@ -39,8 +39,8 @@ impl Ia3Vector {
 pub struct Ia3 {
     config: Ia3Config,
     vectors: Vec<Ia3Vector>,
-    /// `by_site[site.0]`: index into `vectors` (sites are few, so a dense table keeps the hook a lookup).
-    by_site: Vec<Option<usize>>,
+    /// Site to index into `vectors`.
+    by_site: SiteIndex,
     /// While merged, the vectors as they were merged (unmerging divides by these, even if the variables have
     /// changed since); `None` while not merged.
     merged: Mutex<Option<Vec<Tensor>>>,
@@ -48,10 +48,7 @@ pub struct Ia3 {
 
 impl Ia3 {
     pub(crate) fn new(config: Ia3Config, vectors: Vec<Ia3Vector>, num_sites: usize) -> Self {
-        let mut by_site = vec![None; num_sites];
-        for (i, v) in vectors.iter().enumerate() {
-            by_site[v.target.site.0] = Some(i);
-        }
+        let by_site = SiteIndex::new(num_sites, vectors.iter().map(|v| v.target.site));
         Ia3 {
             config,
             vectors,
@@ -128,7 +125,7 @@ fn rescale(
 
 impl Hooks for Ia3 {
     fn linear(&self, site: SiteId, x: &Tensor, next: &LinearFn) -> Result<Tensor> {
-        let Some(&Some(i)) = self.by_site.get(site.0) else {
+        let Some(i) = self.by_site.get(site) else {
             return next(x);
         };
         if self.is_merged() {

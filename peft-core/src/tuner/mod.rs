@@ -2,7 +2,7 @@
 //! crate alone), stated once in terms of sites and roles: the target fields of HF PEFT's tuner configs and
 //! their JSON forms ([`selection`]), HF's name-matching rules ([`matching`]), target resolution with defaults by
 //! role and per-module ranks ([`targets`]), the config checks HF makes ([`checks`]), HF's integer formatting of
-//! whole floats ([`numbers`]), the branch dropout ([`dropout`]), trainable biases ([`bias`]), the merged state and its refusals ([`merged`]) and the check of a
+//! whole floats ([`numbers`]), the branch dropout ([`dropout`]), trainable biases ([`bias`]), the merged state and its refusals ([`merged`]), where an adapter's layer for a site is ([`site_index`]) and the check of a
 //! weights file's tensor set before loading it ([`file_tensors`]). A method keeps only what differs: its own
 //! fields, keys and forward pass.
 //!
@@ -29,6 +29,7 @@ pub mod matching;
 pub mod merged;
 pub mod numbers;
 pub mod selection;
+pub mod site_index;
 pub mod targets;
 
 pub use bias::{bias_key, trainable_biases, BiasScope, TrainableBias, MODULE_KEY_PREFIX};
@@ -38,6 +39,7 @@ pub use file_tensors::{check_file_tensors, ExpectedTensors};
 pub use matching::{list_entry_matches, LayerFilter, ModuleMatcher, PatternMap};
 pub use merged::{check_merge_targets, MergeFlag};
 pub use selection::{LayerSelection, LayersPattern, TargetModules, ALL_LINEAR};
+pub use site_index::SiteIndex;
 pub use targets::{
     default_targets, describe_model, describe_roles, linear_module_names, saved_target_modules,
     select_linear, select_ranked, LinearTarget, RankFields, RankedTarget, TargetFields,

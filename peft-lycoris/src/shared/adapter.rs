@@ -12,8 +12,8 @@ use peft_core::hooks::{Hooks, LinearFn};
 use peft_core::method::{Adapter, PeftMethod};
 use peft_core::model::BaseModel;
 use peft_core::spec::SiteId;
-use peft_core::tuner::MergeFlag;
 use peft_core::tuner::{check_file_tensors, ExpectedTensors, MODULE_KEY_PREFIX};
+use peft_core::tuner::{MergeFlag, SiteIndex};
 use peft_core::{PeftError, Result};
 
 use crate::shared::dropout::LycorisDropout;
@@ -102,8 +102,8 @@ pub struct LycorisAdapter<C, F> {
     config: C,
     method: &'static str,
     layers: Vec<LycorisLayer<F>>,
-    /// Site index to index in `layers`.
-    layer_at: Vec<Option<usize>>,
+    /// Site to index in `layers`.
+    layer_at: SiteIndex,
     dropout: LycorisDropout,
     merged: MergeFlag,
 }
@@ -118,10 +118,7 @@ impl<C: PeftMethod + Clone + 'static, F: Factors> LycorisAdapter<C, F> {
         dropout: LycorisDropout,
         num_sites: usize,
     ) -> Self {
-        let mut layer_at = vec![None; num_sites];
-        for (i, l) in layers.iter().enumerate() {
-            layer_at[l.site().0] = Some(i);
-        }
+        let layer_at = SiteIndex::new(num_sites, layers.iter().map(|l| l.site()));
         LycorisAdapter {
             config,
             method,
@@ -201,7 +198,7 @@ impl<C: PeftMethod + Clone + 'static, F: Factors> LycorisAdapter<C, F> {
 impl<C: PeftMethod + Clone + 'static, F: Factors> Hooks for LycorisAdapter<C, F> {
     fn linear(&self, site: SiteId, x: &Tensor, next: &LinearFn) -> Result<Tensor> {
         let y = next(x)?;
-        let layer = match self.layer_at.get(site.0).copied().flatten() {
+        let layer = match self.layer_at.get(site) {
             Some(i) if !self.is_merged() => &self.layers[i],
             _ => return Ok(y),
         };
