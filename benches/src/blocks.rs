@@ -1,11 +1,13 @@
 //! The building blocks every method's time is made of: the frozen projection op, scaled dot-product attention,
 //! and one transformer block (a one-layer small model) forward and backward.
 
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor, Var};
 use peft_core::frozen::FrozenLinear;
 use peft_core::grad::no_grad;
 use peft_core::hooks::{Ctx, Hooks};
 use peft_core::model::{BaseModel, Batch};
+use peft_core::quantized::QuantizedWeight;
 use peft_core::PeftError;
 use peft_models::attention::{attend, causal_bias};
 use rand::rngs::StdRng;
@@ -43,6 +45,32 @@ impl FrozenLinearCase {
         Self::new("small-c_attn", 4 * 64, SMALL_HIDDEN, 3 * SMALL_HIDDEN)
     }
 
+    /// SmolLM2-135M's MLP up projection on the batch users train, 8 x 128 tokens: x `[1024, 576]` @ W
+    /// `[1536, 576]`^T, the weight in f32 (`quantized` `None`) or kept in a GGUF block format, as a base loaded
+    /// with `quantized = true` holds it (`smollm2-up_proj-q4_1`).
+    pub fn smollm2_up_proj(quantized: Option<GgmlDType>) -> peft_core::Result<Self> {
+        let name = match quantized {
+            None => "smollm2-up_proj",
+            Some(GgmlDType::Q4_1) => "smollm2-up_proj-q4_1",
+            Some(GgmlDType::Q8_0) => "smollm2-up_proj-q8_0",
+            Some(other) => {
+                return Err(PeftError::Unsupported(format!(
+                    "no bench case for {other:?}"
+                )))
+            }
+        };
+        let mut case = Self::new(name, 8 * 128, 576, 1536)?;
+        if let Some(dtype) = quantized {
+            let w = QuantizedWeight::new(QTensor::quantize(&case.layer.weight()?, dtype)?)?;
+            case.layer = FrozenLinear::quantized(
+                w,
+                case.layer.bias().cloned(),
+                &peft_kernels::frozen::FrozenGemm,
+            );
+        }
+        Ok(case)
+    }
+
     fn new(name: &'static str, rows: usize, d_in: usize, d_out: usize) -> peft_core::Result<Self> {
         let w = (seeded(&[d_out, d_in], 1)? * 0.02)?;
         let b = (seeded(&[d_out], 2)? * 0.02)?;
@@ -67,7 +95,7 @@ impl FrozenLinearCase {
     /// for comparison.
     pub fn candle_forward(&self) -> peft_core::Result<Tensor> {
         let x = self.x.as_tensor().detach();
-        let y = x.matmul(&self.layer.weight().t()?)?;
+        let y = x.matmul(&self.layer.weight()?.t()?)?;
         Ok(match self.layer.bias() {
             Some(b) => y.broadcast_add(b)?,
             None => y,

@@ -34,6 +34,10 @@ pub struct ExperimentFile {
 pub struct ModelSection {
     /// A zoo name (`smollm2-135m`), an HF model folder, a `.gguf` file, or a hub id (`org/name`).
     pub name: String,
+    /// Keep a GGUF model's weights in their block formats while the adapter trains over them (QLoRA-style);
+    /// the default dequantizes them to f32. A folder or hub model refuses it.
+    #[serde(default)]
+    pub quantized: bool,
 }
 
 /// What kind of task.

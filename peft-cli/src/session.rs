@@ -38,6 +38,7 @@ pub fn open_model_for(exp: &Experiment) -> Result<LoadedModel> {
         &exp.file.model.name,
         LoadOptions {
             trainable_weights: exp.method.trains_base_weights(),
+            keep_quantized: exp.file.model.quantized,
             ..Default::default()
         },
     )

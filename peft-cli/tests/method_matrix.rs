@@ -1,6 +1,6 @@
-//! Every method of the workspace x every architecture of the zoo (GPT-2, LLaMA, OPT, BERT, T5 in its gated
-//! and relu variants), on seeded tiny models, through the shared conformance check (`peft_train::conformance`):
-//! 20 trainer steps, the loss falls, every trainable tensor moves and no frozen tensor does (tensor by tensor),
+//! Every method of the workspace x every architecture of the zoo (GPT-2, LLaMA, Gemma-3, OPT, BERT, T5 in its
+//! gated and relu variants, and LLaMA over a base kept quantized), on seeded tiny models, through the shared
+//! conformance check (`peft_train::conformance`): 20 trainer steps, the loss falls, every trainable tensor moves and no frozen tensor does (tensor by tensor),
 //! save -> load gives the same outputs, and a stopped-and-resumed run equals an uninterrupted one. Each
 //! architecture trains its own kind of task: decoders a causal LM, BERT a classification head (the method
 //! plus HF's `classifier`), T5 a seq2seq copy task. Composition (a STACK) and trained heads are cells of the
@@ -38,7 +38,7 @@ fn methods() -> Vec<(&'static str, serde_json::Value, f64)> {
         (
             "P-tuning v2 (prefix, no projection)",
             json!({"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 4}),
-            3e-2,
+            5e-2,
         ),
         (
             "prefix tuning (projection)",
@@ -121,7 +121,7 @@ fn methods() -> Vec<(&'static str, serde_json::Value, f64)> {
             "LoKr (decompose_both, all-linear)",
             json!({"peft_type": "LOKR", "r": 1, "alpha": 2, "decompose_both": true,
                    "target_modules": "all-linear"}),
-            1e-2,
+            3e-2,
         ),
         (
             "STACK (prompt tuning + LoRA)",
@@ -165,6 +165,18 @@ fn zoo() -> Vec<Cell> {
             Box::new(lm_task()),
         ),
         (
+            "gemma3",
+            Box::new(peft_models::tiny::gemma3(17)),
+            Box::new(lm_task()),
+        ),
+        (
+            // The base kept quantized (QLoRA-style): every method trains over 4-bit projections, embedding
+            // table and head.
+            "llama-q4_1",
+            Box::new(quantized_llama(12)),
+            Box::new(lm_task()),
+        ),
+        (
             "bert",
             Box::new(peft_models::bert::tiny(14)),
             Box::new(head_task()),
@@ -180,6 +192,19 @@ fn zoo() -> Vec<Cell> {
             Box::new(copy_task()),
         ),
     ]
+}
+
+/// The tiny LLaMA with its 2-D weights quantized to Q4_1 (SmolLM2's file type).
+fn quantized_llama(seed: u64) -> peft_models::llama::Llama {
+    let weights = peft_models::tiny::llama_weights(seed)
+        .quantize_2d(candle_core::quantized::GgmlDType::Q4_1)
+        .unwrap();
+    peft_models::llama::Llama::from_weights(
+        &peft_models::tiny::llama_config(),
+        &weights,
+        "tiny-llama-q4_1",
+    )
+    .unwrap()
 }
 
 /// Two classes told apart by the first token.

@@ -25,13 +25,26 @@ use std::fmt::Debug;
 
 use candle_core::Tensor;
 
-use crate::error::Result;
+use crate::error::{PeftError, Result};
+use crate::quantized::QuantizedWeight;
 
 /// How a frozen layer's product is computed. An implementation returns `x W^T + b` over the last dimension of
 /// `x` with gradients for `x` and for a `bias` that is being trained (BitFit), never for `weight`.
 pub trait FrozenProduct: Debug + Send + Sync {
     /// `x W^T + b` for `x` `[.., in]`, `weight` `[out, in]` and `bias` `[out]`.
     fn affine(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor>;
+
+    /// `x W^T + b` for a weight kept quantized. The default is the reference: the whole weight dequantized for
+    /// the call, then [`FrozenProduct::affine`]. A kernel that walks the weight block of rows by block of
+    /// rows (never holding all of it in f32) overrides it.
+    fn affine_quantized(
+        &self,
+        x: &Tensor,
+        weight: &QuantizedWeight,
+        bias: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        self.affine(x, &weight.dequantize()?, bias)
+    }
 
     /// A short name for reports (`peft bench` prints it).
     fn name(&self) -> String;
@@ -56,10 +69,20 @@ impl FrozenProduct for CandleProduct {
     }
 }
 
-/// A frozen dense layer, weight stored `[out, in]` (GPT-2's Conv1D weights are transposed at load time).
+/// How a frozen layer holds its weight.
+#[derive(Debug, Clone)]
+enum Stored {
+    /// An f32 (or trained) tensor.
+    Dense(Tensor),
+    /// Blocks of a GGUF format, never dequantized whole while the layer runs.
+    Quantized(QuantizedWeight),
+}
+
+/// A frozen dense layer, weight stored `[out, in]` (GPT-2's Conv1D weights are transposed at load time), as an
+/// f32 tensor or kept quantized ([`FrozenLinear::quantized`]).
 #[derive(Debug, Clone)]
 pub struct FrozenLinear {
-    weight: Tensor,
+    weight: Stored,
     bias: Option<Tensor>,
     product: &'static dyn FrozenProduct,
 }
@@ -72,8 +95,22 @@ impl FrozenLinear {
     pub fn new(weight: Tensor, bias: Option<Tensor>, product: &'static dyn FrozenProduct) -> Self {
         let keep = |t: Tensor| if t.track_op() { t } else { t.detach() };
         FrozenLinear {
-            weight: keep(weight),
+            weight: Stored::Dense(keep(weight)),
             bias: bias.map(keep),
+            product,
+        }
+    }
+
+    /// A layer whose weight stays in its block format: the product dequantizes it block of rows by block of
+    /// rows on each call. Such a layer is never trained and refuses merges ([`FrozenLinear::add_to_weight`]).
+    pub fn quantized(
+        weight: QuantizedWeight,
+        bias: Option<Tensor>,
+        product: &'static dyn FrozenProduct,
+    ) -> Self {
+        FrozenLinear {
+            weight: Stored::Quantized(weight),
+            bias: bias.map(|b| b.detach()),
             product,
         }
     }
@@ -83,16 +120,18 @@ impl FrozenLinear {
         FrozenLinear::new(weight, bias, self.product)
     }
 
-    /// The layer restricted to the output rows `ids` (the label words of a verbalizer).
+    /// The layer restricted to the output rows `ids` (the label words of a verbalizer); a quantized layer
+    /// gives a dense one of those rows.
     pub fn rows(&self, ids: &[u32]) -> Result<Self> {
-        let ids = Tensor::new(ids, self.weight.device())?;
-        Ok(self.with_weights(
-            self.weight.index_select(&ids, 0)?,
-            self.bias
-                .as_ref()
-                .map(|b| b.index_select(&ids, 0))
-                .transpose()?,
-        ))
+        let weight = match &self.weight {
+            Stored::Dense(w) => w.index_select(&Tensor::new(ids, w.device())?, 0)?,
+            Stored::Quantized(q) => q.select_rows(ids)?,
+        };
+        let bias = match &self.bias {
+            Some(b) => Some(b.index_select(&Tensor::new(ids, b.device())?, 0)?),
+            None => None,
+        };
+        Ok(self.with_weights(weight, bias))
     }
 
     /// The product this layer runs on.
@@ -103,12 +142,41 @@ impl FrozenLinear {
     /// Whether the weight or bias is trained (full fine-tuning): then the product runs through candle's
     /// differentiable matmul instead of the input-gradient-only op.
     pub fn is_trained(&self) -> bool {
-        self.weight.track_op() || self.bias.as_ref().is_some_and(Tensor::track_op)
+        matches!(&self.weight, Stored::Dense(w) if w.track_op())
+            || self.bias.as_ref().is_some_and(Tensor::track_op)
     }
 
-    /// The `[out, in]` weight.
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
+    /// The `[out, in]` weight in f32: the tensor itself for a dense layer (same id, so a gradient store can be
+    /// asked about it), a fresh dequantized copy of all of it for a quantized one.
+    pub fn weight(&self) -> Result<Tensor> {
+        match &self.weight {
+            Stored::Dense(w) => Ok(w.clone()),
+            Stored::Quantized(q) => q.dequantize(),
+        }
+    }
+
+    /// The weight where it is dense.
+    pub fn dense_weight(&self) -> Option<&Tensor> {
+        match &self.weight {
+            Stored::Dense(w) => Some(w),
+            Stored::Quantized(_) => None,
+        }
+    }
+
+    /// The weight where it is kept quantized.
+    pub fn quantized_weight(&self) -> Option<&QuantizedWeight> {
+        match &self.weight {
+            Stored::Dense(_) => None,
+            Stored::Quantized(q) => Some(q),
+        }
+    }
+
+    /// `(out, in)`.
+    pub fn dims(&self) -> (usize, usize) {
+        match &self.weight {
+            Stored::Dense(w) => w.dims2().unwrap_or((0, 0)),
+            Stored::Quantized(q) => q.dims(),
+        }
     }
 
     /// The `[out]` bias, where the checkpoint has one.
@@ -117,50 +185,65 @@ impl FrozenLinear {
     }
 
     /// Adds `delta` (`[out, in]`) to the weight: how a merged adapter's update enters the frozen layer.
+    /// A quantized layer refuses: adding the update and requantizing would round most of it away (QLoRA's
+    /// users meet this as HF PEFT issue 2501), so merging needs the f32 base.
     pub fn add_to_weight(&mut self, delta: &Tensor) -> Result<()> {
-        if delta.dims() != self.weight.dims() {
+        let weight = match &self.weight {
+            Stored::Dense(w) => w,
+            Stored::Quantized(q) => return Err(quantized_merge_refused(q)),
+        };
+        if delta.dims() != weight.dims() {
             return Err(crate::PeftError::ShapeMismatch {
                 what: "weight delta".into(),
                 expected_from: "the frozen layer".into(),
-                expected: self.weight.dims().to_vec(),
+                expected: weight.dims().to_vec(),
                 got_from: "the adapter".into(),
                 got: delta.dims().to_vec(),
             });
         }
-        self.weight = (&self.weight + delta.to_dtype(self.weight.dtype())?.detach())?;
+        self.weight = Stored::Dense((weight + delta.to_dtype(weight.dtype())?.detach())?);
         Ok(())
     }
 
     /// Input features.
     pub fn in_features(&self) -> usize {
-        self.weight.dims2().map(|d| d.1).unwrap_or(0)
+        self.dims().1
     }
 
     /// Output features.
     pub fn out_features(&self) -> usize {
-        self.weight.dims2().map(|d| d.0).unwrap_or(0)
+        self.dims().0
     }
 
     /// `x W^T + b` over the last dimension of `x`; the frozen bias is added inside the product, so that no
     /// gradient is kept for it.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if self.is_trained() {
-            return self.forward_with_bias(x, self.bias.as_ref());
-        }
-        self.product.affine(x, &self.weight, self.bias.as_ref())
+        self.forward_with_bias(x, self.bias.as_ref())
     }
 
     /// `x W^T` plus a replacement bias instead of the frozen one (BitFit passes its trainable bias here).
     pub fn forward_with_bias(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        if !self.weight.track_op() {
-            return self.product.affine(x, &self.weight, bias);
-        }
-        let y = x.broadcast_matmul(&self.weight.t()?)?;
+        let weight = match &self.weight {
+            Stored::Quantized(q) => return self.product.affine_quantized(x, q, bias),
+            Stored::Dense(w) if !w.track_op() => return self.product.affine(x, w, bias),
+            Stored::Dense(w) => w,
+        };
+        let y = x.broadcast_matmul(&weight.t()?)?;
         Ok(match bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         })
     }
+}
+
+/// The error of a merge into a quantized layer: what was refused, why, and what to do.
+pub fn quantized_merge_refused(weight: &QuantizedWeight) -> PeftError {
+    PeftError::Unsupported(format!(
+        "cannot merge an adapter into a base kept quantized ({} weights): adding the update and requantizing \
+         would round most of it away. Load the base in f32 (drop `quantized = true` / `--keep-quantized`) to \
+         merge, or keep the adapter unmerged",
+        weight.type_name()
+    ))
 }
 
 #[cfg(test)]
@@ -179,7 +262,7 @@ mod tests {
         let grads = y.sum_all().unwrap().backward().unwrap();
         assert!(grads.get(x.as_tensor()).is_some());
         assert!(
-            grads.get(lin.weight()).is_none(),
+            grads.get(&lin.weight().unwrap()).is_none(),
             "frozen weight received a gradient"
         );
         assert!(

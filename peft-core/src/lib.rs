@@ -29,6 +29,7 @@ pub mod method;
 pub mod method_config;
 pub mod model;
 pub mod prompt_learning;
+pub mod quantized;
 pub mod spec;
 pub mod stack;
 pub mod tuner;

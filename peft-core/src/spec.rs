@@ -217,6 +217,19 @@ pub struct ModelSpec {
     /// strips it when loading, as HF PEFT keys such an adapter.
     #[serde(default)]
     pub base_model_prefix: Option<String>,
+    /// How the frozen weights are stored: per storage type (`f32`, or a GGUF block format such as `q4_k` for a
+    /// base kept quantized), the number of values and the bytes they take. Filled by the loader.
+    #[serde(default)]
+    pub weight_storage: std::collections::BTreeMap<String, WeightStorage>,
+}
+
+/// Values and bytes of one storage type ([`ModelSpec::weight_storage`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WeightStorage {
+    /// Number of weight values.
+    pub values: usize,
+    /// Bytes they occupy.
+    pub bytes: usize,
 }
 
 fn default_classifier_module() -> String {
@@ -250,6 +263,7 @@ impl ModelSpec {
             classifier_module: default_classifier_module(),
             classifier_bias: false,
             base_model_prefix: None,
+            weight_storage: Default::default(),
         }
     }
 

@@ -19,6 +19,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use peft_core::frozen::{CandleProduct, FrozenProduct};
+use peft_core::quantized::QuantizedWeight;
 use peft_core::Result;
 
 use crate::cpu::{self, Mat, Threads};
@@ -30,6 +31,15 @@ pub struct FrozenGemm;
 impl FrozenProduct for FrozenGemm {
     fn affine(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         frozen_affine(x, weight, bias)
+    }
+
+    fn affine_quantized(
+        &self,
+        x: &Tensor,
+        weight: &QuantizedWeight,
+        bias: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        crate::quantized::quantized_affine(x, weight, bias)
     }
 
     fn name(&self) -> String {
@@ -51,17 +61,59 @@ pub fn frozen_affine(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Resu
         // Only f32 on the CPU has the kernel; elsewhere candle's ops compute the same values.
         return CandleProduct.affine(x, weight, bias);
     }
+    apply(x, OpWeight::Dense(weight.detach()), bias)
+}
+
+/// The frozen weight an op holds: f32 values, or blocks of a quantized format that [`crate::quantized`] walks.
+#[derive(Clone)]
+pub(crate) enum OpWeight {
+    Dense(Tensor),
+    Quantized(QuantizedWeight),
+}
+
+impl OpWeight {
+    /// `(out, in)`.
+    fn dims(&self) -> candle_core::Result<(usize, usize)> {
+        match self {
+            OpWeight::Dense(w) => w.dims2(),
+            OpWeight::Quantized(q) => Ok(q.dims()),
+        }
+    }
+
+    /// `[m, n]` rows of `x W^T (+ bias)`.
+    fn affine_rows(
+        &self,
+        x: &[f32],
+        bias: Option<&[f32]>,
+        m: usize,
+    ) -> candle_core::Result<Vec<f32>> {
+        match self {
+            OpWeight::Dense(w) => affine_rows(x, w, bias, m),
+            OpWeight::Quantized(q) => crate::quantized::affine_rows(x, q, bias, m),
+        }
+    }
+
+    /// `dy W`.
+    fn input_grad(&self, grad_res: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            OpWeight::Dense(w) => input_grad(grad_res, w),
+            OpWeight::Quantized(q) => crate::quantized::input_grad(grad_res, q),
+        }
+    }
+}
+
+/// `x W^T + b` as the op of `weight`: a frozen `b` is held inside a single-argument op, a trained one is the
+/// op's second argument. `x` and a bias are f32 on the CPU.
+pub(crate) fn apply(x: &Tensor, weight: OpWeight, bias: Option<&Tensor>) -> Result<Tensor> {
     let x = x.contiguous()?;
     match bias {
         Some(b) if b.track_op() => {
-            let op = FrozenMatmulTrainedBias {
-                weight: weight.detach(),
-            };
+            let op = FrozenMatmulTrainedBias { weight };
             Ok(x.apply_op2(&b.contiguous()?, op)?)
         }
         _ => {
             let op = FrozenMatmul {
-                weight: weight.detach(),
+                weight,
                 bias: bias.map(|b| b.detach()),
             };
             Ok(x.apply_op1(op)?)
@@ -97,12 +149,12 @@ fn affine_rows(
 }
 
 /// Checks the input's last dimension against the weight; returns (rows, output dims).
-fn affine_shape(layout: &Layout, weight: &Tensor) -> candle_core::Result<(usize, Vec<usize>)> {
+fn affine_shape(layout: &Layout, weight: &OpWeight) -> candle_core::Result<(usize, Vec<usize>)> {
     let dims = layout.shape().dims();
     let k = *dims
         .last()
         .ok_or_else(|| candle_core::Error::Msg("frozen matmul of a scalar".into()))?;
-    let (n, wk) = weight.dims2()?;
+    let (n, wk) = weight.dims()?;
     if wk != k {
         candle_core::bail!(
             "frozen matmul: input has {k} features, weight expects {wk} (weight is [{n}, {wk}])"
@@ -164,7 +216,7 @@ fn column_sums(grad_res: &Tensor, n: usize) -> candle_core::Result<Tensor> {
 
 /// The op behind [`frozen_matmul`] with a frozen (or no) bias; holds the `[out, in]` weight and the bias.
 struct FrozenMatmul {
-    weight: Tensor,
+    weight: OpWeight,
     bias: Option<Tensor>,
 }
 
@@ -181,8 +233,8 @@ impl CustomOp1 for FrozenMatmul {
         let (m, out_dims) = affine_shape(layout, &self.weight)?;
         let x = cpu::slice(storage, layout)?;
         let out = match &self.bias {
-            Some(b) => cpu::with_values(b, |b| affine_rows(x, &self.weight, Some(b), m))?,
-            None => affine_rows(x, &self.weight, None, m)?,
+            Some(b) => cpu::with_values(b, |b| self.weight.affine_rows(x, Some(b), m))?,
+            None => self.weight.affine_rows(x, None, m)?,
         };
         Ok((CpuStorage::F32(out), Shape::from(out_dims)))
     }
@@ -193,13 +245,13 @@ impl CustomOp1 for FrozenMatmul {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(input_grad(grad_res, &self.weight)?))
+        Ok(Some(self.weight.input_grad(grad_res)?))
     }
 }
 
 /// The op of a frozen weight with a trained bias (BitFit): arguments `x` and the `[out]` bias.
 struct FrozenMatmulTrainedBias {
-    weight: Tensor,
+    weight: OpWeight,
 }
 
 impl CustomOp2 for FrozenMatmulTrainedBias {
@@ -215,7 +267,7 @@ impl CustomOp2 for FrozenMatmulTrainedBias {
         bias_layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (m, out_dims) = affine_shape(x_layout, &self.weight)?;
-        let n = self.weight.dims2()?.0;
+        let n = self.weight.dims()?.0;
         if bias_layout.shape().dims() != [n] {
             candle_core::bail!(
                 "frozen matmul: the bias has shape {:?}, the weight needs [{n}]",
@@ -224,7 +276,7 @@ impl CustomOp2 for FrozenMatmulTrainedBias {
         }
         let x = cpu::slice(x_storage, x_layout)?;
         let bias = cpu::slice(bias_storage, bias_layout)?;
-        let out = affine_rows(x, &self.weight, Some(bias), m)?;
+        let out = self.weight.affine_rows(x, Some(bias), m)?;
         Ok((CpuStorage::F32(out), Shape::from(out_dims)))
     }
 
@@ -235,9 +287,9 @@ impl CustomOp2 for FrozenMatmulTrainedBias {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let n = self.weight.dims2()?.0;
+        let n = self.weight.dims()?.0;
         let dx = if x.track_op() {
-            Some(input_grad(grad_res, &self.weight)?)
+            Some(self.weight.input_grad(grad_res)?)
         } else {
             None
         };

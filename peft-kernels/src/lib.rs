@@ -27,13 +27,14 @@ mod low_rank;
 mod norm;
 #[cfg(feature = "openblas")]
 mod openblas;
+pub mod quantized;
 
 pub use activation::{gelu_erf, gelu_tanh, silu, silu_mul};
 pub use attention::scaled_dot_product_attention;
 pub use column_scale::column_scale;
 pub use composed::{log_softmax_last_dim, softmax_last_dim};
 pub use cross_entropy::cross_entropy;
-pub use linear_cross_entropy::linear_cross_entropy;
+pub use linear_cross_entropy::{linear_cross_entropy, linear_cross_entropy_quantized};
 pub use low_rank::low_rank;
 pub use norm::{layer_norm, rms_norm};
 

@@ -23,9 +23,11 @@
 //! assert!(grads.get(&w).is_none()); // the head is frozen
 //! ```
 
+use std::borrow::Cow;
 use std::sync::OnceLock;
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use peft_core::quantized::QuantizedWeight;
 use rayon::prelude::*;
 
 use super::cpu::{self, Mat, Threads};
@@ -47,7 +49,7 @@ pub fn linear_cross_entropy(hidden: &Tensor, weight: &Tensor, targets: &[u32]) -
         return composed(hidden, weight, targets);
     }
     let op = LinearCrossEntropy {
-        weight: weight.detach().contiguous()?,
+        weight: Head::Dense(weight.detach().contiguous()?),
         targets: targets.to_vec(),
         want_grad: hidden.track_op(),
         dh: OnceLock::new(),
@@ -78,6 +80,12 @@ fn check(
             "linear_cross_entropy: hidden has {features} features, the weight [{vocab}, {wf}] expects {wf}"
         );
     }
+    check_targets(targets, n, vocab)?;
+    Ok((n, features, vocab))
+}
+
+/// One target per row, each a class of the vocabulary.
+fn check_targets(targets: &[u32], n: usize, vocab: usize) -> candle_core::Result<()> {
     if targets.len() != n {
         candle_core::bail!(
             "linear_cross_entropy: {} targets for {n} rows of hidden states (one class index per row)",
@@ -93,7 +101,7 @@ fn check(
             "linear_cross_entropy: target {t} of row {row} is out of range for {vocab} classes"
         );
     }
-    Ok((n, features, vocab))
+    Ok(())
 }
 
 /// The composed form: the full logits, then the cross-entropy.
@@ -101,10 +109,70 @@ fn composed(hidden: &Tensor, weight: &Tensor, targets: &[u32]) -> Result<Tensor>
     super::cross_entropy(&hidden.matmul(&weight.t()?)?, targets)
 }
 
+/// [`linear_cross_entropy`] with the head kept quantized (a GGUF base loaded with its blocks): the vocabulary
+/// is dequantized block by block as the tasks walk it, each block once per forward, so no f32 copy of the
+/// head exists (671 MB for Gemma-3's 262,144 x 640). Inputs other than f32 on the CPU run the composed form
+/// on the dequantized head.
+pub fn linear_cross_entropy_quantized(
+    hidden: &Tensor,
+    weight: &QuantizedWeight,
+    targets: &[u32],
+) -> Result<Tensor> {
+    let (vocab, wf) = weight.dims();
+    let (n, features) = hidden.dims2()?;
+    if !cpu::covers(hidden) || n == 0 || features == 0 {
+        return linear_cross_entropy(hidden, &weight.dequantize()?, targets);
+    }
+    if wf != features {
+        return Err(candle_core::Error::Msg(format!(
+            "linear_cross_entropy: hidden has {features} features, the weight [{vocab}, {wf}] expects {wf}"
+        ))
+        .into());
+    }
+    check_targets(targets, n, vocab)?;
+    let op = LinearCrossEntropy {
+        weight: Head::Quantized(weight.clone()),
+        targets: targets.to_vec(),
+        want_grad: hidden.track_op(),
+        dh: OnceLock::new(),
+    };
+    Ok(hidden.contiguous()?.apply_op1(op)?)
+}
+
+/// The head the fused op reads: f32 values, or blocks dequantized as they are reached.
+enum Head {
+    Dense(Tensor),
+    Quantized(QuantizedWeight),
+}
+
+/// Rows of a `[vocabulary, features]` head, as the tasks read them.
+trait HeadRows: Sync {
+    /// Rows `v0..v0 + width`, row-major.
+    fn rows(&self, v0: usize, width: usize, features: usize)
+        -> candle_core::Result<Cow<'_, [f32]>>;
+}
+
+impl HeadRows for [f32] {
+    fn rows(
+        &self,
+        v0: usize,
+        width: usize,
+        features: usize,
+    ) -> candle_core::Result<Cow<'_, [f32]>> {
+        Ok(Cow::Borrowed(&self[v0 * features..(v0 + width) * features]))
+    }
+}
+
+impl HeadRows for QuantizedWeight {
+    fn rows(&self, v0: usize, width: usize, _: usize) -> candle_core::Result<Cow<'_, [f32]>> {
+        crate::quantized::dequantized_here(self, v0, v0 + width).map(Cow::Owned)
+    }
+}
+
 /// The fused op on `hidden`; holds the frozen `[vocabulary, features]` weight, the targets, whether a backward
 /// will come, and then the hidden gradient of the mean loss (the backward's incoming gradient not applied).
 struct LinearCrossEntropy {
-    weight: Tensor,
+    weight: Head,
     targets: Vec<u32>,
     want_grad: bool,
     dh: OnceLock<Vec<f32>>,
@@ -180,13 +248,13 @@ cpu::simd_fn! {
 /// The statistics of rows `h` (`[rows, features]`) over vocabulary ids `vocab` of `w`.
 fn segment(
     h: &[f32],
-    w: &[f32],
+    w: &(impl HeadRows + ?Sized),
     features: usize,
     vocab: std::ops::Range<usize>,
     targets: &[u32],
     grad: bool,
     block: usize,
-) -> Partial {
+) -> candle_core::Result<Partial> {
     let rows = targets.len();
     let mut part = Partial {
         max: vec![f32::NEG_INFINITY; rows],
@@ -201,11 +269,11 @@ fn segment(
     let mut buf = vec![0f32; rows * block.min(vocab.len())];
     for v0 in vocab.clone().step_by(block) {
         let width = block.min(vocab.end - v0);
-        let wb = &w[v0 * features..(v0 + width) * features];
+        let wb = w.rows(v0, width, features)?;
         let logits = &mut buf[..rows * width];
         cpu::matmul(
             Mat::rows(h, features),
-            Mat::transposed(wb, features),
+            Mat::transposed(&wb, features),
             logits,
             (rows, width, features),
             false,
@@ -215,7 +283,7 @@ fn segment(
         if grad {
             cpu::matmul(
                 Mat::rows(logits, width),
-                Mat::rows(wb, features),
+                Mat::rows(&wb, features),
                 &mut part.dh,
                 (rows, features, width),
                 true,
@@ -223,20 +291,21 @@ fn segment(
             );
         }
     }
-    part
+    Ok(part)
 }
 
 /// Per-row losses of `h` `[n, features]` against `w` `[vocabulary, features]`, and where `dh` is not empty,
 /// the hidden gradient of the mean loss into it (`[n, features]`).
 fn run(
     h: &[f32],
-    w: &[f32],
+    w: &(impl HeadRows + ?Sized),
     (n, features, vocab): (usize, usize, usize),
     targets: &[u32],
     losses: &mut [f32],
     dh: &mut [f32],
-) {
-    let (rows_per, block) = (ROWS, BLOCK);
+    rows_per: usize,
+) -> candle_core::Result<()> {
+    let block = BLOCK;
     let grad = !dh.is_empty();
     let coef = 1.0 / n as f32;
     let blocks = vocab.div_ceil(block);
@@ -258,8 +327,17 @@ fn run(
                 block,
             )
         })
-        .collect();
+        .collect::<candle_core::Result<_>>()?;
     let segment_of = |t: usize| (0..segments).rfind(|&s| bounds(s) <= t).unwrap_or(0);
+    // Each row's target row of the head, read before the rows are combined (a quantized head dequantizes it).
+    let target_rows: Vec<Cow<'_, [f32]>> = if grad {
+        targets
+            .par_iter()
+            .map(|&t| w.rows(t as usize, 1, features))
+            .collect::<candle_core::Result<_>>()?
+    } else {
+        Vec::new()
+    };
     // Combines the segments of each row in segment order: the same bits for any thread count.
     let mut dh_rows: Vec<&mut [f32]> = if grad {
         dh.chunks_mut(features).collect()
@@ -285,7 +363,7 @@ fn run(
                 // d loss / d logit_t = p_t - 1, the rest of the row is p_v (all over n).
                 let gt = scale * cpu::exp(target - max) - coef;
                 dh.iter_mut()
-                    .zip(&w[t * features..(t + 1) * features])
+                    .zip(target_rows[i].iter())
                     .for_each(|(d, &x)| *d = gt * x);
                 for p in parts {
                     let f = scale * factor(p);
@@ -294,6 +372,17 @@ fn run(
                 }
             }
         });
+    Ok(())
+}
+
+impl Head {
+    /// `(vocabulary, features)`.
+    fn dims(&self) -> candle_core::Result<(usize, usize)> {
+        match self {
+            Head::Dense(w) => w.dims2(),
+            Head::Quantized(q) => Ok(q.dims()),
+        }
+    }
 }
 
 impl LinearCrossEntropy {
@@ -304,24 +393,21 @@ impl LinearCrossEntropy {
         n: usize,
         grad: bool,
     ) -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
-        let (vocab, features) = self.weight.dims2()?;
+        let (vocab, features) = self.weight.dims()?;
         let mut losses = vec![0f32; n];
         let mut dh = if grad {
             vec![0f32; n * features]
         } else {
             Vec::new()
         };
-        cpu::with_values(&self.weight, |w| {
-            run(
-                h,
-                w,
-                (n, features, vocab),
-                &self.targets,
-                &mut losses,
-                &mut dh,
-            );
-            Ok(())
-        })?;
+        let shape = (n, features, vocab);
+        match &self.weight {
+            Head::Dense(weight) => cpu::with_values(weight, |w| {
+                run(h, w, shape, &self.targets, &mut losses, &mut dh, ROWS)
+            })?,
+            // One chunk of all the rows: each vocabulary block is dequantized once per forward.
+            Head::Quantized(q) => run(h, q, shape, &self.targets, &mut losses, &mut dh, n.max(1))?,
+        }
         Ok((losses, dh))
     }
 }
@@ -337,7 +423,7 @@ impl CustomOp1 for LinearCrossEntropy {
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, features) = layout.shape().dims2()?;
-        let (_, wf) = self.weight.dims2()?;
+        let (_, wf) = self.weight.dims()?;
         if n != self.targets.len() || features != wf {
             candle_core::bail!(
                 "linear_cross_entropy: hidden [{n}, {features}] does not fit {} targets and a weight of {wf} features",
@@ -556,7 +642,7 @@ mod tests {
         let (h, w, targets) = inputs(5, 6, 40, 1.0, 4);
         let grad_of = |h: &Tensor| {
             let op = LinearCrossEntropy {
-                weight: w.clone(),
+                weight: Head::Dense(w.clone()),
                 targets: targets.clone(),
                 want_grad: h.track_op(),
                 dh: OnceLock::new(),
@@ -641,6 +727,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("[rows, features]"), "{err}");
+    }
+
+    #[test]
+    fn a_quantized_head_gives_the_loss_and_gradient_of_its_dequantized_weight() {
+        use candle_core::quantized::{GgmlDType, QTensor};
+        // More rows than one chunk of the dense path and a vocabulary of several blocks and segments.
+        let (h, w, targets) = inputs(ROWS + 37, 64, 2 * SEGMENTS * BLOCK + 77, 1.0, 21);
+        let q = QuantizedWeight::new(QTensor::quantize(&w, GgmlDType::Q8_0).unwrap()).unwrap();
+        let dense = q.dequantize().unwrap();
+        let h = Var::from_tensor(&h).unwrap();
+        let loss_q = linear_cross_entropy_quantized(h.as_tensor(), &q, &targets).unwrap();
+        let loss_d = linear_cross_entropy(h.as_tensor(), &dense, &targets).unwrap();
+        let (a, b) = (
+            loss_q.to_scalar::<f32>().unwrap(),
+            loss_d.to_scalar::<f32>().unwrap(),
+        );
+        assert!((a - b).abs() < 1e-5 * b.abs().max(1.0), "loss {a} vs {b}");
+        let gq = loss_q.backward().unwrap();
+        let gd = loss_d.backward().unwrap();
+        let diff = rel_diff(
+            gq.get(h.as_tensor()).unwrap(),
+            gd.get(h.as_tensor()).unwrap(),
+        );
+        assert!(diff < 1e-4, "hidden gradient differs by {diff} (relative)");
+        assert!(linear_cross_entropy_quantized(h.as_tensor(), &q, &targets[1..]).is_err());
     }
 
     #[test]

@@ -309,7 +309,7 @@ impl Lora {
             let delta = match (&l.dora, merge) {
                 (None, true) => l.delta_weight()?,
                 (None, false) => l.delta_weight()?.neg()?,
-                (Some(dora), true) => dora.merge_delta(frozen.weight(), &l.delta_weight()?)?,
+                (Some(dora), true) => dora.merge_delta(&frozen.weight()?, &l.delta_weight()?)?,
                 (Some(dora), false) => dora.take_merged_delta()?.neg()?,
             };
             frozen.add_to_weight(&delta)?;

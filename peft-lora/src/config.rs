@@ -473,7 +473,7 @@ impl LoraConfig {
                             self.init_lora_weights, target.name
                         ))
                     })?;
-                    Some(factors_from_base(how, frozen.weight(), &target, scale)?)
+                    Some(factors_from_base(how, &frozen.weight()?, &target, scale)?)
                 }
                 None => None,
             };

@@ -175,7 +175,7 @@ fn the_update_is_scale_times_x_a_t_b_t_with_alpha_over_r_or_sqrt_r() {
 fn weights(model: &dyn BaseModel, lora: &Lora) -> Vec<Tensor> {
     lora.layers()
         .iter()
-        .map(|l| model.frozen_linear(l.site()).unwrap().weight().clone())
+        .map(|l| model.frozen_linear(l.site()).unwrap().weight().unwrap())
         .collect()
 }
 

@@ -11,14 +11,79 @@
 //! ```
 
 use candle_core::{DType, Tensor};
+use peft_core::frozen::FrozenLinear;
 use peft_core::hooks::{Ctx, Hooks};
 use peft_core::model::Batch;
+use peft_core::quantized::QuantizedWeight;
+use peft_kernels::frozen::FrozenGemm;
 
 use crate::attention::PrefixMasks;
 use crate::error::{ModelError, Result};
 
+/// A `[vocab, hidden]` table rows are looked up in.
+pub(crate) trait Rows {
+    /// `(vocab, hidden)`.
+    fn dims2(&self) -> Result<(usize, usize)>;
+    /// The rows `ids` (a flat u32 tensor), `[ids, hidden]`.
+    fn select(&self, ids: &Tensor) -> Result<Tensor>;
+}
+
+impl Rows for Tensor {
+    fn dims2(&self) -> Result<(usize, usize)> {
+        Ok(Tensor::dims2(self)?)
+    }
+
+    fn select(&self, ids: &Tensor) -> Result<Tensor> {
+        Ok(self.index_select(ids, 0)?)
+    }
+}
+
+/// A token embedding table, dense or kept in its GGUF block format (then a lookup dequantizes only the rows it
+/// reads, and a tied LM head runs on the same blocks).
+#[derive(Debug, Clone)]
+pub enum TokenTable {
+    /// An f32 (or trained) table.
+    Dense(Tensor),
+    /// A table kept quantized.
+    Quantized(QuantizedWeight),
+}
+
+impl TokenTable {
+    /// The LM head that shares this table (a tied head).
+    pub fn tied_head(&self) -> FrozenLinear {
+        match self {
+            TokenTable::Dense(t) => FrozenLinear::new(t.clone(), None, &FrozenGemm),
+            TokenTable::Quantized(q) => FrozenLinear::quantized(q.clone(), None, &FrozenGemm),
+        }
+    }
+
+    /// The dense table, where it is one.
+    pub fn dense(&self) -> Option<&Tensor> {
+        match self {
+            TokenTable::Dense(t) => Some(t),
+            TokenTable::Quantized(_) => None,
+        }
+    }
+}
+
+impl Rows for TokenTable {
+    fn dims2(&self) -> Result<(usize, usize)> {
+        match self {
+            TokenTable::Dense(t) => Ok(t.dims2()?),
+            TokenTable::Quantized(q) => Ok(q.dims()),
+        }
+    }
+
+    fn select(&self, ids: &Tensor) -> Result<Tensor> {
+        match self {
+            TokenTable::Dense(t) => Ok(t.index_select(ids, 0)?),
+            TokenTable::Quantized(q) => Ok(q.select_rows(&ids.to_vec1::<u32>()?)?),
+        }
+    }
+}
+
 /// Word embeddings of `ids` (any shape) from a `[vocab, hidden]` table, checking the ids against the vocabulary.
-pub(crate) fn lookup(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+pub(crate) fn lookup(table: &(impl Rows + ?Sized), ids: &Tensor) -> Result<Tensor> {
     let (vocab, hidden) = table.dims2()?;
     let flat = ids.flatten_all()?.to_dtype(DType::U32)?;
     if flat.elem_count() > 0 {
@@ -31,7 +96,7 @@ pub(crate) fn lookup(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     }
     let mut dims = ids.dims().to_vec();
     dims.push(hidden);
-    Ok(table.index_select(&flat, 0)?.reshape(dims)?)
+    Ok(table.select(&flat)?.reshape(dims)?)
 }
 
 /// What enters the first layer.
@@ -50,7 +115,7 @@ pub(crate) struct Embedded {
 /// `layers` layers, and refuses a sequence longer than `max_positions` (named `limit_name` in the error, as
 /// the model's config calls it).
 pub(crate) fn embed(
-    table: &Tensor,
+    table: &(impl Rows + ?Sized),
     batch: &Batch,
     hooks: &dyn Hooks,
     layers: usize,

@@ -28,7 +28,7 @@ use crate::loaded::{LoadOptions, LoadedModel};
 use crate::weights::WeightMap;
 
 /// The `model_type` values [`load_folder`] knows.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["gpt2", "llama", "opt", "bert", "t5"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["gpt2", "llama", "opt", "bert", "t5", "gemma3_text"];
 
 /// Loads the model, tokenizer (optional) and eos id of a Hugging Face folder onto `device`.
 pub fn load_folder(dir: &Path, device: &Device) -> Result<LoadedModel> {
@@ -98,6 +98,7 @@ fn build(
         "opt" => crate::opt::from_folder(config, config_path, weights, name)?,
         "bert" => crate::bert::from_folder(config, config_path, weights, name)?,
         "t5" => crate::t5::from_folder(config, config_path, weights, name)?,
+        "gemma3_text" | "gemma3" => crate::gemma3::from_folder(config, config_path, weights, name)?,
         other => {
             return Err(ModelError::Config(format!(
                 "model_type `{other}` is not supported; supported model types: {}",

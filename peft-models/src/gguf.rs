@@ -27,13 +27,16 @@ use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
+use peft_core::quantized::QuantizedWeight;
 
 use crate::config::LlamaConfig;
 use crate::config_checks::{check_eps, check_sizes, count_layers};
 use crate::error::{ModelError, Result};
 use crate::gguf_layout::{check_tensor_layout, precheck_alignment};
-use crate::gguf_tokenizer::{as_i64, tokenizer_from_metadata, GgufTokenizer};
+use crate::gguf_metadata::ArchMetadata;
+use crate::gguf_tokenizer::{tokenizer_from_metadata, GgufTokenizer};
 use crate::llama::Llama;
 use crate::loaded::{LoadOptions, LoadedModel};
 use crate::tensor_usage::Allowed;
@@ -55,9 +58,23 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<LoadedModel> {
     load_gguf_with(path, device, LoadOptions::default())
 }
 
-/// [`load_gguf`] with options (trainable weights for full fine-tuning).
+/// [`load_gguf`] with options (trainable weights for full fine-tuning, weights kept quantized).
 pub fn load_gguf_with(path: &Path, device: &Device, options: LoadOptions) -> Result<LoadedModel> {
-    let mut ckpt = read_gguf(path, device)?;
+    if options.trainable_weights && options.keep_quantized {
+        return Err(bad_file(
+            path,
+            "full fine-tuning trains every weight, which a base kept quantized cannot do: load it in f32 \
+             (without `quantized = true` / `--keep-quantized`)"
+                .into(),
+        ));
+    }
+    let (content, _) = open(path)?;
+    if matches!(content.metadata.get("general.architecture"), Some(Value::String(a)) if a == "gemma3")
+    {
+        return crate::gguf_gemma3::load_gemma3_gguf(path, device, options);
+    }
+    drop(content);
+    let mut ckpt = read_gguf_with(path, device, options.keep_quantized)?;
     if options.trainable_weights {
         ckpt.weights.make_trainable()?;
     }
@@ -82,6 +99,17 @@ pub fn load_gguf_with(path: &Path, device: &Device, options: LoadOptions) -> Res
 /// ([`crate::gguf_layout`]), `<arch>.block_count` equal to the blocks the tensors hold, and every tensor one
 /// the model uses (or `rope_freqs.weight`, see [`ALLOWED_UNUSED`]).
 pub fn read_gguf(path: &Path, device: &Device) -> Result<GgufCheckpoint> {
+    read_gguf_with(path, device, false)
+}
+
+/// [`read_gguf`], keeping every 2-D weight the file stores in a block format (or f16) in that format where
+/// `keep_quantized` (the projections, the embedding table and an untied head); 1-D tensors (norms, biases)
+/// are always read as f32. Q/K rows are put back in Hugging Face's order by moving whole rows of blocks.
+pub fn read_gguf_with(
+    path: &Path,
+    device: &Device,
+    keep_quantized: bool,
+) -> Result<GgufCheckpoint> {
     let (content, mut reader) = open(path)?;
     let md = &content.metadata;
     let has_output = content.tensor_infos.contains_key("output.weight");
@@ -95,43 +123,91 @@ pub fn read_gguf(path: &Path, device: &Device) -> Result<GgufCheckpoint> {
     check_tensors(&content, config.num_hidden_layers).map_err(|e| bad_file(path, e.to_string()))?;
     let tokenizer = tokenizer_from_metadata(md).map_err(|e| bad_file(path, e.to_string()))?;
 
-    let mut tensors = HashMap::with_capacity(content.tensor_infos.len());
-    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
-    names.sort(); // read in a fixed order, so that an error is the same on every run
-    for gguf_name in names {
-        // Tensors with no Hugging Face counterpart (`rope_freqs`) are skipped, as transformers does.
-        let Some(hf_name) = hf_tensor_name(gguf_name) else {
-            continue;
-        };
-        let tensor = content
-            .tensor(&mut reader, gguf_name, device)
-            .and_then(|q| q.dequantize(device))
-            .and_then(|t| t.to_dtype(DType::F32))
-            .map_err(|e| {
-                bad_file(
-                    path,
-                    format!("tensor `{gguf_name}` cannot be read ({e}): the file is truncated or corrupt; download it again"),
-                )
-            })?;
-        let heads = if gguf_name.contains(".attn_q.") {
+    let heads = |gguf_name: &str| {
+        if gguf_name.contains(".attn_q.") {
             Some(config.num_attention_heads)
         } else if gguf_name.contains(".attn_k.") {
             Some(config.kv_heads())
         } else {
             None
-        };
-        let tensor = match heads {
-            Some(h) => unpermute_qk(&tensor, h)
-                .map_err(|e| bad_file(path, format!("tensor `{gguf_name}`: {e}")))?,
-            None => tensor,
-        };
-        tensors.insert(hf_name, tensor);
-    }
+        }
+    };
+    // Tensors with no Hugging Face counterpart (`rope_freqs`) are skipped, as transformers does.
+    let read = TensorNaming {
+        hf_name: &hf_tensor_name,
+        qk_heads: &heads,
+        fix_up: &|_, t| Ok(t),
+    };
+    let weights = read_tensors(path, &content, &mut reader, device, keep_quantized, &read)?;
     Ok(GgufCheckpoint {
         config,
-        weights: WeightMap::new(tensors, path.display().to_string()),
+        weights,
         tokenizer,
     })
+}
+
+/// How an architecture's GGUF tensors become Hugging Face's: the name (`None`: skipped), the head count of a
+/// Q/K projection whose rows llama.cpp interleaved (`None`: rows as stored), and a fix-up of a dense tensor's
+/// values (Gemma's norms are stored as `1 + w`).
+pub(crate) struct TensorNaming<'a> {
+    pub hf_name: &'a dyn Fn(&str) -> Option<String>,
+    pub qk_heads: &'a dyn Fn(&str) -> Option<usize>,
+    pub fix_up: &'a dyn Fn(&str, Tensor) -> Result<Tensor>,
+}
+
+/// Reads every tensor of an opened GGUF file into a [`WeightMap`] with Hugging Face names: f32, or, where
+/// `keep_quantized`, every 2-D tensor stored in a block format (or f16) kept in it (1-D tensors, norms and
+/// biases, are always f32, and only they are fixed up). Q/K rows are put back in Hugging Face's order by
+/// moving whole rows of blocks.
+pub(crate) fn read_tensors(
+    path: &Path,
+    content: &Content,
+    reader: &mut BufReader<File>,
+    device: &Device,
+    keep_quantized: bool,
+    naming: &TensorNaming<'_>,
+) -> Result<WeightMap> {
+    let mut tensors = HashMap::with_capacity(content.tensor_infos.len());
+    let mut quantized = HashMap::new();
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort(); // read in a fixed order, so that an error is the same on every run
+    for gguf_name in names {
+        let Some(hf_name) = (naming.hf_name)(gguf_name) else {
+            continue;
+        };
+        let in_tensor = |e: String| bad_file(path, format!("tensor `{gguf_name}`: {e}"));
+        let q = content.tensor(reader, gguf_name, device).map_err(|e| {
+            in_tensor(format!(
+                "cannot be read ({e}): the file is truncated or corrupt; download it again"
+            ))
+        })?;
+        let heads = (naming.qk_heads)(gguf_name);
+        if keep_quantized && q.rank() == 2 && q.dtype() != GgmlDType::F32 {
+            let weight = QuantizedWeight::new(q).map_err(|e| in_tensor(e.to_string()))?;
+            let weight = match heads {
+                Some(h) => qk_row_order(weight.dims().0, h)
+                    .and_then(|order| Ok(weight.reorder_rows(&order)?))
+                    .map_err(|e| in_tensor(e.to_string()))?,
+                None => weight,
+            };
+            quantized.insert(hf_name, weight);
+            continue;
+        }
+        let tensor = q
+            .dequantize(device)
+            .and_then(|t| t.to_dtype(DType::F32))
+            .map_err(|e| {
+                in_tensor(format!(
+                    "cannot be read ({e}): the file is truncated or corrupt; download it again"
+                ))
+            })?;
+        let tensor = match heads {
+            Some(h) => unpermute_qk(&tensor, h).map_err(|e| in_tensor(e.to_string()))?,
+            None => tensor,
+        };
+        tensors.insert(hf_name, (naming.fix_up)(gguf_name, tensor)?);
+    }
+    Ok(WeightMap::new(tensors, path.display().to_string()).with_quantized(quantized))
 }
 
 /// Tensors a llama GGUF file may hold that the model does not read.
@@ -175,7 +251,7 @@ pub fn read_gguf_tokenizer(path: &Path) -> Result<GgufTokenizer> {
 }
 
 /// Opens a GGUF file and reads its header, with errors that say what is wrong with the file.
-fn open(path: &Path) -> Result<(Content, BufReader<File>)> {
+pub(crate) fn open(path: &Path) -> Result<(Content, BufReader<File>)> {
     let file = File::open(path).map_err(|e| {
         bad_file(path, format!("cannot open the GGUF file ({e}); check the path, or fetch a zoo model with `peft fetch <name>`"))
     })?;
@@ -205,7 +281,7 @@ fn open(path: &Path) -> Result<(Content, BufReader<File>)> {
     Ok((content, reader))
 }
 
-fn bad_file(path: &Path, message: String) -> ModelError {
+pub(crate) fn bad_file(path: &Path, message: String) -> ModelError {
     ModelError::BadFile {
         path: path.to_path_buf(),
         message,
@@ -229,50 +305,14 @@ pub fn llama_config(md: &HashMap<String, Value>, has_output: bool) -> Result<Lla
              load this model from a Hugging Face folder instead if its architecture is in the zoo"
         )));
     }
-    let int = |key: &str| -> Result<Option<usize>> {
-        let full = format!("{arch}.{key}");
-        match md.get(&full) {
-            None => Ok(None),
-            Some(v) => as_i64(v)
-                .and_then(|x| usize::try_from(x).ok())
-                .map(Some)
-                .ok_or_else(|| {
-                    ModelError::Config(format!(
-                        "GGUF metadata `{full}` should be a non-negative integer"
-                    ))
-                }),
-        }
-    };
-    let required = |key: &str| -> Result<usize> {
-        int(key)?.ok_or_else(|| ModelError::Config(format!("GGUF metadata lacks `{arch}.{key}`")))
-    };
-    let float = |key: &str| -> Result<Option<f64>> {
-        let full = format!("{arch}.{key}");
-        match md.get(&full) {
-            None => Ok(None),
-            Some(Value::F32(x)) => Ok(Some(*x as f64)),
-            Some(Value::F64(x)) => Ok(Some(*x)),
-            Some(_) => Err(ModelError::Config(format!(
-                "GGUF metadata `{full}` should be a float"
-            ))),
-        }
-    };
-    let token_id = |key: &str| {
-        md.get(key)
-            .and_then(as_i64)
-            .and_then(|x| u32::try_from(x).ok())
-    };
-    let vocab_size = match int("vocab_size")? {
-        Some(v) => v,
-        None => match md.get("tokenizer.ggml.tokens") {
-            Some(Value::Array(tokens)) => tokens.len(),
-            _ => {
-                return Err(ModelError::Config(
-                    "GGUF metadata gives no vocabulary size and no token list".into(),
-                ))
-            }
-        },
-    };
+    let meta = ArchMetadata::new(md, &arch);
+    let (int, required, float) = (
+        |k: &str| meta.int(k),
+        |k: &str| meta.required(k),
+        |k: &str| meta.float(k),
+    );
+    let token_id = |k: &str| meta.token_id(k);
+    let vocab_size = meta.vocab_size()?;
     // Defaults are transformers' `LlamaConfig` defaults, which apply where the metadata is silent.
     let config = LlamaConfig {
         vocab_size,
@@ -316,6 +356,28 @@ pub fn llama_config(md: &HashMap<String, Value>, has_output: bool) -> Result<Lla
 /// The Hugging Face name of a llama.cpp tensor (`blk.N.attn_q.weight` -> `model.layers.N.self_attn.q_proj.weight`),
 /// or `None` for a tensor the Hugging Face model has no parameter for.
 pub fn hf_tensor_name(gguf_name: &str) -> Option<String> {
+    hf_name_with(gguf_name, |part| {
+        Some(match part {
+            "attn_q" => "self_attn.q_proj",
+            "attn_k" => "self_attn.k_proj",
+            "attn_v" => "self_attn.v_proj",
+            "attn_output" => "self_attn.o_proj",
+            "ffn_gate" => "mlp.gate_proj",
+            "ffn_up" => "mlp.up_proj",
+            "ffn_down" => "mlp.down_proj",
+            "attn_norm" => "input_layernorm",
+            "ffn_norm" => "post_attention_layernorm",
+            _ => return None,
+        })
+    })
+}
+
+/// The Hugging Face name of a llama.cpp tensor whose per-block module `blk.N.<part>` is named by `block_part`
+/// (`None`: no parameter): `token_embd`, `output_norm` and `output` are named alike in every architecture.
+pub(crate) fn hf_name_with(
+    gguf_name: &str,
+    block_part: impl Fn(&str) -> Option<&'static str>,
+) -> Option<String> {
     let (module, suffix) = gguf_name.rsplit_once('.')?;
     if suffix != "weight" && suffix != "bias" {
         return None;
@@ -328,19 +390,7 @@ pub fn hf_tensor_name(gguf_name: &str) -> Option<String> {
             let rest = module.strip_prefix("blk.")?;
             let (layer, part) = rest.split_once('.')?;
             let layer: usize = layer.parse().ok()?;
-            let hf_part = match part {
-                "attn_q" => "self_attn.q_proj",
-                "attn_k" => "self_attn.k_proj",
-                "attn_v" => "self_attn.v_proj",
-                "attn_output" => "self_attn.o_proj",
-                "ffn_gate" => "mlp.gate_proj",
-                "ffn_up" => "mlp.up_proj",
-                "ffn_down" => "mlp.down_proj",
-                "attn_norm" => "input_layernorm",
-                "ffn_norm" => "post_attention_layernorm",
-                _ => return None,
-            };
-            format!("model.layers.{layer}.{hf_part}")
+            format!("model.layers.{layer}.{}", block_part(part)?)
         }
     };
     Some(format!("{hf_module}.{suffix}"))
@@ -365,6 +415,26 @@ pub fn unpermute_qk(w: &Tensor, n_head: usize) -> Result<Tensor> {
         .transpose(1, 2)?
         .contiguous()?
         .reshape(dims)?)
+}
+
+/// The row order of [`unpermute_qk`] for a `[rows, ..]` Q/K weight: row `i` of the result is row `order[i]`
+/// of the file's tensor.
+pub fn qk_row_order(rows: usize, n_head: usize) -> Result<Vec<usize>> {
+    if n_head == 0 || !rows.is_multiple_of(2 * n_head) {
+        return Err(ModelError::Config(format!(
+            "Q/K projection has {rows} rows, not a multiple of 2 x {n_head} heads: the metadata's head counts do not fit"
+        )));
+    }
+    let (head_dim, half) = (rows / n_head, rows / n_head / 2);
+    let mut order = Vec::with_capacity(rows);
+    for h in 0..n_head {
+        for p in 0..2 {
+            for i in 0..half {
+                order.push(h * head_dim + 2 * i + p);
+            }
+        }
+    }
+    Ok(order)
 }
 
 #[cfg(test)]
@@ -438,6 +508,26 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn the_qk_row_order_is_the_rows_unpermute_moves() {
+        let (rows, heads) = (24, 3);
+        let w = Tensor::arange(0f32, rows as f32, &Device::Cpu)
+            .unwrap()
+            .reshape((rows, 1))
+            .unwrap();
+        let moved: Vec<usize> = unpermute_qk(&w, heads)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(|v| v as usize)
+            .collect();
+        assert_eq!(qk_row_order(rows, heads).unwrap(), moved);
+        assert!(qk_row_order(10, 3).is_err());
     }
 
     #[test]

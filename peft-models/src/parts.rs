@@ -8,14 +8,16 @@
 //! assert!(Activation::parse("swiglu").unwrap_err().to_string().contains("swiglu"));
 //! ```
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use candle_core::Tensor;
 use peft_core::frozen::FrozenLinear;
 use peft_core::hooks::Hooks;
-use peft_core::spec::{ModelSpec, Role, Site, SiteId};
+use peft_core::quantized::QuantizedWeight;
+use peft_core::spec::{ModelSpec, Role, Site, SiteId, WeightStorage};
 use peft_kernels::frozen::FrozenGemm;
 
+use crate::embedding::TokenTable;
 use crate::error::{ModelError, Result};
 use crate::tensor_usage::{check_all_used, Allowed};
 use crate::weights::WeightMap;
@@ -191,6 +193,10 @@ pub struct Loader<'a> {
     pub parameters: Vec<(String, Tensor)>,
     /// Every checkpoint tensor read so far.
     used: BTreeSet<String>,
+    /// Values of the weights kept quantized (they are not in `parameters`, which lists dense tensors).
+    quantized_elements: usize,
+    /// Values and bytes per storage type of the weights kept quantized.
+    quantized_storage: BTreeMap<String, WeightStorage>,
 }
 
 impl<'a> Loader<'a> {
@@ -201,6 +207,8 @@ impl<'a> Loader<'a> {
             spec,
             parameters: Vec::new(),
             used: BTreeSet::new(),
+            quantized_elements: 0,
+            quantized_storage: BTreeMap::new(),
         }
     }
 
@@ -227,19 +235,61 @@ impl<'a> Loader<'a> {
         out_f: usize,
         bias: bool,
     ) -> Result<Projection> {
-        let weight = self.tensor(&format!("{module}.weight"), &[out_f, in_f])?;
+        let linear = self.frozen(&format!("{module}.weight"), in_f, out_f, bias)?;
+        let site = self.spec.add_site(
+            Site::linear(module, layer, in_f, out_f, linear.bias().is_some()).with_role(role),
+        );
+        Ok(Projection { site, linear })
+    }
+
+    /// The frozen layer of weight `name` (`[out, in]`) and, where `bias`, the bias beside it: kept quantized
+    /// where the checkpoint kept it so.
+    fn frozen(
+        &mut self,
+        name: &str,
+        in_f: usize,
+        out_f: usize,
+        bias: bool,
+    ) -> Result<FrozenLinear> {
         let bias = if bias {
-            Some(self.tensor(&format!("{module}.bias"), &[out_f])?)
+            let bias_name = format!("{}.bias", name.trim_end_matches(".weight"));
+            Some(self.tensor(&bias_name, &[out_f])?)
         } else {
             None
         };
-        let site = self
-            .spec
-            .add_site(Site::linear(module, layer, in_f, out_f, bias.is_some()).with_role(role));
-        Ok(Projection {
-            site,
-            linear: FrozenLinear::new(weight, bias, &FrozenGemm),
+        Ok(match self.weights.quantized(name, [out_f, in_f])? {
+            Some(q) => {
+                self.record_quantized(name, &q);
+                FrozenLinear::quantized(q, bias, &FrozenGemm)
+            }
+            None => FrozenLinear::new(self.tensor(name, &[out_f, in_f])?, bias, &FrozenGemm),
         })
+    }
+
+    /// Notes a weight kept quantized as used, counted and stored.
+    fn record_quantized(&mut self, name: &str, q: &QuantizedWeight) {
+        self.used.insert(name.to_string());
+        let (out, inp) = q.dims();
+        self.quantized_elements += out * inp;
+        let entry = self.quantized_storage.entry(q.type_name()).or_default();
+        entry.values += out * inp;
+        entry.bytes += q.storage_bytes();
+    }
+
+    /// A token embedding table `[vocab, hidden]`, kept quantized where the checkpoint kept it so.
+    pub fn token_table(&mut self, name: &str, vocab: usize, hidden: usize) -> Result<TokenTable> {
+        Ok(match self.weights.quantized(name, [vocab, hidden])? {
+            Some(q) => {
+                self.record_quantized(name, &q);
+                TokenTable::Quantized(q)
+            }
+            None => TokenTable::Dense(self.tensor(name, &[vocab, hidden])?),
+        })
+    }
+
+    /// An untied LM head `[vocab, hidden]` without bias (`lm_head.weight`).
+    pub fn head(&mut self, name: &str, vocab: usize, hidden: usize) -> Result<FrozenLinear> {
+        self.frozen(name, hidden, vocab, false)
     }
 
     /// A GPT-2 Conv1D module: weight `[in, out]` in the checkpoint, `[out, in]` in the returned projection (and
@@ -262,7 +312,7 @@ impl<'a> Loader<'a> {
         let listed = if stored.is_variable() {
             stored
         } else {
-            linear.weight().clone()
+            linear.weight()?
         };
         self.parameters.push((name, listed));
         let site = self
@@ -321,9 +371,27 @@ impl<'a> Loader<'a> {
         let Loader {
             mut spec,
             parameters,
+            quantized_elements,
+            mut quantized_storage,
             ..
         } = self;
-        spec.num_parameters = parameters.iter().map(|(_, t)| t.elem_count()).sum();
+        // A tensor listed twice (a tied weight) is stored once.
+        let mut seen = std::collections::HashSet::new();
+        for (_, t) in &parameters {
+            if seen.insert(t.id()) {
+                let entry = quantized_storage
+                    .entry(format!("{:?}", t.dtype()).to_lowercase())
+                    .or_default();
+                entry.values += t.elem_count();
+                entry.bytes += t.elem_count() * t.dtype().size_in_bytes();
+            }
+        }
+        spec.weight_storage = quantized_storage;
+        spec.num_parameters = parameters
+            .iter()
+            .map(|(_, t)| t.elem_count())
+            .sum::<usize>()
+            + quantized_elements;
         Ok((spec, parameters))
     }
 }

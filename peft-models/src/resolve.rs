@@ -85,7 +85,14 @@ fn load_model_from(
     zoo_cache: &ZooCache,
     options: LoadOptions,
 ) -> Result<LoadedModel> {
-    match locate(classify(spec)?, zoo_cache, options)? {
+    let location = locate(classify(spec)?, zoo_cache, options)?;
+    if options.keep_quantized && !matches!(location, Location::Gguf(_)) {
+        return Err(ModelError::Config(format!(
+            "`{spec}` is not a GGUF file, so it has no quantized blocks to keep: `quantized = true` (or \
+             `--keep-quantized`) applies to GGUF models such as `smollm2-135m`; drop it for this model"
+        )));
+    }
+    match location {
         Location::Gguf(path) => load_gguf_with(&path, device, options),
         Location::Folder(path) => load_folder_with(&path, device, options),
         Location::Random(name) => {

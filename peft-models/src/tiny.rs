@@ -22,7 +22,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::Normal;
 
-use crate::config::{Gpt2Config, LlamaConfig};
+use crate::config::{Gemma3Config, Gpt2Config, LlamaConfig};
+use crate::gemma3::Gemma3;
 use crate::gpt2::Gpt2;
 use crate::llama::Llama;
 use crate::weights::WeightMap;
@@ -142,6 +143,109 @@ pub fn llama_shapes(c: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
             ("self_attn.k_proj", vec![kv, h]),
             ("self_attn.v_proj", vec![kv, h]),
             ("self_attn.o_proj", vec![h, q]),
+            ("mlp.gate_proj", vec![inner, h]),
+            ("mlp.up_proj", vec![inner, h]),
+            ("mlp.down_proj", vec![h, inner]),
+        ] {
+            shapes.push((format!("{p}.{module}.weight"), shape));
+        }
+    }
+    shapes
+}
+
+/// The sliding window of the tiny Gemma-3: shorter than the test sequences, so that the mask matters.
+pub const GEMMA3_WINDOW: usize = 3;
+
+/// The tiny Gemma-3 configuration: layer 0 slides (window [`GEMMA3_WINDOW`], local RoPE base 500), layer 1
+/// is global (base 10000); 2 key/value heads of dimension 16 (not hidden / heads), `query_pre_attn_scalar` 24
+/// (not head_dim), tied head.
+pub fn gemma3_config() -> Gemma3Config {
+    Gemma3Config {
+        vocab_size: VOCAB,
+        hidden_size: 32,
+        intermediate_size: 64,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 16,
+        hidden_activation: "gelu_pytorch_tanh".into(),
+        max_position_embeddings: 64,
+        rms_norm_eps: 1e-6,
+        rope_theta: 10000.0,
+        rope_local_base_freq: 500.0,
+        query_pre_attn_scalar: 24.0,
+        sliding_window: Some(GEMMA3_WINDOW),
+        layer_types: Some(vec!["sliding_attention".into(), "full_attention".into()]),
+        sliding_window_pattern: None,
+        attention_bias: false,
+        final_logit_softcapping: None,
+        attn_logit_softcapping: None,
+        use_bidirectional_attention: None,
+        tie_word_embeddings: true,
+        bos_token_id: Some(2),
+        eos_token_id: Some(1),
+        pad_token_id: Some(0),
+    }
+}
+
+/// A tiny Gemma-3 with seeded random weights, on the CPU.
+pub fn gemma3(seed: u64) -> Gemma3 {
+    Gemma3::from_weights(&gemma3_config(), &gemma3_weights(seed), "tiny-gemma3")
+        .expect("the tiny Gemma-3 weights fit its config")
+}
+
+/// The checkpoint tensors of [`gemma3`], HF names. Norm weights are the raw `w` of `1 + w`, drawn around 0 so
+/// that the norms scale by about 1 as the other tiny models' do, and the embedding table is divided by
+/// sqrt(hidden), which Gemma multiplies back: at the other models' scales the logits would be too peaked for a
+/// few training steps to move them.
+pub fn gemma3_weights(seed: u64) -> WeightMap {
+    let drawn = random_weights(gemma3_shapes(&gemma3_config()), seed, "tiny Gemma-3");
+    let tensors = drawn
+        .names()
+        .map(|name| {
+            let t = drawn.get_any(name).expect("drawn above");
+            let t = if name.contains("norm") {
+                (t - 1.0).expect("f32 arithmetic")
+            } else if name.contains("embed_tokens") {
+                // Gemma multiplies the looked-up rows by sqrt(hidden): this keeps them at the others' scale.
+                (t / (gemma3_config().hidden_size as f64).sqrt()).expect("f32 arithmetic")
+            } else {
+                t
+            };
+            (name.clone(), t)
+        })
+        .collect();
+    WeightMap::new(tensors, "tiny Gemma-3")
+}
+
+/// The tensor names and shapes of a Gemma-3 checkpoint of configuration `c` (no biases; `lm_head.weight` only
+/// with an untied head), in a fixed order.
+pub fn gemma3_shapes(c: &Gemma3Config) -> Vec<(String, Vec<usize>)> {
+    let (h, d, inner) = (c.hidden_size, c.head_dim, c.intermediate_size);
+    let (q, kv) = (c.num_attention_heads * d, c.num_key_value_heads * d);
+    let mut shapes = vec![
+        (
+            "model.embed_tokens.weight".to_string(),
+            vec![c.vocab_size, h],
+        ),
+        ("model.norm.weight".to_string(), vec![h]),
+    ];
+    if !c.tie_word_embeddings {
+        shapes.push(("lm_head.weight".to_string(), vec![c.vocab_size, h]));
+    }
+    for i in 0..c.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        for (module, shape) in [
+            ("input_layernorm", vec![h]),
+            ("post_attention_layernorm", vec![h]),
+            ("pre_feedforward_layernorm", vec![h]),
+            ("post_feedforward_layernorm", vec![h]),
+            ("self_attn.q_proj", vec![q, h]),
+            ("self_attn.k_proj", vec![kv, h]),
+            ("self_attn.v_proj", vec![kv, h]),
+            ("self_attn.o_proj", vec![h, q]),
+            ("self_attn.q_norm", vec![d]),
+            ("self_attn.k_norm", vec![d]),
             ("mlp.gate_proj", vec![inner, h]),
             ("mlp.up_proj", vec![inner, h]),
             ("mlp.down_proj", vec![h, inner]),

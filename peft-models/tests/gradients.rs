@@ -124,7 +124,9 @@ fn assert_no_frozen_gradient(model: &dyn BaseModel, grads: &candle_core::backpro
         );
     }
     assert!(
-        grads.get(model.lm_head().unwrap().weight()).is_none(),
+        grads
+            .get(&model.lm_head().unwrap().weight().unwrap())
+            .is_none(),
         "the frozen LM head received a gradient"
     );
 }

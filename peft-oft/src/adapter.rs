@@ -248,7 +248,7 @@ impl Oft {
             let w = model
                 .frozen_linear(l.site())
                 .expect("checked above")
-                .weight();
+                .weight()?;
             let w32 = w.to_dtype(DType::F32)?;
             deltas.push((l.times_transposed(&w32, &r)? - &w32)?);
         }

@@ -375,7 +375,7 @@ fn frozen_tensors(model: &dyn BaseModel) -> Result<Vec<(String, Tensor)>> {
         if let Some(linear) = model.frozen_linear(id) {
             all.push((
                 format!("{} (forward weight)", site.name),
-                linear.weight().copy()?,
+                linear.weight()?.copy()?,
             ));
             if let Some(b) = linear.bias() {
                 all.push((format!("{} (forward bias)", site.name), b.copy()?));

@@ -104,7 +104,10 @@ fn rescale(
     l: &Tensor,
     divide: bool,
 ) -> Result<FrozenLinear> {
-    let weight = layer.weight();
+    if let Some(q) = layer.quantized_weight() {
+        return Err(peft_core::frozen::quantized_merge_refused(q));
+    }
+    let weight = layer.weight()?;
     // The weight is `[out, in]`: a `[1, in]` vector scales its columns, an `[out, 1]` vector its rows.
     let l = l.to_dtype(weight.dtype())?;
     let scale = |t: &Tensor, by: &Tensor| -> Result<Tensor> {
@@ -115,7 +118,7 @@ fn rescale(
             t.broadcast_mul(by)?
         })
     };
-    let new_weight = scale(weight, &l)?;
+    let new_weight = scale(&weight, &l)?;
     let new_bias = match layer.bias() {
         Some(b) if !feedforward => Some(scale(b, &l.flatten_all()?.to_dtype(b.dtype())?)?),
         other => other.cloned(),

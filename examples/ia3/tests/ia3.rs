@@ -135,7 +135,7 @@ fn the_hook_scales_inputs_of_feedforward_modules_and_outputs_of_the_others() {
         let module = &name["base_model.model.".len()..name.len() - ".ia3_l".len()];
         let site = model.spec().find_site(module).unwrap();
         let frozen = model.frozen_linear(site).unwrap();
-        let (w, b) = (frozen.weight(), frozen.bias().unwrap());
+        let (w, b) = (frozen.weight().unwrap(), frozen.bias().unwrap());
         // Reference arithmetic in plain candle ops, independent of the hook.
         let affine = |x: &Tensor| {
             x.broadcast_matmul(&w.t().unwrap())

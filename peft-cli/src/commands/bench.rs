@@ -30,7 +30,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::experiment::parse_method;
 use crate::measure::{median, minor_page_faults, peak_rss_bytes};
-use crate::session::{init_ctx, open_model};
+use crate::session::{init_ctx, open_model_with};
 
 /// The method tags `--method` takes, each with the config it stands for (HF PEFT's defaults otherwise).
 pub const METHOD_TAGS: [(&str, &str); 13] = [
@@ -107,6 +107,9 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a line of text.
     #[arg(long)]
     json: bool,
+    /// Keep a GGUF model's weights in their block formats (QLoRA-style) instead of dequantizing them to f32.
+    #[arg(long)]
+    keep_quantized: bool,
 }
 
 /// Runs `peft bench`.
@@ -122,7 +125,13 @@ pub fn run(args: BenchArgs, comm: &dyn Communicator) -> Result<()> {
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     }
     let method = resolve_method(&args.method)?;
-    let loaded = open_model(&args.model)?;
+    let loaded = open_model_with(
+        &args.model,
+        peft_models::LoadOptions {
+            keep_quantized: args.keep_quantized,
+            ..Default::default()
+        },
+    )?;
     let model = loaded.model.as_ref();
     let spec = model.spec();
     if args.seq > spec.max_positions {

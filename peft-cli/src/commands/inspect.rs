@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Args;
 use peft_core::adapter_io::WEIGHTS_FILE;
 
-use crate::session::{adapter_options, build_adapter, open_adapter, open_model};
+use crate::session::{adapter_options, build_adapter, open_adapter, open_model_with};
 
 /// Arguments of `peft inspect`.
 #[derive(Args)]
@@ -24,11 +24,20 @@ pub struct InspectArgs {
     /// comes from a diverged run; inspecting one is how to see what it is).
     #[arg(long, requires = "adapter")]
     allow_non_finite: bool,
+    /// Keep a GGUF model's weights in their block formats (QLoRA-style) instead of dequantizing them to f32.
+    #[arg(long)]
+    keep_quantized: bool,
 }
 
 /// Runs `peft inspect`: prints one JSON object.
 pub fn run(args: InspectArgs) -> Result<()> {
-    let loaded = open_model(&args.model)?;
+    let loaded = open_model_with(
+        &args.model,
+        peft_models::LoadOptions {
+            keep_quantized: args.keep_quantized,
+            ..Default::default()
+        },
+    )?;
     let spec = loaded.model.spec();
     let mut report = serde_json::json!({
         "model": spec.name_or_path,
@@ -40,6 +49,8 @@ pub fn run(args: InspectArgs) -> Result<()> {
         "vocab_size": spec.vocab_size,
         "context": spec.max_positions,
         "total_parameters": spec.num_parameters,
+        "weight_storage": spec.weight_storage,
+        "weight_bytes": spec.weight_storage.values().map(|s| s.bytes).sum::<usize>(),
         "has_tokenizer": loaded.tokenizer.is_some(),
     });
     let adapter = match (&args.adapter, &args.experiment) {

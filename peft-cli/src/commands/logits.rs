@@ -11,7 +11,7 @@ use peft_core::hooks::Hooks;
 use peft_models::LoadedModel;
 use peft_train::generate::{last_decoder_logits, last_logits};
 
-use crate::session::{adapter_options, open_adapter, open_model, with_adapter, Tokens};
+use crate::session::{adapter_options, open_adapter, with_adapter, Tokens};
 
 /// Arguments of `peft logits`.
 #[derive(Args)]
@@ -42,11 +42,20 @@ pub struct LogitsArgs {
     /// How many logits to list.
     #[arg(long, default_value_t = 20)]
     top_k: usize,
+    /// Keep a GGUF model's weights in their block formats (QLoRA-style) instead of dequantizing them to f32.
+    #[arg(long)]
+    keep_quantized: bool,
 }
 
 /// Runs `peft logits`.
 pub fn run(args: LogitsArgs) -> Result<()> {
-    let mut loaded = open_model(&args.model)?;
+    let mut loaded = crate::session::open_model_with(
+        &args.model,
+        peft_models::LoadOptions {
+            keep_quantized: args.keep_quantized,
+            ..Default::default()
+        },
+    )?;
     let ids = Tokens::from_args(args.text.as_deref(), args.ids.as_deref()).resolve(&loaded)?;
     if args.top_k == 0 {
         bail!("--top-k must be at least 1");

