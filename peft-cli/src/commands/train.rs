@@ -49,6 +49,9 @@ pub struct TrainArgs {
     /// evaluations take seconds; its numbers are not the dev set's.
     #[arg(long, value_name = "N")]
     max_eval_samples: Option<usize>,
+    /// Keep the GGUF model's weights in their block formats (QLoRA-style), as `[model] quantized = true` does.
+    #[arg(long)]
+    keep_quantized: bool,
 }
 
 fn show(metrics: &Metrics) -> String {
@@ -65,6 +68,7 @@ pub fn run(args: TrainArgs, comm: &dyn Communicator) -> Result<()> {
     if let Some(n) = args.max_eval_samples {
         exp.file.data.eval = exp.file.data.eval.with_limit_at_most(n);
     }
+    exp.file.model.quantized |= args.keep_quantized;
     let cfg = &mut exp.file.training;
     if let Some(s) = args.max_steps {
         cfg.max_steps = s;
