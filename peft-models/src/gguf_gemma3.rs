@@ -43,9 +43,9 @@ pub struct Gemma3Checkpoint {
     pub weights: WeightMap,
 }
 
-/// Loads a Gemma-3 GGUF file as a frozen [`Gemma3`], named after the file. The tokenizer is the one
-/// [`tokenizer_from_metadata`] rebuilds, or `None` while that does not support the file's kind (Gemma's
-/// SentencePiece model, `tokenizer.ggml.model = "llama"`): the model then takes token ids only.
+/// Loads a Gemma-3 GGUF file as a frozen [`Gemma3`], named after the file, with the SentencePiece tokenizer
+/// [`tokenizer_from_metadata`] rebuilds from its metadata (a file whose tokenizer cannot be rebuilt is refused,
+/// naming why). `options.keep_quantized` keeps its block-format weights as they are.
 pub fn load_gemma3_gguf(path: &Path, device: &Device, options: LoadOptions) -> Result<LoadedModel> {
     let mut ckpt = read_gemma3_gguf(path, device, options.keep_quantized)?;
     if options.trainable_weights {
