@@ -17,6 +17,7 @@ pub mod measure;
 #[cfg(feature = "mpi")]
 pub mod mpi_comm;
 pub mod plots;
+pub mod serve;
 pub mod session;
 pub mod task_file;
 pub mod task_setup;
@@ -84,6 +85,8 @@ enum Command {
     Convert(commands::convert::ConvertArgs),
     /// Combine LoRA adapters of one base model into one, as HF PEFT's add_weighted_adapter (linear, svd, ties, ...).
     Merge(commands::merge::MergeArgs),
+    /// Serve OpenAI's completions API over a model and its adapters, batched continuously (HTTP).
+    Serve(commands::serve::ServeArgs),
     /// Time training steps of one method on one model (medians after a warm-up step).
     Bench(commands::bench::BenchArgs),
     /// Run a grid of models x tasks x methods x seeds and write tables and plots (see README).
@@ -113,6 +116,7 @@ pub fn run() -> i32 {
             Command::Inspect(a) => commands::inspect::run(a),
             Command::Convert(a) => commands::convert::run(a),
             Command::Merge(a) => commands::merge::run(a),
+            Command::Serve(a) => commands::serve::run(a),
             Command::Train(_)
             | Command::Compare(_)
             | Command::Bench(_)
@@ -143,6 +147,7 @@ impl Command {
             Command::Inspect(_) => "inspect",
             Command::Convert(_) => "convert",
             Command::Merge(_) => "merge",
+            Command::Serve(_) => "serve",
             Command::Bench(_) => "bench",
             Command::Compare(_) => "compare",
             Command::CompareCell(_) => "compare-cell",

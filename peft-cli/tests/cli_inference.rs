@@ -290,3 +290,62 @@ fn inspect_counts_parameters_like_transformers() {
     assert_eq!(json["method"], "PROMPT_TUNING");
     assert!(json["adapter_file_bytes"].as_u64().unwrap() > 5 * 32 * 4);
 }
+
+#[test]
+fn generate_batches_prompts_and_mixes_adapters_as_each_prompt_alone() {
+    let model = fixture("tiny-gpt2");
+    let adapters = [
+        fixture("adapters/hf-tiny-gpt2-lora"),
+        fixture("adapters/hf-tiny-gpt2-prefix"),
+        fixture("adapters/hf-tiny-gpt2-p-tuning-mlp"),
+    ];
+    let prompts = ["w1 w2 w3", "w7", "w4 w5 w6 w7 w8"];
+    let generate = |extra: &[&str]| {
+        let out = run_peft(
+            &[
+                &["generate", "--model", &model, "--max-new-tokens", "5"][..],
+                extra,
+            ]
+            .concat(),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Each prompt alone with its adapter, through the cache and through the uncached reference path.
+    let mut alone = String::new();
+    for (prompt, adapter) in prompts.iter().zip(&adapters) {
+        let cached = generate(&["--adapter", adapter, "--prompt", prompt]);
+        let uncached = generate(&["--adapter", adapter, "--prompt", prompt, "--no-cache"]);
+        assert_eq!(cached, uncached, "{adapter}: cached and uncached differ");
+        alone.push_str(&cached);
+    }
+    // One left-padded batch whose rows use LoRA, prefix tuning and P-tuning.
+    let mut mixed_args = Vec::new();
+    for (prompt, adapter) in prompts.iter().zip(&adapters) {
+        mixed_args.extend(["--adapter", adapter.as_str(), "--prompt", prompt]);
+    }
+    assert_eq!(generate(&mixed_args), alone);
+    let sequential = [&mixed_args[..], &["--sequential"]].concat();
+    assert_eq!(generate(&sequential), alone);
+    // Two adapters for three prompts is neither one for all nor one each.
+    let out = run_peft(&[
+        "generate",
+        "--model",
+        &model,
+        "--adapter",
+        &adapters[0],
+        "--adapter",
+        &adapters[1],
+        "--prompt",
+        "w1",
+        "--prompt",
+        "w2",
+        "--prompt",
+        "w3",
+    ]);
+    fails_with(&out, &["2 --adapter folders for 3 --prompt texts"]);
+}

@@ -108,7 +108,30 @@ pub trait Hooks: Send + Sync {
         let _ = site;
         None
     }
+
+    /// The whole projection at `site`: the frozen layer with any replacement bias from [`Hooks::bias`],
+    /// wrapped by [`Hooks::linear`]. Methods implement those two; this is overridden only by hooks that must
+    /// see the frozen layer itself (a batch whose rows use different adapters runs the frozen product once for
+    /// every row, then each adapter on its rows).
+    fn project(&self, site: SiteId, x: &Tensor, frozen: &FrozenLinear) -> Result<Tensor> {
+        let bias = self.bias(site);
+        let base = |x: &Tensor| match &bias {
+            Some(b) => frozen.forward_with_bias(x, Some(b)),
+            None => frozen.forward(x),
+        };
+        self.linear(site, x, &base)
+    }
+
+    /// The whole norm at `site`: the frozen norm run with the replacement weight from [`Hooks::norm_weight`]
+    /// and bias from [`Hooks::bias`]. Overridden, as [`Hooks::project`] is, only by hooks whose rows differ.
+    fn norm(&self, site: SiteId, x: &Tensor, frozen: &NormFn) -> Result<Tensor> {
+        frozen(x, self.norm_weight(site).as_ref(), self.bias(site).as_ref())
+    }
 }
+
+/// The frozen norm below a [`Hooks::norm`] call: `(x, replacement weight, replacement bias)`, each `None`
+/// for the frozen one.
+pub type NormFn<'a> = dyn Fn(&Tensor, Option<&Tensor>, Option<&Tensor>) -> Result<Tensor> + 'a;
 
 /// The projection below a [`Hooks::linear`] call.
 pub type LinearFn<'a> = dyn Fn(&Tensor) -> Result<Tensor> + 'a;
@@ -121,12 +144,7 @@ pub fn apply_linear(
     x: &Tensor,
     frozen: &FrozenLinear,
 ) -> Result<Tensor> {
-    let bias = hooks.bias(site);
-    let base = |x: &Tensor| match &bias {
-        Some(b) => frozen.forward_with_bias(x, Some(b)),
-        None => frozen.forward(x),
-    };
-    hooks.linear(site, x, &base)
+    hooks.project(site, x, frozen)
 }
 
 /// Sequence positions the hooks add in front of the real tokens (virtual tokens plus any key/value prefix),

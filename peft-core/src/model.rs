@@ -183,6 +183,34 @@ pub trait BaseModel: Send + Sync {
     /// for an encoder checkpoint without one (a bare `BertModel`).
     fn lm_head(&self) -> Option<&FrozenLinear>;
 
+    /// The forward pass of a decoder-only model with a key/value cache. With an empty `cache`, `batch` is the
+    /// prompts (left-padded where their lengths differ): the embeddings and prefix hooks run, and every layer's
+    /// keys and values (a prefix included) are stored. With a filled cache, `batch` holds only the new tokens
+    /// (`[rows, new]`, their mask `[rows, new]`): they continue each row at its next position, and the
+    /// embeddings and prefix hooks do not run again (the projection and norm hooks do). Positions count each
+    /// row's real keys (prefix, virtual tokens, tokens), so a left-padded row computes what it computes alone.
+    /// Returns the new positions' states (`virtual_tokens` rows first on the prompt's pass).
+    ///
+    /// The default refuses: a model without a cache generates through [`BaseModel::forward`].
+    fn forward_cached(
+        &self,
+        batch: &Batch,
+        cache: &mut crate::kv_cache::KvCache,
+        hooks: &dyn Hooks,
+    ) -> Result<Output> {
+        let _ = (batch, cache, hooks);
+        Err(PeftError::Unsupported(format!(
+            "the {} model {} has no key/value cache",
+            self.spec().architecture,
+            self.spec().name_or_path
+        )))
+    }
+
+    /// Whether [`BaseModel::forward_cached`] is implemented.
+    fn has_kv_cache(&self) -> bool {
+        false
+    }
+
     /// The encoder-decoder interface, for models that have one.
     fn encoder_decoder(&self) -> Option<&dyn EncoderDecoder> {
         None

@@ -23,6 +23,7 @@ use peft_core::quantized::QuantizedWeight;
 use peft_core::Result;
 
 use crate::cpu::{self, Mat, Threads};
+use crate::skinny;
 
 /// The product every model of the zoo runs its frozen projections on.
 #[derive(Debug, Clone, Copy, Default)]
@@ -135,14 +136,18 @@ fn affine_rows(
         None => vec![0f32; m * n],
     };
     cpu::with_values(weight, |w| {
-        cpu::matmul(
-            Mat::rows(x, k),
-            Mat::transposed(w, k),
-            &mut out,
-            (m, n, k),
-            bias.is_some(),
-            Threads::All,
-        );
+        if m <= skinny::MAX_ROWS && !cfg!(feature = "openblas") {
+            skinny::product(x, w, &mut out, (m, n, k), bias.is_some());
+        } else {
+            cpu::matmul(
+                Mat::rows(x, k),
+                Mat::transposed(w, k),
+                &mut out,
+                (m, n, k),
+                bias.is_some(),
+                Threads::All,
+            );
+        }
         Ok(())
     })?;
     Ok(out)

@@ -28,6 +28,7 @@ mod norm;
 #[cfg(feature = "openblas")]
 mod openblas;
 pub mod quantized;
+mod skinny;
 
 pub use activation::{gelu_erf, gelu_tanh, silu, silu_mul};
 pub use attention::scaled_dot_product_attention;

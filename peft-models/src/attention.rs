@@ -106,7 +106,11 @@ pub fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
 }
 
 /// Checks a hook's prefix against the layer's keys and broadcasts a batch-1 prefix to the batch.
-fn fit_prefix(prefix: &KvPrefix, keys: &Tensor, layer: usize) -> Result<(Tensor, Tensor)> {
+pub(crate) fn fit_prefix(
+    prefix: &KvPrefix,
+    keys: &Tensor,
+    layer: usize,
+) -> Result<(Tensor, Tensor)> {
     let (b, kv, _, d) = keys.dims4()?;
     let p = prefix.len();
     let mut out = Vec::with_capacity(2);

@@ -3,28 +3,41 @@
 //! both the attention and the MLP, per-head RMS norms on the queries and keys before RoPE, grouped-query
 //! attention scaled by `query_pre_attn_scalar ** -0.5`, sliding-window layers (local RoPE base) between global
 //! ones (`rope_theta`), a `gelu_pytorch_tanh`-gated MLP, optional final logit soft-capping, and a head tied to
-//! the embeddings by default. Parameter and site names are Hugging Face's.
+//! the embeddings by default. Parameter and site names are Hugging Face's. Generation runs with a key/value
+//! cache ([`BaseModel::forward_cached`]); the sliding layers count their window in positions, so a cached step,
+//! a padded row or a prefixed one sees the keys it would see alone.
 //!
 //! ```
+//! use candle_core::IndexOp;
 //! use peft_core::hooks::NoHooks;
+//! use peft_core::kv_cache::KvCache;
 //! use peft_core::model::{BaseModel, Batch};
 //! let model = peft_models::tiny::gemma3(0);
 //! let batch = Batch::single(&[1, 2, 3], model.device()).unwrap();
 //! let out = model.forward(&batch, &NoHooks).unwrap();
 //! assert_eq!(out.hidden.dims(), &[1, 3, model.spec().hidden_size]);
 //! assert!(model.spec().find_site("model.layers.1.self_attn.q_norm").is_some());
+//! // The prompt's pass, then one cached step: the last state is the uncached pass's.
+//! let mut cache = KvCache::new();
+//! let dev = model.device();
+//! model.forward_cached(&Batch::single(&[1, 2], dev).unwrap(), &mut cache, &NoHooks).unwrap();
+//! let step = model.forward_cached(&Batch::single(&[3], dev).unwrap(), &mut cache, &NoHooks).unwrap();
+//! let diff = (out.hidden.i((0, 2)).unwrap() - step.hidden.i((0, 0)).unwrap()).unwrap();
+//! assert!(diff.abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap() < 1e-5);
 //! ```
 
 use candle_core::{Device, Tensor};
 use peft_core::frozen::FrozenLinear;
-use peft_core::hooks::{Ctx, Hooks, KvPrefix};
+use peft_core::hooks::Hooks;
+use peft_core::kv_cache::KvCache;
 use peft_core::model::{require_lm_head, BaseModel, Batch, Output};
 use peft_core::spec::{ModelSpec, Role, SiteId};
 
-use crate::attention::{attend, split_heads, PrefixMasks};
+use crate::attention::{attend, split_heads};
 use crate::config::{Gemma3Attention, Gemma3Config};
 use crate::config_checks::{check_eps, check_layer_count, check_size, check_sizes};
-use crate::embedding::{lookup, TokenTable};
+use crate::decoding::DecoderPass;
+use crate::embedding::{lookup, Rows, TokenTable};
 use crate::error::{ModelError, Result};
 use crate::parts::{linear_at, linear_at_mut, projection_fields, Activation, Loader, Projection};
 use crate::rope::{Rope, RopeTables};
@@ -37,7 +50,7 @@ mod norm;
 mod softcap;
 
 pub(crate) use folder::from_folder;
-pub use mask::window_bias;
+pub use mask::{window_bias, window_positions};
 pub use norm::GemmaRmsNorm;
 pub use softcap::softcap;
 
@@ -86,6 +99,23 @@ pub struct Gemma3 {
     activation: Activation,
     lm_head: FrozenLinear,
     parameters: Vec<(String, Tensor)>,
+}
+
+/// The token table as Gemma reads it: every row times `embed_scale`, before the embeddings hook runs (HF PEFT
+/// meets Gemma's embeddings scaled), and for the tokens of a decoding step.
+struct ScaledTable<'a> {
+    table: &'a TokenTable,
+    scale: f64,
+}
+
+impl Rows for ScaledTable<'_> {
+    fn dims2(&self) -> Result<(usize, usize)> {
+        self.table.dims2()
+    }
+
+    fn select(&self, ids: &Tensor) -> Result<Tensor> {
+        Ok(self.table.select(ids)?.affine(self.scale, 0.0)?)
+    }
 }
 
 /// The rotary base `theta` under the config key `key`, checked.
@@ -316,7 +346,14 @@ impl Gemma3 {
     /// Word embeddings times `sqrt(hidden_size)`: what transformers' `Gemma3TextScaledWordEmbedding` returns,
     /// so also what HF PEFT's prompt methods see as the word embeddings (virtual tokens are not scaled).
     fn scaled_embeddings(&self, ids: &Tensor) -> Result<Tensor> {
-        Ok(lookup(&self.embed_tokens, ids)?.affine(self.embed_scale, 0.0)?)
+        lookup(&self.scaled_table(), ids)
+    }
+
+    fn scaled_table(&self) -> ScaledTable<'_> {
+        ScaledTable {
+            table: &self.embed_tokens,
+            scale: self.embed_scale,
+        }
     }
 
     /// `cap * tanh(logits / cap)` where the config sets `final_logit_softcapping`.
@@ -327,14 +364,15 @@ impl Gemma3 {
         }
     }
 
+    /// One decoder layer; `sliding` holds the window of a sliding layer's pass.
     #[allow(clippy::too_many_arguments)]
     fn layer_forward(
         &self,
         layer: &Layer,
         x: &Tensor,
         rope: &RopeTables,
-        bias: &Tensor,
-        prefix: Option<&KvPrefix>,
+        pass: &mut DecoderPass,
+        sliding: Option<&mut SlidingMasks>,
         index: usize,
         hooks: &dyn Hooks,
     ) -> Result<Tensor> {
@@ -350,8 +388,13 @@ impl Gemma3 {
         let k = split_heads(&layer.k_proj.forward(&normed, hooks)?, kv_heads, d)?;
         let k = rope.apply(&layer.k_norm.forward(&k, hooks)?)?;
         let v = split_heads(&layer.v_proj.forward(&normed, hooks)?, kv_heads, d)?;
+        let (k, v, bias) = pass.keys_values(index, k, v)?;
+        let bias = match sliding {
+            Some(window) => window.bias(&bias)?,
+            None => bias,
+        };
         let scale = self.config.query_pre_attn_scalar.powf(-0.5);
-        let attn = attend(&q, &k, &v, prefix, bias, scale, index)?;
+        let attn = attend(&q, &k, &v, None, &bias, scale, index)?;
         let attn = layer.o_proj.forward(&attn, hooks)?;
         let x = (x + layer.post_attention_layernorm.forward(&attn, hooks)?)?;
         let normed = layer.pre_feedforward_layernorm.forward(&x, hooks)?;
@@ -363,42 +406,51 @@ impl Gemma3 {
         Ok((&x + layer.post_feedforward_layernorm.forward(&mlp, hooks)?)?)
     }
 
-    fn forward_inner(&self, batch: &Batch, hooks: &dyn Hooks) -> Result<Output> {
-        // `embedding::embed` with the scale applied before the embeddings hook, as HF PEFT meets Gemma.
-        let mut ctx = Ctx::new(batch.attention_mask.clone());
-        let x = hooks.embeddings(self.scaled_embeddings(&batch.input_ids)?, &mut ctx)?;
-        let seq = x.dim(1)?;
-        let masks = PrefixMasks::collect(hooks, self.spec.num_layers, &ctx, seq)?;
-        let start = masks.prefix_len();
-        let limit = self.spec.max_positions;
-        if start + seq > limit {
-            return Err(ModelError::Config(format!(
-                "{} positions (prefix {start} + {seq} tokens) exceed max_position_embeddings {limit}",
-                start + seq
-            )));
-        }
-        // Virtual tokens take positions like real ones; a key/value prefix pushes the tokens to `start..`.
-        let local = self.local_rope.tables(start, seq, &self.device)?;
-        let global = self.global_rope.tables(start, seq, &self.device)?;
-        let mut sliding =
-            SlidingMasks::new(&masks, self.config.sliding_window.unwrap_or(usize::MAX));
-        let mut x = x;
+    /// The forward pass, with a key/value cache or without.
+    fn run(&self, batch: &Batch, cache: Option<&mut KvCache>, hooks: &dyn Hooks) -> Result<Output> {
+        let mut pass = DecoderPass::begin(
+            &self.scaled_table(),
+            batch,
+            hooks,
+            cache.as_deref(),
+            self.spec.num_layers,
+            self.spec.max_positions,
+            "max_position_embeddings",
+        )?;
+        // Virtual tokens take positions like real ones; a key/value prefix (or the cache) pushes the tokens
+        // after it. Both rotary bases rotate at the same per-row positions.
+        let local = self
+            .local_rope
+            .tables_at(pass.position_rows(), &self.device)?;
+        let global = self
+            .global_rope
+            .tables_at(pass.position_rows(), &self.device)?;
+        let mut x = pass.x.clone();
+        let slides = self
+            .layers
+            .iter()
+            .any(|l| l.kind == Gemma3Attention::Sliding);
+        let mut sliding = match self.config.sliding_window.filter(|_| slides) {
+            Some(window) => Some(SlidingMasks::new(pass.key_mask(), x.dim(1)?, window)?),
+            None => None,
+        };
         for (i, layer) in self.layers.iter().enumerate() {
             x = match layer.kind {
                 Gemma3Attention::Sliding => {
-                    let (prefix, bias) = sliding.layer(i)?;
-                    self.layer_forward(layer, &x, &local, &bias, prefix.as_ref(), i, hooks)?
+                    let window = sliding.as_mut();
+                    self.layer_forward(layer, &x, &local, &mut pass, window, i, hooks)?
                 }
                 Gemma3Attention::Full => {
-                    let (prefix, bias) = (masks.prefix(i), masks.bias(i));
-                    self.layer_forward(layer, &x, &global, bias, prefix, i, hooks)?
+                    self.layer_forward(layer, &x, &global, &mut pass, None, i, hooks)?
                 }
             };
         }
         let hidden = self.norm.forward(&x, hooks)?;
+        let virtual_tokens = pass.virtual_tokens;
+        pass.finish(cache)?;
         Ok(Output {
             hidden,
-            virtual_tokens: ctx.virtual_tokens,
+            virtual_tokens,
         })
     }
 }
@@ -417,7 +469,20 @@ impl BaseModel for Gemma3 {
     }
 
     fn forward(&self, batch: &Batch, hooks: &dyn Hooks) -> peft_core::Result<Output> {
-        Ok(self.forward_inner(batch, hooks)?)
+        Ok(self.run(batch, None, hooks)?)
+    }
+
+    fn forward_cached(
+        &self,
+        batch: &Batch,
+        cache: &mut KvCache,
+        hooks: &dyn Hooks,
+    ) -> peft_core::Result<Output> {
+        Ok(self.run(batch, Some(cache), hooks)?)
+    }
+
+    fn has_kv_cache(&self) -> bool {
+        true
     }
 
     fn lm_head(&self) -> Option<&FrozenLinear> {

@@ -17,14 +17,16 @@
 use candle_core::{Device, Tensor};
 use peft_core::frozen::FrozenLinear;
 use peft_core::hooks::Hooks;
+use peft_core::kv_cache::KvCache;
 use peft_core::model::{BaseModel, Batch, Output};
 use peft_core::spec::{ModelSpec, Role, SiteId};
 use peft_kernels::frozen::FrozenGemm;
 
-use crate::attention::{attend, split_heads, PrefixMasks};
+use crate::attention::{attend, split_heads};
 use crate::config::Gpt2Config;
 use crate::config_checks::{check_eps, check_layer_count, check_sizes};
-use crate::embedding::{embed, lookup, Embedded};
+use crate::decoding::DecoderPass;
+use crate::embedding::lookup;
 use crate::error::{ModelError, Result};
 use crate::parts::{
     linear_at, linear_at_mut, projection_fields, Activation, LayerNorm, Loader, Projection,
@@ -187,7 +189,7 @@ impl Gpt2 {
         &self,
         block: &Block,
         x: &Tensor,
-        masks: &PrefixMasks,
+        pass: &mut DecoderPass,
         layer: usize,
         hooks: &dyn Hooks,
     ) -> Result<Tensor> {
@@ -201,21 +203,45 @@ impl Gpt2 {
         let q = split_heads(&qkv.narrow(2, 0, h)?, heads, head_dim)?;
         let k = split_heads(&qkv.narrow(2, h, h)?, heads, head_dim)?;
         let v = split_heads(&qkv.narrow(2, 2 * h, h)?, heads, head_dim)?;
-        let attn = attend(
-            &q,
-            &k,
-            &v,
-            masks.prefix(layer),
-            masks.bias(layer),
-            block.scale,
-            layer,
-        )?;
+        let (k, v, bias) = pass.keys_values(layer, k, v)?;
+        let attn = attend(&q, &k, &v, None, &bias, block.scale, layer)?;
         let x = (x + block.attn_proj.forward(&attn, hooks)?)?;
         let normed = block.ln_2.forward(&x, hooks)?;
         let inner = self
             .activation
             .apply(&block.c_fc.forward(&normed, hooks)?)?;
         Ok((&x + block.mlp_proj.forward(&inner, hooks)?)?)
+    }
+
+    /// The forward pass, with a key/value cache or without.
+    fn run(
+        &self,
+        batch: &Batch,
+        cache: Option<&mut KvCache>,
+        hooks: &dyn Hooks,
+    ) -> peft_core::Result<Output> {
+        let mut pass = DecoderPass::begin(
+            &self.wte,
+            batch,
+            hooks,
+            cache.as_deref(),
+            self.spec.num_layers,
+            self.config.n_positions,
+            "GPT-2's n_positions",
+        )?;
+        // Learned positions at each row's own positions (after any prefix, virtual tokens included).
+        let positions = pass.positions()?;
+        let mut x = (&pass.x + lookup(&self.wpe, &positions)?)?;
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = self.block_forward(block, &x, &mut pass, i, hooks)?;
+        }
+        let hidden = self.ln_f.forward(&x, hooks)?;
+        let virtual_tokens = pass.virtual_tokens;
+        pass.finish(cache)?;
+        Ok(Output {
+            hidden,
+            virtual_tokens,
+        })
     }
 }
 
@@ -247,30 +273,20 @@ impl BaseModel for Gpt2 {
     }
 
     fn forward(&self, batch: &Batch, hooks: &dyn Hooks) -> peft_core::Result<Output> {
-        let limit = self.config.n_positions;
-        let Embedded {
-            x,
-            ctx,
-            masks,
-            start,
-        } = embed(
-            &self.wte,
-            batch,
-            hooks,
-            self.spec.num_layers,
-            limit,
-            "GPT-2's n_positions",
-        )?;
-        let seq = x.dim(1)?;
-        let mut x = x.broadcast_add(&self.wpe.narrow(0, start, seq)?)?;
-        for (i, block) in self.blocks.iter().enumerate() {
-            x = self.block_forward(block, &x, &masks, i, hooks)?;
-        }
-        let hidden = self.ln_f.forward(&x, hooks)?;
-        Ok(Output {
-            hidden,
-            virtual_tokens: ctx.virtual_tokens,
-        })
+        self.run(batch, None, hooks)
+    }
+
+    fn forward_cached(
+        &self,
+        batch: &Batch,
+        cache: &mut KvCache,
+        hooks: &dyn Hooks,
+    ) -> peft_core::Result<Output> {
+        self.run(batch, Some(cache), hooks)
+    }
+
+    fn has_kv_cache(&self) -> bool {
+        true
     }
 
     fn lm_head(&self) -> Option<&FrozenLinear> {

@@ -9,6 +9,7 @@ pub mod attention;
 pub mod bert;
 pub mod config;
 pub mod config_checks;
+mod decoding;
 mod embedding;
 pub mod error;
 pub mod folder;

@@ -17,13 +17,15 @@
 use candle_core::{Device, Tensor};
 use peft_core::frozen::FrozenLinear;
 use peft_core::hooks::Hooks;
+use peft_core::kv_cache::KvCache;
 use peft_core::model::{BaseModel, Batch, Output};
 use peft_core::spec::{ModelSpec, Role, SiteId};
 
-use crate::attention::{attend, split_heads, PrefixMasks};
+use crate::attention::{attend, split_heads};
 use crate::config::LlamaConfig;
 use crate::config_checks::{check_eps, check_layer_count, check_size, check_sizes};
-use crate::embedding::{embed, lookup, Embedded, TokenTable};
+use crate::decoding::DecoderPass;
+use crate::embedding::{lookup, TokenTable};
 use crate::error::{ModelError, Result};
 use crate::parts::{linear_at, linear_at_mut, projection_fields, Loader, Projection, RmsNorm};
 use crate::rope::{Rope, RopeTables};
@@ -212,7 +214,7 @@ impl Llama {
         layer: &Layer,
         x: &Tensor,
         rope: &RopeTables,
-        masks: &PrefixMasks,
+        pass: &mut DecoderPass,
         index: usize,
         hooks: &dyn Hooks,
     ) -> Result<Tensor> {
@@ -234,22 +236,46 @@ impl Llama {
             d,
         )?)?;
         let v = split_heads(&layer.v_proj.forward(&normed, hooks)?, kv_heads, d)?;
+        let (k, v, bias) = pass.keys_values(index, k, v)?;
         let scale = (d as f64).powf(-0.5);
-        let attn = attend(
-            &q,
-            &k,
-            &v,
-            masks.prefix(index),
-            masks.bias(index),
-            scale,
-            index,
-        )?;
+        let attn = attend(&q, &k, &v, None, &bias, scale, index)?;
         let x = (x + layer.o_proj.forward(&attn, hooks)?)?;
         let normed = layer.post_attention_layernorm.forward(&x, hooks)?;
         let gate = layer.gate_proj.forward(&normed, hooks)?;
         let up = layer.up_proj.forward(&normed, hooks)?;
         let inner = peft_kernels::silu_mul(&gate, &up)?;
         Ok((&x + layer.down_proj.forward(&inner, hooks)?)?)
+    }
+
+    /// The forward pass, with a key/value cache or without.
+    fn run(
+        &self,
+        batch: &Batch,
+        cache: Option<&mut KvCache>,
+        hooks: &dyn Hooks,
+    ) -> peft_core::Result<Output> {
+        let mut pass = DecoderPass::begin(
+            &self.embed_tokens,
+            batch,
+            hooks,
+            cache.as_deref(),
+            self.spec.num_layers,
+            self.spec.max_positions,
+            "max_position_embeddings",
+        )?;
+        // Virtual tokens take positions like real ones; a key/value prefix pushes the tokens after it.
+        let rope = self.rope.tables_at(pass.position_rows(), &self.device)?;
+        let mut x = pass.x.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = self.layer_forward(layer, &x, &rope, &mut pass, i, hooks)?;
+        }
+        let hidden = self.norm.forward(&x, hooks)?;
+        let virtual_tokens = pass.virtual_tokens;
+        pass.finish(cache)?;
+        Ok(Output {
+            hidden,
+            virtual_tokens,
+        })
     }
 }
 
@@ -267,32 +293,20 @@ impl BaseModel for Llama {
     }
 
     fn forward(&self, batch: &Batch, hooks: &dyn Hooks) -> peft_core::Result<Output> {
-        let limit = self.spec.max_positions;
-        let Embedded {
-            x,
-            ctx,
-            masks,
-            start,
-        } = embed(
-            &self.embed_tokens,
-            batch,
-            hooks,
-            self.spec.num_layers,
-            limit,
-            "max_position_embeddings",
-        )?;
-        let seq = x.dim(1)?;
-        // Virtual tokens take positions like real ones; a key/value prefix pushes the tokens to `start..`.
-        let rope = self.rope.tables(start, seq, &self.device)?;
-        let mut x = x;
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = self.layer_forward(layer, &x, &rope, &masks, i, hooks)?;
-        }
-        let hidden = self.norm.forward(&x, hooks)?;
-        Ok(Output {
-            hidden,
-            virtual_tokens: ctx.virtual_tokens,
-        })
+        self.run(batch, None, hooks)
+    }
+
+    fn forward_cached(
+        &self,
+        batch: &Batch,
+        cache: &mut KvCache,
+        hooks: &dyn Hooks,
+    ) -> peft_core::Result<Output> {
+        self.run(batch, Some(cache), hooks)
+    }
+
+    fn has_kv_cache(&self) -> bool {
+        true
     }
 
     fn lm_head(&self) -> Option<&FrozenLinear> {

@@ -28,14 +28,16 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use peft_core::frozen::FrozenLinear;
 use peft_core::hooks::Hooks;
+use peft_core::kv_cache::KvCache;
 use peft_core::model::{BaseModel, Batch, Output};
 use peft_core::spec::{ModelSpec, Role, Site, SiteId};
 use peft_kernels::frozen::FrozenGemm;
 use serde_json::Value;
 
-use crate::attention::{attend, key_mask_with_prefix, split_heads, PrefixMasks};
+use crate::attention::{attend, split_heads};
 use crate::config_checks::{check_layer_count, check_sizes};
-use crate::embedding::{embed, lookup, Embedded};
+use crate::decoding::DecoderPass;
+use crate::embedding::lookup;
 use crate::error::{ModelError, Result};
 use crate::folder::parse_config;
 use crate::parts::{
@@ -298,7 +300,7 @@ impl Opt {
         &self,
         layer: &Layer,
         x: &Tensor,
-        masks: &PrefixMasks,
+        pass: &mut DecoderPass,
         i: usize,
         hooks: &dyn Hooks,
     ) -> Result<Tensor> {
@@ -313,7 +315,8 @@ impl Opt {
         let q = split_heads(&layer.q_proj.forward(&h, hooks)?, heads, head_dim)?;
         let k = split_heads(&layer.k_proj.forward(&h, hooks)?, heads, head_dim)?;
         let v = split_heads(&layer.v_proj.forward(&h, hooks)?, heads, head_dim)?;
-        let attn = attend(&q, &k, &v, masks.prefix(i), masks.bias(i), self.scale, i)?;
+        let (k, v, bias) = pass.keys_values(i, k, v)?;
+        let attn = attend(&q, &k, &v, None, &bias, self.scale, i)?;
         let mut x = (x + layer.out_proj.forward(&attn, hooks)?)?;
         if !pre {
             x = layer.self_attn_layer_norm.forward(&x, hooks)?;
@@ -330,6 +333,45 @@ impl Opt {
             x = layer.final_layer_norm.forward(&x, hooks)?;
         }
         Ok(x)
+    }
+
+    /// The forward pass, with a key/value cache or without.
+    fn run(
+        &self,
+        batch: &Batch,
+        cache: Option<&mut KvCache>,
+        hooks: &dyn Hooks,
+    ) -> peft_core::Result<Output> {
+        let mut pass = DecoderPass::begin(
+            &self.embed_tokens,
+            batch,
+            hooks,
+            cache.as_deref(),
+            self.spec.num_layers,
+            self.config.max_position_embeddings,
+            "OPT's max_position_embeddings",
+        )?;
+        let x = match &self.project_in {
+            Some(p) => p.forward(&pass.x, hooks)?,
+            None => pass.x.clone(),
+        };
+        let rows = position_rows(&pass)?;
+        let mut x = (x + lookup(&self.embed_positions, &rows)?)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = self.layer_forward(layer, &x, &mut pass, i, hooks)?;
+        }
+        if let Some(ln) = &self.final_layer_norm {
+            x = ln.forward(&x, hooks)?;
+        }
+        if let Some(p) = &self.project_out {
+            x = p.forward(&x, hooks)?;
+        }
+        let virtual_tokens = pass.virtual_tokens;
+        pass.finish(cache)?;
+        Ok(Output {
+            hidden: x,
+            virtual_tokens,
+        })
     }
 }
 
@@ -359,29 +401,35 @@ fn layer_norm(
     })
 }
 
-/// Rows of `embed_positions` `[batch, seq]` for the `seq` positions after a key/value prefix of `start` positions,
-/// as transformers computes them: `cumsum(mask) * mask - 1 + 2` over the mask of prefix and tokens (`mask` covers
-/// the tokens, the prefix taken as visible, or both), so a padded token reads row 1.
-fn position_rows(mask: &Tensor, start: usize, seq: usize) -> Result<Tensor> {
-    let full = key_mask_with_prefix(mask, start, seq)?.to_vec2::<f32>()?;
-    let rows: Vec<Vec<u32>> = full
+/// Rows of `embed_positions` `[batch, seq]` for a pass's positions, as transformers computes them:
+/// `cumsum(mask) * mask - 1 + 2` over the mask of prefix (or cache) and tokens, so a padded position reads row 1.
+fn position_rows(pass: &DecoderPass) -> Result<Tensor> {
+    let positions = pass.position_rows();
+    let seq = positions.first().map_or(0, |r| r.len());
+    let mask = pass.key_mask();
+    let keys = mask.dim(1)?;
+    let mask = mask.narrow(1, keys - seq, seq)?.to_vec2::<f32>()?;
+    Ok(Tensor::new(offset_rows(positions, &mask), pass.x.device())?)
+}
+
+/// `position + 2` where `mask` is 1, row 1 where it is 0.
+fn offset_rows(positions: &[Vec<u32>], mask: &[Vec<f32>]) -> Vec<Vec<u32>> {
+    positions
         .iter()
-        .map(|row| {
-            let mut seen = 0u32;
-            row.iter()
-                .map(|&m| {
+        .zip(mask)
+        .map(|(pos, mask)| {
+            pos.iter()
+                .zip(mask)
+                .map(|(&p, &m)| {
                     if m > 0.5 {
-                        seen += 1;
-                        seen - 1 + POSITION_OFFSET as u32
+                        p + POSITION_OFFSET as u32
                     } else {
                         POSITION_OFFSET as u32 - 1
                     }
                 })
-                .skip(start)
                 .collect()
         })
-        .collect();
-    Ok(Tensor::new(rows, mask.device())?)
+        .collect()
 }
 
 /// A bare `OPTModel` checkpoint names its tensors without the `model.` prefix (`decoder.embed_tokens.weight`):
@@ -415,39 +463,20 @@ impl BaseModel for Opt {
     }
 
     fn forward(&self, batch: &Batch, hooks: &dyn Hooks) -> peft_core::Result<Output> {
-        let Embedded {
-            x,
-            ctx,
-            masks,
-            start,
-        } = embed(
-            &self.embed_tokens,
-            batch,
-            hooks,
-            self.spec.num_layers,
-            self.config.max_position_embeddings,
-            "OPT's max_position_embeddings",
-        )?;
-        let seq = x.dim(1)?;
-        let x = match &self.project_in {
-            Some(p) => p.forward(&x, hooks)?,
-            None => x,
-        };
-        let rows = position_rows(&ctx.attention_mask, start, seq)?;
-        let mut x = (x + lookup(&self.embed_positions, &rows)?)?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = self.layer_forward(layer, &x, &masks, i, hooks)?;
-        }
-        if let Some(ln) = &self.final_layer_norm {
-            x = ln.forward(&x, hooks)?;
-        }
-        if let Some(p) = &self.project_out {
-            x = p.forward(&x, hooks)?;
-        }
-        Ok(Output {
-            hidden: x,
-            virtual_tokens: ctx.virtual_tokens,
-        })
+        self.run(batch, None, hooks)
+    }
+
+    fn forward_cached(
+        &self,
+        batch: &Batch,
+        cache: &mut KvCache,
+        hooks: &dyn Hooks,
+    ) -> peft_core::Result<Output> {
+        self.run(batch, Some(cache), hooks)
+    }
+
+    fn has_kv_cache(&self) -> bool {
+        true
     }
 
     fn lm_head(&self) -> Option<&FrozenLinear> {

@@ -144,14 +144,15 @@ pub struct LayerNorm {
 impl LayerNorm {
     /// The normalised `x`.
     pub fn forward(&self, x: &Tensor, hooks: &dyn Hooks) -> Result<Tensor> {
-        let bias = hooks.bias(self.site).or_else(|| self.bias.clone());
-        let weight = hooks.norm_weight(self.site);
-        Ok(peft_kernels::layer_norm(
-            x,
-            weight.as_ref().unwrap_or(&self.weight),
-            bias.as_ref(),
-            self.eps,
-        )?)
+        let frozen = |x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>| {
+            peft_kernels::layer_norm(
+                x,
+                weight.unwrap_or(&self.weight),
+                bias.or(self.bias.as_ref()),
+                self.eps,
+            )
+        };
+        Ok(hooks.norm(self.site, x, &frozen)?)
     }
 }
 
@@ -170,12 +171,14 @@ pub struct RmsNorm {
 impl RmsNorm {
     /// The normalised `x`.
     pub fn forward(&self, x: &Tensor, hooks: &dyn Hooks) -> Result<Tensor> {
-        let weight = hooks.norm_weight(self.site);
-        let y = peft_kernels::rms_norm(x, weight.as_ref().unwrap_or(&self.weight), self.eps)?;
-        Ok(match hooks.bias(self.site) {
-            Some(b) => y.broadcast_add(&b)?,
-            None => y,
-        })
+        let frozen = |x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>| {
+            let y = peft_kernels::rms_norm(x, weight.unwrap_or(&self.weight), self.eps)?;
+            Ok(match bias {
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
+            })
+        };
+        Ok(hooks.norm(self.site, x, &frozen)?)
     }
 }
 

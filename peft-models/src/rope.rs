@@ -60,9 +60,23 @@ impl Rope {
 
     /// Tables for positions `offset .. offset + seq` (a key/value prefix of `offset` positions comes first).
     pub fn tables(&self, offset: usize, seq: usize, device: &Device) -> Result<RopeTables> {
-        let mut cos = Vec::with_capacity(seq * self.head_dim);
-        let mut sin = Vec::with_capacity(seq * self.head_dim);
-        for p in offset..offset + seq {
+        let positions: Vec<u32> = (offset..offset + seq).map(|p| p as u32).collect();
+        self.tables_at(&[positions], device)
+    }
+
+    /// Tables for each row's own positions (`positions[b][t]`, every row the same length): a left-padded
+    /// row, or one continuing from a key/value cache, is rotated where it sits.
+    pub fn tables_at(&self, positions: &[Vec<u32>], device: &Device) -> Result<RopeTables> {
+        let rows = positions.len();
+        let seq = positions.first().map_or(0, |r| r.len());
+        if positions.iter().any(|r| r.len() != seq) {
+            return Err(ModelError::Config(
+                "rotary positions must give every row the same number of positions".into(),
+            ));
+        }
+        let mut cos = Vec::with_capacity(rows * seq * self.head_dim);
+        let mut sin = Vec::with_capacity(rows * seq * self.head_dim);
+        for &p in positions.iter().flatten() {
             for _ in 0..2 {
                 for f in &self.inv_freq {
                     let angle = p as f64 * f;
@@ -71,9 +85,10 @@ impl Rope {
                 }
             }
         }
+        let shape = (rows, 1, seq, self.head_dim);
         Ok(RopeTables {
-            cos: Tensor::from_vec(cos, (seq, self.head_dim), device)?,
-            sin: Tensor::from_vec(sin, (seq, self.head_dim), device)?,
+            cos: Tensor::from_vec(cos, shape, device)?,
+            sin: Tensor::from_vec(sin, shape, device)?,
         })
     }
 }
@@ -81,10 +96,12 @@ impl Rope {
 impl RopeTables {
     /// Rotates `x` `[batch, heads, seq, head_dim]`: token `t` gets the table's position `t`.
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        let (_, _, seq, dim) = x.dims4()?;
-        if self.cos.dims() != [seq, dim] {
+        let (batch, _, seq, dim) = x.dims4()?;
+        let (rows, _, positions, width) = self.cos.dims4()?;
+        if (rows != 1 && rows != batch) || positions != seq || width != dim {
             return Err(ModelError::Config(format!(
-                "rotary tables cover {:?} (positions, head_dim), applied to {seq} positions of dimension {dim}",
+                "rotary tables cover {:?} (rows, 1, positions, head_dim), applied to {batch} rows of {seq} \
+                 positions of dimension {dim}",
                 self.cos.dims()
             )));
         }

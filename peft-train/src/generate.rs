@@ -1,8 +1,10 @@
 //! Text generation with a frozen model and any hooks: greedy, or temperature + top-p (nucleus) sampling.
 //!
-//! Decoder-only models re-run the forward pass over the whole sequence for each new token (no key/value cache
-//! yet): correct for any hooks, and fast enough for the short generations of a 135M model on a CPU.
-//! Encoder-decoder models ([`generate_seq2seq`]) encode once and decode with a key/value cache.
+//! Decoder-only models generate with a key/value cache ([`generate_cached`], [`generate_batch`]): the prompt
+//! runs once (its virtual tokens or key/value prefix included), then one token per row per step. [`generate`]
+//! re-runs the whole sequence for every token: the reference the cached path is tested against, and the path
+//! of a model without a cache. Encoder-decoder models ([`generate_seq2seq`]) encode once and decode with a
+//! key/value cache.
 //!
 //! ```
 //! use peft_train::generate::{pick_token, Sampling};
@@ -21,6 +23,7 @@ use rand::Rng;
 
 use peft_core::error::{PeftError, Result};
 use peft_core::hooks::Hooks;
+use peft_core::kv_cache::KvCache;
 use peft_core::model::{BaseModel, Batch, DecoderCache, EncoderDecoder};
 
 /// How the next token is chosen.
@@ -116,6 +119,111 @@ pub fn generate(
         }
     }
     Ok(new)
+}
+
+/// [`generate`] through the key/value cache (the model must have one, [`BaseModel::has_kv_cache`]): the same
+/// tokens, one forward pass over the prompt and then one position per token.
+pub fn generate_cached(
+    model: &dyn BaseModel,
+    hooks: &dyn Hooks,
+    prompt: &[u32],
+    max_new_tokens: usize,
+    sampling: &Sampling,
+    eos: Option<u32>,
+    rng: &mut StdRng,
+) -> Result<Vec<u32>> {
+    let mut rows = generate_batch(
+        model,
+        hooks,
+        &[prompt],
+        max_new_tokens,
+        sampling,
+        eos,
+        std::slice::from_mut(rng),
+    )?;
+    Ok(rows.remove(0))
+}
+
+/// Generates for several prompts at once with one set of hooks and a key/value cache: the prompts are
+/// left-padded and run in one pass, then every unfinished row takes one token per step. Row `i` samples with
+/// `rngs[i]` and stops at `eos` (kept in its output), after `max_new_tokens`, or when its next position would
+/// pass the model's context; a finished row is fed masked padding until the others finish. Each row's tokens
+/// are what [`generate`] gives for it alone.
+pub fn generate_batch(
+    model: &dyn BaseModel,
+    hooks: &dyn Hooks,
+    prompts: &[&[u32]],
+    max_new_tokens: usize,
+    sampling: &Sampling,
+    eos: Option<u32>,
+    rngs: &mut [StdRng],
+) -> Result<Vec<Vec<u32>>> {
+    if rngs.len() != prompts.len() {
+        return Err(PeftError::Data(format!(
+            "{} prompts were given {} random generators: give one per prompt",
+            prompts.len(),
+            rngs.len()
+        )));
+    }
+    if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
+        return Err(PeftError::Data(format!(
+            "prompt {i} has no tokens: generation continues a prompt of at least one token"
+        )));
+    }
+    let device = model.device();
+    let limit = model.spec().max_positions as u32;
+    let rows = prompts.len();
+    let mut out: Vec<Vec<u32>> = vec![Vec::new(); rows];
+    if rows == 0 || max_new_tokens == 0 {
+        return Ok(out);
+    }
+    peft_core::grad::no_grad(|| {
+        let width = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(rows * width);
+        let mut mask = Vec::with_capacity(rows * width);
+        for p in prompts {
+            let pad = width - p.len();
+            ids.extend(std::iter::repeat_n(0u32, pad).chain(p.iter().copied()));
+            mask.extend(std::iter::repeat_n(0f32, pad).chain(std::iter::repeat_n(1f32, p.len())));
+        }
+        let batch = Batch::new(
+            Tensor::from_vec(ids, (rows, width), device)?,
+            Tensor::from_vec(mask, (rows, width), device)?,
+        )?;
+        let mut cache = KvCache::new();
+        let hidden = model.forward_cached(&batch, &mut cache, hooks)?.hidden;
+        // Left padding puts every row's last prompt token in the last column.
+        let mut last = hidden.i((.., hidden.dim(1)? - 1))?;
+        let mut done = vec![false; rows];
+        loop {
+            let logits: Vec<Vec<f32>> = model.logits(&last)?.to_vec2()?;
+            let mut feed = vec![0u32; rows];
+            for (r, row) in logits.iter().enumerate() {
+                if done[r] {
+                    continue;
+                }
+                let next = pick_token(row, sampling, &mut rngs[r]);
+                out[r].push(next);
+                feed[r] = next;
+                done[r] = Some(next) == eos
+                    || out[r].len() >= max_new_tokens
+                    // The token just picked takes the next position; another would need one more.
+                    || cache.next_positions()[r] + 1 >= limit;
+            }
+            if done.iter().all(|&d| d) {
+                return Ok(out);
+            }
+            let step_mask: Vec<f32> = done.iter().map(|&d| if d { 0.0 } else { 1.0 }).collect();
+            let step = Batch::new(
+                Tensor::from_vec(feed, (rows, 1), device)?,
+                Tensor::from_vec(step_mask, (rows, 1), device)?,
+            )?;
+            last = model
+                .forward_cached(&step, &mut cache, hooks)?
+                .hidden
+                .squeeze(1)?;
+        }
+    })
 }
 
 /// Logits `[vocab]` at the last real position of `ids`.

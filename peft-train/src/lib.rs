@@ -13,6 +13,7 @@
 pub mod conformance;
 pub mod data;
 pub mod dist;
+pub mod engine;
 pub mod generate;
 pub mod task;
 pub mod train;

@@ -9,4 +9,5 @@ pub mod generate;
 pub mod inspect;
 pub mod logits;
 pub mod merge;
+pub mod serve;
 pub mod train;

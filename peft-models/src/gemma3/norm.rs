@@ -37,14 +37,17 @@ impl GemmaRmsNorm {
 
     /// The normalised `x`, over its last dimension (any rank: the per-head q/k norms get `[B, H, T, D]`).
     pub fn forward(&self, x: &Tensor, hooks: &dyn Hooks) -> Result<Tensor> {
-        let y = match hooks.norm_weight(self.site) {
-            // `+ 1` keeps the replacement's gradient: d(1 + w') / dw' = 1.
-            Some(w) => peft_kernels::rms_norm(x, &(w + 1.0)?, self.eps)?,
-            None => peft_kernels::rms_norm(x, &self.scale, self.eps)?,
+        let frozen = |x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>| {
+            let y = match weight {
+                // `+ 1` keeps the replacement's gradient: d(1 + w') / dw' = 1.
+                Some(w) => peft_kernels::rms_norm(x, &(w + 1.0)?, self.eps)?,
+                None => peft_kernels::rms_norm(x, &self.scale, self.eps)?,
+            };
+            Ok(match bias {
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
+            })
         };
-        Ok(match hooks.bias(self.site) {
-            Some(b) => y.broadcast_add(&b)?,
-            None => y,
-        })
+        Ok(hooks.norm(self.site, x, &frozen)?)
     }
 }

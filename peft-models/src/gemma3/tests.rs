@@ -7,6 +7,10 @@ use peft_core::hooks::{KvPrefix, LinearFn, NoHooks};
 use peft_core::spec::SiteKind;
 
 use crate::attention::causal_bias;
+use crate::decoding::DecoderPass;
+use peft_core::kv_cache::KvCache;
+
+use super::mask::SlidingMasks;
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     peft_core::compare::max_abs_diff(a, b).unwrap()
@@ -111,7 +115,8 @@ fn the_window_hides_keys_only_from_far_queries() {
 fn window_bias_counts_absolute_positions_after_a_prefix() {
     let dev = Device::Cpu;
     // Two prefix keys, three queries at positions 2, 3, 4, window 2: query 2 sees keys 1, 2; query 4 sees 3, 4.
-    let b = window_bias(3, 5, 2, &dev)
+    let positions = window_positions(&[vec![1.; 5]]);
+    let b = window_bias(&positions, 3, 5, 2, &dev)
         .unwrap()
         .reshape((3, 5))
         .unwrap()
@@ -128,7 +133,7 @@ fn window_bias_counts_absolute_positions_after_a_prefix() {
     // Added to the causal bias, each query sees exactly its window.
     let causal = causal_bias(&Tensor::ones((1, 5), DType::F32, &dev).unwrap(), 3).unwrap();
     let both = causal
-        .broadcast_add(&window_bias(3, 5, 2, &dev).unwrap())
+        .broadcast_add(&window_bias(&positions, 3, 5, 2, &dev).unwrap())
         .unwrap()
         .reshape((3, 5))
         .unwrap()
@@ -410,5 +415,306 @@ fn sliding_layers_hide_prefix_positions_outside_the_window() {
             &late.narrow(1, 0, 1).unwrap(),
             &base.narrow(1, 0, 1).unwrap()
         ) > 1e-3
+    );
+}
+
+// Cached decoding. The window is 4 and the sequences 10 and more, so the window hides keys from most queries.
+
+const WINDOW: usize = 4;
+
+/// The tiny model with a window of 4: its own layer kinds (sliding, then global), or both layers sliding.
+fn windowed(both_sliding: bool) -> Gemma3 {
+    model_with(|c| {
+        c.sliding_window = Some(WINDOW);
+        if both_sliding {
+            c.layer_types = Some(vec!["sliding_attention".into(), "sliding_attention".into()]);
+        }
+    })
+}
+
+/// A tensor of `shape` drawn from N(0, 1) by a generator seeded with `seed`.
+fn seeded(seed: u64, shape: &[usize]) -> Tensor {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let unit = rand_distr::Normal::new(0f32, 1.0).unwrap();
+    let values: Vec<f32> = (0..shape.iter().product())
+        .map(|_| rng.sample(unit))
+        .collect();
+    Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+}
+
+/// Token ids `0 < id < VOCAB`, the same for the same seed.
+fn seeded_ids(seed: u64, n: usize) -> Vec<u32> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| rng.random_range(1..crate::tiny::VOCAB as u32))
+        .collect()
+}
+
+/// A batch of rows of equal length with a mask.
+fn batch(ids: &[Vec<u32>], mask: &[Vec<f32>]) -> Batch {
+    let dev = Device::Cpu;
+    Batch::new(
+        Tensor::new(ids.to_vec(), &dev).unwrap(),
+        Tensor::new(mask.to_vec(), &dev).unwrap(),
+    )
+    .unwrap()
+}
+
+/// The prompt's pass over `prompt`, then one cached step per column of `steps` (one token for each row, all
+/// real): the states of every step, `[rows, steps, hidden]`.
+fn decode(m: &Gemma3, prompt: &Batch, steps: &[Vec<u32>], hooks: &dyn Hooks) -> Tensor {
+    let mut cache = KvCache::new();
+    m.forward_cached(prompt, &mut cache, hooks).unwrap();
+    let rows = steps.len();
+    let mut states = Vec::new();
+    for t in 0..steps[0].len() {
+        let ids: Vec<Vec<u32>> = steps.iter().map(|r| vec![r[t]]).collect();
+        let step = batch(&ids, &vec![vec![1.0]; rows]);
+        let out = m.forward_cached(&step, &mut cache, hooks).unwrap();
+        assert_eq!(out.virtual_tokens, 0);
+        states.push(out.hidden);
+    }
+    Tensor::cat(&states, 1).unwrap()
+}
+
+#[test]
+fn cached_steps_equal_the_uncached_pass_over_the_whole_sequence() {
+    let ids = seeded_ids(11, 14);
+    for both in [false, true] {
+        let m = windowed(both);
+        assert!(m.has_kv_cache());
+        let full = hidden(&m, &ids, &NoHooks);
+        // The window matters here: a wide one changes the last states.
+        let wide = model_with(|c| {
+            c.sliding_window = Some(64);
+            c.layer_types = m.config().layer_types.clone();
+        });
+        let last = |h: &Tensor| h.narrow(1, 13, 1).unwrap();
+        assert!(max_diff(&last(&full), &last(&hidden(&wide, &ids, &NoHooks))) > 1e-3);
+
+        let mut cache = KvCache::new();
+        let prompt = m
+            .forward_cached(
+                &Batch::single(&ids[..5], m.device()).unwrap(),
+                &mut cache,
+                &NoHooks,
+            )
+            .unwrap();
+        assert!(max_diff(&prompt.hidden, &full.narrow(1, 0, 5).unwrap()) < 1e-5);
+        let steps = decode(
+            &m,
+            &Batch::single(&ids[..5], m.device()).unwrap(),
+            &[ids[5..].to_vec()],
+            &NoHooks,
+        );
+        let d = max_diff(&steps, &full.narrow(1, 5, 9).unwrap());
+        assert!(d < 1e-5, "both sliding {both}: steps differ by {d}");
+    }
+}
+
+#[test]
+fn a_left_padded_cached_batch_equals_each_row_alone() {
+    let m = windowed(false);
+    let (a, b) = (seeded_ids(21, 16), seeded_ids(22, 11));
+    // Prompts of 10 and 5 tokens, the short one left-padded; then 6 steps each.
+    let mut padded = vec![0u32; 5];
+    padded.extend_from_slice(&b[..5]);
+    let mask_b: Vec<f32> = (0..10).map(|i| if i < 5 { 0.0 } else { 1.0 }).collect();
+    let prompt = batch(&[a[..10].to_vec(), padded], &[vec![1.0; 10], mask_b]);
+    let steps = decode(&m, &prompt, &[a[10..].to_vec(), b[5..].to_vec()], &NoHooks);
+    for (row, ids) in [(0, &a), (1, &b)] {
+        let alone = hidden(&m, ids, &NoHooks);
+        let real = ids.len() - 6;
+        let d = max_diff(
+            &steps.narrow(0, row, 1).unwrap(),
+            &alone.narrow(1, real, 6).unwrap(),
+        );
+        assert!(d < 1e-5, "row {row} differs from itself alone by {d}");
+    }
+}
+
+#[test]
+fn a_right_padded_prompt_decodes_on_from_its_own_positions() {
+    // The padding sits between the prompt and the new tokens: a window counted in columns would hide the
+    // short row's first tokens from its last query, one counted in positions does not.
+    let m = windowed(true);
+    let (a, b) = (seeded_ids(31, 14), seeded_ids(32, 8));
+    let mut padded = b[..4].to_vec();
+    padded.extend_from_slice(&[0; 6]);
+    let mask_b: Vec<f32> = (0..10).map(|i| if i < 4 { 1.0 } else { 0.0 }).collect();
+    let prompt = batch(&[a[..10].to_vec(), padded], &[vec![1.0; 10], mask_b]);
+    let steps = decode(&m, &prompt, &[a[10..].to_vec(), b[4..].to_vec()], &NoHooks);
+    let alone = hidden(&m, &b, &NoHooks);
+    let d = max_diff(
+        &steps.narrow(0, 1, 1).unwrap(),
+        &alone.narrow(1, 4, 4).unwrap(),
+    );
+    assert!(
+        d < 1e-5,
+        "the right-padded row differs from itself alone by {d}"
+    );
+}
+
+/// The same seeded key/value prefix for every layer.
+struct SeededPrefix(KvPrefix);
+
+impl SeededPrefix {
+    fn new(len: usize) -> Self {
+        SeededPrefix(KvPrefix {
+            key: seeded(41, &[1, 2, len, 16]),
+            value: seeded(42, &[1, 2, len, 16]),
+        })
+    }
+}
+
+impl Hooks for SeededPrefix {
+    fn attention_prefix(&self, _layer: usize, _ctx: &Ctx) -> peft_core::Result<Option<KvPrefix>> {
+        Ok(Some(self.0.clone()))
+    }
+}
+
+/// Prompt tuning: fixed virtual token embeddings in front of every row.
+struct Virtual(Tensor);
+
+impl Hooks for Virtual {
+    fn embeddings(&self, x: Tensor, ctx: &mut Ctx) -> peft_core::Result<Tensor> {
+        let (rows, n, h) = self.0.dims3()?;
+        let b = x.dim(0)?;
+        assert_eq!(rows, 1);
+        ctx.prepend_virtual_tokens(n)?;
+        let v = self.0.broadcast_as((b, n, h))?.contiguous()?;
+        Ok(Tensor::cat(&[&v, &x], 1)?)
+    }
+}
+
+#[test]
+fn cached_decoding_after_a_prefix_or_virtual_tokens_equals_the_uncached_pass() {
+    let ids = seeded_ids(51, 12);
+    // A prefix longer than the window (its first positions leave every window), and three virtual tokens.
+    let prefix = SeededPrefix::new(6);
+    let virt = Virtual(seeded(52, &[1, 3, 32]));
+    let cases: [(&dyn Hooks, usize); 2] = [(&prefix, 0), (&virt, 3)];
+    for both in [false, true] {
+        let m = windowed(both);
+        for (i, (hooks, n)) in cases.iter().enumerate() {
+            let full = m
+                .forward(&Batch::single(&ids, m.device()).unwrap(), *hooks)
+                .unwrap();
+            assert_eq!(full.virtual_tokens, *n);
+            assert!(
+                // The hooks change the tokens' states.
+                max_diff(
+                    &full.hidden.narrow(1, *n, ids.len()).unwrap(),
+                    &hidden(&m, &ids, &NoHooks)
+                ) > 1e-3
+            );
+            let mut cache = KvCache::new();
+            let prompt = m
+                .forward_cached(
+                    &Batch::single(&ids[..4], m.device()).unwrap(),
+                    &mut cache,
+                    *hooks,
+                )
+                .unwrap();
+            assert_eq!(prompt.virtual_tokens, *n);
+            assert!(max_diff(&prompt.hidden, &full.hidden.narrow(1, 0, n + 4).unwrap()) < 1e-5);
+            let steps = decode(
+                &m,
+                &Batch::single(&ids[..4], m.device()).unwrap(),
+                &[ids[4..].to_vec()],
+                *hooks,
+            );
+            let d = max_diff(&steps, &full.hidden.narrow(1, n + 4, 8).unwrap());
+            assert!(
+                d < 1e-5,
+                "case {i}, both sliding {both}: steps differ by {d}"
+            );
+        }
+    }
+}
+
+#[test]
+fn window_positions_of_real_keys_are_the_pass_positions() {
+    let m = crate::tiny::gemma3(3);
+    let check = |pass: &DecoderPass| {
+        let mask: Vec<Vec<f32>> = pass.key_mask().to_vec2().unwrap();
+        let positions = window_positions(&mask);
+        let seq = pass.position_rows()[0].len();
+        for (b, rows) in pass.position_rows().iter().enumerate() {
+            let width = mask[b].len();
+            for (t, &p) in rows.iter().enumerate() {
+                if mask[b][width - seq + t] > 0.5 {
+                    assert_eq!(
+                        positions[b][width - seq + t],
+                        p as i64,
+                        "row {b}, token {t}"
+                    );
+                }
+            }
+        }
+    };
+    let prompt = batch(
+        &[vec![0, 0, 7, 8, 9], vec![4, 5, 6, 0, 0]],
+        &[vec![0., 0., 1., 1., 1.], vec![1., 1., 1., 0., 0.]],
+    );
+    let prefix = SeededPrefix::new(3);
+    let layers = m.spec().num_layers;
+    let mut cache = KvCache::new();
+    let pass = DecoderPass::begin(
+        &m.scaled_table(),
+        &prompt,
+        &prefix,
+        Some(&cache),
+        layers,
+        64,
+        "t",
+    )
+    .unwrap();
+    check(&pass);
+    m.forward_cached(&prompt, &mut cache, &prefix).unwrap();
+    let step = batch(&[vec![3], vec![2]], &[vec![1.], vec![1.]]);
+    let pass = DecoderPass::begin(
+        &m.scaled_table(),
+        &step,
+        &prefix,
+        Some(&cache),
+        layers,
+        64,
+        "t",
+    )
+    .unwrap();
+    assert_eq!(pass.position_rows(), &[vec![6], vec![6]]);
+    check(&pass);
+}
+
+#[test]
+fn keys_before_the_last_window_weigh_nothing_even_for_a_fully_masked_query() {
+    // One query after seven cached columns, window 4: HF's sliding layer holds the last three cached keys and
+    // the new one. Earlier columns get 2 * MASKED, so a fully masked query spreads over those four only; a
+    // column within a real query's window keeps 0 even where it is one of the earlier ones.
+    let dev = Device::Cpu;
+    let sliding = |mask: Vec<f32>| {
+        let key_mask = Tensor::new(vec![mask], &dev).unwrap();
+        let base = causal_bias(&key_mask, 1).unwrap();
+        let mut masks = SlidingMasks::new(&key_mask, 1, WINDOW).unwrap();
+        let bias = masks.bias(&base).unwrap();
+        bias.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    };
+    let m = crate::attention::MASKED;
+    assert_eq!(
+        sliding(vec![1.; 8]),
+        vec![2. * m, 2. * m, 2. * m, 2. * m, 0., 0., 0., 0.]
+    );
+    // Fully masked: uniform over the four held keys.
+    assert_eq!(
+        sliding(vec![0.; 8]),
+        vec![2. * m, 2. * m, 2. * m, 2. * m, m, m, m, m]
+    );
+    // Two real tokens, five pads, then the query at position 2: it still sees positions 0 and 1.
+    assert_eq!(
+        sliding(vec![1., 1., 0., 0., 0., 0., 0., 1.]),
+        vec![0., 0., 2. * m, 2. * m, m, m, m, 0.]
     );
 }

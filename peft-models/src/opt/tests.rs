@@ -100,20 +100,19 @@ fn spec_lists_every_site_with_hf_names() {
 
 #[test]
 fn positions_follow_the_mask_with_the_offset() {
-    let dev = Device::Cpu;
-    let mask = Tensor::new(&[[1f32, 1., 1., 0.], [1., 0., 0., 0.]], &dev).unwrap();
+    let mask = vec![vec![1f32, 1., 1., 0.], vec![1., 0., 0., 0.]];
     // No prefix: real tokens read rows 2, 3, ...; padding reads row 1.
-    let rows = position_rows(&mask, 0, 4)
-        .unwrap()
-        .to_vec2::<u32>()
-        .unwrap();
-    assert_eq!(rows, vec![vec![2, 3, 4, 1], vec![2, 1, 1, 1]]);
+    let positions = vec![vec![0, 1, 2, 2], vec![0, 0, 0, 0]];
+    assert_eq!(
+        offset_rows(&positions, &mask),
+        vec![vec![2, 3, 4, 1], vec![2, 1, 1, 1]]
+    );
     // A prefix of three positions shifts the real tokens by three.
-    let rows = position_rows(&mask, 3, 4)
-        .unwrap()
-        .to_vec2::<u32>()
-        .unwrap();
-    assert_eq!(rows, vec![vec![5, 6, 7, 1], vec![5, 1, 1, 1]]);
+    let positions = vec![vec![3, 4, 5, 5], vec![3, 3, 3, 3]];
+    assert_eq!(
+        offset_rows(&positions, &mask),
+        vec![vec![5, 6, 7, 1], vec![5, 1, 1, 1]]
+    );
 }
 
 #[test]
