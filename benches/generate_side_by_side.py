@@ -31,6 +31,8 @@ import sys
 import tempfile
 import time
 
+from side_by_side import cpu_name
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "fixtures", "adapters")
 MIXED_METHODS = ["lora", "dora", "loha", "lokr", "vera", "ln-tuning", "text", "prefix"]
@@ -243,18 +245,6 @@ def print_table(table, markdown):
         widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
         for row in table:
             print("  ".join(cell.rjust(w) for cell, w in zip(row, widths)))
-
-
-def cpu_name():
-    """The CPU's model name, from /proc/cpuinfo where there is one."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 if __name__ == "__main__":

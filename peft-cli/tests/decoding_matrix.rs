@@ -12,7 +12,7 @@ use peft_core::kv_cache::KvCache;
 use peft_core::method::{Adapter, InitCtx, PeftMethod};
 use peft_core::mixed::MixedHooks;
 use peft_core::model::{BaseModel, Batch};
-use peft_train::generate::{generate, generate_batch, generate_cached, Sampling};
+use peft_train::generate::{generate, generate_batch, generate_cached, left_padded, Sampling};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -164,21 +164,8 @@ fn every_row_of_a_mixed_batch_computes_what_it_computes_alone() {
             let name_of =
                 |r: usize| rows[r].map_or("no adapter".to_string(), |a| adapters[a].0.clone());
             let hooks_of = |r: usize| -> &dyn Hooks { rows[r].map_or(&NoHooks, |a| hooks[a]) };
-            let width = prompts.iter().map(|p| p.len()).max().unwrap();
-            let mut ids = Vec::new();
-            let mut mask = Vec::new();
-            for p in &prompts {
-                ids.extend(std::iter::repeat_n(0u32, width - p.len()).chain(p.iter().copied()));
-                mask.extend(
-                    std::iter::repeat_n(0f32, width - p.len())
-                        .chain(std::iter::repeat_n(1f32, p.len())),
-                );
-            }
-            let batch = Batch::new(
-                Tensor::from_vec(ids, (8, width), &dev).unwrap(),
-                Tensor::from_vec(mask, (8, width), &dev).unwrap(),
-            )
-            .unwrap();
+            let refs: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
+            let batch = left_padded(&refs, &dev).unwrap();
             let mixed = MixedHooks::new(hooks.clone(), rows.clone()).unwrap();
             let mut cache = KvCache::new();
             let out = model.forward_cached(&batch, &mut cache, &mixed).unwrap();

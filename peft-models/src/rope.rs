@@ -67,13 +67,18 @@ impl Rope {
     /// Tables for each row's own positions (`positions[b][t]`, every row the same length): a left-padded
     /// row, or one continuing from a key/value cache, is rotated where it sits.
     pub fn tables_at(&self, positions: &[Vec<u32>], device: &Device) -> Result<RopeTables> {
-        let rows = positions.len();
         let seq = positions.first().map_or(0, |r| r.len());
         if positions.iter().any(|r| r.len() != seq) {
             return Err(ModelError::Config(
                 "rotary positions must give every row the same number of positions".into(),
             ));
         }
+        // Rows at the same positions (an unpadded batch, a training batch) share one table, broadcast.
+        let positions = match positions.split_first() {
+            Some((first, rest)) if rest.iter().all(|r| r == first) => &positions[..1],
+            _ => positions,
+        };
+        let rows = positions.len();
         let mut cos = Vec::with_capacity(rows * seq * self.head_dim);
         let mut sin = Vec::with_capacity(rows * seq * self.head_dim);
         for &p in positions.iter().flatten() {

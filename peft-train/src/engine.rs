@@ -53,7 +53,7 @@ use peft_core::method::Adapter;
 use peft_core::mixed::MixedHooks;
 use peft_core::model::{require_lm_head, BaseModel, Batch};
 
-use crate::generate::{pick_token, Sampling};
+use crate::generate::{left_padded, pick_token, Sampling};
 
 /// The id [`Engine::submit`] gives a request; unique for the engine's life.
 pub type RequestId = u64;
@@ -518,22 +518,8 @@ impl Engine {
         if joining.is_empty() {
             return Ok(());
         }
-        let device = self.model.device();
-        let longest = joining.iter().map(|r| r.prompt.len()).max().unwrap_or(0);
-        let mut ids = Vec::with_capacity(joining.len() * longest);
-        let mut mask = Vec::with_capacity(joining.len() * longest);
-        for r in &joining {
-            // Left padding: every row's last prompt token sits in the last column.
-            let pad = longest - r.prompt.len();
-            ids.extend(std::iter::repeat_n(0u32, pad).chain(r.prompt.iter().copied()));
-            mask.extend(
-                std::iter::repeat_n(0f32, pad).chain(std::iter::repeat_n(1f32, r.prompt.len())),
-            );
-        }
-        let batch = Batch::new(
-            Tensor::from_vec(ids, (joining.len(), longest), device)?,
-            Tensor::from_vec(mask, (joining.len(), longest), device)?,
-        )?;
+        let prompts: Vec<&[u32]> = joining.iter().map(|r| r.prompt.as_slice()).collect();
+        let batch = left_padded(&prompts, self.model.device())?;
         let mut cache = KvCache::new();
         let logits = {
             let (adapters, rows) = row_hooks(&joining);

@@ -178,18 +178,7 @@ pub fn generate_batch(
         return Ok(out);
     }
     peft_core::grad::no_grad(|| {
-        let width = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
-        let mut ids = Vec::with_capacity(rows * width);
-        let mut mask = Vec::with_capacity(rows * width);
-        for p in prompts {
-            let pad = width - p.len();
-            ids.extend(std::iter::repeat_n(0u32, pad).chain(p.iter().copied()));
-            mask.extend(std::iter::repeat_n(0f32, pad).chain(std::iter::repeat_n(1f32, p.len())));
-        }
-        let batch = Batch::new(
-            Tensor::from_vec(ids, (rows, width), device)?,
-            Tensor::from_vec(mask, (rows, width), device)?,
-        )?;
+        let batch = left_padded(prompts, device)?;
         let mut cache = KvCache::new();
         let hidden = model.forward_cached(&batch, &mut cache, hooks)?.hidden;
         // Left padding puts every row's last prompt token in the last column.
@@ -224,6 +213,23 @@ pub fn generate_batch(
                 .squeeze(1)?;
         }
     })
+}
+
+/// The prompts as one batch, left-padded with masked id 0 to the longest: every row's last prompt token sits
+/// in the last column, where a cached prompt pass reads each row's next-token logits.
+pub fn left_padded(prompts: &[&[u32]], device: &candle_core::Device) -> Result<Batch> {
+    let width = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(prompts.len() * width);
+    let mut mask = Vec::with_capacity(prompts.len() * width);
+    for p in prompts {
+        let pad = width - p.len();
+        ids.extend(std::iter::repeat_n(0u32, pad).chain(p.iter().copied()));
+        mask.extend(std::iter::repeat_n(0f32, pad).chain(std::iter::repeat_n(1f32, p.len())));
+    }
+    Batch::new(
+        Tensor::from_vec(ids, (prompts.len(), width), device)?,
+        Tensor::from_vec(mask, (prompts.len(), width), device)?,
+    )
 }
 
 /// Logits `[vocab]` at the last real position of `ids`.
