@@ -1,5 +1,6 @@
 //! The building blocks: the frozen projection op (`frozen_linear/<shape>/...`; SmolLM2's up projection also
-//! with its weight kept quantized, `smollm2-up_proj-q4_1` / `-q8_0`), scaled dot-product attention
+//! with its weight kept quantized, `smollm2-up_proj-q4_1` / `-q8_0`; every shape also with its weight in bf16,
+//! `frozen_linear/<shape>/bf16/...`, beside the f32 op on the same values), scaled dot-product attention
 //! (`attention/<shape>/...`) and one transformer block of the small models (`block/<model>/...`), each
 //! forward only and forward + backward; and every fused op against the composed form it replaced
 //! (`ops/<op>/<shape>/{fused,composed}`, forward + backward).
@@ -7,9 +8,12 @@
 use std::hint::black_box;
 use std::time::Duration;
 
+use candle_core::{DType, Device, Tensor, Var};
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
 use peft_benches::blocks::{AttentionCase, BlockCase, FrozenLinearCase};
 use peft_benches::ops::{Form, OpCase};
+use peft_core::frozen::FrozenLinear;
+use rand::{Rng, SeedableRng};
 
 fn configure(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
     group
@@ -41,6 +45,88 @@ fn frozen_linear(c: &mut Criterion) {
             b.iter(|| black_box(case.candle_forward().expect("forward")))
         });
         group.finish();
+    }
+}
+
+/// A frozen projection `[d_out, d_in]` with a bias, its weight in f32 or bf16 (the same values: the f32 weight
+/// is the bf16 one widened), and an input `[rows, d_in]`: the mixed-precision op against the f32 op.
+struct DtypeCase {
+    layer: FrozenLinear,
+    x: Var,
+}
+
+impl DtypeCase {
+    fn new(rows: usize, d_in: usize, d_out: usize, dtype: DType) -> peft_core::Result<Self> {
+        let w = (seeded(&[d_out, d_in], 1)? * 0.02)?
+            .to_dtype(DType::BF16)?
+            .to_dtype(dtype)?;
+        let b = (seeded(&[d_out], 2)? * 0.02)?;
+        Ok(DtypeCase {
+            layer: FrozenLinear::new(w, Some(b), &peft_kernels::frozen::FrozenGemm),
+            x: Var::from_tensor(&seeded(&[rows, d_in], 3)?)?,
+        })
+    }
+
+    fn forward(&self) -> peft_core::Result<Tensor> {
+        self.layer.forward(&self.x.as_tensor().detach())
+    }
+
+    fn forward_backward(&self) -> peft_core::Result<Tensor> {
+        let y = self.layer.forward(self.x.as_tensor())?;
+        let grads = y.sum_all()?.backward()?;
+        Ok(grads
+            .get(self.x.as_tensor())
+            .expect("input gradient")
+            .clone())
+    }
+}
+
+/// A seeded N(0, 1) tensor.
+fn seeded(shape: &[usize], seed: u64) -> peft_core::Result<Tensor> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let values: Vec<f32> = (0..n)
+        .map(|_| rng.sample::<f32, _>(rand_distr::StandardNormal))
+        .collect();
+    Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
+}
+
+/// The frozen projections with a bf16 weight (`frozen_linear/<shape>/bf16/...`), and SmolLM2's other
+/// projection shapes (q/o 576 -> 576, k/v 576 -> 192, down 1536 -> 576) in f32 too. The kernel in use is
+/// printed: `PEFT_BF16_KERNEL=fallback` measures the fallback.
+fn frozen_linear_bf16(c: &mut Criterion) {
+    eprintln!("bf16 kernel: {}", peft_kernels::bf16::bf16_kernel_name());
+    let shapes = [
+        ("gpt2-small-c_attn", 4 * 128, 768, 3 * 768, false),
+        ("small-c_attn", 4 * 64, 256, 3 * 256, false),
+        ("smollm2-up_proj", 8 * 128, 576, 1536, false),
+        ("smollm2-q_proj", 8 * 128, 576, 576, true),
+        ("smollm2-k_proj", 8 * 128, 576, 192, true),
+        ("smollm2-down_proj", 8 * 128, 1536, 576, true),
+        ("smollm2-up_proj-decode", 4, 576, 1536, true),
+    ];
+    for (name, rows, d_in, d_out, with_f32) in shapes {
+        let dtypes: &[DType] = if with_f32 {
+            &[DType::F32, DType::BF16]
+        } else {
+            &[DType::BF16]
+        };
+        for &dtype in dtypes {
+            let case = DtypeCase::new(rows, d_in, d_out, dtype).expect("case");
+            let group = match dtype {
+                DType::BF16 => format!("frozen_linear/{name}/bf16"),
+                _ => format!("frozen_linear/{name}"),
+            };
+            let mut group = c.benchmark_group(group);
+            configure(&mut group);
+            group.bench_function("forward", |b| {
+                b.iter(|| black_box(case.forward().expect("forward")))
+            });
+            group.bench_function("forward_backward", |b| {
+                b.iter(|| black_box(case.forward_backward().expect("backward")))
+            });
+            group.finish();
+        }
     }
 }
 
@@ -96,5 +182,12 @@ fn ops(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, frozen_linear, attention, block, ops);
+criterion_group!(
+    benches,
+    frozen_linear,
+    frozen_linear_bf16,
+    attention,
+    block,
+    ops
+);
 criterion_main!(benches);

@@ -11,6 +11,7 @@ use peft_core::hooks::{positions_taken, Hooks};
 use peft_core::method::{Adapter, InitCtx};
 use peft_models::{LoadOptions, LoadedModel};
 use peft_train::task::Tuned;
+use peft_train::train::Precision;
 use rand::SeedableRng;
 
 use crate::experiment::{Experiment, TaskKind};
@@ -39,6 +40,7 @@ pub fn open_model_for(exp: &Experiment) -> Result<LoadedModel> {
         LoadOptions {
             trainable_weights: exp.method.trains_base_weights(),
             keep_quantized: exp.file.model.quantized,
+            bf16_projections: exp.file.training.precision == Precision::Bf16,
             ..Default::default()
         },
     )

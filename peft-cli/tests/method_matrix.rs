@@ -10,15 +10,16 @@ use peft_core::head::WithClassifier;
 use peft_core::method::{Adapter, InitCtx, PeftMethod};
 use peft_core::model::BaseModel;
 use peft_train::conformance::{check_adapter, check_resume, Conformance};
-use peft_train::task::{
-    CausalLm, ClassExample, HeadClassification, LmExample, Seq2Seq, Seq2SeqExample, Task,
-};
+use peft_train::task::{CausalLm, LmExample, Seq2Seq, Seq2SeqExample, Task};
 use rand::SeedableRng;
 use serde_json::json;
 
 #[path = "common/methods.rs"]
 mod methods;
 use methods::methods;
+#[path = "common/tiny_cells.rs"]
+mod tiny_cells;
+use tiny_cells::{head_task, quantized_llama};
 
 fn models() -> Vec<(&'static str, Box<dyn BaseModel>)> {
     peft_cli::link_methods();
@@ -78,34 +79,6 @@ fn zoo() -> Vec<Cell> {
             Box::new(copy_task()),
         ),
     ]
-}
-
-/// The tiny LLaMA with its 2-D weights quantized to Q4_1 (SmolLM2's file type).
-fn quantized_llama(seed: u64) -> peft_models::llama::Llama {
-    let weights = peft_models::tiny::llama_weights(seed)
-        .quantize_2d(candle_core::quantized::GgmlDType::Q4_1)
-        .unwrap();
-    peft_models::llama::Llama::from_weights(
-        &peft_models::tiny::llama_config(),
-        &weights,
-        "tiny-llama-q4_1",
-    )
-    .unwrap()
-}
-
-/// Two classes told apart by the first token.
-fn head_examples() -> Vec<ClassExample> {
-    (0..16u32)
-        .map(|i| ClassExample {
-            input_ids: vec![if i % 2 == 0 { 7 } else { 70 }, 20 + i, 40 + i, 60],
-            label: (i % 2) as usize,
-            token_type_ids: vec![],
-        })
-        .collect()
-}
-
-fn head_task() -> HeadClassification {
-    HeadClassification::new(head_examples(), head_examples(), 2, 0).unwrap()
 }
 
 /// Copy the source (then eos = 1).

@@ -23,7 +23,7 @@
 
 use std::fmt::Debug;
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 use crate::error::{PeftError, Result};
 use crate::quantized::QuantizedWeight;
@@ -56,7 +56,15 @@ pub struct CandleProduct;
 
 impl FrozenProduct for CandleProduct {
     fn affine(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        let y = x.broadcast_matmul(&weight.detach().t()?)?;
+        // A bf16 weight (mixed precision) multiplies the input rounded to bf16, accumulating in the input's
+        // f32, which is what the bf16 kernels compute.
+        let (x, weight) = if weight.dtype() == DType::BF16 && x.dtype() == DType::F32 {
+            let rounded = x.to_dtype(DType::BF16)?.to_dtype(DType::F32)?;
+            (rounded, weight.to_dtype(DType::F32)?)
+        } else {
+            (x.clone(), weight.detach())
+        };
+        let y = x.broadcast_matmul(&weight.t()?)?;
         Ok(match bias {
             Some(b) if b.track_op() => y.broadcast_add(b)?,
             Some(b) => y.broadcast_add(&b.detach())?,
@@ -146,11 +154,13 @@ impl FrozenLinear {
             || self.bias.as_ref().is_some_and(Tensor::track_op)
     }
 
-    /// The `[out, in]` weight in f32: the tensor itself for a dense layer (same id, so a gradient store can be
-    /// asked about it), a fresh dequantized copy of all of it for a quantized one.
+    /// The `[out, in]` weight in f32: the tensor itself for a dense f32 layer (same id, so a gradient store can
+    /// be asked about it), a fresh f32 copy of a bf16 one, a fresh dequantized copy of all of it for a
+    /// quantized one.
     pub fn weight(&self) -> Result<Tensor> {
         match &self.weight {
-            Stored::Dense(w) => Ok(w.clone()),
+            Stored::Dense(w) if w.dtype() == DType::F32 => Ok(w.clone()),
+            Stored::Dense(w) => Ok(w.to_dtype(DType::F32)?),
             Stored::Quantized(q) => q.dequantize(),
         }
     }

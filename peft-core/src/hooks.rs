@@ -127,7 +127,21 @@ pub trait Hooks: Send + Sync {
     fn norm(&self, site: SiteId, x: &Tensor, frozen: &NormFn) -> Result<Tensor> {
         frozen(x, self.norm_weight(site).as_ref(), self.bias(site).as_ref())
     }
+
+    /// The model's stack of `count` layers on `x`, where `layer(i, h)` runs layer `i` on `h`. The default runs
+    /// them in order; gradient checkpointing ([`crate::checkpoint`]) overrides it, keeping only each layer's
+    /// input and running the layer again in the backward. Methods never override it.
+    fn layers(&self, count: usize, x: Tensor, layer: &mut LayerFn) -> Result<Tensor> {
+        let mut h = x;
+        for i in 0..count {
+            h = layer(i, &h)?;
+        }
+        Ok(h)
+    }
 }
+
+/// One layer of a model's stack, as [`Hooks::layers`] calls it: `(layer index, input) -> output`.
+pub type LayerFn<'a> = dyn FnMut(usize, &Tensor) -> Result<Tensor> + 'a;
 
 /// The frozen norm below a [`Hooks::norm`] call: `(x, replacement weight, replacement bias)`, each `None`
 /// for the frozen one.

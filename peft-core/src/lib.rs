@@ -16,6 +16,7 @@
 pub mod adapter_checks;
 pub mod adapter_io;
 pub mod atomic;
+pub mod checkpoint;
 pub mod compare;
 pub mod error;
 pub mod finite;

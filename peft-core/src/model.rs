@@ -211,6 +211,12 @@ pub trait BaseModel: Send + Sync {
         false
     }
 
+    /// Whether the forward runs its layers through [`Hooks::layers`] (one stack), which gradient checkpointing
+    /// ([`crate::checkpoint`]) needs.
+    fn supports_gradient_checkpointing(&self) -> bool {
+        false
+    }
+
     /// The encoder-decoder interface, for models that have one.
     fn encoder_decoder(&self) -> Option<&dyn EncoderDecoder> {
         None

@@ -1,7 +1,8 @@
 //! The fast [`FrozenProduct`]: `x W^T + b` as one candle op whose backward returns the input gradient only (and
 //! a trained bias's column sums), on this crate's GEMM. Each output row starts as the bias and the product
-//! accumulates onto it (no zero fill, no separate bias pass). f32 on the CPU runs the kernel; anything else runs
-//! the reference [`CandleProduct`].
+//! accumulates onto it (no zero fill, no separate bias pass). f32 on the CPU runs the kernel; an f32 input
+//! with a bf16 weight runs the mixed-precision kernel of [`crate::bf16`] (f32 output, the same gradients);
+//! anything else runs the reference [`CandleProduct`].
 //!
 //! ```
 //! use candle_core::{Device, Tensor, Var};
@@ -58,6 +59,9 @@ pub fn frozen_matmul(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
 /// of the output gradient) the same kernel computes.
 pub fn frozen_affine(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let bias_ok = bias.is_none_or(cpu::covers);
+    if cpu::covers(x) && bias_ok && crate::bf16::is_bf16_on_cpu(weight) {
+        return apply(x, OpWeight::Bf16(weight.detach()), bias);
+    }
     if !cpu::covers(x) || !cpu::covers(weight) || !bias_ok {
         // Only f32 on the CPU has the kernel; elsewhere candle's ops compute the same values.
         return CandleProduct.affine(x, weight, bias);
@@ -65,18 +69,20 @@ pub fn frozen_affine(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Resu
     apply(x, OpWeight::Dense(weight.detach()), bias)
 }
 
-/// The frozen weight an op holds: f32 values, or blocks of a quantized format that [`crate::quantized`] walks.
+/// The frozen weight an op holds: f32 values, blocks of a quantized format that [`crate::quantized`] walks,
+/// or bf16 values that [`crate::bf16`] multiplies.
 #[derive(Clone)]
 pub(crate) enum OpWeight {
     Dense(Tensor),
     Quantized(QuantizedWeight),
+    Bf16(Tensor),
 }
 
 impl OpWeight {
     /// `(out, in)`.
     fn dims(&self) -> candle_core::Result<(usize, usize)> {
         match self {
-            OpWeight::Dense(w) => w.dims2(),
+            OpWeight::Dense(w) | OpWeight::Bf16(w) => w.dims2(),
             OpWeight::Quantized(q) => Ok(q.dims()),
         }
     }
@@ -91,6 +97,7 @@ impl OpWeight {
         match self {
             OpWeight::Dense(w) => affine_rows(x, w, bias, m),
             OpWeight::Quantized(q) => crate::quantized::affine_rows(x, q, bias, m),
+            OpWeight::Bf16(w) => bf16_affine_rows(x, w, bias, m),
         }
     }
 
@@ -99,6 +106,7 @@ impl OpWeight {
         match self {
             OpWeight::Dense(w) => input_grad(grad_res, w),
             OpWeight::Quantized(q) => crate::quantized::input_grad(grad_res, q),
+            OpWeight::Bf16(w) => bf16_input_grad(grad_res, w),
         }
     }
 }
@@ -151,6 +159,44 @@ fn affine_rows(
         Ok(())
     })?;
     Ok(out)
+}
+
+/// [`affine_rows`] for a bf16 `W`: `x` rounded to bf16, f32 sums onto the bias.
+fn bf16_affine_rows(
+    x: &[f32],
+    weight: &Tensor,
+    bias: Option<&[f32]>,
+    m: usize,
+) -> candle_core::Result<Vec<f32>> {
+    let (n, k) = weight.dims2()?;
+    let mut out = match bias {
+        Some(b) => b.repeat(m),
+        None => vec![0f32; m * n],
+    };
+    let kernel = crate::bf16::Bf16Kernel::detect();
+    crate::bf16::with_bf16_values(weight, |w| {
+        crate::bf16::product(kernel, x, w, &mut out, (m, n, k), Threads::All);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// [`input_grad`] for a bf16 `W`: `dy` rounded to bf16, f32 sums.
+fn bf16_input_grad(grad_res: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
+    let dims = grad_res.dims();
+    let (n, k) = weight.dims2()?;
+    let m = grad_res.elem_count() / n.max(1);
+    let mut grad = vec![0f32; m * k];
+    let kernel = crate::bf16::Bf16Kernel::detect();
+    cpu::with_values(grad_res, |dy| {
+        crate::bf16::with_bf16_values(weight, |w| {
+            crate::bf16::input_product(kernel, dy, w, &mut grad, (m, n, k), Threads::All);
+            Ok(())
+        })
+    })?;
+    let mut in_dims = dims.to_vec();
+    *in_dims.last_mut().expect("rank >= 1") = k;
+    cpu::tensor(grad, &in_dims)
 }
 
 /// Checks the input's last dimension against the weight; returns (rows, output dims).
@@ -310,8 +356,84 @@ impl CustomOp2 for FrozenMatmulTrainedBias {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
+    use peft_core::compare::max_abs_diff;
     use peft_core::frozen::FrozenLinear;
+    use rand::{Rng, SeedableRng};
+
+    fn seeded(dims: &[usize], seed: u64) -> Tensor {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let n: usize = dims.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1f32..1.)).collect();
+        Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
+    }
+
+    /// `t` rounded to bf16 and back: what the bf16 product multiplies.
+    fn rounded(t: &Tensor) -> Tensor {
+        t.to_dtype(DType::BF16)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+    }
+
+    /// A bf16 weight with an f32 input: the forward, the input gradient and a trained bias's gradient equal
+    /// the composed candle form on the rounded operands, for the GEMM (18 rows) and the few-rows path (5).
+    #[test]
+    fn a_bf16_weight_runs_the_mixed_precision_product_forward_and_backward() {
+        for (seed, (b, t, k, n)) in [(2, 9, 37, 50), (1, 5, 64, 33)].into_iter().enumerate() {
+            let seed = 10 * seed as u64;
+            let w = seeded(&[n, k], seed).to_dtype(DType::BF16).unwrap();
+            let wf = w.to_dtype(DType::F32).unwrap();
+            let frozen_bias = seeded(&[n], seed + 1);
+            let x = Var::from_tensor(&seeded(&[b, t, k], seed + 2)).unwrap();
+            let gy = seeded(&[b, t, n], seed + 3);
+            // Sums of k (or n) products of magnitude below 1, in f32, here and in candle's product.
+            let tol = 2.0 * (k.max(n) * k.max(n)) as f32 * f32::EPSILON;
+
+            let lin = FrozenLinear::new(w.clone(), Some(frozen_bias.clone()), &FrozenGemm);
+            let y = lin.forward(x.as_tensor()).unwrap();
+            assert_eq!((y.dtype(), y.dims()), (DType::F32, &[b, t, n][..]));
+            let reference = rounded(x.as_tensor())
+                .broadcast_matmul(&wf.t().unwrap())
+                .unwrap()
+                .broadcast_add(&frozen_bias)
+                .unwrap();
+            let d = max_abs_diff(&y, &reference).unwrap();
+            assert!(d < tol, "{b}x{t}x{k} -> {n}: forward differs by {d}");
+            let unrounded = x
+                .as_tensor()
+                .broadcast_matmul(&wf.t().unwrap())
+                .unwrap()
+                .broadcast_add(&frozen_bias)
+                .unwrap();
+            let d = max_abs_diff(&y, &unrounded).unwrap();
+            assert!(d > 10.0 * tol, "the input was not rounded to bf16 ({d})");
+
+            let grads = (&y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
+            let gx = grads.get(x.as_tensor()).expect("input gradient");
+            let expected = rounded(&gy).broadcast_matmul(&wf).unwrap();
+            let d = max_abs_diff(gx, &expected).unwrap();
+            assert!(d < tol, "{b}x{t}x{k} -> {n}: input gradient differs by {d}");
+            assert!(grads.get(&w).is_none() && grads.get(&frozen_bias).is_none());
+
+            let trained = Var::from_tensor(&frozen_bias).unwrap();
+            let y = lin
+                .forward_with_bias(x.as_tensor(), Some(trained.as_tensor()))
+                .unwrap();
+            let reference = rounded(x.as_tensor())
+                .broadcast_matmul(&wf.t().unwrap())
+                .unwrap()
+                .broadcast_add(trained.as_tensor())
+                .unwrap();
+            assert!(max_abs_diff(&y, &reference).unwrap() < tol);
+            let grads = (&y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
+            let db = grads.get(trained.as_tensor()).expect("bias gradient");
+            let d = max_abs_diff(db, &gy.sum((0, 1)).unwrap()).unwrap();
+            assert!(d < 1e-5, "bias gradient differs by {d}");
+            let d = max_abs_diff(grads.get(x.as_tensor()).unwrap(), &expected).unwrap();
+            assert!(d < tol, "input gradient with a trained bias differs by {d}");
+        }
+    }
 
     #[test]
     fn matches_plain_matmul_and_gives_input_gradient_only() {

@@ -17,6 +17,7 @@
 
 mod activation;
 mod attention;
+pub mod bf16;
 mod column_scale;
 pub mod composed;
 pub(crate) mod cpu;
@@ -28,6 +29,7 @@ mod norm;
 #[cfg(feature = "openblas")]
 mod openblas;
 pub mod quantized;
+mod rotary;
 mod skinny;
 
 pub use activation::{gelu_erf, gelu_tanh, silu, silu_mul};
@@ -38,6 +40,7 @@ pub use cross_entropy::cross_entropy;
 pub use linear_cross_entropy::{linear_cross_entropy, linear_cross_entropy_quantized};
 pub use low_rank::low_rank;
 pub use norm::{layer_norm, rms_norm};
+pub use rotary::rotary;
 
 /// The matrix product the frozen projections run on: `gemm` (the crate candle uses), or `openblas (<core>)`
 /// with the cargo feature `openblas`, naming the kernel set OpenBLAS chose for this CPU.

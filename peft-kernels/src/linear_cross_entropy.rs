@@ -6,7 +6,8 @@
 //! their exponentials at once multiply the same weight block, still in cache, into a running hidden gradient.
 //! The segments are then combined per row, and the backward only scales the kept `[rows, features]` gradient.
 //! The weight is read from memory once per chunk of rows; the largest buffers are one logits block per task
-//! and one `[rows, features]` partial gradient per segment.
+//! and one `[rows, features]` partial gradient per segment. A head kept in bf16 (or quantized) is widened to
+//! f32 one block at a time as the tasks reach it, so no f32 copy of it exists.
 //!
 //! ```
 //! use candle_core::{Device, Tensor, Var};
@@ -37,19 +38,31 @@ use peft_core::Result;
 /// bias) against `targets` (one class index per row), a scalar: the value of
 /// `cross_entropy(&hidden.matmul(&weight.t()?)?, targets)` without the full logits.
 ///
-/// Runs one fused CPU op when `hidden` and `weight` are f32 on the CPU and `weight` is frozen (does not
-/// track a gradient); its backward yields the gradient of `hidden` only. Otherwise (another device or dtype,
-/// a trained weight, no rows or no features) it runs that composed form, which then also trains the weight.
+/// Runs one fused CPU op when `hidden` is f32 on the CPU, `weight` is f32 or bf16 on the CPU and frozen (does
+/// not track a gradient); its backward yields the gradient of `hidden` only. A bf16 head is widened to f32
+/// block by block (exact), and `hidden` is not rounded: the loss of `hidden` against the f32 values of the
+/// head. Otherwise (another device or dtype, a trained weight, no rows or no features) it runs that composed
+/// form, which then also trains the weight.
 /// Fails, on either path, when the shapes do not fit or when `targets` does not have one entry per row or an
 /// entry is not below the vocabulary size.
 pub fn linear_cross_entropy(hidden: &Tensor, weight: &Tensor, targets: &[u32]) -> Result<Tensor> {
     let (n, features, _) = check(hidden, weight, targets)?;
-    if !cpu::covers(hidden) || !cpu::covers(weight) || weight.track_op() || n == 0 || features == 0
+    let bf16_head = crate::bf16::is_bf16_on_cpu(weight);
+    if !cpu::covers(hidden)
+        || !(cpu::covers(weight) || bf16_head)
+        || weight.track_op()
+        || n == 0
+        || features == 0
     {
         return composed(hidden, weight, targets);
     }
+    let head = weight.detach().contiguous()?;
     let op = LinearCrossEntropy {
-        weight: Head::Dense(weight.detach().contiguous()?),
+        weight: if bf16_head {
+            Head::Bf16(head)
+        } else {
+            Head::Dense(head)
+        },
         targets: targets.to_vec(),
         want_grad: hidden.track_op(),
         dh: OnceLock::new(),
@@ -139,10 +152,11 @@ pub fn linear_cross_entropy_quantized(
     Ok(hidden.contiguous()?.apply_op1(op)?)
 }
 
-/// The head the fused op reads: f32 values, or blocks dequantized as they are reached.
+/// The head the fused op reads: f32 values, or bf16 values or quantized blocks widened as they are reached.
 enum Head {
     Dense(Tensor),
     Quantized(QuantizedWeight),
+    Bf16(Tensor),
 }
 
 /// Rows of a `[vocabulary, features]` head, as the tasks read them.
@@ -160,6 +174,18 @@ impl HeadRows for [f32] {
         features: usize,
     ) -> candle_core::Result<Cow<'_, [f32]>> {
         Ok(Cow::Borrowed(&self[v0 * features..(v0 + width) * features]))
+    }
+}
+
+impl HeadRows for [half::bf16] {
+    fn rows(
+        &self,
+        v0: usize,
+        width: usize,
+        features: usize,
+    ) -> candle_core::Result<Cow<'_, [f32]>> {
+        let rows = &self[v0 * features..(v0 + width) * features];
+        Ok(Cow::Owned(crate::bf16::widened_here(rows)))
     }
 }
 
@@ -379,7 +405,7 @@ impl Head {
     /// `(vocabulary, features)`.
     fn dims(&self) -> candle_core::Result<(usize, usize)> {
         match self {
-            Head::Dense(w) => w.dims2(),
+            Head::Dense(w) | Head::Bf16(w) => w.dims2(),
             Head::Quantized(q) => Ok(q.dims()),
         }
     }
@@ -403,6 +429,9 @@ impl LinearCrossEntropy {
         let shape = (n, features, vocab);
         match &self.weight {
             Head::Dense(weight) => cpu::with_values(weight, |w| {
+                run(h, w, shape, &self.targets, &mut losses, &mut dh, ROWS)
+            })?,
+            Head::Bf16(weight) => crate::bf16::with_bf16_values(weight, |w| {
                 run(h, w, shape, &self.targets, &mut losses, &mut dh, ROWS)
             })?,
             // One chunk of all the rows: each vocabulary block is dequantized once per forward.
@@ -752,6 +781,36 @@ mod tests {
         );
         assert!(diff < 1e-4, "hidden gradient differs by {diff} (relative)");
         assert!(linear_cross_entropy_quantized(h.as_tensor(), &q, &targets[1..]).is_err());
+    }
+
+    /// A bf16 head: the loss and hidden gradient of its f32 values, bit for bit (each block widened exactly,
+    /// then the same products), and none for the head.
+    #[test]
+    fn a_bf16_head_gives_the_loss_and_gradient_of_its_f32_values() {
+        // Rows past a chunk, a vocabulary of several segments and a partial block.
+        let (h, w, targets) = inputs(300, 24, 1100, 0.5, 31);
+        let w16 = w.to_dtype(DType::BF16).unwrap();
+        let w32 = w16.to_dtype(DType::F32).unwrap();
+        let h = Var::from_tensor(&h).unwrap();
+        let loss = linear_cross_entropy(h.as_tensor(), &w16, &targets).unwrap();
+        let loss32 = linear_cross_entropy(h.as_tensor(), &w32, &targets).unwrap();
+        assert_eq!(
+            loss.to_scalar::<f32>().unwrap(),
+            loss32.to_scalar::<f32>().unwrap()
+        );
+        let expected = reference(h.as_tensor(), &w32, &targets);
+        assert!(rel_diff(&loss, &expected) < 1e-5);
+        let g = loss.backward().unwrap();
+        let g32 = loss32.backward().unwrap();
+        let (dh, dh32) = (
+            g.get(h.as_tensor()).unwrap(),
+            g32.get(h.as_tensor()).unwrap(),
+        );
+        assert_eq!(
+            dh.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            dh32.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
+        assert!(g.get(&w16).is_none());
     }
 
     #[test]

@@ -361,9 +361,9 @@ impl Bert {
         let x = (x + type_embeddings)?
             .broadcast_add(&self.position_embeddings.narrow(0, start, seq)?)?;
         let mut x = self.embeddings_norm.forward(&x, hooks)?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = self.layer_forward(layer, &x, &masks, i, hooks)?;
-        }
+        x = hooks.layers(self.layers.len(), x, &mut |i, x| {
+            Ok(self.layer_forward(&self.layers[i], x, &masks, i, hooks)?)
+        })?;
         Ok(Output {
             hidden: x,
             virtual_tokens,
@@ -439,6 +439,10 @@ impl BaseModel for Bert {
 
     fn device(&self) -> &Device {
         &self.device
+    }
+
+    fn supports_gradient_checkpointing(&self) -> bool {
+        true
     }
 
     fn embed_tokens(&self, ids: &Tensor) -> peft_core::Result<Tensor> {

@@ -47,6 +47,7 @@ pub fn load_folder_with(dir: &Path, device: &Device, options: LoadOptions) -> Re
     })?;
     normalise_token_ids(&mut config);
     let mut weights = load_weights(dir, device)?;
+    weights.set_bf16_projections(options.bf16_projections);
     if options.trainable_weights {
         weights.make_trainable()?;
     }

@@ -434,17 +434,18 @@ impl Gemma3 {
             Some(window) => Some(SlidingMasks::new(pass.key_mask(), x.dim(1)?, window)?),
             None => None,
         };
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = match layer.kind {
+        x = hooks.layers(self.layers.len(), x, &mut |i, x| {
+            let layer = &self.layers[i];
+            Ok(match layer.kind {
                 Gemma3Attention::Sliding => {
                     let window = sliding.as_mut();
-                    self.layer_forward(layer, &x, &local, &mut pass, window, i, hooks)?
+                    self.layer_forward(layer, x, &local, &mut pass, window, i, hooks)?
                 }
                 Gemma3Attention::Full => {
-                    self.layer_forward(layer, &x, &global, &mut pass, None, i, hooks)?
+                    self.layer_forward(layer, x, &global, &mut pass, None, i, hooks)?
                 }
-            };
-        }
+            })
+        })?;
         let hidden = self.norm.forward(&x, hooks)?;
         let virtual_tokens = pass.virtual_tokens;
         pass.finish(cache)?;
@@ -482,6 +483,10 @@ impl BaseModel for Gemma3 {
     }
 
     fn has_kv_cache(&self) -> bool {
+        true
+    }
+
+    fn supports_gradient_checkpointing(&self) -> bool {
         true
     }
 

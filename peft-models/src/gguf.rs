@@ -75,6 +75,7 @@ pub fn load_gguf_with(path: &Path, device: &Device, options: LoadOptions) -> Res
     }
     drop(content);
     let mut ckpt = read_gguf_with(path, device, options.keep_quantized)?;
+    ckpt.weights.set_bf16_projections(options.bf16_projections);
     if options.trainable_weights {
         ckpt.weights.make_trainable()?;
     }

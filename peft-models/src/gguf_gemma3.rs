@@ -48,6 +48,7 @@ pub struct Gemma3Checkpoint {
 /// naming why). `options.keep_quantized` keeps its block-format weights as they are.
 pub fn load_gemma3_gguf(path: &Path, device: &Device, options: LoadOptions) -> Result<LoadedModel> {
     let mut ckpt = read_gemma3_gguf(path, device, options.keep_quantized)?;
+    ckpt.weights.set_bf16_projections(options.bf16_projections);
     if options.trainable_weights {
         ckpt.weights.make_trainable()?;
     }

@@ -232,9 +232,9 @@ impl Gpt2 {
         // Learned positions at each row's own positions (after any prefix, virtual tokens included).
         let positions = pass.positions()?;
         let mut x = (&pass.x + lookup(&self.wpe, &positions)?)?;
-        for (i, block) in self.blocks.iter().enumerate() {
-            x = self.block_forward(block, &x, &mut pass, i, hooks)?;
-        }
+        x = hooks.layers(self.blocks.len(), x, &mut |i, x| {
+            Ok(self.block_forward(&self.blocks[i], x, &mut pass, i, hooks)?)
+        })?;
         let hidden = self.ln_f.forward(&x, hooks)?;
         let virtual_tokens = pass.virtual_tokens;
         pass.finish(cache)?;
@@ -286,6 +286,10 @@ impl BaseModel for Gpt2 {
     }
 
     fn has_kv_cache(&self) -> bool {
+        true
+    }
+
+    fn supports_gradient_checkpointing(&self) -> bool {
         true
     }
 

@@ -266,9 +266,9 @@ impl Llama {
         // Virtual tokens take positions like real ones; a key/value prefix pushes the tokens after it.
         let rope = self.rope.tables_at(pass.position_rows(), &self.device)?;
         let mut x = pass.x.clone();
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = self.layer_forward(layer, &x, &rope, &mut pass, i, hooks)?;
-        }
+        x = hooks.layers(self.layers.len(), x, &mut |i, x| {
+            Ok(self.layer_forward(&self.layers[i], x, &rope, &mut pass, i, hooks)?)
+        })?;
         let hidden = self.norm.forward(&x, hooks)?;
         let virtual_tokens = pass.virtual_tokens;
         pass.finish(cache)?;
@@ -306,6 +306,10 @@ impl BaseModel for Llama {
     }
 
     fn has_kv_cache(&self) -> bool {
+        true
+    }
+
+    fn supports_gradient_checkpointing(&self) -> bool {
         true
     }
 

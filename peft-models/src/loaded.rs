@@ -25,4 +25,8 @@ pub struct LoadOptions {
     /// projections, the embedding table and an untied head); the default dequantizes everything to f32. Other
     /// formats are refused with this set, since they have no blocks to keep.
     pub keep_quantized: bool,
+    /// The frozen projections' weights are stored in bf16 (mixed precision, `precision = "bf16"`): their
+    /// products round the input to bf16 and accumulate in f32. Embeddings, norms and the LM head stay f32;
+    /// weights kept quantized or trained stay as they are.
+    pub bf16_projections: bool,
 }

@@ -357,9 +357,9 @@ impl Opt {
         };
         let rows = position_rows(&pass)?;
         let mut x = (x + lookup(&self.embed_positions, &rows)?)?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = self.layer_forward(layer, &x, &mut pass, i, hooks)?;
-        }
+        x = hooks.layers(self.layers.len(), x, &mut |i, x| {
+            Ok(self.layer_forward(&self.layers[i], x, &mut pass, i, hooks)?)
+        })?;
         if let Some(ln) = &self.final_layer_norm {
             x = ln.forward(&x, hooks)?;
         }
@@ -476,6 +476,10 @@ impl BaseModel for Opt {
     }
 
     fn has_kv_cache(&self) -> bool {
+        true
+    }
+
+    fn supports_gradient_checkpointing(&self) -> bool {
         true
     }
 

@@ -238,7 +238,7 @@ impl<'a> Loader<'a> {
         out_f: usize,
         bias: bool,
     ) -> Result<Projection> {
-        let linear = self.frozen(&format!("{module}.weight"), in_f, out_f, bias)?;
+        let linear = self.frozen(&format!("{module}.weight"), in_f, out_f, bias, true)?;
         let site = self.spec.add_site(
             Site::linear(module, layer, in_f, out_f, linear.bias().is_some()).with_role(role),
         );
@@ -246,13 +246,14 @@ impl<'a> Loader<'a> {
     }
 
     /// The frozen layer of weight `name` (`[out, in]`) and, where `bias`, the bias beside it: kept quantized
-    /// where the checkpoint kept it so.
+    /// where the checkpoint kept it so, stored in bf16 where it is a `projection` of a map that asks for it.
     fn frozen(
         &mut self,
         name: &str,
         in_f: usize,
         out_f: usize,
         bias: bool,
+        projection: bool,
     ) -> Result<FrozenLinear> {
         let bias = if bias {
             let bias_name = format!("{}.bias", name.trim_end_matches(".weight"));
@@ -265,8 +266,23 @@ impl<'a> Loader<'a> {
                 self.record_quantized(name, &q);
                 FrozenLinear::quantized(q, bias, &FrozenGemm)
             }
-            None => FrozenLinear::new(self.tensor(name, &[out_f, in_f])?, bias, &FrozenGemm),
+            None => {
+                let weight = self.weights.get(name, &[out_f, in_f])?;
+                let weight = self.stored_as_projection(weight, projection)?;
+                self.used.insert(name.to_string());
+                self.parameters.push((name.to_string(), weight.clone()));
+                FrozenLinear::new(weight, bias, &FrozenGemm)
+            }
         })
+    }
+
+    /// A frozen projection's `[out, in]` weight as the model keeps it: in bf16 when the map asks for it (mixed
+    /// precision); a trained weight (full fine-tuning) stays as it is.
+    fn stored_as_projection(&self, weight: Tensor, projection: bool) -> Result<Tensor> {
+        if projection && self.weights.bf16_projections() && !weight.track_op() {
+            return Ok(weight.to_dtype(candle_core::DType::BF16)?);
+        }
+        Ok(weight)
     }
 
     /// Notes a weight kept quantized as used, counted and stored.
@@ -292,7 +308,7 @@ impl<'a> Loader<'a> {
 
     /// An untied LM head `[vocab, hidden]` without bias (`lm_head.weight`).
     pub fn head(&mut self, name: &str, vocab: usize, hidden: usize) -> Result<FrozenLinear> {
-        self.frozen(name, hidden, vocab, false)
+        self.frozen(name, hidden, vocab, false, false)
     }
 
     /// A GPT-2 Conv1D module: weight `[in, out]` in the checkpoint, `[out, in]` in the returned projection (and
@@ -308,15 +324,16 @@ impl<'a> Loader<'a> {
         let name = format!("{module}.weight");
         let stored = self.weights.get(&name, &[in_f, out_f])?;
         self.used.insert(name.clone());
-        let weight = stored.t()?.contiguous()?;
+        let weight = self.stored_as_projection(stored.t()?.contiguous()?, true)?;
         let bias = self.tensor(&format!("{module}.bias"), &[out_f])?;
-        let linear = FrozenLinear::new(weight, Some(bias), &FrozenGemm);
-        // A trainable weight (full fine-tuning) is listed as the variable itself, in the checkpoint's layout.
+        // A trainable weight (full fine-tuning) is listed as the variable itself, in the checkpoint's layout;
+        // a frozen one as the layer keeps it (bf16 where the map asks for it).
         let listed = if stored.is_variable() {
             stored
         } else {
-            linear.weight()?
+            weight.clone()
         };
+        let linear = FrozenLinear::new(weight, Some(bias), &FrozenGemm);
         self.parameters.push((name, listed));
         let site = self
             .spec

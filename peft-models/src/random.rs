@@ -22,7 +22,7 @@ use rand_distr::Normal;
 
 use crate::config::{Gpt2Config, LlamaConfig};
 use crate::error::{ModelError, Result};
-use crate::loaded::LoadedModel;
+use crate::loaded::{LoadOptions, LoadedModel};
 use crate::weights::WeightMap;
 use crate::{Gpt2, Llama};
 
@@ -65,10 +65,20 @@ pub fn llama_135m_config() -> LlamaConfig {
 
 /// The model a `random:<arch>-<size>` spec names, with seeded weights on the CPU and no tokenizer.
 pub fn load(spec: &str) -> Result<LoadedModel> {
+    load_with(spec, LoadOptions::default())
+}
+
+/// [`load`], with the frozen projections in bf16 where `options` asks for it (the other options do not apply
+/// to a random model).
+pub fn load_with(spec: &str, options: LoadOptions) -> Result<LoadedModel> {
+    let bf16 = |mut w: WeightMap| {
+        w.set_bf16_projections(options.bf16_projections);
+        w
+    };
     let (model, eos): (Box<dyn peft_core::model::BaseModel>, _) = match spec {
         "random:gpt2-124m" => {
             let cfg = gpt2_124m_config();
-            let weights = weights(crate::tiny::gpt2_shapes(&cfg), SEED, spec);
+            let weights = bf16(weights(crate::tiny::gpt2_shapes(&cfg), SEED, spec));
             (
                 Box::new(Gpt2::from_weights(&cfg, &weights, spec)?),
                 cfg.eos_token_id,
@@ -78,7 +88,7 @@ pub fn load(spec: &str) -> Result<LoadedModel> {
             let cfg = llama_135m_config();
             let mut shapes = crate::tiny::llama_shapes(&cfg);
             shapes.retain(|(name, _)| name != "lm_head.weight");
-            let weights = weights(shapes, SEED, spec);
+            let weights = bf16(weights(shapes, SEED, spec));
             (
                 Box::new(Llama::from_weights(&cfg, &weights, spec)?),
                 cfg.eos_token_id,

@@ -102,7 +102,7 @@ fn load_model_from(
                      weights or on another device"
                 )));
             }
-            random::load(&name)
+            random::load_with(&name, options)
         }
     }
 }

@@ -18,7 +18,7 @@
 //! assert!(first.iter().all(|v| (v - 1.0).abs() < 1e-6));
 //! ```
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor};
 
 use crate::error::{ModelError, Result};
 
@@ -110,18 +110,9 @@ impl RopeTables {
                 self.cos.dims()
             )));
         }
-        let cos = self.cos.to_dtype(x.dtype())?;
-        let sin = self.sin.to_dtype(x.dtype())?;
-        Ok((x.broadcast_mul(&cos)? + rotate_half(x)?.broadcast_mul(&sin)?)?)
+        // One op that keeps only the tables for its backward (see `peft_kernels::rotary`).
+        Ok(peft_kernels::rotary(x, &self.cos, &self.sin)?)
     }
-}
-
-/// `(x1, x2) -> (-x2, x1)` over the last dimension.
-fn rotate_half(x: &Tensor) -> Result<Tensor> {
-    let half = x.dim(D::Minus1)? / 2;
-    let x1 = x.narrow(D::Minus1, 0, half)?;
-    let x2 = x.narrow(D::Minus1, half, half)?;
-    Ok(Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?)
 }
 
 #[cfg(test)]

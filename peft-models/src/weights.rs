@@ -29,6 +29,7 @@ pub struct WeightMap {
     tensors: HashMap<String, Tensor>,
     quantized: HashMap<String, QuantizedWeight>,
     source: String,
+    bf16_projections: bool,
 }
 
 impl WeightMap {
@@ -38,7 +39,19 @@ impl WeightMap {
             tensors,
             quantized: HashMap::new(),
             source: source.into(),
+            bf16_projections: false,
         }
+    }
+
+    /// Models built from this map store their frozen projections' weights in bf16
+    /// ([`LoadOptions::bf16_projections`](crate::LoadOptions::bf16_projections)).
+    pub fn set_bf16_projections(&mut self, on: bool) {
+        self.bf16_projections = on;
+    }
+
+    /// Whether the frozen projections are stored in bf16.
+    pub fn bf16_projections(&self) -> bool {
+        self.bf16_projections
     }
 
     /// Adds weights kept quantized (by Hugging Face name).
@@ -194,6 +207,7 @@ impl WeightMap {
             tensors,
             quantized,
             source: self.source,
+            bf16_projections: self.bf16_projections,
         }
     }
 }

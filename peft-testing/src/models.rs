@@ -68,6 +68,10 @@ impl BaseModel for WithSpec {
         self.inner.forward(batch, hooks)
     }
 
+    fn supports_gradient_checkpointing(&self) -> bool {
+        self.inner.supports_gradient_checkpointing()
+    }
+
     fn lm_head(&self) -> Option<&FrozenLinear> {
         self.inner.lm_head()
     }

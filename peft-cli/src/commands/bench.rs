@@ -24,7 +24,7 @@ use clap::{Args, ValueEnum};
 use peft_core::method::PeftMethod;
 use peft_train::dist::Communicator;
 use peft_train::task::{CausalLm, ClassExample, LmExample, Task, VerbalizerClassification};
-use peft_train::train::{TrainConfig, Trainer};
+use peft_train::train::{Precision, TrainConfig, Trainer};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -110,6 +110,23 @@ pub struct BenchArgs {
     /// Keep a GGUF model's weights in their block formats (QLoRA-style) instead of dequantizing them to f32.
     #[arg(long)]
     keep_quantized: bool,
+    /// The frozen projections' precision (`bf16`: weights stored in bf16, products on the CPU's bf16 units,
+    /// everything else f32; `[training] precision`).
+    #[arg(long, value_enum, default_value_t = BenchPrecision::F32)]
+    precision: BenchPrecision,
+    /// Gradient checkpointing: keep only each layer's input for the backward and run the layers again
+    /// (`[training] gradient_checkpointing`).
+    #[arg(long)]
+    gradient_checkpointing: bool,
+}
+
+/// `--precision`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchPrecision {
+    /// f32 weights and products.
+    F32,
+    /// bf16 frozen weights and products, f32 elsewhere.
+    Bf16,
 }
 
 /// Runs `peft bench`.
@@ -129,6 +146,7 @@ pub fn run(args: BenchArgs, comm: &dyn Communicator) -> Result<()> {
         &args.model,
         peft_models::LoadOptions {
             keep_quantized: args.keep_quantized,
+            bf16_projections: args.precision == BenchPrecision::Bf16,
             ..Default::default()
         },
     )?;
@@ -159,6 +177,11 @@ pub fn run(args: BenchArgs, comm: &dyn Communicator) -> Result<()> {
         log_every: 0,
         eval_every: 0,
         checkpoints: false,
+        gradient_checkpointing: args.gradient_checkpointing,
+        precision: match args.precision {
+            BenchPrecision::F32 => Precision::F32,
+            BenchPrecision::Bf16 => Precision::Bf16,
+        },
         output_dir: output_dir.clone(),
         ..TrainConfig::default()
     };
@@ -200,6 +223,9 @@ pub fn run(args: BenchArgs, comm: &dyn Communicator) -> Result<()> {
             "minor_faults_per_step": faults_per_step,
             "allocator": crate::ALLOCATOR,
             "matmul": peft_kernels::matmul_backend(),
+            "precision": format!("{:?}", args.precision).to_lowercase(),
+            "bf16_kernel": peft_kernels::bf16::bf16_kernel_name(),
+            "gradient_checkpointing": args.gradient_checkpointing,
             "step_s": &report.step_seconds[1..],
         });
         println!("{out}");

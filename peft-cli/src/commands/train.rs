@@ -52,6 +52,13 @@ pub struct TrainArgs {
     /// Keep the GGUF model's weights in their block formats (QLoRA-style), as `[model] quantized = true` does.
     #[arg(long)]
     keep_quantized: bool,
+    /// Mixed precision: the frozen projections stored and multiplied in bf16, as `[training] precision =
+    /// "bf16"` does.
+    #[arg(long)]
+    bf16: bool,
+    /// Gradient checkpointing, as `[training] gradient_checkpointing = true` does.
+    #[arg(long)]
+    gradient_checkpointing: bool,
 }
 
 fn show(metrics: &Metrics) -> String {
@@ -70,6 +77,10 @@ pub fn run(args: TrainArgs, comm: &dyn Communicator) -> Result<()> {
     }
     exp.file.model.quantized |= args.keep_quantized;
     let cfg = &mut exp.file.training;
+    if args.bf16 {
+        cfg.precision = peft_train::train::Precision::Bf16;
+    }
+    cfg.gradient_checkpointing |= args.gradient_checkpointing;
     if let Some(s) = args.max_steps {
         cfg.max_steps = s;
         if s > 0 && cfg.warmup_steps > s {

@@ -179,6 +179,7 @@ pub fn run_cell(spec: &CellSpec, dir: &Path) -> Result<CellResult> {
         &spec.model,
         peft_models::LoadOptions {
             trainable_weights: trains_weights,
+            bf16_projections: spec.training.precision == peft_train::train::Precision::Bf16,
             ..Default::default()
         },
     )?;

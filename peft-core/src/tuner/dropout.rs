@@ -5,6 +5,10 @@
 //! checkpoint starts that generator afresh (checkpoints hold tensors, not generator states), so with a
 //! dropout above 0 it draws other masks than an uninterrupted run would.
 //!
+//! Under gradient checkpointing a layer runs twice (forward, then again in the backward), and both runs must
+//! drop the same values: inside [`replayable`] the masks come from a stream seeded per layer instead of the
+//! adapter's generator, so a replay draws what the first run drew.
+//!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
 //! use rand::SeedableRng;
@@ -15,13 +19,46 @@
 //! assert_eq!(y.to_vec1::<f32>().unwrap(), vec![1.0; 8]);
 //! ```
 
+use std::cell::Cell;
 use std::sync::Mutex;
 
 use candle_core::Tensor;
 use rand::rngs::StdRng;
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 
 use crate::Result;
+
+thread_local! {
+    /// The replayable stream's seed and the masks drawn from it so far, inside [`replayable`].
+    static STREAM: Cell<Option<(u64, u64)>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with every dropout mask on this thread drawn from a stream of `seed` (the `n`-th mask from a
+/// generator seeded by `seed` and `n`), restoring the previous state afterwards: running the same `f` twice
+/// under the same seed draws the same masks, which is what a recomputed layer needs.
+pub fn replayable<T>(seed: u64, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<(u64, u64)>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            STREAM.with(|s| s.set(self.0));
+        }
+    }
+    let _restore = Restore(STREAM.with(|s| s.replace(Some((seed, 0)))));
+    f()
+}
+
+/// The next mask's generator of the replayable stream, when one is active.
+fn stream_generator() -> Option<StdRng> {
+    STREAM.with(|s| {
+        let (seed, n) = s.get()?;
+        s.set(Some((seed, n + 1)));
+        // Distinct, well-mixed seeds for consecutive masks (splitmix64's increment and finaliser).
+        let mut z = seed ^ n.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        Some(StdRng::seed_from_u64(z ^ (z >> 31)))
+    })
+}
 
 /// Inverted dropout with probability `p`: kept values are scaled by `1 / (1 - p)`.
 #[derive(Debug)]
@@ -48,8 +85,7 @@ impl Dropout {
         }
         let keep = 1.0 - self.p;
         let scale = (1.0 / keep) as f32;
-        let mask: Vec<f32> = {
-            let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        let draw = |rng: &mut StdRng| -> Vec<f32> {
             (0..x.elem_count())
                 .map(|_| {
                     if rng.random::<f64>() < keep {
@@ -59,6 +95,10 @@ impl Dropout {
                     }
                 })
                 .collect()
+        };
+        let mask = match stream_generator() {
+            Some(mut rng) => draw(&mut rng),
+            None => draw(&mut self.rng.lock().unwrap_or_else(|e| e.into_inner())),
         };
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
         Ok(x.mul(&mask)?)
@@ -95,5 +135,34 @@ mod tests {
             let eval = crate::grad::no_grad(|| d.apply(&x).unwrap());
             assert_eq!(eval.sum_all().unwrap().to_scalar::<f32>().unwrap(), 5000.0);
         }
+    }
+
+    #[test]
+    fn a_replayable_stream_draws_the_same_masks_again_and_leaves_the_generator_alone() {
+        let x = Tensor::ones((40, 25), DType::F32, &Device::Cpu).unwrap();
+        let d = Dropout::new(0.5, StdRng::seed_from_u64(3));
+        let twice = |seed| {
+            replayable(seed, || {
+                let a = d.apply(&x).unwrap().flatten_all().unwrap();
+                let b = d.apply(&x).unwrap().flatten_all().unwrap();
+                (a.to_vec1::<f32>().unwrap(), b.to_vec1::<f32>().unwrap())
+            })
+        };
+        let (first, second) = twice(7);
+        assert_eq!(twice(7), (first.clone(), second.clone()));
+        // Consecutive masks of one stream differ, and another seed draws others.
+        assert_ne!(first, second);
+        assert_ne!(twice(8).0, first);
+        // Outside the stream the adapter's own generator runs as if the stream had never been used.
+        let fresh = Dropout::new(0.5, StdRng::seed_from_u64(3));
+        let own = |d: &Dropout| {
+            d.apply(&x)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        assert_eq!(own(&d), own(&fresh));
     }
 }

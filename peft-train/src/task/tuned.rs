@@ -50,6 +50,17 @@ impl<'a> Tuned<'a> {
         }
     }
 
+    /// The same head under other hooks (the adapter's, wrapped: gradient checkpointing).
+    pub fn with_hooks<'b>(&self, hooks: &'b dyn Hooks) -> Tuned<'b>
+    where
+        'a: 'b,
+    {
+        Tuned {
+            hooks,
+            head: self.head,
+        }
+    }
+
     /// The hooks the model calls.
     pub fn hooks(&self) -> &'a dyn Hooks {
         self.hooks

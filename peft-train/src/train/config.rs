@@ -78,6 +78,30 @@ pub struct TrainConfig {
     /// since it reruns an interrupted cell from its start and a full fine-tuning checkpoint is the whole model.
     #[serde(default = "default_true")]
     pub checkpoints: bool,
+    /// Gradient checkpointing, transformers' `gradient_checkpointing`: the backward keeps only each layer's
+    /// input and runs each layer again to differentiate it (one more forward of the layers per step), which
+    /// cuts the activation memory to about one layer's. The gradients are those of a run without it (with
+    /// dropout above 0 the masks are drawn from a per-step stream instead, so they differ). Decoders and BERT;
+    /// refused for T5. Default false.
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
+    /// The frozen weights' precision: `"f32"` (default), or `"bf16"`, mixed precision as torch.autocast runs
+    /// it: the frozen projections' weights stored in bf16 and multiplied on the CPU's bf16 units (their inputs
+    /// rounded to bf16, the products accumulated in f32), everything else (activations, norms, attention,
+    /// the adapter's weights, the optimiser's state, the loss) in f32.
+    #[serde(default)]
+    pub precision: Precision,
+}
+
+/// The precision the frozen projections run in ([`TrainConfig::precision`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 weights and products.
+    #[default]
+    F32,
+    /// bf16 weights, bf16 products accumulated in f32.
+    Bf16,
 }
 
 fn default_seed() -> u64 {

@@ -24,5 +24,5 @@ pub mod schedule;
 mod step;
 mod trainer;
 
-pub use config::TrainConfig;
+pub use config::{Precision, TrainConfig};
 pub use trainer::{TrainReport, Trainer};

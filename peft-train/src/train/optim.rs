@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 
+use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
@@ -79,7 +80,12 @@ pub fn takes_weight_decay(name: &str) -> bool {
 /// tensors (LoHa's `grad ⊙ (w2_a w2_b)`, for one): AdamW's moments would then keep every step's graph alive,
 /// about 150 MB a step for LoHa on SmolLM2 until a 100-step run peaked at 18.5 GB.
 pub fn gradients(loss: &Tensor, vars: &[(String, Var)]) -> Result<Vec<Tensor>> {
-    let grads = loss.backward()?;
+    gradients_of(&loss.backward()?, vars)
+}
+
+/// Each of `vars`' gradient in `grads`, in order, detached (see [`gradients`]); an error names a variable
+/// that has none.
+pub fn gradients_of(grads: &GradStore, vars: &[(String, Var)]) -> Result<Vec<Tensor>> {
     vars.iter()
         .map(|(name, var)| {
             grads.get(var.as_tensor()).map(Tensor::detach).ok_or_else(|| {

@@ -18,12 +18,13 @@ use std::time::Instant;
 use candle_core::{DType, Tensor, Var};
 
 use super::finite::{diverged, first_non_finite};
-use super::optim::{clip_global_norm, gradients, with_method_term};
+use super::optim::{clip_global_norm, gradients, gradients_of, with_method_term};
 use super::order::micro_batch;
 use super::run::Run;
 use super::trainer::Trainer;
 use crate::dist::pack::all_reduce_tensors;
 use crate::dist::shard;
+use peft_core::checkpoint::Checkpointing;
 use peft_core::error::{PeftError, Result};
 
 /// What one optimiser step did and measured.
@@ -111,7 +112,19 @@ impl Trainer<'_> {
         let indices = micro_batch(run.train_len, c.batch_size, c.seed, k);
         let forward_started = Instant::now();
         let ours = shard(&indices, comm.rank(), comm.size());
-        let out = self.task.loss(self.model, &run.tuned, ours)?;
+        // Under gradient checkpointing the forward records each layer's input; the backward below then runs
+        // the task's forward a second time (the replay) to differentiate the layers one at a time.
+        let checkpointing = c.gradient_checkpointing.then(|| {
+            let trained: Vec<Tensor> = run
+                .vars
+                .iter()
+                .map(|(_, v)| v.as_tensor().clone())
+                .collect();
+            Checkpointing::new(run.tuned.hooks(), dropout_seed(c.seed, k), &trained)
+        });
+        let checkpointed = checkpointing.as_ref().map(|ck| run.tuned.with_hooks(ck));
+        let tuned = checkpointed.as_ref().unwrap_or(&run.tuned);
+        let out = self.task.loss(self.model, tuned, ours)?;
         outcome.forward_seconds += forward_started.elapsed().as_secs_f64();
         // The micro-batch's loss terms and tokens over all ranks.
         let mut counts = [out.terms as f64, out.tokens as f64];
@@ -133,7 +146,19 @@ impl Trainer<'_> {
         let loss = with_method_term(out.loss, self.adapter)?;
         let scaled = ((loss * share)? / c.gradient_accumulation_steps as f64)?;
         outcome.loss += scaled.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        gradients(&scaled, &run.vars)
+        match &checkpointing {
+            None => gradients(&scaled, &run.vars),
+            Some(ck) => {
+                let mut grads = ck.backward(&scaled)?;
+                if ck.replay_pending() {
+                    // The replay's loss is computed again from the recorded output, untracked; only the
+                    // gradients it leaves in the hooks count.
+                    self.task.loss(self.model, tuned, ours)?;
+                    grads.extend(ck.take_gradients()?)?;
+                }
+                gradients_of(&grads, &run.vars)
+            }
+        }
     }
 
     /// Sums the step's gradients (one packed buffer) and then its loss over the ranks.
@@ -149,6 +174,11 @@ impl Trainer<'_> {
 }
 
 /// Zero gradients for each of `vars`: a shard that adds nothing to the step.
+/// The dropout stream's seed of micro-batch `k` of a run seeded `seed`, for checkpointed layers.
+fn dropout_seed(seed: u64, k: usize) -> u64 {
+    seed.rotate_left(32) ^ (k as u64).wrapping_mul(0xD134_2543_DE82_EF95)
+}
+
 fn zeros_like(vars: &[(String, Var)]) -> Result<Vec<Tensor>> {
     vars.iter()
         .map(|(_, var)| Ok(var.as_tensor().zeros_like()?))

@@ -171,6 +171,13 @@ impl<'a> Trainer<'a> {
                 "the adapter has no trainable parameters".into(),
             ));
         }
+        if c.gradient_checkpointing && !self.model.supports_gradient_checkpointing() {
+            return Err(PeftError::Config(format!(
+                "gradient_checkpointing = true, but the {} model does not run its layers as one checkpointable \
+                 stack (an encoder-decoder such as T5); set gradient_checkpointing = false",
+                self.model.spec().architecture
+            )));
+        }
         if c.batch_size < self.comm.size() {
             return Err(PeftError::Config(format!(
                 "batch_size {} is smaller than the {} processes of this job: each process needs at least one \

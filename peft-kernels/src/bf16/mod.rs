@@ -1,0 +1,253 @@
+//! Mixed-precision frozen products: a weight stored in bf16, multiplied on the CPU's bf16 units, with f32
+//! activations (rounded to bf16, round to nearest even, as they are packed), f32 accumulation and f32
+//! output, as `torch.autocast` computes a bf16 linear layer except that the output stays f32.
+//!
+//! Two kernels compute the same function up to the order of the f32 sums (a product of two bf16 values is
+//! exact in f32): [`Bf16Kernel::Avx512Bf16`] (`vdpbf16ps`, where the CPU has AVX-512 BF16) and
+//! [`Bf16Kernel::Fallback`] (the weight widened to f32 block by block, then the f32 GEMM). The frozen op
+//! ([`crate::frozen::FrozenGemm`]) runs them for an f32 input and a bf16 weight, forward and backward.
+//!
+//! ```
+//! use candle_core::{DType, Device, Tensor, Var};
+//! use peft_core::frozen::FrozenLinear;
+//! use peft_kernels::bf16::{bf16_kernel_name, bf16_matmul_with, Bf16Kernel};
+//! let dev = Device::Cpu;
+//! let w = Tensor::new(&[[1f32, 2.], [3., 4.], [5., 6.]], &dev).unwrap().to_dtype(DType::BF16).unwrap();
+//! // 1 + 2^-9 is 1 in bf16: the activations are rounded before they are multiplied.
+//! let x = Tensor::new(&[[1f32 + 1. / 512., 1.]], &dev).unwrap();
+//! let y = bf16_matmul_with(Bf16Kernel::Fallback, &x, &w).unwrap();
+//! assert_eq!(y.to_vec2::<f32>().unwrap(), vec![vec![3., 7., 11.]]);
+//! assert!(!bf16_kernel_name().is_empty());
+//!
+//! // The frozen op with a bf16 weight: f32 output, a gradient for the input only.
+//! let lin = FrozenLinear::new(w.clone(), None, &peft_kernels::frozen::FrozenGemm);
+//! let x = Var::new(&[[1f32, 1.]], &dev).unwrap();
+//! let y = lin.forward(x.as_tensor()).unwrap();
+//! assert_eq!(y.to_vec2::<f32>().unwrap(), vec![vec![3., 7., 11.]]);
+//! let grads = y.sum_all().unwrap().backward().unwrap();
+//! assert_eq!(grads.get(x.as_tensor()).unwrap().to_vec2::<f32>().unwrap(), vec![vec![9., 12.]]);
+//! ```
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod fallback;
+mod pack;
+#[cfg(test)]
+mod tests;
+
+use std::sync::OnceLock;
+
+use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
+use half::bf16;
+use peft_core::{PeftError, Result};
+
+use crate::cpu::{self, Threads};
+
+/// Inputs of at most this many rows take the dot-product path (no packing, no widening of the weight).
+const MAX_DOT_ROWS: usize = crate::skinny::MAX_ROWS;
+
+/// The environment variable that forces the fallback (`PEFT_BF16_KERNEL=fallback`); read once.
+pub const KERNEL_ENV: &str = "PEFT_BF16_KERNEL";
+
+/// Which kernel multiplies by a bf16 weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bf16Kernel {
+    /// `vdpbf16ps` (x86-64 with AVX-512 F, BW and BF16).
+    Avx512Bf16,
+    /// The weight widened to f32, then the f32 GEMM: any CPU.
+    Fallback,
+}
+
+impl Bf16Kernel {
+    /// The kernel the products run: the fastest this CPU has, unless [`KERNEL_ENV`] is `fallback`. Decided
+    /// once per process.
+    pub fn detect() -> Bf16Kernel {
+        static CHOSEN: OnceLock<Bf16Kernel> = OnceLock::new();
+        *CHOSEN.get_or_init(|| {
+            choose(
+                std::env::var(KERNEL_ENV).ok().as_deref(),
+                Bf16Kernel::hardware(),
+            )
+        })
+    }
+
+    /// The fastest kernel this CPU has, whatever the environment says.
+    pub fn hardware() -> Bf16Kernel {
+        if Bf16Kernel::Avx512Bf16.is_available() {
+            Bf16Kernel::Avx512Bf16
+        } else {
+            Bf16Kernel::Fallback
+        }
+    }
+
+    /// Whether this CPU can run the kernel.
+    pub fn is_available(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Bf16Kernel::Avx512Bf16 => avx512::available(),
+            #[cfg(not(target_arch = "x86_64"))]
+            Bf16Kernel::Avx512Bf16 => false,
+            Bf16Kernel::Fallback => true,
+        }
+    }
+
+    /// The kernel's name in reports: `avx512-bf16` or `f32 fallback`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bf16Kernel::Avx512Bf16 => "avx512-bf16",
+            Bf16Kernel::Fallback => "f32 fallback",
+        }
+    }
+}
+
+/// The kernel `env` (the value of [`KERNEL_ENV`], if set) asks for on a CPU whose best is `hardware`: only
+/// `fallback` changes anything (a faster kernel cannot be forced onto a CPU without it).
+fn choose(env: Option<&str>, hardware: Bf16Kernel) -> Bf16Kernel {
+    match env.map(str::trim) {
+        Some(v) if v.eq_ignore_ascii_case("fallback") => Bf16Kernel::Fallback,
+        _ => hardware,
+    }
+}
+
+/// The name of the kernel the bf16 products run ([`Bf16Kernel::detect`]), for reports.
+pub fn bf16_kernel_name() -> String {
+    Bf16Kernel::detect().name().to_string()
+}
+
+/// `x W^T` for an f32 `x` `[.., k]` and a bf16 `W` `[n, k]` on the CPU, computed by `kernel`: `x` rounded to
+/// bf16, f32 sums, an f32 `[.., n]` without a gradient graph (the frozen op,
+/// [`crate::frozen::frozen_affine`], is the differentiable form). An error names what is wrong: another
+/// dtype or device, mismatched shapes, a kernel this CPU does not have.
+pub fn bf16_matmul_with(kernel: Bf16Kernel, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if !kernel.is_available() {
+        return Err(PeftError::Unsupported(format!(
+            "the {} kernel needs a CPU with AVX-512 BF16",
+            kernel.name()
+        )));
+    }
+    if !cpu::covers(x) || !is_bf16_on_cpu(w) {
+        return Err(PeftError::Unsupported(format!(
+            "bf16 matmul: needs an f32 input and a bf16 weight on the CPU, got {:?} on {:?} and {:?} on {:?}",
+            x.dtype(),
+            x.device().location(),
+            w.dtype(),
+            w.device().location()
+        )));
+    }
+    let (n, k) = w.dims2()?;
+    let dims = x.dims();
+    if dims.last() != Some(&k) {
+        return Err(PeftError::ShapeMismatch {
+            what: "bf16 matmul input".into(),
+            expected_from: "the weight".into(),
+            expected: vec![k],
+            got_from: "the input's last dimension".into(),
+            got: dims.to_vec(),
+        });
+    }
+    let m = x.elem_count() / k.max(1);
+    let mut out = vec![0f32; m * n];
+    cpu::with_values(x, |x| {
+        with_bf16_values(w, |w| {
+            product(kernel, x, w, &mut out, (m, n, k), Threads::All);
+            Ok(())
+        })
+    })?;
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().expect("rank >= 1") = n;
+    Ok(cpu::tensor(out, &out_dims)?)
+}
+
+/// [`bf16_matmul_with`] on the kernel of [`Bf16Kernel::detect`].
+pub fn bf16_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    bf16_matmul_with(Bf16Kernel::detect(), x, w)
+}
+
+/// Whether `t` holds bf16 values on the CPU (the weights the products take).
+pub(crate) fn is_bf16_on_cpu(t: &Tensor) -> bool {
+    matches!(t.device(), Device::Cpu) && t.dtype() == DType::BF16
+}
+
+/// Runs `f` on the bf16 values of `t` (on the CPU), made contiguous first (no copy where it already is).
+pub(crate) fn with_bf16_values<R>(
+    t: &Tensor,
+    f: impl FnOnce(&[bf16]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(CpuStorage::BF16(values)) = &*storage else {
+        candle_core::bail!(
+            "bf16 kernel: expected bf16 values on the CPU, got {:?}",
+            t.dtype()
+        );
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => f(&values[start..end]),
+        None => candle_core::bail!("bf16 kernel: the weight must be contiguous"),
+    }
+}
+
+/// `values` widened to f32 (exact) on the calling thread, for callers already running one task per thread.
+pub(crate) fn widened_here(values: &[bf16]) -> Vec<f32> {
+    let mut out = vec![0f32; values.len()];
+    fallback::widen_into(values, &mut out);
+    out
+}
+
+/// The bf16 operand `B[k, n]` of a product `a[m, k] B`.
+#[derive(Clone, Copy)]
+pub(crate) enum Operand<'a> {
+    /// A row-major `W[n, k]` read as its transpose (the forward product `x W^T`).
+    Transposed(&'a [bf16]),
+    /// A row-major `W[k, n]` (the input gradient `dy W`).
+    Rows(&'a [bf16]),
+}
+
+impl<'a> Operand<'a> {
+    /// The values, `n * k` of them.
+    pub(crate) fn values(self) -> &'a [bf16] {
+        match self {
+            Operand::Transposed(v) | Operand::Rows(v) => v,
+        }
+    }
+}
+
+/// `out[m, n] += x[m, k] w[n, k]^T`, `x` rounded to bf16: a dot product per output for a few rows, the
+/// blocked GEMM otherwise.
+pub(crate) fn product(
+    kernel: Bf16Kernel,
+    x: &[f32],
+    w: &[bf16],
+    out: &mut [f32],
+    (m, n, k): (usize, usize, usize),
+    threads: Threads,
+) {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Bf16Kernel::Avx512Bf16 if m <= MAX_DOT_ROWS => {
+            avx512::few_rows(x, w, out, (m, n, k), threads)
+        }
+        #[cfg(target_arch = "x86_64")]
+        Bf16Kernel::Avx512Bf16 => avx512::gemm(x, Operand::Transposed(w), out, (m, n, k), threads),
+        Bf16Kernel::Fallback if m <= MAX_DOT_ROWS => {
+            fallback::few_rows(x, w, out, (m, n, k), threads)
+        }
+        _ => fallback::gemm(x, Operand::Transposed(w), out, (m, n, k), threads),
+    }
+}
+
+/// `out[m, k] += dy[m, n] w[n, k]`, `dy` rounded to bf16: the input gradient of [`product`].
+pub(crate) fn input_product(
+    kernel: Bf16Kernel,
+    dy: &[f32],
+    w: &[bf16],
+    out: &mut [f32],
+    (m, n, k): (usize, usize, usize),
+    threads: Threads,
+) {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Bf16Kernel::Avx512Bf16 => avx512::gemm(dy, Operand::Rows(w), out, (m, k, n), threads),
+        _ => fallback::gemm(dy, Operand::Rows(w), out, (m, k, n), threads),
+    }
+}
