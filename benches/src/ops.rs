@@ -54,6 +54,11 @@ enum Op {
         logits: Var,
         targets: Vec<u32>,
     },
+    Rotary {
+        x: Var,
+        cos: Tensor,
+        sin: Tensor,
+    },
 }
 
 /// One op on seeded inputs.
@@ -130,6 +135,25 @@ impl OpCase {
         })
     }
 
+    /// Rotary embeddings of `x` `[batch, heads, seq, head_dim]` by tables shared over the batch (SmolLM2's
+    /// queries on 8 x 128 tokens: 8 x 9 x 128 x 64).
+    pub fn rotary(
+        batch: usize,
+        heads: usize,
+        seq: usize,
+        head_dim: usize,
+    ) -> peft_core::Result<Self> {
+        let table = [1, 1, seq, head_dim];
+        Ok(OpCase {
+            name: format!("rotary/{batch}x{heads}x{seq}x{head_dim}"),
+            op: Op::Rotary {
+                x: Var::from_tensor(&seeded(&[batch, heads, seq, head_dim], 10, 1.0)?)?,
+                cos: seeded(&table, 11, 0.5)?,
+                sin: seeded(&table, 12, 0.5)?,
+            },
+        })
+    }
+
     /// The op and its shape, as in bench ids.
     pub fn name(&self) -> &str {
         &self.name
@@ -169,6 +193,14 @@ impl OpCase {
                 let out = f(q.as_tensor(), k.as_tensor(), v.as_tensor(), bias, *scale)?;
                 (out, vec![q, k, v])
             }
+            Op::Rotary { x, cos, sin } => {
+                let f = if fused {
+                    peft_kernels::rotary
+                } else {
+                    peft_kernels::composed::rotary
+                };
+                (f(x.as_tensor(), cos, sin)?, vec![x])
+            }
             Op::CrossEntropy { logits, targets } => {
                 let f = if fused {
                     peft_kernels::cross_entropy
@@ -202,6 +234,7 @@ mod tests {
             OpCase::layer_norm(3, 40).unwrap(),
             OpCase::attention(2, 3, 5, 8).unwrap(),
             OpCase::cross_entropy(3, 40).unwrap(),
+            OpCase::rotary(2, 3, 5, 8).unwrap(),
         ] {
             let a = case.forward_backward(Form::Fused).unwrap();
             let b = case.forward_backward(Form::Composed).unwrap();

@@ -154,13 +154,13 @@ impl FrozenLinear {
             || self.bias.as_ref().is_some_and(Tensor::track_op)
     }
 
-    /// The `[out, in]` weight in f32: the tensor itself for a dense f32 layer (same id, so a gradient store can
-    /// be asked about it), a fresh f32 copy of a bf16 one, a fresh dequantized copy of all of it for a
-    /// quantized one.
+    /// The `[out, in]` weight: the tensor itself for a dense layer (same id, so a gradient store can be asked
+    /// about it), a fresh f32 copy of a bf16 one (mixed precision), a fresh dequantized f32 copy of all of it
+    /// for a quantized one.
     pub fn weight(&self) -> Result<Tensor> {
         match &self.weight {
-            Stored::Dense(w) if w.dtype() == DType::F32 => Ok(w.clone()),
-            Stored::Dense(w) => Ok(w.to_dtype(DType::F32)?),
+            Stored::Dense(w) if w.dtype() == DType::BF16 => Ok(w.to_dtype(DType::F32)?),
+            Stored::Dense(w) => Ok(w.clone()),
             Stored::Quantized(q) => q.dequantize(),
         }
     }

@@ -88,6 +88,18 @@ pub fn cross_entropy(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
     Ok((picked.mean_all()? * -1.0)?)
 }
 
+/// Rotary position embeddings `x cos + rotate_half(x) sin`, `rotate_half((x1, x2)) = (-x2, x1)` over the last
+/// dimension of `x` `[batch, heads, seq, head_dim]`, the tables `[rows, 1, seq, head_dim]` broadcast over the
+/// heads (and the batch where `rows` is 1).
+pub fn rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let half = x.dim(D::Minus1)? / 2;
+    let x1 = x.narrow(D::Minus1, 0, half)?;
+    let x2 = x.narrow(D::Minus1, half, half)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
+    Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

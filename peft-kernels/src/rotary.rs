@@ -26,7 +26,7 @@ use peft_core::Result;
 
 /// `x cos + rotate_half(x) sin` for `x` `[batch, heads, seq, head_dim]` and tables `[rows, 1, seq, head_dim]`
 /// (`rows` 1, or one per batch row), `rotate_half((x1, x2)) = (-x2, x1)` over the last dimension. One fused
-/// op on f32 CPU tensors; elsewhere the composed form (same function).
+/// op on f32 CPU tensors; elsewhere [`crate::composed::rotary`] (same function).
 pub fn rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let (batch, _, seq, dim) = x.dims4()?;
     let (rows, one, positions, width) = cos.dims4()?;
@@ -39,23 +39,13 @@ pub fn rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         )));
     }
     if !(cpu::covers(x) && cpu::covers(cos) && cpu::covers(sin)) {
-        return Ok(composed(x, cos, sin)?);
+        return crate::composed::rotary(x, cos, sin);
     }
     let op = Rotary {
         cos: cos.detach().contiguous()?,
         sin: sin.detach().contiguous()?,
     };
     Ok(x.contiguous()?.apply_op1(op)?)
-}
-
-/// The composed form: the reference the op is tested against and what runs off f32 / off the CPU.
-pub fn composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
-    let half = x.dim(3)? / 2;
-    let x1 = x.narrow(3, 0, half)?;
-    let x2 = x.narrow(3, half, half)?;
-    let rotated = Tensor::cat(&[&x2.neg()?, &x1], 3)?;
-    x.broadcast_mul(&cos.to_dtype(x.dtype())?)?
-        + rotated.broadcast_mul(&sin.to_dtype(x.dtype())?)?
 }
 
 /// The op: the tables it rotates by.
@@ -132,6 +122,7 @@ impl CustomOp1 for Rotary {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::composed::rotary as composed;
     use candle_core::{Device, Var};
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
