@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 
-from side_by_side import cpu_name
+from side_by_side import cpu_name, print_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "fixtures", "adapters")
@@ -233,18 +233,6 @@ def print_report(setup, m, theirs, markdown):
     for table in (cache_table, mixed_table):
         print_table(table, markdown)
         print()
-
-
-def print_table(table, markdown):
-    if markdown:
-        print("| " + " | ".join(table[0]) + " |")
-        print("|" + "---|" * len(table[0]))
-        for row in table[1:]:
-            print("| " + " | ".join(row) + " |")
-    else:
-        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-        for row in table:
-            print("  ".join(cell.rjust(w) for cell, w in zip(row, widths)))
 
 
 if __name__ == "__main__":

@@ -130,6 +130,14 @@ pub(crate) fn apply(x: &Tensor, weight: OpWeight, bias: Option<&Tensor>) -> Resu
     }
 }
 
+/// `m` rows of `n` outputs, each starting as the bias (or zero): the products accumulate onto them.
+pub(crate) fn bias_rows(bias: Option<&[f32]>, m: usize, n: usize) -> Vec<f32> {
+    match bias {
+        Some(b) => b.repeat(m),
+        None => vec![0f32; m * n],
+    }
+}
+
 /// The `[m, n]` rows of `x W^T (+ bias)` for `x` `[m, k]` and `W` `[n, k]`: each row starts as the bias (or
 /// zero) and the product accumulates onto it, so there is no separate bias pass.
 fn affine_rows(
@@ -139,10 +147,7 @@ fn affine_rows(
     m: usize,
 ) -> candle_core::Result<Vec<f32>> {
     let (n, k) = weight.dims2()?;
-    let mut out = match bias {
-        Some(b) => b.repeat(m),
-        None => vec![0f32; m * n],
-    };
+    let mut out = bias_rows(bias, m, n);
     cpu::with_values(weight, |w| {
         if m <= skinny::MAX_ROWS && !cfg!(feature = "openblas") {
             skinny::product(x, w, &mut out, (m, n, k), bias.is_some());
@@ -169,10 +174,7 @@ fn bf16_affine_rows(
     m: usize,
 ) -> candle_core::Result<Vec<f32>> {
     let (n, k) = weight.dims2()?;
-    let mut out = match bias {
-        Some(b) => b.repeat(m),
-        None => vec![0f32; m * n],
-    };
+    let mut out = bias_rows(bias, m, n);
     let kernel = crate::bf16::Bf16Kernel::detect();
     crate::bf16::with_bf16_values(weight, |w| {
         crate::bf16::product(kernel, x, w, &mut out, (m, n, k), Threads::All);

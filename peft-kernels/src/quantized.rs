@@ -159,10 +159,7 @@ pub(crate) fn affine_rows(
     m: usize,
 ) -> candle_core::Result<Vec<f32>> {
     let (n, k) = weight.dims();
-    let mut out = match bias {
-        Some(b) => b.repeat(m),
-        None => vec![0f32; m * n],
-    };
+    let mut out = crate::frozen::bias_rows(bias, m, n);
     let shared = SharedOut::new(&mut out);
     for (start, end) in row_blocks(weight) {
         let w = dequantized(weight, start, end)?;

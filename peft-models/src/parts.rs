@@ -218,9 +218,14 @@ impl<'a> Loader<'a> {
     /// The tensor `name` of the given shape, recorded as a parameter.
     pub fn tensor(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let t = self.weights.get(name, shape)?;
+        Ok(self.record(name, t))
+    }
+
+    /// Records `t` as parameter `name`, read from the checkpoint.
+    fn record(&mut self, name: &str, t: Tensor) -> Tensor {
         self.used.insert(name.to_string());
         self.parameters.push((name.to_string(), t.clone()));
-        Ok(t)
+        t
     }
 
     /// Records `name` as used by the model though it is not a parameter (a copy checked equal to one).
@@ -269,9 +274,7 @@ impl<'a> Loader<'a> {
             None => {
                 let weight = self.weights.get(name, &[out_f, in_f])?;
                 let weight = self.stored_as_projection(weight, projection)?;
-                self.used.insert(name.to_string());
-                self.parameters.push((name.to_string(), weight.clone()));
-                FrozenLinear::new(weight, bias, &FrozenGemm)
+                FrozenLinear::new(self.record(name, weight), bias, &FrozenGemm)
             }
         })
     }
