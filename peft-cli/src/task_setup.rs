@@ -5,8 +5,8 @@ use peft_models::LoadedModel;
 use peft_train::data::tagged::{encode_tagged, parse_tagged};
 use peft_train::data::{chunk_text, ClassEncoder, Field, Template};
 use peft_train::task::{
-    CausalLm, HeadClassification, Seq2Seq, Seq2SeqExample, Task, TokenClassification, TokenExample,
-    VerbalizerClassification,
+    CausalLm, HeadClassification, Outcomes, Seq2Seq, Seq2SeqExample, Task, TokenClassification,
+    TokenExample, VerbalizerClassification,
 };
 
 use crate::experiment::{Experiment, TaskKind};
@@ -36,6 +36,17 @@ pub fn build_baseline_task(
 
 /// The accuracy on the dev set of always predicting the training set's most frequent label.
 pub fn majority_baseline(exp: &Experiment) -> Result<(String, f64)> {
+    let (label, outcomes) = majority_outcomes(exp)?;
+    let all: Vec<usize> = (0..outcomes.len()).collect();
+    let accuracy = outcomes.metric("accuracy", &all).unwrap_or(0.0);
+    Ok((label, accuracy))
+}
+
+/// The majority class (the training set's most frequent label) and the dev outcomes of always predicting it,
+/// in the dev set's order; classes are numbered by the labels' sorted names (the numbering only has to be
+/// consistent within these outcomes: correctness, F1 and the paired tests do not depend on it). No loss: the
+/// baseline scores no probabilities.
+pub fn majority_outcomes(exp: &Experiment) -> Result<(String, Outcomes)> {
     let count = |source: &peft_train::data::DataSource| -> Result<Vec<String>> {
         Ok(source.read()?.into_iter().filter_map(|r| r.label).collect())
     };
@@ -53,8 +64,17 @@ pub fn majority_baseline(exp: &Experiment) -> Result<(String, f64)> {
     if eval.is_empty() {
         bail!("the evaluation set has no labels");
     }
-    let hits = eval.iter().filter(|l| **l == majority).count();
-    Ok((majority, hits as f64 / eval.len() as f64))
+    let names: std::collections::BTreeSet<&str> =
+        train.iter().chain(&eval).map(String::as_str).collect();
+    let index = |l: &str| names.iter().position(|n| *n == l).unwrap_or(0) as u32;
+    let predicted = index(&majority);
+    let outcomes = Outcomes::Classes {
+        classes: names.len(),
+        labels: eval.iter().map(|l| index(l)).collect(),
+        predictions: vec![predicted; eval.len()],
+        losses: Vec::new(),
+    };
+    Ok((majority, outcomes))
 }
 
 /// [`build_task`] with the task kind given.

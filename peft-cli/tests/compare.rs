@@ -113,9 +113,18 @@ fn a_grid_writes_its_results_reproducibly_and_resumes_after_kill_9() {
         report.contains("| lora |") && report.contains(" ± "),
         "{report}"
     );
+    // Intervals and paired comparisons with zero-shot and the best row on the headline metric.
     assert!(
-        report.contains("Every trained row beats zero-shot"),
+        report.contains("trained rows beat zero-shot on accuracy")
+            && report.contains("| vs zero-shot | vs best |")
+            && report.contains("| best |")
+            && report.contains("McNemar"),
         "{report}"
+    );
+    let lora_line = report.lines().find(|l| l.starts_with("| lora |")).unwrap();
+    assert!(
+        lora_line.contains(" ± ") && lora_line.contains("], ") || lora_line.contains("] |"),
+        "{lora_line}"
     );
 
     // The same grid in another folder: the same metrics, step for step the same losses.
@@ -176,6 +185,172 @@ fn a_grid_writes_its_results_reproducibly_and_resumes_after_kill_9() {
         "{log}"
     );
     assert_eq!(stable_table(&killed.path().join("results")), table);
+}
+
+/// Two toy tasks, general text for forgetting, zero-shot and LoRA over two seeds.
+fn write_two_task_grid(dir: &Path) -> PathBuf {
+    write_task(dir);
+    let toy = std::fs::read_to_string(dir.join("toy.toml")).unwrap();
+    std::fs::write(
+        dir.join("toy-b.toml"),
+        toy.replace("name = \"toy\"", "name = \"toy-b\""),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("general.toml"),
+        "name = \"general\"\nmetric = \"perplexity\"\n[task]\nkind = \"causal-lm\"\nblock_size = 8\n\n\
+         [data.train]\npath = \"dev.tsv\"\ntext = \"sentence\"\n\n[data.eval]\npath = \"dev.tsv\"\ntext = \"sentence\"\n",
+    )
+    .unwrap();
+    let grid = format!(
+        r#"
+[compare]
+models = ["{model}"]
+tasks = ["toy.toml", "toy-b.toml"]
+seeds = [1, 2]
+output_dir = "results"
+forgetting_text = "general.toml"
+
+[training]
+max_steps = 20
+batch_size = 8
+learning_rate = 0.05
+
+[[methods]]
+name = "zero-shot"
+baseline = "zero-shot"
+
+[[methods]]
+name = "lora"
+config = {{ peft_type = "LORA", r = 4, lora_alpha = 8 }}
+"#,
+        model = fixture("tiny-gpt2"),
+    );
+    let path = dir.join("grid.toml");
+    std::fs::write(&path, grid).unwrap();
+    path
+}
+
+#[test]
+fn a_grid_over_two_tasks_writes_a_leaderboard_forgetting_and_outcomes() {
+    let dir = tempfile::tempdir().unwrap();
+    let grid = write_two_task_grid(dir.path());
+    let out = peft(&["compare", grid.to_str().unwrap()], dir.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results = dir.path().join("results");
+    let report = std::fs::read_to_string(results.join("report.md")).unwrap();
+    assert!(
+        report.contains("## Leaderboard: tiny-gpt2 across 2 tasks")
+            && report.contains("| # | method | trainable parameters | mean rank |")
+            && report.contains("leaderboard-tiny-gpt2.svg"),
+        "{report}"
+    );
+    assert!(results.join("leaderboard-tiny-gpt2.svg").is_file());
+    // Every run kept its 16 dev outcomes; the LoRA runs measured forgetting on the general text, before
+    // equal across seeds (the frozen model), after not (a trained adapter).
+    let read = |id: &str| -> serde_json::Value {
+        let text =
+            std::fs::read_to_string(results.join("runs").join(id).join("result.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    };
+    let zero = read("tiny-gpt2.toy.zero-shot.s1");
+    assert_eq!(
+        zero["dev_outcomes"]["predictions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        16
+    );
+    assert!(zero["forgetting"].is_null());
+    let (a, b) = (
+        read("tiny-gpt2.toy.lora.s1"),
+        read("tiny-gpt2.toy-b.lora.s2"),
+    );
+    assert_eq!(a["dev_outcomes"]["labels"].as_array().unwrap().len(), 16);
+    let before = |v: &serde_json::Value| v["forgetting"]["loss_before"].as_f64().unwrap();
+    let after = |v: &serde_json::Value| v["forgetting"]["loss_after"].as_f64().unwrap();
+    assert_eq!(before(&a), before(&b));
+    assert!(before(&a) > 0.0 && after(&a) != before(&a), "{a}");
+    assert!(a["rss_p99_bytes"].as_u64().unwrap() > 0);
+    assert!(
+        report.contains("| forgetting |") && report.contains("RSS p99"),
+        "{report}"
+    );
+}
+
+#[test]
+fn an_encoder_without_an_lm_head_is_compared_with_the_majority_class_pairwise() {
+    let dir = tempfile::tempdir().unwrap();
+    write_task(dir.path());
+    let toy = std::fs::read_to_string(dir.path().join("toy.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("toy.toml"),
+        toy.replace(
+            "kind = \"classification\"",
+            "kind = \"classification-head\"",
+        ),
+    )
+    .unwrap();
+    // The tiny BERT with the tiny GPT-2's word-level tokenizer (both have the same 100 words).
+    let model = dir.path().join("tiny-bert");
+    std::fs::create_dir(&model).unwrap();
+    for (from, file) in [
+        ("tiny-bert", "config.json"),
+        ("tiny-bert", "model.safetensors"),
+        ("tiny-gpt2", "tokenizer.json"),
+    ] {
+        std::fs::copy(Path::new(&fixture(from)).join(file), model.join(file)).unwrap();
+    }
+    let grid = format!(
+        r#"
+[compare]
+models = ["{model}"]
+tasks = ["toy.toml"]
+seeds = [1]
+metrics = ["accuracy", "macro_f1"]
+output_dir = "results"
+
+[training]
+max_steps = 10
+batch_size = 8
+learning_rate = 0.01
+
+[[methods]]
+name = "majority"
+baseline = "zero-shot"
+
+[[methods]]
+name = "probe"
+baseline = "linear-probe"
+"#,
+        model = model.display(),
+    );
+    std::fs::write(dir.path().join("grid.toml"), grid).unwrap();
+    let out = peft(&["compare", "grid.toml"], dir.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results = dir.path().join("results");
+    let text = std::fs::read_to_string(results.join("runs/tiny-bert.toy.majority.s1/result.json"))
+        .unwrap();
+    let zero: serde_json::Value = serde_json::from_str(&text).unwrap();
+    // The toy dev set is balanced (8 of each class), the training set too: the majority class (the first
+    // of the tie) is right on half the examples, every prediction the same class, and no loss.
+    let predictions = zero["dev_outcomes"]["predictions"].as_array().unwrap();
+    assert_eq!(predictions.len(), 16);
+    assert!(predictions.iter().all(|p| *p == predictions[0]));
+    assert_eq!(zero["metrics"]["accuracy"].as_f64(), Some(0.5));
+    assert!(zero["metrics"].get("loss").is_none(), "{zero}");
+    // So the probe gets a paired comparison with it.
+    let report = std::fs::read_to_string(results.join("report.md")).unwrap();
+    let probe = report.lines().find(|l| l.starts_with("| probe |")).unwrap();
+    assert!(probe.contains("McNemar"), "{report}");
 }
 
 #[test]

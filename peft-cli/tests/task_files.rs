@@ -75,6 +75,8 @@ const TASKS: &[Expected] = &[
     task("fewglue-copa.toml", None, (32, 100)),
     task("fewglue-rte.toml", None, (32, 277)),
     task("fewglue-wic.toml", None, (32, 638)),
+    // The same rows' descriptions as general text for the forgetting measurement.
+    task("general-text-agnews.toml", None, (6600, 1000)),
     task("mrpc.toml", hub(GLUE, "mrpc", "validation"), (3667, 408)),
     task("rte.toml", hub(GLUE, "rte", "validation"), (2490, 277)),
     task("sst2.toml", hub(GLUE, "sst2", "validation"), (67349, 872)),

@@ -16,13 +16,15 @@ use peft_train::task::Tuned;
 use peft_train::train::{TrainConfig, Trainer};
 use serde::{Deserialize, Serialize};
 
+use super::grid::ForgettingText;
 use super::report::source_commit;
 use crate::experiment::{
     DataSection, Experiment, ExperimentFile, ModelSection, TaskKind, TaskSection,
 };
-use crate::measure::{median, peak_rss_bytes};
+use crate::measure::{median, peak_rss_bytes, percentile, RssSampler};
 use crate::session::{build_adapter, open_model_with};
-use crate::task_setup::{build_baseline_task, build_task, majority_baseline};
+use crate::task_setup::{build_baseline_task, build_task, majority_outcomes};
+use peft_train::task::{Outcomes, Task};
 
 /// Everything a cell needs, written by the parent as `cell.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -49,6 +51,9 @@ pub struct CellSpec {
     pub training: TrainConfig,
     /// Rows of the latency batch.
     pub latency_batch: usize,
+    /// General text whose loss before and after training measures forgetting (decoder runs only).
+    #[serde(default)]
+    pub forgetting: Option<ForgettingText>,
     /// A digest of all of the above and of the task file's text: a finished cell is reused only when equal.
     pub digest: String,
 }
@@ -70,6 +75,10 @@ pub struct CellResult {
     pub optimizer_state_bytes: usize,
     /// Peak resident memory of the cell's process.
     pub peak_rss_bytes: u64,
+    /// The 99th percentile of resident memory sampled every 50 ms during training (HF PEFT's method
+    /// comparison reports it beside the peak: a short spike does not set it).
+    #[serde(default)]
+    pub rss_p99_bytes: Option<u64>,
     /// Median wall time of an optimiser step.
     pub step_time_median_s: Option<f64>,
     /// Training tokens per second (real tokens over the steps' summed time).
@@ -92,6 +101,33 @@ pub struct CellResult {
     /// reuses earlier cells names the code each row came from.
     #[serde(default)]
     pub commit: Option<String>,
+    /// Each dev example's outcome in the final evaluation, where the task keeps them: intervals and paired
+    /// tests between rows resample these.
+    #[serde(default)]
+    pub dev_outcomes: Option<Outcomes>,
+    /// Mean per-token loss on the grid's general text before and after training (decoder runs of a grid
+    /// with `forgetting_text`).
+    #[serde(default)]
+    pub forgetting: Option<Forgetting>,
+}
+
+/// The general-text loss before and after training; forgetting is their difference (HF PEFT's method
+/// comparison: `wiki_loss_after - wiki_loss_before`, measured on the base model before).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Forgetting {
+    /// Mean per-token loss of the frozen model.
+    pub loss_before: f64,
+    /// Mean per-token loss with the trained adapter (or the trained weights).
+    pub loss_after: f64,
+    /// Predicted tokens of the text.
+    pub tokens: usize,
+}
+
+impl Forgetting {
+    /// `loss_after - loss_before`: positive where training made the model worse at the general text.
+    pub fn delta(&self) -> f64 {
+        self.loss_after - self.loss_before
+    }
 }
 
 /// The experiment a cell amounts to. `method` is the row's config; a zero-shot row has none, and gets a
@@ -187,15 +223,16 @@ pub fn run_cell(spec: &CellSpec, dir: &Path) -> Result<CellResult> {
     let total_params = model.spec().num_parameters;
     if spec.kind == "zero-shot" {
         let t = Instant::now();
-        let (metrics, task) = match build_baseline_task(&exp, &loaded)? {
-            Some(task) => (
-                task.evaluate(model, &Tuned::frozen(), spec.training.eval_batch_size)?,
-                Some(task),
-            ),
+        let (metrics, outcomes, task) = match build_baseline_task(&exp, &loaded)? {
+            Some(task) => {
+                let e =
+                    task.evaluate_outcomes(model, &Tuned::frozen(), spec.training.eval_batch_size)?;
+                (e.metrics, e.outcomes, Some(task))
+            }
             None => {
-                let (label, accuracy) = majority_baseline(&exp)?;
+                let (label, outcomes) = majority_outcomes(&exp)?;
                 eprintln!("zero-shot: the model has no LM head; majority class `{label}`");
-                (BTreeMap::from([("accuracy".to_string(), accuracy)]), None)
+                (outcomes.metrics(), Some(outcomes), None)
             }
         };
         let eval_seconds = t.elapsed().as_secs_f64();
@@ -214,6 +251,7 @@ pub fn run_cell(spec: &CellSpec, dir: &Path) -> Result<CellResult> {
             total_params,
             optimizer_state_bytes: 0,
             peak_rss_bytes: peak_rss_bytes(),
+            rss_p99_bytes: None,
             step_time_median_s: None,
             tokens_per_s: None,
             train_seconds: 0.0,
@@ -224,6 +262,8 @@ pub fn run_cell(spec: &CellSpec, dir: &Path) -> Result<CellResult> {
             losses: Vec::new(),
             notes: Vec::new(),
             commit: source_commit(),
+            dev_outcomes: outcomes,
+            forgetting: None,
         });
     }
     let adapter = build_adapter(&exp, &loaded)?;
@@ -233,9 +273,34 @@ pub fn run_cell(spec: &CellSpec, dir: &Path) -> Result<CellResult> {
     cfg.output_dir = dir.to_path_buf();
     cfg.progress = false;
     cfg.checkpoints = false;
+    // The general text is read and scored on the frozen model before training changes anything (full
+    // fine-tuning trains the weights in place).
+    let general = match &spec.forgetting {
+        Some(text) if model.lm_head().is_some() && model.encoder_decoder().is_none() => {
+            let task = general_text_task(spec, text, &loaded, taken)?;
+            let before = general_text_loss(task.as_ref(), model, &Tuned::frozen(), &cfg)?;
+            Some((task, before))
+        }
+        _ => None,
+    };
+    let sampler = RssSampler::start(std::time::Duration::from_millis(50));
     let t = Instant::now();
-    let report = Trainer::new(model, adapter.as_ref(), task.as_ref(), cfg).run()?;
+    let trained = Trainer::new(model, adapter.as_ref(), task.as_ref(), cfg.clone()).run();
     let train_seconds = t.elapsed().as_secs_f64();
+    let rss: Vec<f64> = sampler.stop().into_iter().map(|b| b as f64).collect();
+    let report = trained?;
+    let forgetting = match &general {
+        Some((task, (loss_before, tokens))) => {
+            let (loss_after, _) =
+                general_text_loss(task.as_ref(), model, &Tuned::of(adapter.as_ref()), &cfg)?;
+            Some(Forgetting {
+                loss_before: *loss_before,
+                loss_after,
+                tokens: *tokens,
+            })
+        }
+        None => None,
+    };
     let metrics = report
         .evals
         .last()
@@ -261,6 +326,7 @@ pub fn run_cell(spec: &CellSpec, dir: &Path) -> Result<CellResult> {
         total_params,
         optimizer_state_bytes: report.optimizer_state_bytes,
         peak_rss_bytes: peak_rss_bytes(),
+        rss_p99_bytes: percentile(&rss, 99.0).map(|b| b as u64),
         step_time_median_s: median(steps),
         tokens_per_s: (!steps.is_empty())
             .then(|| report.tokens as f64 / steps.iter().sum::<f64>().max(1e-9)),
@@ -272,7 +338,50 @@ pub fn run_cell(spec: &CellSpec, dir: &Path) -> Result<CellResult> {
         losses: report.losses,
         notes: adapter.notes(),
         commit: source_commit(),
+        dev_outcomes: report.last_outcomes,
+        forgetting,
     })
+}
+
+/// The causal-LM task over the grid's general text (its evaluation split, at most `text.rows` rows, which
+/// also stands in for the training split a task is built with: nothing trains on it), encoded for `model` with `taken` positions kept free
+/// for the adapter's virtual tokens.
+fn general_text_task(
+    spec: &CellSpec,
+    text: &ForgettingText,
+    loaded: &peft_models::LoadedModel,
+    taken: usize,
+) -> Result<Box<dyn Task>> {
+    let file = crate::task_file::TaskFile::load(&text.task_path)?;
+    let mut data = file.data.clone();
+    data.eval = data.eval.with_limit_at_most(text.rows);
+    data.train = data.eval.clone();
+    let exp = experiment_of(
+        &spec.model,
+        &file.task,
+        &data,
+        None,
+        spec.training.clone(),
+        false,
+    )?;
+    build_task(&exp, loaded, taken)
+        .with_context(|| format!("the forgetting text {}", text.task_path.display()))
+}
+
+/// Mean per-token loss of `task`'s evaluation set through `tuned`, and the tokens it predicts.
+fn general_text_loss(
+    task: &dyn Task,
+    model: &dyn BaseModel,
+    tuned: &Tuned,
+    cfg: &TrainConfig,
+) -> Result<(f64, usize)> {
+    let e = task.evaluate_outcomes(model, tuned, cfg.eval_batch_size)?;
+    let tokens = match &e.outcomes {
+        Some(Outcomes::Tokens { tokens, .. }) => tokens.iter().sum(),
+        _ => 0,
+    };
+    let loss = *e.metrics.get("loss").context("the general text's loss")?;
+    Ok((loss, tokens))
 }
 
 /// Median forward time in milliseconds of `rows` (right-padded into one batch) through `hooks`, over five

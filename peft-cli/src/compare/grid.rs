@@ -10,6 +10,7 @@ use peft_train::train::TrainConfig;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::hf_experiment::{layered_training, HfExperiment};
 use crate::experiment::parse_method;
 use crate::task_file::{metrics_of, TaskFile};
 
@@ -41,6 +42,14 @@ struct CompareSection {
     output_dir: Option<PathBuf>,
     #[serde(default = "default_latency_batch")]
     latency_batch: usize,
+    #[serde(default)]
+    forgetting_text: Option<Spanned<String>>,
+    #[serde(default = "default_forgetting_rows")]
+    forgetting_rows: usize,
+}
+
+fn default_forgetting_rows() -> usize {
+    1000
 }
 
 fn default_seeds() -> Vec<u64> {
@@ -59,6 +68,9 @@ struct MethodRepr {
     baseline: Option<Spanned<String>>,
     #[serde(default)]
     config: Option<Spanned<toml::Table>>,
+    /// An HF PEFT method_comparison experiment folder, relative to the grid file.
+    #[serde(default)]
+    experiment: Option<Spanned<String>>,
     #[serde(default)]
     training: toml::Table,
     #[serde(default)]
@@ -92,6 +104,9 @@ pub struct MethodRow {
     pub fixed_size: bool,
     /// 1-based line of the row's `name`, for messages.
     pub line: usize,
+    /// What an `experiment` folder's row did not apply, or applied differently from HF, each with the reason
+    /// (empty for other rows).
+    pub notes: Vec<String>,
 }
 
 /// A parsed, checked grid.
@@ -113,10 +128,23 @@ pub struct Grid {
     pub output_dir: PathBuf,
     /// Rows in the latency measurement's batch.
     pub latency_batch: usize,
+    /// General text for the forgetting measurement: a causal-LM task file whose evaluation split is read
+    /// (at most `forgetting_rows` rows), and every decoder run reports its loss there after training minus
+    /// before.
+    pub forgetting: Option<ForgettingText>,
     /// The method rows, in file order.
     pub methods: Vec<MethodRow>,
     /// The grid file.
     pub path: PathBuf,
+}
+
+/// `[compare] forgetting_text` and `forgetting_rows`.
+#[derive(Debug, Clone, serde::Serialize, Deserialize, PartialEq)]
+pub struct ForgettingText {
+    /// The causal-LM task file whose evaluation split is the general text.
+    pub task_path: PathBuf,
+    /// At most this many rows of it are read (lines of a local text file).
+    pub rows: usize,
 }
 
 /// The 1-based line of byte offset `at` in `text`.
@@ -176,6 +204,35 @@ impl Grid {
             }
             tasks.push(task);
         }
+        let forgetting = match &c.forgetting_text {
+            Some(t) => {
+                let task_path = dir.join(t.get_ref());
+                let task = TaskFile::load(&task_path).with_context(|| {
+                    format!(
+                        "{file}: forgetting_text `{}` (line {})",
+                        t.get_ref(),
+                        at(t.span())
+                    )
+                })?;
+                if task.task.kind != crate::experiment::TaskKind::CausalLm {
+                    bail!(
+                        "{file}: forgetting_text `{}` (line {}) is a {:?} task: it must be a causal-LM task file \
+                         (kind = \"causal-lm\"), whose evaluation split is the general text",
+                        t.get_ref(),
+                        at(t.span()),
+                        task.task.kind
+                    );
+                }
+                if c.forgetting_rows == 0 {
+                    bail!("{file}: forgetting_rows must be at least 1");
+                }
+                Some(ForgettingText {
+                    task_path,
+                    rows: c.forgetting_rows,
+                })
+            }
+            None => None,
+        };
         let metrics: Vec<String> = c.metrics.iter().map(|m| m.get_ref().clone()).collect();
         for m in &c.metrics {
             for task in &tasks {
@@ -207,10 +264,20 @@ impl Grid {
             if !names.insert(name.clone()) {
                 bail!("{file}: two methods are named `{name}` (line {line})");
             }
-            let mut merged = repr.training.clone();
-            for (k, v) in &row.training {
-                merged.insert(k.clone(), v.clone());
-            }
+            let experiment = match &row.experiment {
+                Some(e) if row.baseline.is_some() || row.config.is_some() => bail!(
+                    "{file}: method `{name}` (line {}) has `experiment` with `baseline` or `config`: keep one",
+                    at(e.span())
+                ),
+                Some(e) => Some(
+                    HfExperiment::read(&dir.join(e.get_ref())).with_context(|| {
+                        format!("{file}: experiment of method `{name}` (line {})", at(e.span()))
+                    })?,
+                ),
+                None => None,
+            };
+            let (merged, notes) =
+                layered_training(&repr.training, experiment.as_ref(), &row.training);
             let training: TrainConfig = toml::Value::Table(merged).try_into().map_err(|e| {
                 anyhow::anyhow!("{file}: [training] of method `{name}` (line {line}): {e}")
             })?;
@@ -250,9 +317,12 @@ impl Grid {
                 (Some(_), Some(_)) => {
                     bail!("{file}: method `{name}` (line {line}) has both `baseline` and `config`: keep one")
                 }
-                (None, None) => bail!(
-                    "{file}: method `{name}` (line {line}) needs `config = {{ peft_type = ... }}` or `baseline = \"zero-shot\" | \"linear-probe\" | \"full\"`"
-                ),
+                (None, None) => match experiment {
+                    Some(e) => (RowKind::Method, Some(e.config)),
+                    None => bail!(
+                        "{file}: method `{name}` (line {line}) needs `config = {{ peft_type = ... }}`, `baseline = \"zero-shot\" | \"linear-probe\" | \"full\"` or `experiment = \"<HF experiment folder>\"`"
+                    ),
+                },
             };
             methods.push(MethodRow {
                 name,
@@ -261,6 +331,7 @@ impl Grid {
                 training,
                 fixed_size: row.fixed_size,
                 line,
+                notes,
             });
         }
         let stem = path
@@ -282,6 +353,7 @@ impl Grid {
                 .output_dir
                 .unwrap_or_else(|| Path::new("results").join(&stem)),
             latency_batch: c.latency_batch,
+            forgetting,
             methods,
             path: path.to_path_buf(),
         })

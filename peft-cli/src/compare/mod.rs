@@ -11,8 +11,11 @@
 
 pub mod cell;
 pub mod grid;
+pub mod hf_experiment;
+pub mod leaderboard;
 pub mod plan;
 pub mod report;
+pub mod stats;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -64,6 +67,12 @@ pub fn run(args: CompareArgs, comm: &dyn Communicator) -> Result<()> {
         grid.output_dir = d;
     }
     if root {
+        // What an HF experiment folder's row does not apply, or applies differently, before any work.
+        for row in &grid.methods {
+            for note in &row.notes {
+                eprintln!("note: method `{}` (line {}): {note}", row.name, row.line);
+            }
+        }
         eprintln!("checking the grid: models, data, methods and budgets");
     }
     let cells = plan::plan(&grid)?;

@@ -64,6 +64,7 @@ pub fn plan(grid: &Grid) -> Result<Vec<CellSpec>> {
                         planned_trainable: planned,
                         training,
                         latency_batch: grid.latency_batch,
+                        forgetting: grid.forgetting.clone(),
                         digest: String::new(),
                     };
                     spec.digest = digest(&spec, task, &data_digest)?;

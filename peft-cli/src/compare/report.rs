@@ -11,8 +11,11 @@ use peft_core::atomic::write_atomic;
 
 use super::cell::{CellResult, CellSpec};
 use super::grid::Grid;
+use super::leaderboard::{board, RowScores, Standing, TaskColumn, TaskScore};
+use super::stats::{interval, paired, Interval, IntervalKind, Paired};
 use crate::plots::{line_chart, scatter_chart, Labels, Point, Reference, Series};
 use crate::task_file::higher_is_better;
+use peft_train::task::Outcomes;
 
 /// `accuracy 0.8612, loss 0.3164`.
 pub fn show_metrics(m: &BTreeMap<String, f64>) -> String {
@@ -46,6 +49,39 @@ impl Group<'_> {
             .runs
             .iter()
             .filter_map(|(_, r)| r.metrics.get(name).copied())
+            .collect();
+        (!xs.is_empty()).then(|| mean_std(&xs))
+    }
+
+    /// The metric of every run that reports it.
+    fn values(&self, name: &str) -> Vec<f64> {
+        self.runs
+            .iter()
+            .filter_map(|(_, r)| r.metrics.get(name).copied())
+            .collect()
+    }
+
+    /// Every run's dev outcomes, or none when a run lacks them.
+    fn outcomes(&self) -> Vec<&Outcomes> {
+        let all: Option<Vec<&Outcomes>> = self
+            .runs
+            .iter()
+            .map(|(_, r)| r.dev_outcomes.as_ref())
+            .collect();
+        all.unwrap_or_default()
+    }
+
+    /// The 95% interval of the metric's mean over seeds (see `stats`).
+    fn interval(&self, name: &str) -> Option<Interval> {
+        interval(&self.values(name), &self.outcomes(), name)
+    }
+
+    /// Forgetting (general-text loss after training minus before): mean and deviation over seeds.
+    fn forgetting(&self) -> Option<(f64, Option<f64>)> {
+        let xs: Vec<f64> = self
+            .runs
+            .iter()
+            .filter_map(|(_, r)| r.forgetting.map(|f| f.delta()))
             .collect();
         (!xs.is_empty()).then(|| mean_std(&xs))
     }
@@ -109,6 +145,18 @@ pub fn write_all(
          {} dev inputs, with the adapter over the bare model measured in the same process.\n",
         grid.seeds, grid.latency_batch
     )?;
+    writeln!(md, "{}\n", STATISTICS)?;
+    if let Some(f) = &grid.forgetting {
+        writeln!(
+            md,
+            "Forgetting, as HF PEFT's method comparison measures it: the mean per-token loss on general text \
+             (the evaluation split of `{}`, at most {} rows) with the trained adapter minus the frozen model's, \
+             for every decoder run; positive is worse. Memory: peak RSS is the process's maximum; RSS p99 the \
+             99th percentile of resident memory sampled every 50 ms during training.\n",
+            f.task_path.display(),
+            f.rows
+        )?;
+    }
     for (model, _) in &grid.models {
         for task in &grid.tasks {
             let groups = groups_of(results, model, &task.name);
@@ -119,8 +167,9 @@ pub fn write_all(
             let headline = metrics[0].clone();
             let shown = super::plan::slug(model);
             writeln!(md, "## {shown} on {}\n", task.name)?;
-            table(&mut md, &groups, &metrics)?;
-            if let Some(line) = beats_zero_shot(&groups, &headline) {
+            let compared = compare_rows(&groups, &headline);
+            table(&mut md, &groups, &metrics, &compared)?;
+            for line in verdicts(&groups, &headline, &compared) {
                 writeln!(md, "\n{line}")?;
             }
             let stem = format!("{}-{}", super::plan::slug(model), task.name);
@@ -128,6 +177,25 @@ pub fn write_all(
             for (file, alt) in plots(out, &stem, &shown, &task.name, &groups, &headline)? {
                 writeln!(md, "![{alt}]({file})\n")?;
             }
+        }
+    }
+    let noted: Vec<_> = grid
+        .methods
+        .iter()
+        .filter(|r| !r.notes.is_empty())
+        .collect();
+    if !noted.is_empty() {
+        writeln!(md, "## Notes on rows read from HF experiment folders\n")?;
+        for row in noted {
+            for note in &row.notes {
+                writeln!(md, "- `{}`: {}", row.name, note.replace('\n', " "))?;
+            }
+        }
+        writeln!(md)?;
+    }
+    if grid.tasks.len() > 1 {
+        for (model, _) in &grid.models {
+            leaderboard_section(&mut md, out, grid, results, model)?;
         }
     }
     if !failed.is_empty() {
@@ -159,21 +227,111 @@ fn groups_of<'a>(results: &'a [(CellSpec, CellResult)], model: &str, task: &str)
     groups
 }
 
-fn table(md: &mut String, groups: &[Group], metrics: &[String]) -> Result<()> {
+/// How the report's intervals and marks are computed, for its preamble.
+const STATISTICS: &str = "Each metric cell is the mean over seeds ± the standard deviation (where there are \
+several) and its 95% interval in brackets: a bootstrap over seeds and dev examples (2,000 resamples, each \
+drawing the seeds and the dev examples with replacement), or Student's t over the seeds where a run kept no \
+per-example outcomes (marked †). \"vs zero-shot\" and \"vs best\" compare the headline metric with the \
+zero-shot row and with the best row on the same dev examples: the difference of the means, and the two-sided \
+p-value of a paired bootstrap (the examples drawn once for both rows); ▲ / ▼ mark a row better / worse beyond \
+the 95% interval of that difference. For accuracy, McNemar's exact test on the discordant examples pooled \
+over seeds is given beside it.";
+
+/// A row's paired comparisons on the headline metric: against zero-shot and against the best row (`None`
+/// for the row itself, or where either lacks per-example outcomes).
+struct Compared {
+    zero_shot: Option<Paired>,
+    best: Option<Paired>,
+    is_best: bool,
+}
+
+/// The paired comparisons of every group on `metric`.
+fn compare_rows(groups: &[Group], metric: &str) -> Vec<Compared> {
+    let higher = higher_is_better(metric);
+    let zero = groups.iter().position(|g| g.kind == "zero-shot");
+    let best = groups
+        .iter()
+        .enumerate()
+        .filter_map(|(i, g)| g.metric(metric).map(|(m, _)| (i, m)))
+        .max_by(|a, b| {
+            if higher {
+                a.1.total_cmp(&b.1)
+            } else {
+                b.1.total_cmp(&a.1)
+            }
+        })
+        .map(|(i, _)| i);
+    groups
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            let against = |j: Option<usize>| {
+                let j = j.filter(|&j| j != i)?;
+                paired(&g.outcomes(), &groups[j].outcomes(), metric)
+            };
+            Compared {
+                zero_shot: against(zero),
+                best: against(best),
+                is_best: best == Some(i),
+            }
+        })
+        .collect()
+}
+
+/// `+0.0894 ▲ (p ≤ 0.001, McNemar ≤ 0.001)`: the difference, its mark and p-values.
+fn show_paired(p: &Paired, higher: bool) -> String {
+    let mark = match (p.significant(), (p.difference > 0.0) == higher) {
+        (false, _) => "",
+        (true, true) => " ▲",
+        (true, false) => " ▼",
+    };
+    let mcnemar = p
+        .mcnemar_p
+        .map(|m| format!(", McNemar {}", show_p(m)))
+        .unwrap_or_default();
+    format!("{:+.4}{mark} (p {}{mcnemar})", p.difference, show_p(p.p))
+}
+
+/// A p-value to three decimals; the bootstrap's floor (2 / 2001) shows as `≤ 0.001`.
+fn show_p(p: f64) -> String {
+    if p <= 0.001 {
+        "≤ 0.001".into()
+    } else {
+        format!("{p:.3}")
+    }
+}
+
+fn table(
+    md: &mut String,
+    groups: &[Group],
+    metrics: &[String],
+    compared: &[Compared],
+) -> Result<()> {
+    let higher = higher_is_better(&metrics[0]);
+    let has_zero = groups.iter().any(|g| g.kind == "zero-shot");
+    let has_forgetting = groups.iter().any(|g| g.forgetting().is_some());
     write!(md, "| method | trainable parameters (% of model) |")?;
     for m in metrics {
         write!(md, " {m} |")?;
     }
+    if has_zero {
+        write!(md, " vs zero-shot |")?;
+    }
+    write!(md, " vs best |")?;
+    if has_forgetting {
+        write!(md, " forgetting |")?;
+    }
     writeln!(
         md,
-        " step time | tokens/s | peak RSS | optimizer state | adapter file | latency (x bare model) |"
+        " step time | tokens/s | peak RSS | RSS p99 | optimizer state | adapter file | latency (x bare model) |"
     )?;
+    let extra = usize::from(has_zero) + 1 + usize::from(has_forgetting);
     writeln!(
         md,
-        "|---|---|{}---|---|---|---|---|---|",
-        "---|".repeat(metrics.len())
+        "|---|---|{}---|---|---|---|---|---|---|",
+        "---|".repeat(metrics.len() + extra)
     )?;
-    for g in groups {
+    for (g, c) in groups.iter().zip(compared) {
         let r = g.first();
         let pct = 100.0 * r.trainable_params as f64 / r.total_params.max(1) as f64;
         let sized = g.runs[0]
@@ -189,11 +347,48 @@ fn table(md: &mut String, groups: &[Group], metrics: &[String]) -> Result<()> {
             thousands(r.trainable_params)
         )?;
         for m in metrics {
-            match g.metric(m) {
-                Some((mean, Some(sd))) => write!(md, " {mean:.4} ± {sd:.4} |")?,
-                Some((mean, None)) => write!(md, " {mean:.4} |")?,
-                None => write!(md, " |")?,
-            }
+            let spread = match g.metric(m) {
+                Some((mean, Some(sd))) => format!("{mean:.4} ± {sd:.4}"),
+                Some((mean, None)) => format!("{mean:.4}"),
+                None => String::new(),
+            };
+            let range = match g.interval(m) {
+                Some(i) => format!(
+                    " [{:.4}, {:.4}]{}",
+                    i.lo,
+                    i.hi,
+                    if i.kind == IntervalKind::StudentT {
+                        "†"
+                    } else {
+                        ""
+                    }
+                ),
+                None => String::new(),
+            };
+            write!(md, " {spread}{range} |")?;
+        }
+        let show = |p: &Option<Paired>| p.as_ref().map(|p| show_paired(p, higher));
+        if has_zero {
+            let text = if g.kind == "zero-shot" {
+                String::new()
+            } else {
+                show(&c.zero_shot).unwrap_or_default()
+            };
+            write!(md, " {text} |")?;
+        }
+        let best = if c.is_best {
+            "best".to_string()
+        } else {
+            show(&c.best).unwrap_or_default()
+        };
+        write!(md, " {best} |")?;
+        if has_forgetting {
+            let text = match g.forgetting() {
+                Some((mean, Some(sd))) => format!("{mean:+.4} ± {sd:.4}"),
+                Some((mean, None)) => format!("{mean:+.4}"),
+                None => String::new(),
+            };
+            write!(md, " {text} |")?;
         }
         let opt = |x: Option<f64>, f: &dyn Fn(f64) -> String| x.map(f).unwrap_or_default();
         let latency = match (
@@ -206,17 +401,16 @@ fn table(md: &mut String, groups: &[Group], metrics: &[String]) -> Result<()> {
             (Some(l), _) => format!("{l:.0} ms"),
             _ => String::new(),
         };
+        let megabytes = |b: f64| format!("{:.0} MB", b / 1e6);
         writeln!(
             md,
-            " {} | {} | {} | {} | {} | {latency} |",
+            " {} | {} | {} | {} | {} | {} | {latency} |",
             opt(g.mean_of(|r| r.step_time_median_s), &|s| format!(
                 "{s:.2} s"
             )),
             opt(g.mean_of(|r| r.tokens_per_s), &|t| format!("{t:.0}")),
-            opt(g.mean_of(|r| Some(r.peak_rss_bytes as f64)), &|b| format!(
-                "{:.0} MB",
-                b / 1e6
-            )),
+            opt(g.mean_of(|r| Some(r.peak_rss_bytes as f64)), &megabytes),
+            opt(g.mean_of(|r| r.rss_p99_bytes.map(|b| b as f64)), &megabytes),
             if g.kind == "zero-shot" {
                 String::new()
             } else {
@@ -231,37 +425,78 @@ fn table(md: &mut String, groups: &[Group], metrics: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// `How many trained methods beat zero-shot` on the headline metric, where the grid has a zero-shot row.
-fn beats_zero_shot(groups: &[Group], metric: &str) -> Option<String> {
-    let zero = groups
-        .iter()
-        .find(|g| g.kind == "zero-shot")?
-        .metric(metric)?
-        .0;
+/// What the table says about the headline metric, in sentences: how many trained rows beat zero-shot beyond
+/// the paired interval (and by mean only), and which rows the best row cannot be told apart from.
+fn verdicts(groups: &[Group], metric: &str, compared: &[Compared]) -> Vec<String> {
+    let mut lines = Vec::new();
     let higher = higher_is_better(metric);
-    let trained: Vec<&Group> = groups.iter().filter(|g| g.kind != "zero-shot").collect();
-    let losers: Vec<&str> = trained
-        .iter()
-        .filter(|g| {
+    let better = |p: &Paired| p.significant() && (p.difference > 0.0) == higher;
+    if let Some(zero) = groups.iter().find(|g| g.kind == "zero-shot") {
+        let zero_mean = zero.metric(metric).map(|(m, _)| m).unwrap_or(f64::NAN);
+        let trained: Vec<(&Group, &Compared)> = groups
+            .iter()
+            .zip(compared)
+            .filter(|(g, _)| g.kind != "zero-shot")
+            .collect();
+        let beyond: Vec<&str> = trained
+            .iter()
+            .filter(|(_, c)| c.zero_shot.as_ref().is_some_and(better))
+            .map(|(g, _)| g.method.as_str())
+            .collect();
+        let above_mean = |g: &Group| {
             g.metric(metric)
-                .is_none_or(|(m, _)| if higher { m <= zero } else { m >= zero })
-        })
-        .map(|g| g.method.as_str())
-        .collect();
-    Some(if losers.is_empty() {
-        format!(
-            "Every trained row beats zero-shot on {metric} ({zero:.4}): {} of {}.",
-            trained.len(),
+                .is_some_and(|(m, _)| if higher { m > zero_mean } else { m < zero_mean })
+        };
+        let within: Vec<&str> = trained
+            .iter()
+            .filter(|(g, c)| !c.zero_shot.as_ref().is_some_and(better) && above_mean(g))
+            .map(|(g, _)| g.method.as_str())
+            .collect();
+        let not: Vec<&str> = trained
+            .iter()
+            .filter(|(g, _)| !above_mean(g))
+            .map(|(g, _)| g.method.as_str())
+            .collect();
+        let mut line = format!(
+            "{} of {} trained rows beat zero-shot on {metric} ({zero_mean:.4}) beyond the paired 95% interval.",
+            beyond.len(),
             trained.len()
-        )
-    } else {
-        format!(
-            "{} of {} trained rows beat zero-shot on {metric} ({zero:.4}); not: {}.",
-            trained.len() - losers.len(),
-            trained.len(),
-            losers.join(", ")
-        )
-    })
+        );
+        if !within.is_empty() {
+            write!(
+                line,
+                " Above it by the mean only (within noise, or without per-example outcomes): {}.",
+                within.join(", ")
+            )
+            .ok();
+        }
+        if !not.is_empty() {
+            write!(line, " Not above it: {}.", not.join(", ")).ok();
+        }
+        lines.push(line);
+    }
+    if let Some(best) = groups.iter().zip(compared).find(|(_, c)| c.is_best) {
+        let ties: Vec<&str> = groups
+            .iter()
+            .zip(compared)
+            .filter(|(_, c)| c.best.as_ref().is_some_and(|p| !p.significant()))
+            .map(|(g, _)| g.method.as_str())
+            .collect();
+        lines.push(if ties.is_empty() {
+            format!(
+                "The best row on {metric}, {}, is ahead of every other row beyond the paired interval (where \
+                 outcomes allow the test).",
+                best.0.method
+            )
+        } else {
+            format!(
+                "The best row on {metric} is {}; within noise of it (the paired interval holds 0): {}.",
+                best.0.method,
+                ties.join(", ")
+            )
+        });
+    }
+    lines
 }
 
 /// The three plots of one model and task; returns (file name, alt text) of each SVG.
@@ -321,11 +556,13 @@ fn plots(
         .collect();
     let trained: Vec<&Group> = groups.iter().filter(|g| g.kind != "zero-shot").collect();
     let point = |g: &Group, x: f64| -> Option<Point> {
-        g.metric(metric).map(|(y, sd)| Point {
+        g.metric(metric).map(|(y, _)| Point {
             label: g.method.clone(),
             x,
             y,
-            y_err: sd,
+            y_err: g
+                .interval(metric)
+                .map(|i| ((y - i.lo).max(0.0), (i.hi - y).max(0.0))),
         })
     };
     let by_params: Vec<Point> = trained
@@ -340,7 +577,7 @@ fn plots(
             &Labels {
                 title: format!("{metric} vs trainable parameters: {model} on {task}"),
                 x: "trainable parameters (log scale)".into(),
-                y: format!("dev {metric}"),
+                y: format!("dev {metric} (bars: 95% interval)"),
             },
             &by_params,
             &references,
@@ -362,7 +599,7 @@ fn plots(
             &Labels {
                 title: format!("{metric} vs step time: {model} on {task}"),
                 x: "median step time (s)".into(),
-                y: format!("dev {metric}"),
+                y: format!("dev {metric} (bars: 95% interval)"),
             },
             &by_time,
             &references,
@@ -371,6 +608,182 @@ fn plots(
         written.push((format!("{name}.svg"), format!("{metric} against step time")));
     }
     Ok(written)
+}
+
+/// The leaderboard of one model over the grid's tasks: a table and a plot of mean score against trainable
+/// parameters (see `leaderboard`).
+fn leaderboard_section(
+    md: &mut String,
+    out: &Path,
+    grid: &Grid,
+    results: &[(CellSpec, CellResult)],
+    model: &str,
+) -> Result<()> {
+    let columns: Vec<TaskColumn> = grid
+        .tasks
+        .iter()
+        .map(|t| {
+            let metric = grid.metrics_for(t)[0].clone();
+            TaskColumn {
+                name: t.name.clone(),
+                higher_is_better: higher_is_better(&metric),
+                metric,
+            }
+        })
+        .collect();
+    let per_task: Vec<Vec<Group>> = grid
+        .tasks
+        .iter()
+        .map(|t| groups_of(results, model, &t.name))
+        .collect();
+    let rows: Vec<RowScores> = grid
+        .methods
+        .iter()
+        .filter_map(|row| {
+            let found: Vec<Option<&Group>> = per_task
+                .iter()
+                .map(|groups| groups.iter().find(|g| g.method == row.name))
+                .collect();
+            let kind = found.iter().flatten().next()?.kind.clone();
+            let trainable: Vec<f64> = found
+                .iter()
+                .flatten()
+                .map(|g| g.first().trainable_params as f64)
+                .collect();
+            let scores = found
+                .iter()
+                .zip(&columns)
+                .map(|(g, c)| {
+                    let g = (*g)?;
+                    Some(TaskScore {
+                        mean: g.metric(&c.metric)?.0,
+                        interval: g.interval(&c.metric).map(|i| (i.lo, i.hi)),
+                    })
+                })
+                .collect();
+            Some(RowScores {
+                method: row.name.clone(),
+                kind,
+                trainable: Some(mean_std(&trainable).0),
+                scores,
+            })
+        })
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let standings = board(&columns, &rows);
+    let shown = super::plan::slug(model);
+    let score_tasks: Vec<&str> = columns
+        .iter()
+        .filter(|c| c.higher_is_better)
+        .map(|c| c.name.as_str())
+        .collect();
+    writeln!(
+        md,
+        "## Leaderboard: {shown} across {} tasks\n",
+        columns.len()
+    )?;
+    writeln!(
+        md,
+        "Rank on each task by its headline metric (1 is best; ties share their mean rank), the mean rank over the \
+         tasks a row ran, and the mean score over the tasks scored higher-is-better ({}), with a 95% interval \
+         that combines the tasks' intervals as independent errors.\n",
+        score_tasks.join(", ")
+    )?;
+    write!(
+        md,
+        "| # | method | trainable parameters | mean rank | mean score [95% interval] |"
+    )?;
+    for c in &columns {
+        write!(md, " {} ({}) |", c.name, c.metric)?;
+    }
+    writeln!(md)?;
+    writeln!(md, "|---|---|---|---|---|{}", "---|".repeat(columns.len()))?;
+    for (place, s) in standings.iter().enumerate() {
+        let score = match (s.mean_score, s.score_interval) {
+            (Some(m), Some((lo, hi))) => format!("{m:.4} [{lo:.4}, {hi:.4}]"),
+            (Some(m), None) => format!("{m:.4}"),
+            _ => String::new(),
+        };
+        write!(
+            md,
+            "| {} | {} | {} | {:.2} | {score} |",
+            place + 1,
+            s.method,
+            s.trainable
+                .map(|t| thousands(t.round() as usize))
+                .unwrap_or_default(),
+            s.mean_rank
+        )?;
+        let row = rows.iter().find(|r| r.method == s.method);
+        for (t, rank) in s.ranks.iter().enumerate() {
+            let value = row.and_then(|r| r.scores[t]).map(|x| x.mean);
+            match (value, rank) {
+                (Some(v), Some(k)) => write!(md, " {v:.4} ({k}) |")?,
+                _ => write!(md, " |")?,
+            }
+        }
+        writeln!(md)?;
+    }
+    writeln!(md)?;
+    if let Some((file, alt)) = leaderboard_plot(out, &shown, &standings)? {
+        writeln!(md, "![{alt}]({file})\n")?;
+    }
+    Ok(())
+}
+
+/// Mean score against trainable parameters, one point per trained row with its interval, zero-shot as a line.
+fn leaderboard_plot(
+    out: &Path,
+    model: &str,
+    standings: &[Standing],
+) -> Result<Option<(String, String)>> {
+    let points: Vec<Point> = standings
+        .iter()
+        .filter(|s| s.kind != "zero-shot")
+        .filter_map(|s| {
+            let y = s.mean_score?;
+            let x = s.trainable.filter(|&t| t > 0.0)?;
+            Some(Point {
+                label: s.method.clone(),
+                x,
+                y,
+                y_err: s
+                    .score_interval
+                    .map(|(lo, hi)| ((y - lo).max(0.0), (hi - y).max(0.0))),
+            })
+        })
+        .collect();
+    if points.is_empty() {
+        return Ok(None);
+    }
+    let references: Vec<Reference> = standings
+        .iter()
+        .filter(|s| s.kind == "zero-shot")
+        .filter_map(|s| {
+            Some(Reference {
+                label: s.method.clone(),
+                y: s.mean_score?,
+            })
+        })
+        .collect();
+    let name = format!("leaderboard-{model}");
+    scatter_chart(
+        &out.join(&name),
+        &Labels {
+            title: format!("Mean score across tasks vs trainable parameters: {model}"),
+            x: "trainable parameters (log scale)".into(),
+            y: "mean score over tasks (bars: 95% interval)".into(),
+        },
+        &points,
+        &references,
+        true,
+    )?;
+    Ok(Some((
+        format!("{name}.svg"),
+        "mean score across tasks against trainable parameters".into(),
+    )))
 }
 
 /// Every run as one CSV row.
@@ -388,6 +801,7 @@ fn runs_csv(results: &[(CellSpec, CellResult)]) -> Result<String> {
             "total_params",
             "optimizer_state_bytes",
             "peak_rss_bytes",
+            "rss_p99_bytes",
             "step_time_median_s",
             "tokens_per_s",
             "train_seconds",
@@ -397,6 +811,9 @@ fn runs_csv(results: &[(CellSpec, CellResult)]) -> Result<String> {
             "base_latency_ms",
             "steps",
             "final_loss",
+            "general_loss_before",
+            "general_loss_after",
+            "forgetting",
         ]
         .map(String::from),
     );
@@ -421,6 +838,7 @@ fn runs_csv(results: &[(CellSpec, CellResult)]) -> Result<String> {
             r.total_params.to_string(),
             r.optimizer_state_bytes.to_string(),
             r.peak_rss_bytes.to_string(),
+            r.rss_p99_bytes.map(|b| b.to_string()).unwrap_or_default(),
             num(r.step_time_median_s),
             num(r.tokens_per_s),
             format!("{}", r.train_seconds),
@@ -430,6 +848,9 @@ fn runs_csv(results: &[(CellSpec, CellResult)]) -> Result<String> {
             num(r.base_latency_ms),
             r.losses.len().to_string(),
             num(r.losses.last().copied()),
+            num(r.forgetting.map(|f| f.loss_before)),
+            num(r.forgetting.map(|f| f.loss_after)),
+            num(r.forgetting.map(|f| f.delta())),
         ]);
         w.write_record(&row)?;
     }

@@ -57,8 +57,9 @@ pub struct Point {
     pub x: f64,
     /// Position on the y axis.
     pub y: f64,
-    /// Half the error bar's height (drawn from `y - y_err` to `y + y_err`), if any.
-    pub y_err: Option<f64>,
+    /// The error bar's extent below and above `y` (drawn from `y - below` to `y + above`), if any: an
+    /// interval need not be symmetric.
+    pub y_err: Option<(f64, f64)>,
 }
 
 /// A horizontal reference line (e.g. the zero-shot baseline's accuracy).

@@ -51,10 +51,10 @@ impl<'a> ScatterScene<'a> {
                     p.x
                 );
             }
-            if let Some(e) = p.y_err {
+            if let Some((below, above)) = p.y_err {
                 ensure!(
-                    e.is_finite() && e >= 0.0,
-                    "point '{}' has error bar {e}: it must be finite and not negative",
+                    below.is_finite() && below >= 0.0 && above.is_finite() && above >= 0.0,
+                    "point '{}' has error bar ({below}, {above}): its extents must be finite and not negative",
                     p.label
                 );
             }
@@ -71,8 +71,8 @@ impl<'a> ScatterScene<'a> {
         let ys = points
             .iter()
             .flat_map(|p| {
-                let e = p.y_err.unwrap_or(0.0);
-                [p.y - e, p.y + e]
+                let (below, above) = p.y_err.unwrap_or((0.0, 0.0));
+                [p.y - below, p.y + above]
             })
             .chain(references.iter().map(|r| r.y));
         let y = Axis::fit(ys, false, 0.08);
@@ -124,9 +124,10 @@ impl Scene for ScatterScene<'_> {
         let mut marks = vec![];
         for p in self.points {
             let (cx, cy) = px(self.x.to_display(p.x), p.y);
-            let e = p.y_err.unwrap_or(0.0);
-            let (_, top) = px(self.x.to_display(p.x), p.y + e);
-            let (_, bottom) = px(self.x.to_display(p.x), p.y - e);
+            let (below, above) = p.y_err.unwrap_or((0.0, 0.0));
+            let e = below.max(above);
+            let (_, top) = px(self.x.to_display(p.x), p.y + above);
+            let (_, bottom) = px(self.x.to_display(p.x), p.y - below);
             obstacles.push((Rect::new(cx - r, cy - r, 2.0 * r, 2.0 * r), 1.0));
             if e > 0.0 {
                 obstacles.push((Rect::new(cx - 5.0, top, 10.0, bottom - top), 1.0));
@@ -192,11 +193,11 @@ impl Scene for ScatterScene<'_> {
         // Error bars under the markers, markers over them.
         for (p, &ci) in self.points.iter().zip(&self.colours) {
             let c = colour(ci);
-            if let Some(e) = p.y_err.filter(|&e| e > 0.0) {
+            if let Some((below, above)) = p.y_err.filter(|&(b, a)| b.max(a) > 0.0) {
                 let x = self.x.to_display(p.x);
                 let (cx, _) = px(x, p.y);
-                let (_, top) = px(x, p.y + e);
-                let (_, bottom) = px(x, p.y - e);
+                let (_, top) = px(x, p.y + above);
+                let (_, bottom) = px(x, p.y - below);
                 let (cx, top, bottom) = (cx as i32, top as i32, bottom as i32);
                 let style = c.stroke_width(2);
                 for path in [

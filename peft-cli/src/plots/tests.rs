@@ -111,7 +111,7 @@ fn scatter_chart_writes_svg_and_png() {
             label: "bitfit".into(),
             x: 1.0e5,
             y: 0.71,
-            y_err: Some(0.02),
+            y_err: Some((0.02, 0.02)),
         },
         Point {
             label: "full-rank lora".into(),
@@ -254,7 +254,7 @@ fn degenerate_data_still_plots() {
             label: "a".into(),
             x: 5e4,
             y: 0.5,
-            y_err: Some(0.0),
+            y_err: Some((0.0, 0.0)),
         },
         Point {
             label: "b".into(),
@@ -286,7 +286,7 @@ fn demo() {
             label: label.into(),
             x,
             y,
-            y_err: Some(e),
+            y_err: Some((e, e)),
         })
         .collect();
     let refs = [Reference {

@@ -196,6 +196,7 @@ pub fn stable_table(results: &Path) -> Vec<Vec<String>> {
         .filter(|(_, h)| {
             ![
                 "peak_rss_bytes",
+                "rss_p99_bytes",
                 "step_time_median_s",
                 "tokens_per_s",
                 "train_seconds",

@@ -5,7 +5,7 @@
 use candle_core::{DType, Tensor, D};
 
 use super::examples::ClassExample;
-use super::{cross_entropy, gather_rows, pad_batch, scalar, Metrics, StepLoss, Task};
+use super::{cross_entropy, gather_rows, pad_batch, Evaluation, Outcomes, StepLoss, Task};
 use peft_core::error::{PeftError, Result};
 use peft_core::hooks::Hooks;
 
@@ -94,7 +94,12 @@ impl Task for VerbalizerClassification {
         })
     }
 
-    fn evaluate(&self, model: &dyn BaseModel, tuned: &Tuned, batch_size: usize) -> Result<Metrics> {
+    fn evaluate_outcomes(
+        &self,
+        model: &dyn BaseModel,
+        tuned: &Tuned,
+        batch_size: usize,
+    ) -> Result<Evaluation> {
         let hooks = tuned.hooks();
         peft_core::grad::no_grad(|| self.evaluate_tracked(model, hooks, batch_size))
     }
@@ -119,8 +124,8 @@ impl VerbalizerClassification {
         model: &dyn BaseModel,
         hooks: &dyn Hooks,
         batch_size: usize,
-    ) -> Result<Metrics> {
-        classification_metrics(
+    ) -> Result<Evaluation> {
+        classification_outcomes(
             &self.eval,
             self.label_token_ids.len(),
             batch_size,
@@ -129,40 +134,59 @@ impl VerbalizerClassification {
     }
 }
 
-/// Accuracy, loss and macro-F1 of class `logits_of` over `examples`, in batches of examples sorted by length
-/// (so that little is padded).
-pub(super) fn classification_metrics(
+/// Accuracy, loss, macro-F1 and Matthews correlation of class `logits_of` over `examples`, with each
+/// example's outcome (in `examples`' order), from batches of examples sorted by length (so that little is
+/// padded).
+pub(super) fn classification_outcomes(
     examples: &[ClassExample],
     classes: usize,
     batch_size: usize,
     logits_of: impl Fn(&[&ClassExample]) -> Result<Tensor>,
-) -> Result<Metrics> {
+) -> Result<Evaluation> {
     if examples.is_empty() {
         return Err(PeftError::Data("the evaluation set is empty".into()));
     }
-    let (mut correct, mut loss_sum) = (0usize, 0f64);
-    let mut confusion = vec![vec![0usize; classes]; classes];
+    let n = examples.len();
+    let (mut predictions, mut losses) = (vec![0u32; n], vec![0f64; n]);
     let by_length = sorted_by_length(examples);
     for chunk in by_length.chunks(batch_size.max(1)) {
-        let logits = logits_of(chunk)?.detach();
-        let targets: Vec<u32> = chunk.iter().map(|e| e.label as u32).collect();
-        loss_sum += scalar(&cross_entropy(&logits, &targets)?)? * chunk.len() as f64;
-        let preds = logits
-            .argmax(D::Minus1)?
-            .to_dtype(DType::U32)?
-            .to_vec1::<u32>()?;
-        for (p, e) in preds.iter().zip(chunk) {
-            confusion[e.label][*p as usize] += 1;
-            correct += usize::from(*p as usize == e.label);
+        let logits = logits_of(&chunk.iter().map(|(_, e)| *e).collect::<Vec<_>>())?
+            .detach()
+            .to_dtype(DType::F64)?
+            .to_vec2::<f64>()?;
+        for (row, (i, e)) in logits.iter().zip(chunk) {
+            predictions[*i] = arg_max(row) as u32;
+            losses[*i] = row_cross_entropy(row, e.label);
         }
     }
-    let n = examples.len() as f64;
-    let mut m = Metrics::new();
-    m.insert("accuracy".into(), correct as f64 / n);
-    m.insert("loss".into(), loss_sum / n);
-    m.insert("macro_f1".into(), macro_f1(&confusion));
-    m.insert("matthews".into(), matthews(&confusion));
-    Ok(m)
+    let outcomes = Outcomes::Classes {
+        classes,
+        labels: examples.iter().map(|e| e.label as u32).collect(),
+        predictions,
+        losses,
+    };
+    Ok(Evaluation {
+        metrics: outcomes.metrics(),
+        outcomes: Some(outcomes),
+    })
+}
+
+/// The first index of the largest value (as `argmax` picks it).
+fn arg_max(row: &[f64]) -> usize {
+    let mut best = 0;
+    for (c, v) in row.iter().enumerate() {
+        if *v > row[best] {
+            best = c;
+        }
+    }
+    best
+}
+
+/// `-log softmax(row)[label]`, computed stably in f64.
+fn row_cross_entropy(row: &[f64], label: usize) -> f64 {
+    let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let log_sum = row.iter().map(|v| (v - max).exp()).sum::<f64>().ln() + max;
+    log_sum - row[label]
 }
 
 /// Refuses examples whose label index is not below `classes` (`has` says what sets the count, for the
@@ -206,15 +230,15 @@ pub(super) fn last_token_states(
     gather_rows(&out.hidden, out.virtual_tokens, &last)
 }
 
-/// References to `examples` ordered by token count (stable), for batches with little padding.
-fn sorted_by_length(examples: &[ClassExample]) -> Vec<&ClassExample> {
-    let mut refs: Vec<&ClassExample> = examples.iter().collect();
-    refs.sort_by_key(|e| e.input_ids.len());
+/// `examples` with their indices, ordered by token count (stable), for batches with little padding.
+fn sorted_by_length(examples: &[ClassExample]) -> Vec<(usize, &ClassExample)> {
+    let mut refs: Vec<(usize, &ClassExample)> = examples.iter().enumerate().collect();
+    refs.sort_by_key(|(_, e)| e.input_ids.len());
     refs
 }
 
 /// Macro-averaged F1 from a confusion matrix `[true][predicted]`.
-pub(super) fn macro_f1(confusion: &[Vec<usize>]) -> f64 {
+pub(crate) fn macro_f1(confusion: &[Vec<usize>]) -> f64 {
     let k = confusion.len();
     let mut sum = 0.0;
     for (c, row) in confusion.iter().enumerate() {
@@ -229,7 +253,7 @@ pub(super) fn macro_f1(confusion: &[Vec<usize>]) -> f64 {
 
 /// Matthews correlation coefficient from a confusion matrix `[true][predicted]`, in its multi-class form
 /// (Gorodkin's R_K, as scikit-learn's `matthews_corrcoef` computes it): 0 where a marginal is constant.
-pub(super) fn matthews(confusion: &[Vec<usize>]) -> f64 {
+pub(crate) fn matthews(confusion: &[Vec<usize>]) -> f64 {
     let k = confusion.len();
     let total: f64 = confusion.iter().flatten().sum::<usize>() as f64;
     let correct: f64 = (0..k).map(|c| confusion[c][c]).sum::<usize>() as f64;

@@ -7,10 +7,10 @@
 
 use candle_core::Tensor;
 
-use super::classify::{check_class_examples, classification_metrics};
+use super::classify::{check_class_examples, classification_outcomes};
 use super::examples::ClassExample;
 use super::pad_batch;
-use super::{cross_entropy, Metrics, StepLoss, Task};
+use super::{cross_entropy, Evaluation, StepLoss, Task};
 use peft_core::error::{PeftError, Result};
 
 use super::Tuned;
@@ -116,9 +116,14 @@ impl Task for HeadClassification {
         })
     }
 
-    fn evaluate(&self, model: &dyn BaseModel, tuned: &Tuned, batch_size: usize) -> Result<Metrics> {
+    fn evaluate_outcomes(
+        &self,
+        model: &dyn BaseModel,
+        tuned: &Tuned,
+        batch_size: usize,
+    ) -> Result<Evaluation> {
         peft_core::grad::no_grad(|| {
-            classification_metrics(&self.eval, self.num_labels, batch_size, |chunk| {
+            classification_outcomes(&self.eval, self.num_labels, batch_size, |chunk| {
                 self.class_logits(model, tuned, chunk)
             })
         })

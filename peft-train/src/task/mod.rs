@@ -14,6 +14,7 @@ mod causal_lm;
 mod classify;
 mod examples;
 mod head_classify;
+mod outcomes;
 mod seq2seq;
 mod token_classify;
 mod tuned;
@@ -26,6 +27,7 @@ pub use causal_lm::CausalLm;
 pub use classify::VerbalizerClassification;
 pub use examples::{ClassExample, LmExample};
 pub use head_classify::HeadClassification;
+pub use outcomes::{Evaluation, Outcomes};
 pub use seq2seq::{Seq2Seq, Seq2SeqExample};
 pub use token_classify::{TokenClassification, TokenExample};
 pub use tuned::Tuned;
@@ -72,8 +74,25 @@ pub trait Task: Send + Sync {
     /// whole shard, and the trainer refuses a micro-batch only when no rank has a term.
     fn loss(&self, model: &dyn BaseModel, tuned: &Tuned, indices: &[usize]) -> Result<StepLoss>;
 
-    /// Metrics over the evaluation examples, in batches of `batch_size`.
-    fn evaluate(&self, model: &dyn BaseModel, tuned: &Tuned, batch_size: usize) -> Result<Metrics>;
+    /// Metrics over the evaluation examples, in batches of `batch_size`. A task implements this or
+    /// [`evaluate_outcomes`](Task::evaluate_outcomes) (each defaults to the other).
+    fn evaluate(&self, model: &dyn BaseModel, tuned: &Tuned, batch_size: usize) -> Result<Metrics> {
+        Ok(self.evaluate_outcomes(model, tuned, batch_size)?.metrics)
+    }
+
+    /// [`evaluate`](Task::evaluate) with each example's outcome where the task keeps them (classification and
+    /// causal LM do), for intervals and paired tests over the same dev examples.
+    fn evaluate_outcomes(
+        &self,
+        model: &dyn BaseModel,
+        tuned: &Tuned,
+        batch_size: usize,
+    ) -> Result<Evaluation> {
+        Ok(Evaluation {
+            metrics: self.evaluate(model, tuned, batch_size)?,
+            outcomes: None,
+        })
+    }
 
     /// The metric that selects the best checkpoint, and whether higher is better.
     fn primary_metric(&self) -> (&'static str, bool);

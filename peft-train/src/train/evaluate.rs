@@ -46,11 +46,12 @@ impl Trainer<'_> {
             return Ok(());
         };
         let eval_started = Instant::now();
-        let metrics = self.task.evaluate(
+        let evaluation = self.task.evaluate_outcomes(
             self.model,
             &Tuned::of(self.adapter),
             self.config.eval_batch_size,
         )?;
+        let metrics = evaluation.metrics;
         report
             .eval_seconds
             .push(eval_started.elapsed().as_secs_f64());
@@ -81,6 +82,7 @@ impl Trainer<'_> {
             bar.println(line);
         }
         report.evals.push((state.step, metrics));
+        report.last_outcomes = evaluation.outcomes;
         Ok(())
     }
 

@@ -45,6 +45,8 @@ pub struct TrainReport {
     pub eval_seconds: Vec<f64>,
     /// Bytes held by the optimiser's state (AdamW's two moments per trainable tensor), as allocated.
     pub optimizer_state_bytes: usize,
+    /// Per-example outcomes of the last evaluation, where the task keeps them (rank 0 only).
+    pub last_outcomes: Option<crate::task::Outcomes>,
 }
 
 /// Trains an adapter on a task over a frozen model, in one process or as one rank of a data-parallel job.
