@@ -11,7 +11,7 @@
 //! assert_eq!(files.len(), 2); // loss_curves.svg, loss_curves.png
 //!
 //! let labels = Labels { title: "Accuracy".into(), x: "trainable parameters".into(), y: "accuracy".into() };
-//! let point = Point { label: "lora".into(), x: 2.9e5, y: 0.87, y_err: Some(0.01) };
+//! let point = Point { label: "lora".into(), x: 2.9e5, y: 0.87, y_err: Some((0.01, 0.02)) };
 //! let zero_shot = Reference { label: "zero-shot".into(), y: 0.78 };
 //! scatter_chart(&dir.path().join("accuracy"), &labels, &[point], &[zero_shot], true)?;
 //! # Ok::<(), anyhow::Error>(())
