@@ -12,7 +12,7 @@ use peft_core::atomic::write_atomic;
 use super::cell::{CellResult, CellSpec};
 use super::grid::Grid;
 use super::leaderboard::{board, RowScores, Standing, TaskColumn, TaskScore};
-use super::stats::{interval, paired, Interval, IntervalKind, Paired};
+use super::stats::{interval, mean_std, paired, Interval, IntervalKind, Paired};
 use crate::plots::{line_chart, scatter_chart, Labels, Point, Reference, Series};
 use crate::task_file::higher_is_better;
 use peft_train::task::Outcomes;
@@ -23,17 +23,6 @@ pub fn show_metrics(m: &BTreeMap<String, f64>) -> String {
         .map(|(k, v)| format!("{k} {v:.4}"))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// Mean and (sample) standard deviation; the deviation is `None` for one value.
-pub fn mean_std(xs: &[f64]) -> (f64, Option<f64>) {
-    let n = xs.len() as f64;
-    let mean = xs.iter().sum::<f64>() / n.max(1.0);
-    if xs.len() < 2 {
-        return (mean, None);
-    }
-    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
-    (mean, Some(var.sqrt()))
 }
 
 /// The runs of one method on one model and task, over seeds.

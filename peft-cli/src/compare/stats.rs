@@ -112,9 +112,20 @@ pub fn bootstrap_interval(
     Some((percentile(&means, 2.5)?, percentile(&means, 97.5)?))
 }
 
+/// Mean and (sample) standard deviation; the deviation is `None` for one value.
+pub fn mean_std(xs: &[f64]) -> (f64, Option<f64>) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n.max(1.0);
+    if xs.len() < 2 {
+        return (mean, None);
+    }
+    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, Some(var.sqrt()))
+}
+
 /// Student's t 95% interval of the mean of `values` (at least two).
 pub fn t_interval(values: &[f64]) -> Option<(f64, f64)> {
-    let (mean, sd) = super::report::mean_std(values);
+    let (mean, sd) = mean_std(values);
     let half = t_975(values.len() - 1) * sd? / (values.len() as f64).sqrt();
     Some((mean - half, mean + half))
 }
@@ -140,7 +151,7 @@ pub fn paired_bootstrap(
     let all: Vec<usize> = (0..n).collect();
     let mean_all = |runs: &[&Outcomes]| -> Option<f64> {
         let xs: Option<Vec<f64>> = runs.iter().map(|o| o.metric(metric, &all)).collect();
-        Some(super::report::mean_std(&xs?).0)
+        Some(mean_std(&xs?).0)
     };
     let difference = mean_all(a)? - mean_all(b)?;
     let mut rng = StdRng::seed_from_u64(seed);
