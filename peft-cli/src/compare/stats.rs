@@ -5,8 +5,8 @@
 //! dev examples with replacement (the same examples for every seed drawn), and takes the mean over the drawn
 //! seeds of the metric recomputed on the drawn examples; the interval is the 2.5th to 97.5th percentile of
 //! 2,000 such means. It covers both the spread between seeds and the finite dev set (a single zero-shot run
-//! still gets an interval). Runs without per-example outcomes (older results, token classification,
-//! seq2seq) fall back to Student's t over seeds, which the report marks.
+//! still gets an interval). Runs without per-example outcomes (results written before they were kept) fall
+//! back to Student's t over seeds, which the report marks.
 //!
 //! A paired comparison draws the dev examples once per resample for both rows (and each row's seeds on its
 //! own), so that what both rows get right or wrong together cancels; its p-value is two-sided. McNemar's
@@ -61,7 +61,7 @@ pub struct Paired {
     pub hi: f64,
     /// Two-sided bootstrap p-value of "no difference".
     pub p: f64,
-    /// McNemar's exact p-value over the discordant pairs pooled over seeds (accuracy only).
+    /// McNemar's exact p-value over the discordant pairs pooled over seeds (accuracy and exact match).
     pub mcnemar_p: Option<f64>,
 }
 
@@ -167,7 +167,7 @@ pub fn paired_bootstrap(
     let above = diffs.iter().filter(|d| **d >= 0.0).count();
     // The +1s keep a p-value from reading 0 with finitely many resamples.
     let p = (2.0 * (below.min(above) + 1) as f64 / (resamples + 1) as f64).min(1.0);
-    let mcnemar_p = (metric == "accuracy")
+    let mcnemar_p = matches!(metric, "accuracy" | "exact_match")
         .then(|| pooled_discordant(a, b))
         .flatten()
         .map(|(only_a, only_b)| mcnemar_exact(only_a, only_b));

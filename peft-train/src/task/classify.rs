@@ -172,7 +172,7 @@ pub(super) fn classification_outcomes(
 }
 
 /// The first index of the largest value (as `argmax` picks it).
-fn arg_max(row: &[f64]) -> usize {
+pub(super) fn arg_max(row: &[f64]) -> usize {
     let mut best = 0;
     for (c, v) in row.iter().enumerate() {
         if *v > row[best] {
@@ -183,7 +183,7 @@ fn arg_max(row: &[f64]) -> usize {
 }
 
 /// `-log softmax(row)[label]`, computed stably in f64.
-fn row_cross_entropy(row: &[f64], label: usize) -> f64 {
+pub(super) fn row_cross_entropy(row: &[f64], label: usize) -> f64 {
     let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let log_sum = row.iter().map(|v| (v - max).exp()).sum::<f64>().ln() + max;
     log_sum - row[label]

@@ -80,8 +80,8 @@ pub trait Task: Send + Sync {
         Ok(self.evaluate_outcomes(model, tuned, batch_size)?.metrics)
     }
 
-    /// [`evaluate`](Task::evaluate) with each example's outcome where the task keeps them (classification and
-    /// causal LM do), for intervals and paired tests over the same dev examples.
+    /// [`evaluate`](Task::evaluate) with each example's outcome where the task keeps them (every built-in
+    /// task does), for intervals and paired tests over the same dev examples.
     fn evaluate_outcomes(
         &self,
         model: &dyn BaseModel,

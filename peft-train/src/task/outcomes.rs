@@ -47,6 +47,28 @@ pub enum Outcomes {
         /// Predicted tokens of the example.
         tokens: Vec<usize>,
     },
+    /// Token classification: each example's labelled tokens (true and predicted class) and their summed
+    /// cross-entropy; a metric over a set of examples pools their tokens, as the task's evaluation does.
+    TokenClasses {
+        /// Number of classes.
+        classes: usize,
+        /// True class of each labelled token, per example.
+        labels: Vec<Vec<u32>>,
+        /// Predicted class of each labelled token, per example.
+        predictions: Vec<Vec<u32>>,
+        /// Summed cross-entropy over the example's labelled tokens.
+        loss_sums: Vec<f64>,
+    },
+    /// Sequence-to-sequence: each example's summed teacher-forced target loss, its target tokens, and
+    /// whether the greedy output equalled the target.
+    Generated {
+        /// Summed cross-entropy over the example's target tokens.
+        loss_sums: Vec<f64>,
+        /// Target tokens of the example.
+        tokens: Vec<usize>,
+        /// Whether greedy generation reproduced the target exactly.
+        exact: Vec<bool>,
+    },
 }
 
 impl Outcomes {
@@ -54,7 +76,8 @@ impl Outcomes {
     pub fn len(&self) -> usize {
         match self {
             Outcomes::Classes { labels, .. } => labels.len(),
-            Outcomes::Tokens { tokens, .. } => tokens.len(),
+            Outcomes::Tokens { tokens, .. } | Outcomes::Generated { tokens, .. } => tokens.len(),
+            Outcomes::TokenClasses { labels, .. } => labels.len(),
         }
     }
 
@@ -77,6 +100,8 @@ impl Outcomes {
         match self {
             Outcomes::Classes { .. } => &["accuracy", "loss", "macro_f1", "matthews"],
             Outcomes::Tokens { .. } => &["loss", "perplexity"],
+            Outcomes::TokenClasses { .. } => &["accuracy", "loss", "macro_f1"],
+            Outcomes::Generated { .. } => &["loss", "perplexity", "exact_match"],
         }
     }
 
@@ -117,23 +142,52 @@ impl Outcomes {
                 }
                 _ => None,
             },
-            Outcomes::Tokens { loss_sums, tokens } => {
-                let total: f64 = sample.iter().map(|&i| loss_sums[i]).sum();
-                let count: usize = sample.iter().map(|&i| tokens[i]).sum();
+            Outcomes::Tokens { loss_sums, tokens } => match name {
+                "loss" | "perplexity" => token_loss(loss_sums, tokens, sample, name),
+                _ => None,
+            },
+            Outcomes::Generated {
+                loss_sums,
+                tokens,
+                exact,
+            } => match name {
+                "loss" | "perplexity" => token_loss(loss_sums, tokens, sample, name),
+                "exact_match" => Some(sample.iter().filter(|&&i| exact[i]).count() as f64 / n),
+                _ => None,
+            },
+            Outcomes::TokenClasses {
+                classes,
+                labels,
+                predictions,
+                loss_sums,
+            } => {
+                let count: usize = sample.iter().map(|&i| labels[i].len()).sum();
                 if count == 0 {
                     return None;
                 }
-                let loss = total / count as f64;
+                let mut confusion = vec![vec![0usize; *classes]; *classes];
+                for &i in sample {
+                    for (&l, &p) in labels[i].iter().zip(&predictions[i]) {
+                        confusion[l as usize][p as usize] += 1;
+                    }
+                }
                 match name {
-                    "loss" => Some(loss),
-                    "perplexity" => Some(loss.exp()),
+                    "accuracy" => {
+                        let correct: usize = (0..*classes).map(|c| confusion[c][c]).sum();
+                        Some(correct as f64 / count as f64)
+                    }
+                    "loss" => {
+                        Some(sample.iter().map(|&i| loss_sums[i]).sum::<f64>() / count as f64)
+                    }
+                    "macro_f1" => Some(macro_f1(&confusion)),
                     _ => None,
                 }
             }
         }
     }
 
-    /// Whether example `i` was classified correctly (`None` for language-model outcomes).
+    /// Whether example `i` came out right: classified correctly, or generated exactly (`None` where an
+    /// example has no single right or wrong: language modelling, token classification).
     pub fn correct(&self, i: usize) -> Option<bool> {
         match self {
             Outcomes::Classes {
@@ -141,9 +195,26 @@ impl Outcomes {
                 predictions,
                 ..
             } => Some(labels[i] == predictions[i]),
-            Outcomes::Tokens { .. } => None,
+            Outcomes::Generated { exact, .. } => Some(exact[i]),
+            Outcomes::Tokens { .. } | Outcomes::TokenClasses { .. } => None,
         }
     }
+}
+
+/// Loss per token (or its exponential, `perplexity`) of the examples at `sample`, each weighed by its
+/// tokens; `None` when they hold no token.
+fn token_loss(loss_sums: &[f64], tokens: &[usize], sample: &[usize], name: &str) -> Option<f64> {
+    let total: f64 = sample.iter().map(|&i| loss_sums[i]).sum();
+    let count: usize = sample.iter().map(|&i| tokens[i]).sum();
+    if count == 0 {
+        return None;
+    }
+    let loss = total / count as f64;
+    Some(if name == "perplexity" {
+        loss.exp()
+    } else {
+        loss
+    })
 }
 
 /// An evaluation's metrics and, where the task keeps them, its per-example outcomes.
@@ -151,7 +222,7 @@ impl Outcomes {
 pub struct Evaluation {
     /// The task's metrics over the whole evaluation set.
     pub metrics: Metrics,
-    /// Per-example outcomes (`None` for tasks that do not keep them: token classification, seq2seq).
+    /// Per-example outcomes (`None` for a task that does not keep them).
     pub outcomes: Option<Outcomes>,
 }
 
@@ -187,5 +258,42 @@ mod tests {
         assert_eq!(m["loss"], 0.5);
         assert_eq!(o.correct(3), Some(false));
         assert_eq!(o.metric("accuracy", &[]), None);
+    }
+
+    #[test]
+    fn token_class_outcomes_pool_the_tokens_of_the_drawn_examples() {
+        // Example 0: tokens (0->0, 1->0); example 1: (1->1); example 2 has no labelled token.
+        let o = Outcomes::TokenClasses {
+            classes: 2,
+            labels: vec![vec![0, 1], vec![1], vec![]],
+            predictions: vec![vec![0, 0], vec![1], vec![]],
+            loss_sums: vec![1.0, 0.5, 0.0],
+        };
+        assert_eq!(o.len(), 3);
+        let m = o.metrics();
+        // 2 of 3 tokens right; (1 + 0.5) / 3 tokens; confusion [[1, 0], [1, 1]]: f1 2/3 and 2/3.
+        assert!((m["accuracy"] - 2.0 / 3.0).abs() < 1e-12);
+        assert!((m["loss"] - 0.5).abs() < 1e-12);
+        assert!((m["macro_f1"] - 2.0 / 3.0).abs() < 1e-12);
+        // Drawing example 1 twice: every token right.
+        assert_eq!(o.metric("accuracy", &[1, 1, 2]), Some(1.0));
+        assert_eq!(o.metric("accuracy", &[2]), None);
+        assert_eq!(o.correct(0), None);
+    }
+
+    #[test]
+    fn generated_outcomes_give_exact_match_and_token_weighed_loss() {
+        let o = Outcomes::Generated {
+            loss_sums: vec![3.0, 1.0],
+            tokens: vec![3, 1],
+            exact: vec![false, true],
+        };
+        let m = o.metrics();
+        assert_eq!(m["exact_match"], 0.5);
+        assert_eq!(m["loss"], 1.0);
+        assert_eq!(m["perplexity"], 1f64.exp());
+        assert_eq!(o.metric("exact_match", &[1, 1]), Some(1.0));
+        assert_eq!(o.correct(0), Some(false));
+        assert_eq!(o.metric("accuracy", &[0]), None);
     }
 }

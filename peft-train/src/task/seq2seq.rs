@@ -6,7 +6,7 @@
 
 use candle_core::Tensor;
 
-use super::{cross_entropy, gather_rows, pad_batch, scalar, Metrics, StepLoss, Task};
+use super::{cross_entropy, gather_rows, pad_batch, scalar, Evaluation, Outcomes, StepLoss, Task};
 use peft_core::error::{PeftError, Result};
 use peft_core::hooks::Hooks;
 
@@ -56,13 +56,14 @@ impl Seq2Seq {
         })
     }
 
-    /// Summed loss and the number of target tokens over `examples`.
-    fn summed_loss(
+    /// The decoder's final states at every target position of `examples` `[n, H]`, example by example,
+    /// and those targets.
+    fn target_states(
         &self,
         model: &dyn BaseModel,
         hooks: &dyn Hooks,
         examples: &[&Seq2SeqExample],
-    ) -> Result<(Tensor, usize)> {
+    ) -> Result<(Tensor, Vec<u32>)> {
         let ed = model.encoder_decoder().ok_or_else(|| {
             PeftError::Unsupported(format!(
                 "the seq2seq task needs an encoder-decoder model (T5); {} is a {} model",
@@ -93,10 +94,42 @@ impl Seq2Seq {
             }
         }
         let out = model.forward(&batch, hooks)?;
-        let hidden = gather_rows(&out.hidden, out.virtual_tokens, &positions)?;
+        Ok((
+            gather_rows(&out.hidden, out.virtual_tokens, &positions)?,
+            targets,
+        ))
+    }
+
+    /// Summed loss and the number of target tokens over `examples`.
+    fn summed_loss(
+        &self,
+        model: &dyn BaseModel,
+        hooks: &dyn Hooks,
+        examples: &[&Seq2SeqExample],
+    ) -> Result<(Tensor, usize)> {
+        let (hidden, targets) = self.target_states(model, hooks, examples)?;
         let logits = model.logits(&hidden)?;
         let n = targets.len();
         Ok(((cross_entropy(&logits, &targets)? * n as f64)?, n))
+    }
+
+    /// Each example's summed target loss, from one forward pass over `examples`.
+    fn example_losses(
+        &self,
+        model: &dyn BaseModel,
+        hooks: &dyn Hooks,
+        examples: &[&Seq2SeqExample],
+    ) -> Result<Vec<f64>> {
+        let (hidden, targets) = self.target_states(model, hooks, examples)?;
+        let mut from = 0;
+        let mut sums = Vec::with_capacity(examples.len());
+        for e in examples {
+            let n = e.labels.len();
+            let logits = model.logits(&hidden.narrow(0, from, n)?)?;
+            sums.push(scalar(&cross_entropy(&logits, &targets[from..from + n])?)? * n as f64);
+            from += n;
+        }
+        Ok(sums)
     }
 
     /// Greedy outputs for the evaluation sources (each cut at its eos), in batches of `batch_size`.
@@ -147,31 +180,36 @@ impl Task for Seq2Seq {
         })
     }
 
-    fn evaluate(&self, model: &dyn BaseModel, tuned: &Tuned, batch_size: usize) -> Result<Metrics> {
+    fn evaluate_outcomes(
+        &self,
+        model: &dyn BaseModel,
+        tuned: &Tuned,
+        batch_size: usize,
+    ) -> Result<Evaluation> {
         let hooks = tuned.hooks();
         if self.eval.is_empty() {
             return Err(PeftError::Data("the evaluation set is empty".into()));
         }
         peft_core::grad::no_grad(|| {
-            let (mut sum, mut n) = (0f64, 0usize);
+            let mut loss_sums = Vec::with_capacity(self.eval.len());
             for chunk in self.eval.chunks(batch_size.max(1)) {
                 let refs: Vec<&Seq2SeqExample> = chunk.iter().collect();
-                let (s, k) = self.summed_loss(model, hooks, &refs)?;
-                sum += scalar(&s)?;
-                n += k;
+                loss_sums.extend(self.example_losses(model, hooks, &refs)?);
             }
             let predictions = self.predict(model, hooks, batch_size)?;
-            let exact = predictions
-                .iter()
-                .zip(&self.eval)
-                .filter(|(p, e)| p.as_slice() == e.labels.as_slice())
-                .count();
-            let loss = sum / n as f64;
-            let mut m = Metrics::new();
-            m.insert("loss".into(), loss);
-            m.insert("perplexity".into(), loss.exp());
-            m.insert("exact_match".into(), exact as f64 / self.eval.len() as f64);
-            Ok(m)
+            let outcomes = Outcomes::Generated {
+                loss_sums,
+                tokens: self.eval.iter().map(|e| e.labels.len()).collect(),
+                exact: predictions
+                    .iter()
+                    .zip(&self.eval)
+                    .map(|(p, e)| p.as_slice() == e.labels.as_slice())
+                    .collect(),
+            };
+            Ok(Evaluation {
+                metrics: outcomes.metrics(),
+                outcomes: Some(outcomes),
+            })
         })
     }
 

@@ -3,10 +3,10 @@
 //! `*ForTokenClassification` applies `classifier` to every final state) labels each token; the loss is the cross-entropy over labelled tokens (-100 elsewhere: sub-word continuations,
 //! special tokens, virtual tokens), with the head applied only there.
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Tensor};
 
-use super::classify::macro_f1;
-use super::{cross_entropy, gather_rows, pad_batch, scalar, Metrics, StepLoss, Task};
+use super::classify::{arg_max, row_cross_entropy};
+use super::{cross_entropy, gather_rows, pad_batch, Evaluation, Outcomes, StepLoss, Task};
 use peft_core::error::{PeftError, Result};
 
 use super::Tuned;
@@ -138,41 +138,54 @@ impl Task for TokenClassification {
         })
     }
 
-    fn evaluate(&self, model: &dyn BaseModel, tuned: &Tuned, batch_size: usize) -> Result<Metrics> {
+    fn evaluate_outcomes(
+        &self,
+        model: &dyn BaseModel,
+        tuned: &Tuned,
+        batch_size: usize,
+    ) -> Result<Evaluation> {
         if self.eval.is_empty() {
             return Err(PeftError::Data("the evaluation set is empty".into()));
         }
         peft_core::grad::no_grad(|| {
-            let k = self.num_labels;
-            let mut confusion = vec![vec![0usize; k]; k];
-            let (mut loss_sum, mut n) = (0f64, 0usize);
-            for chunk in self.eval.chunks(batch_size.max(1)) {
+            let n = self.eval.len();
+            let (mut labels, mut predictions) = (vec![Vec::new(); n], vec![Vec::new(); n]);
+            let mut loss_sums = vec![0f64; n];
+            for (c, chunk) in self.eval.chunks(batch_size.max(1)).enumerate() {
                 let refs: Vec<&TokenExample> = chunk.iter().collect();
                 if !any_labelled(&refs) {
                     continue;
                 }
                 let (logits, targets) = self.token_logits(model, tuned, &refs)?;
-                loss_sum += scalar(&cross_entropy(&logits, &targets)?)? * targets.len() as f64;
-                n += targets.len();
-                let preds = logits
-                    .argmax(D::Minus1)?
-                    .to_dtype(DType::U32)?
-                    .to_vec1::<u32>()?;
-                for (p, t) in preds.iter().zip(&targets) {
-                    confusion[*t as usize][*p as usize] += 1;
+                let rows = logits.detach().to_dtype(DType::F64)?.to_vec2::<f64>()?;
+                // token_logits lists the labelled tokens example by example, in order.
+                let mut token = 0;
+                for (j, e) in chunk.iter().enumerate() {
+                    let i = c * batch_size.max(1) + j;
+                    for _ in e.labels.iter().filter(|&&l| l >= 0) {
+                        let label = targets[token];
+                        labels[i].push(label);
+                        predictions[i].push(arg_max(&rows[token]) as u32);
+                        loss_sums[i] += row_cross_entropy(&rows[token], label as usize);
+                        token += 1;
+                    }
                 }
             }
-            if n == 0 {
+            if labels.iter().all(Vec::is_empty) {
                 return Err(PeftError::Data(
                     "the evaluation set has no labelled tokens (every label is -100)".into(),
                 ));
             }
-            let correct: usize = (0..k).map(|c| confusion[c][c]).sum();
-            let mut m = Metrics::new();
-            m.insert("accuracy".into(), correct as f64 / n as f64);
-            m.insert("loss".into(), loss_sum / n as f64);
-            m.insert("macro_f1".into(), macro_f1(&confusion));
-            Ok(m)
+            let outcomes = Outcomes::TokenClasses {
+                classes: self.num_labels,
+                labels,
+                predictions,
+                loss_sums,
+            };
+            Ok(Evaluation {
+                metrics: outcomes.metrics(),
+                outcomes: Some(outcomes),
+            })
         })
     }
 
