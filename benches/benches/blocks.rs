@@ -1,7 +1,8 @@
 //! The building blocks: the frozen projection op (`frozen_linear/<shape>/...`; SmolLM2's up projection also
 //! with its weight kept quantized, `smollm2-up_proj-q4_1` / `-q8_0`; every shape also with its weight in bf16,
 //! `frozen_linear/<shape>/bf16/...`, beside the f32 op on the same values), scaled dot-product attention
-//! (`attention/<shape>/...`) and one transformer block of the small models (`block/<model>/...`), each
+//! (`attention/<shape>/...`), the LM head fused with the loss in f32 and bf16 (`lm_head_loss/smollm2/...`)
+//! and one transformer block of the small models (`block/<model>/...`), each
 //! forward only and forward + backward; and every fused op against the composed form it replaced
 //! (`ops/<op>/<shape>/{fused,composed}`, forward + backward).
 
@@ -130,6 +131,36 @@ fn frozen_linear_bf16(c: &mut Criterion) {
     }
 }
 
+/// The LM head fused with the loss (`peft_kernels::linear_cross_entropy`) on SmolLM2's causal-LM shape (8 x
+/// 128 tokens, hidden 576, 49,152 words), forward + backward, its head in f32 and in bf16 (the same values):
+/// `lm_head_loss/smollm2/{f32,bf16}`.
+fn lm_head_loss(c: &mut Criterion) {
+    let (rows, hidden, vocab) = (8 * 128, 576, 49_152);
+    let h = Var::from_tensor(&seeded(&[rows, hidden], 4).expect("hidden")).expect("var");
+    let w16 = (seeded(&[vocab, hidden], 5).expect("head") * 0.02)
+        .and_then(|w| w.to_dtype(DType::BF16))
+        .expect("bf16 head");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+    let targets: Vec<u32> = (0..rows)
+        .map(|_| rng.random_range(0..vocab as u32))
+        .collect();
+    let mut group = c.benchmark_group("lm_head_loss/smollm2");
+    configure(&mut group);
+    for (name, w) in [
+        ("f32", w16.to_dtype(DType::F32).expect("f32 head")),
+        ("bf16", w16.clone()),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let loss =
+                    peft_kernels::linear_cross_entropy(h.as_tensor(), &w, &targets).expect("loss");
+                black_box(loss.backward().expect("backward"))
+            })
+        });
+    }
+    group.finish();
+}
+
 fn attention(c: &mut Criterion) {
     for case in [
         AttentionCase::gpt2_small().expect("case"),
@@ -187,6 +218,7 @@ criterion_group!(
     benches,
     frozen_linear,
     frozen_linear_bf16,
+    lm_head_loss,
     attention,
     block,
     ops

@@ -11,11 +11,9 @@
 //! ```
 
 use candle_core::{DType, Tensor};
-use peft_core::frozen::FrozenLinear;
 use peft_core::hooks::{Ctx, Hooks};
 use peft_core::model::Batch;
 use peft_core::quantized::QuantizedWeight;
-use peft_kernels::frozen::FrozenGemm;
 
 use crate::attention::PrefixMasks;
 use crate::error::{ModelError, Result};
@@ -49,14 +47,6 @@ pub enum TokenTable {
 }
 
 impl TokenTable {
-    /// The LM head that shares this table (a tied head).
-    pub fn tied_head(&self) -> FrozenLinear {
-        match self {
-            TokenTable::Dense(t) => FrozenLinear::new(t.clone(), None, &FrozenGemm),
-            TokenTable::Quantized(q) => FrozenLinear::quantized(q.clone(), None, &FrozenGemm),
-        }
-    }
-
     /// The dense table, where it is one.
     pub fn dense(&self) -> Option<&Tensor> {
         match self {

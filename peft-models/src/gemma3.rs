@@ -304,7 +304,7 @@ impl Gemma3 {
         }
         let final_norm = norm(&mut ld, Role::FinalNorm, "model.norm", None, h)?;
         let lm_head = if cfg.tie_word_embeddings {
-            embed_tokens.tied_head()
+            ld.tied_head(&embed_tokens)?
         } else {
             ld.head("lm_head.weight", cfg.vocab_size, h)?
         };

@@ -14,13 +14,13 @@
 //! assert!(model.spec().find_site("transformer.h.1.mlp.c_fc").is_some());
 //! ```
 
+use crate::embedding::TokenTable;
 use candle_core::{Device, Tensor};
 use peft_core::frozen::FrozenLinear;
 use peft_core::hooks::Hooks;
 use peft_core::kv_cache::KvCache;
 use peft_core::model::{BaseModel, Batch, Output};
 use peft_core::spec::{ModelSpec, Role, SiteId};
-use peft_kernels::frozen::FrozenGemm;
 
 use crate::attention::{attend, split_heads};
 use crate::config::Gpt2Config;
@@ -165,12 +165,13 @@ impl Gpt2 {
             });
         }
         let ln_f = ld.layer_norm(Role::FinalNorm, "transformer.ln_f", None, h, true, eps)?;
+        let lm_head = ld.tied_head(&TokenTable::Dense(wte.clone()))?;
         let (spec, parameters) = ld.finish(ALLOWED_UNUSED)?;
         Ok(Gpt2 {
             config: cfg.clone(),
             spec,
             device: wte.device().clone(),
-            lm_head: FrozenLinear::new(wte.clone(), None, &FrozenGemm),
+            lm_head,
             wte,
             wpe,
             blocks,

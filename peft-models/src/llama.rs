@@ -182,7 +182,7 @@ impl Llama {
         }
         let norm = ld.rms_norm(Role::FinalNorm, "model.norm", None, h, eps)?;
         let lm_head = if cfg.tie_word_embeddings {
-            embed_tokens.tied_head()
+            ld.tied_head(&embed_tokens)?
         } else {
             ld.head("lm_head.weight", cfg.vocab_size, h)?
         };

@@ -26,7 +26,8 @@ pub struct LoadOptions {
     /// formats are refused with this set, since they have no blocks to keep.
     pub keep_quantized: bool,
     /// The frozen projections' weights are stored in bf16 (mixed precision, `precision = "bf16"`): their
-    /// products round the input to bf16 and accumulate in f32. Embeddings, norms and the LM head stay f32;
-    /// weights kept quantized or trained stay as they are.
+    /// products round the input to bf16 and accumulate in f32. The LM head multiplies in bf16 too (a tied
+    /// head from a bf16 copy of the embeddings, whose lookups keep the f32 values). Embeddings and norms stay
+    /// f32; weights kept quantized or trained stay as they are.
     pub bf16_projections: bool,
 }

@@ -25,13 +25,13 @@
 
 use std::path::Path;
 
+use crate::embedding::TokenTable;
 use candle_core::{DType, Device, Tensor};
 use peft_core::frozen::FrozenLinear;
 use peft_core::hooks::Hooks;
 use peft_core::kv_cache::KvCache;
 use peft_core::model::{BaseModel, Batch, Output};
 use peft_core::spec::{ModelSpec, Role, Site, SiteId};
-use peft_kernels::frozen::FrozenGemm;
 use serde_json::Value;
 
 use crate::attention::{attend, split_heads};
@@ -245,10 +245,10 @@ impl Opt {
         } else {
             None
         };
-        let head = if cfg.tie_word_embeddings {
-            embed_tokens.clone()
+        let lm_head = if cfg.tie_word_embeddings {
+            ld.tied_head(&TokenTable::Dense(embed_tokens.clone()))?
         } else {
-            ld.tensor("lm_head.weight", &[cfg.vocab_size, word])?
+            ld.head("lm_head.weight", cfg.vocab_size, word)?
         };
         let allowed: &[Allowed] = if cfg.tie_word_embeddings {
             &[TIED_HEAD]
@@ -268,7 +268,7 @@ impl Opt {
             layers: blocks,
             final_layer_norm,
             activation,
-            lm_head: FrozenLinear::new(head, None, &FrozenGemm),
+            lm_head,
             parameters,
         })
     }

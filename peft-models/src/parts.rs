@@ -309,9 +309,24 @@ impl<'a> Loader<'a> {
         })
     }
 
-    /// An untied LM head `[vocab, hidden]` without bias (`lm_head.weight`).
+    /// An untied LM head `[vocab, hidden]` without bias (`lm_head.weight`); in bf16 under mixed precision, as
+    /// the projections are (`torch.autocast` runs the head's linear in bf16 too).
     pub fn head(&mut self, name: &str, vocab: usize, hidden: usize) -> Result<FrozenLinear> {
-        self.frozen(name, hidden, vocab, false, false)
+        self.frozen(name, hidden, vocab, false, true)
+    }
+
+    /// The LM head tied to the token embeddings `table`: the table itself, or under mixed precision a bf16
+    /// copy of it, so that the head multiplies on the bf16 units as the projections do while the lookups keep
+    /// the f32 values (half the table's size again in memory). A trained table (full fine-tuning) or one kept
+    /// quantized is the head as it is.
+    pub fn tied_head(&self, table: &TokenTable) -> Result<FrozenLinear> {
+        Ok(match table {
+            TokenTable::Dense(t) if self.weights.bf16_projections() && !t.track_op() => {
+                FrozenLinear::new(t.to_dtype(candle_core::DType::BF16)?, None, &FrozenGemm)
+            }
+            TokenTable::Dense(t) => FrozenLinear::new(t.clone(), None, &FrozenGemm),
+            TokenTable::Quantized(q) => FrozenLinear::quantized(q.clone(), None, &FrozenGemm),
+        })
     }
 
     /// A GPT-2 Conv1D module: weight `[in, out]` in the checkpoint, `[out, in]` in the returned projection (and

@@ -1,5 +1,5 @@
-//! Mixed precision (`LoadOptions::bf16_projections`, `precision = "bf16"`): every frozen projection stored in
-//! bf16, everything else f32. Against the f32 model: the tiny models of every architecture built from the same
+//! Mixed precision (`LoadOptions::bf16_projections`, `precision = "bf16"`): every frozen projection and the LM
+//! head (a tied one as a bf16 copy of the embeddings) stored in bf16, everything else f32. Against the f32 model: the tiny models of every architecture built from the same
 //! weights, and the real SmolLM2-135M (the zoo's GGUF; skipped, saying so, without it). The logits must stay
 //! within a tolerance set by bf16's precision and must differ from f32 (the bf16 path really ran); the model
 //! must report its projections stored in bf16.
@@ -134,6 +134,11 @@ fn every_tiny_architecture_in_bf16_stays_near_f32_and_stores_bf16() {
         assert!(storage.contains_key("bf16"), "{name}: {storage:?}");
         // Embeddings and norms stay f32.
         assert!(storage.contains_key("f32"), "{name}: {storage:?}");
+        if let (Some(head), Some(f32_head)) = (mixed.lm_head(), full.lm_head()) {
+            let dtype = |h: &peft_core::frozen::FrozenLinear| h.dense_weight().unwrap().dtype();
+            assert_eq!(dtype(head), DType::BF16, "{name}'s head");
+            assert_eq!(dtype(f32_head), DType::F32, "{name}'s head");
+        }
         assert_eq!(
             full.spec().num_parameters,
             mixed.spec().num_parameters,

@@ -121,7 +121,12 @@ fn head_loss(model: &dyn BaseModel, hidden: &Tensor, targets: &[u32]) -> Result<
         Some(head) if head.bias().is_none() && !head.is_trained() => {
             match head.quantized_weight() {
                 Some(q) => peft_kernels::linear_cross_entropy_quantized(hidden, q, targets),
-                None => peft_kernels::linear_cross_entropy(hidden, &head.weight()?, targets),
+                // The stored weight itself: a bf16 head (mixed precision) multiplies in bf16, where
+                // `weight()` would widen a copy of it.
+                None => match head.dense_weight() {
+                    Some(w) => peft_kernels::linear_cross_entropy(hidden, w, targets),
+                    None => peft_kernels::linear_cross_entropy(hidden, &head.weight()?, targets),
+                },
             }
         }
         _ => cross_entropy(&model.logits(hidden)?, targets),
