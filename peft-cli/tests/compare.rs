@@ -187,6 +187,57 @@ fn a_grid_writes_its_results_reproducibly_and_resumes_after_kill_9() {
     assert_eq!(stable_table(&killed.path().join("results")), table);
 }
 
+#[test]
+fn jobs_run_cells_side_by_side_on_a_share_of_the_cores_and_the_report_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let grid = write_grid(dir.path(), "");
+    let out = peft(
+        &["compare", "--jobs", "2", grid.to_str().unwrap()],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let runs = dir.path().join("results/runs");
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let threads = match std::env::var("RAYON_NUM_THREADS") {
+        Ok(n) => n.parse().unwrap(),
+        Err(_) => (cores / 2).max(1),
+    };
+    let mut spans = Vec::new();
+    for entry in std::fs::read_dir(&runs).unwrap() {
+        let path = entry.unwrap().path().join("result.json");
+        let result: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let e = &result["execution"];
+        assert_eq!(e["cells_at_once"], 2, "{}", path.display());
+        assert_eq!(e["threads"], threads, "{}", path.display());
+        spans.push((
+            e["started_unix_s"].as_f64().unwrap(),
+            e["finished_unix_s"].as_f64().unwrap(),
+        ));
+    }
+    assert_eq!(spans.len(), 7);
+    // Two processes at a time: some cell started before another had finished.
+    spans.sort_by(|a, b| a.0.total_cmp(&b.0));
+    assert!(
+        spans.windows(2).any(|w| w[1].0 < w[0].1),
+        "no two cells overlapped: {spans:?}"
+    );
+    let report = std::fs::read_to_string(dir.path().join("results/report.md")).unwrap();
+    let each = if threads == 1 {
+        "1 thread each".to_string()
+    } else {
+        format!("{threads} threads each")
+    };
+    assert!(
+        report.contains(&format!("Cells ran with {each}, 2 at a time.")),
+        "{report}"
+    );
+}
+
 /// Two toy tasks, general text for forgetting, zero-shot and LoRA over two seeds.
 fn write_two_task_grid(dir: &Path) -> PathBuf {
     write_task(dir);

@@ -109,6 +109,34 @@ pub struct CellResult {
     /// with `forgetting_text`).
     #[serde(default)]
     pub forgetting: Option<Forgetting>,
+    /// How the cell's process ran: its threads, how many cells ran at once, when (absent in results written
+    /// before it was recorded).
+    #[serde(default)]
+    pub execution: Option<Execution>,
+}
+
+/// How a cell's process ran, for the report's provenance: timings mean little without the threads they had
+/// and whether other cells shared the cores.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Execution {
+    /// Threads of the cell's kernels (`RAYON_NUM_THREADS`, or every core).
+    pub threads: usize,
+    /// Cells `peft compare` ran at a time (`--jobs`).
+    pub cells_at_once: usize,
+    /// Start and end, seconds since the Unix epoch.
+    pub started_unix_s: f64,
+    /// See `started_unix_s`.
+    pub finished_unix_s: f64,
+}
+
+/// The environment variable through which `peft compare` tells a cell how many cells run at once.
+pub const CELLS_AT_ONCE_ENV: &str = "PEFT_COMPARE_CELLS_AT_ONCE";
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// The general-text loss before and after training; forgetting is their difference (HF PEFT's method
@@ -174,7 +202,17 @@ pub fn run_cell_file(spec_path: &Path) -> Result<()> {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    let result = run_cell(&spec, &dir)?;
+    let started_unix_s = unix_now();
+    let mut result = run_cell(&spec, &dir)?;
+    result.execution = Some(Execution {
+        threads: candle_core::utils::get_num_threads(),
+        cells_at_once: std::env::var(CELLS_AT_ONCE_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1),
+        started_unix_s,
+        finished_unix_s: unix_now(),
+    });
     write_atomic(
         &dir.join("result.json"),
         serde_json::to_string_pretty(&result)?.as_bytes(),
@@ -264,6 +302,7 @@ pub fn run_cell(spec: &CellSpec, dir: &Path) -> Result<CellResult> {
             commit: source_commit(),
             dev_outcomes: outcomes,
             forgetting: None,
+            execution: None,
         });
     }
     let adapter = build_adapter(&exp, &loaded)?;
@@ -340,6 +379,7 @@ pub fn run_cell(spec: &CellSpec, dir: &Path) -> Result<CellResult> {
         commit: source_commit(),
         dev_outcomes: report.last_outcomes,
         forgetting,
+        execution: None,
     })
 }
 

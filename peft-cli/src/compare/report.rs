@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use peft_core::atomic::write_atomic;
 
-use super::cell::{CellResult, CellSpec};
+use super::cell::{CellResult, CellSpec, Execution};
 use super::grid::Grid;
 use super::leaderboard::{board, RowScores, Standing, TaskColumn, TaskScore};
 use super::stats::{interval, mean_std, paired, Interval, IntervalKind, Paired};
@@ -909,8 +909,9 @@ fn provenance(results: &[(CellSpec, CellResult)]) -> String {
         })
         .unwrap_or_else(|| std::env::consts::ARCH.to_string());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let executions: Vec<Option<Execution>> = results.iter().map(|(_, r)| r.execution).collect();
     format!(
-        "Versions: peft {}{}, candle {}. Machine: {cpu}, {cores} cores, {}.",
+        "Versions: peft {}{}, candle {}. Machine: {cpu}, {cores} cores, {}.{}",
         env!("CARGO_PKG_VERSION"),
         commits_of(
             &results
@@ -920,8 +921,53 @@ fn provenance(results: &[(CellSpec, CellResult)]) -> String {
             source_commit().as_deref()
         ),
         env!("PEFT_CANDLE_VERSION"),
-        std::env::consts::OS
+        std::env::consts::OS,
+        how_cells_ran(&executions)
     )
+}
+
+/// `" Cells ran with 1 thread each, 2 at a time."`, a clause per distinct way where they differ, and how
+/// many cells did not record it (results written before it was recorded); empty for no cells.
+fn how_cells_ran(executions: &[Option<Execution>]) -> String {
+    let mut ways: BTreeMap<(usize, usize), usize> = BTreeMap::new();
+    let mut unrecorded = 0;
+    for e in executions {
+        match e {
+            Some(e) => *ways.entry((e.threads, e.cells_at_once)).or_default() += 1,
+            None => unrecorded += 1,
+        }
+    }
+    let way = |(threads, at_once): (usize, usize)| {
+        let threads = match threads {
+            1 => "1 thread each".to_string(),
+            n => format!("{n} threads each"),
+        };
+        match at_once {
+            1 => format!("{threads}, one at a time"),
+            n => format!("{threads}, {n} at a time"),
+        }
+    };
+    let cells = |n: usize| {
+        if n == 1 {
+            "1 cell".to_string()
+        } else {
+            format!("{n} cells")
+        }
+    };
+    let mut parts: Vec<String> = if ways.len() == 1 && unrecorded == 0 {
+        ways.keys().map(|&k| way(k)).collect()
+    } else {
+        ways.iter()
+            .map(|(&k, &n)| format!("{} ({})", way(k), cells(n)))
+            .collect()
+    };
+    if unrecorded > 0 {
+        parts.push(format!("not recorded for {}", cells(unrecorded)));
+    }
+    if parts.is_empty() {
+        return String::new();
+    }
+    format!(" Cells ran with {}.", parts.join("; "))
 }
 
 /// `" (commit X)"` when every cell (id, commit) ran at `now`, the commit the report is written at; else which
@@ -959,7 +1005,30 @@ fn commits_of(cells: &[(&str, Option<&str>)], now: Option<&str>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{bytes, commits_of, mean_std, thousands};
+    use super::{bytes, commits_of, how_cells_ran, mean_std, thousands};
+    use crate::compare::cell::Execution;
+
+    #[test]
+    fn reports_say_how_the_cells_ran() {
+        let ran = |threads, cells_at_once| {
+            Some(Execution {
+                threads,
+                cells_at_once,
+                started_unix_s: 0.0,
+                finished_unix_s: 1.0,
+            })
+        };
+        assert_eq!(
+            how_cells_ran(&[ran(1, 2), ran(1, 2)]),
+            " Cells ran with 1 thread each, 2 at a time."
+        );
+        assert_eq!(
+            how_cells_ran(&[ran(2, 1), ran(1, 2), None]),
+            " Cells ran with 1 thread each, 2 at a time (1 cell); 2 threads each, one at a time (1 cell); \
+             not recorded for 1 cell."
+        );
+        assert_eq!(how_cells_ran(&[]), "");
+    }
 
     #[test]
     fn reports_name_the_commit_of_each_cell() {
