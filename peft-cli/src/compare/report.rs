@@ -127,7 +127,8 @@ pub fn write_all(
     writeln!(md, "{}\n", provenance(results))?;
     writeln!(
         md,
-        "Every cell ran in a process of its own, one after another, with the same data order and evaluation; \
+        "Every cell ran in a process of its own (how many at a time: the line above), with the same data order \
+         and evaluation; \
          values are the mean over seeds {:?} (± the standard deviation where there are several). Step time is \
          the median optimiser step; tokens/s counts real tokens over the steps' time; peak RSS is the cell \
          process's maximum resident memory, model included; latency is the median forward time of a batch of \
@@ -954,20 +955,23 @@ fn how_cells_ran(executions: &[Option<Execution>]) -> String {
             format!("{n} cells")
         }
     };
-    let mut parts: Vec<String> = if ways.len() == 1 && unrecorded == 0 {
+    let recorded: Vec<String> = if ways.len() == 1 && unrecorded == 0 {
         ways.keys().map(|&k| way(k)).collect()
     } else {
         ways.iter()
             .map(|(&k, &n)| format!("{} ({})", way(k), cells(n)))
             .collect()
     };
-    if unrecorded > 0 {
-        parts.push(format!("not recorded for {}", cells(unrecorded)));
+    match (recorded.is_empty(), unrecorded) {
+        (true, 0) => String::new(),
+        (true, _) => " How the cells ran (threads, cells at a time) was not recorded.".into(),
+        (false, 0) => format!(" Cells ran with {}.", recorded.join("; ")),
+        (false, n) => format!(
+            " Cells ran with {}; not recorded for {}.",
+            recorded.join("; "),
+            cells(n)
+        ),
     }
-    if parts.is_empty() {
-        return String::new();
-    }
-    format!(" Cells ran with {}.", parts.join("; "))
 }
 
 /// `" (commit X)"` when every cell (id, commit) ran at `now`, the commit the report is written at; else which
@@ -1026,6 +1030,10 @@ mod tests {
             how_cells_ran(&[ran(2, 1), ran(1, 2), None]),
             " Cells ran with 1 thread each, 2 at a time (1 cell); 2 threads each, one at a time (1 cell); \
              not recorded for 1 cell."
+        );
+        assert_eq!(
+            how_cells_ran(&[None, None]),
+            " How the cells ran (threads, cells at a time) was not recorded."
         );
         assert_eq!(how_cells_ran(&[]), "");
     }
