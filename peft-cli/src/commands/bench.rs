@@ -222,6 +222,7 @@ pub fn run(args: BenchArgs, comm: &dyn Communicator) -> Result<()> {
             "trainable_parameters": adapter.num_trainable(),
             "minor_faults_per_step": faults_per_step,
             "allocator": crate::ALLOCATOR,
+            "element_wise_spin_limit": std::env::var(crate::CANDLE_SPIN_ENV).ok(),
             "matmul": peft_kernels::matmul_backend(),
             "precision": format!("{:?}", args.precision).to_lowercase(),
             "bf16_kernel": peft_kernels::bf16::bf16_kernel_name(),
