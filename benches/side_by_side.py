@@ -32,7 +32,9 @@ docs do. `--gradient-checkpointing` passes `--gradient-checkpointing` to `peft b
 `gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})` on the transformers
 model before HF PEFT wraps it (non-reentrant checkpointing needs no `enable_input_require_grads`); since
 transformers only checkpoints in training mode, that side then runs in `train()` mode, every dropout being
-checked to be 0, and the warm-up step checks that the first layer really runs twice.
+checked to be 0, and the warm-up step checks that the first layer really runs twice. `--no-recompute-mlp`
+passes `--no-recompute-mlp` to `peft bench` (every MLP block composed, its activations kept; by default our
+side recomputes the MLP blocks no adapter touches in the backward, which PyTorch does not).
 
 GFLOP/s are the same analytic count of a step's products divided by each side's median step (`step_flops`):
 the frozen projections' forward and input gradient, the LM head's forward and input gradient, the attention
@@ -305,6 +307,8 @@ def peft_bench(args, method, threads):
         cmd += ["--precision", args.precision]
     if args.gradient_checkpointing:
         cmd.append("--gradient-checkpointing")
+    if args.no_recompute_mlp:
+        cmd.append("--no-recompute-mlp")
     return run_json(cmd, thread_env(threads))
 
 
@@ -319,6 +323,8 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--precision", choices=["f32", "bf16"], default="f32",
                         help="bf16: peft's bf16 frozen projections against PyTorch's bf16 autocast")
+    parser.add_argument("--no-recompute-mlp", action="store_true",
+                        help="pass --no-recompute-mlp to peft bench: keep every MLP block's activations")
     parser.add_argument("--gradient-checkpointing", action="store_true",
                         help="recompute each layer in the backward, on both sides")
     parser.add_argument("--peak", action="store_true",
@@ -445,6 +451,7 @@ def describe(args, torch_version, peak, threads=None):
              precision[args.precision]]
     if args.gradient_checkpointing:
         parts.append("gradient checkpointing")
+    parts.append("peft's MLP activations kept" if args.no_recompute_mlp else "peft's untouched MLP blocks recomputed")
     parts.append(f"median of {args.steps} steps after a warm-up")
     header = ", ".join(parts) + f"; {cpu_name()}"
     if torch_version:
@@ -454,7 +461,8 @@ def describe(args, torch_version, peak, threads=None):
     return {"header": header,
             "model": args.model, "batch": args.batch, "seq": args.seq, "steps": args.steps,
             "threads": threads, "precision": args.precision,
-            "gradient_checkpointing": args.gradient_checkpointing, "cpu": cpu_name(), "torch": torch_version,
+            "gradient_checkpointing": args.gradient_checkpointing, "recompute_mlp": not args.no_recompute_mlp,
+            "cpu": cpu_name(), "torch": torch_version,
             "peak_gflops": peak,
             "flops": "analytic: frozen projections and LM head forward + input gradient, attention products "
                      "forward + backward counted as full (not causal), adapter products ignored"}

@@ -28,7 +28,7 @@ def markdown(header, rows):
 
 def steps_table(files):
     """One row per method and run: both sides' step time, memory and GFLOP/s, and the ratios."""
-    header = ["model, batch", "precision", "checkpointing", "method", "peft step s", "torch step s", "time ratio",
+    header = ["model, batch", "precision", "checkpointing", "MLP recomputed", "method", "peft step s", "torch step s", "time ratio",
               "peft peak MB", "torch peak MB", "memory ratio", "peft GFLOP/s", "torch GFLOP/s"]
     rows = []
     for data in files:
@@ -36,7 +36,9 @@ def steps_table(files):
         for r in data["rows"]:
             o, t = r["ours"], r["torch"]
             base = [f"{s['model']}, {s['batch']} x {s['seq']}", s["precision"],
-                    "yes" if s["gradient_checkpointing"] else "no", r["method"], f"{o['step_s_median']:.3f}"]
+                    "yes" if s["gradient_checkpointing"] else "no",
+                    # Runs from before `recompute_mlp` existed kept every activation.
+                    "yes" if s.get("recompute_mlp", False) else "no", r["method"], f"{o['step_s_median']:.3f}"]
             if "step_s_median" not in t:
                 rows.append(base + ["n/a", "", f"{o['peak_rss_mb']:.0f}", "n/a", "", f"{r['ours_gflops']:.0f}", ""])
                 continue
@@ -81,7 +83,7 @@ def main():
             steps.append(data)
     order = {"gpt2-124m": 0, "llama-135m": 1}
     steps.sort(key=lambda d: (order.get(d["setup"]["model"], 9), d["setup"]["gradient_checkpointing"],
-                              d["setup"]["precision"] != "f32"))
+                              d["setup"]["precision"] != "f32", not d["setup"].get("recompute_mlp", False)))
     if steps:
         setup = steps[0]["setup"]
         peaks = setup.get("peak_gflops") or {}

@@ -1,7 +1,8 @@
 //! The building blocks: the frozen projection op (`frozen_linear/<shape>/...`; SmolLM2's up projection also
 //! with its weight kept quantized, `smollm2-up_proj-q4_1` / `-q8_0`; every shape also with its weight in bf16,
 //! `frozen_linear/<shape>/bf16/...`, beside the f32 op on the same values), scaled dot-product attention
-//! (`attention/<shape>/...`), the LM head fused with the loss in f32 and bf16 (`lm_head_loss/smollm2/...`)
+//! (`attention/<shape>/...`), the LM head fused with the loss in f32 and bf16 (`lm_head_loss/smollm2/...`),
+//! LLaMA's MLP block recomputed in the backward against composed (`mlp_block/smollm2/{recomputed,composed}`)
 //! and one transformer block of the small models (`block/<model>/...`), each
 //! forward only and forward + backward; and every fused op against the composed form it replaced
 //! (`ops/<op>/<shape>/{fused,composed}`, forward + backward).
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor, Var};
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
-use peft_benches::blocks::{AttentionCase, BlockCase, FrozenLinearCase};
+use peft_benches::blocks::{AttentionCase, BlockCase, FrozenLinearCase, MlpBlockCase};
 use peft_benches::ops::{Form, OpCase};
 use peft_core::frozen::FrozenLinear;
 use rand::{Rng, SeedableRng};
@@ -161,6 +162,20 @@ fn lm_head_loss(c: &mut Criterion) {
     group.finish();
 }
 
+/// LLaMA's MLP block on SmolLM2's shape, forward + backward: one op that keeps only its input and recomputes
+/// the norm, gate, up and SiLU-gate in its backward, against the composed ops that keep all of them.
+fn mlp_block(c: &mut Criterion) {
+    let case = MlpBlockCase::smollm2().expect("case");
+    let mut group = c.benchmark_group("mlp_block/smollm2");
+    configure(&mut group);
+    for (name, recomputed) in [("recomputed", true), ("composed", false)] {
+        group.bench_function(name, |b| {
+            b.iter(|| black_box(case.forward_backward(recomputed).expect("backward")))
+        });
+    }
+    group.finish();
+}
+
 fn attention(c: &mut Criterion) {
     for case in [
         AttentionCase::gpt2_small().expect("case"),
@@ -219,6 +234,7 @@ criterion_group!(
     frozen_linear,
     frozen_linear_bf16,
     lm_head_loss,
+    mlp_block,
     attention,
     block,
     ops

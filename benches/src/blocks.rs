@@ -114,6 +114,58 @@ impl FrozenLinearCase {
     }
 }
 
+/// LLaMA's MLP block, `x + down(silu(gate(n)) * up(n))` with `n = rms_norm(x)`, on SmolLM2-135M's shape at 8 x
+/// 128 tokens (x `[1024, 576]`, width 1536): composed of ops, each keeping its inputs for the backward, or as
+/// the one op of [`peft_core::recompute`] that keeps only `x` and recomputes the rest in its backward.
+pub struct MlpBlockCase {
+    x: Var,
+    norm: Tensor,
+    gate: FrozenLinear,
+    up: FrozenLinear,
+    down: FrozenLinear,
+}
+
+impl MlpBlockCase {
+    /// SmolLM2-135M's MLP on 8 x 128 tokens.
+    pub fn smollm2() -> peft_core::Result<Self> {
+        let (rows, hidden, width) = (8 * 128, 576, 1536);
+        let gemm = &peft_kernels::frozen::FrozenGemm;
+        let weight = |shape: &[usize], seed| -> peft_core::Result<Tensor> {
+            Ok((seeded(shape, seed)? * 0.04)?)
+        };
+        Ok(MlpBlockCase {
+            x: Var::from_tensor(&seeded(&[rows, hidden], 1)?)?,
+            norm: (seeded(&[hidden], 2)?.abs()? + 0.5)?,
+            gate: FrozenLinear::new(weight(&[width, hidden], 3)?, None, gemm),
+            up: FrozenLinear::new(weight(&[width, hidden], 4)?, None, gemm),
+            down: FrozenLinear::new(weight(&[hidden, width], 5)?, None, gemm),
+        })
+    }
+
+    fn inner(&self) -> peft_core::recompute::Inner {
+        let (norm, gate, up) = (self.norm.clone(), self.gate.clone(), self.up.clone());
+        std::sync::Arc::new(move |x: &Tensor| {
+            let n = peft_kernels::rms_norm(x, &norm, 1e-5)?;
+            peft_kernels::silu_mul(&gate.forward(&n)?, &up.forward(&n)?)
+        })
+    }
+
+    /// Forward and backward of `sum(y)`, recomputed (`true`) or composed; the gradient of `x`.
+    pub fn forward_backward(&self, recomputed: bool) -> peft_core::Result<Tensor> {
+        let x = self.x.as_tensor();
+        let y = if recomputed {
+            peft_core::recompute::residual_recomputed(x, self.inner(), &self.down)?
+        } else {
+            (x + self.down.forward(&self.inner()(x)?)?)?
+        };
+        let grads = y.sum_all()?.backward()?;
+        grads
+            .get(x)
+            .cloned()
+            .ok_or_else(|| PeftError::Unsupported("the block gave no input gradient".into()))
+    }
+}
+
 /// Queries, keys and values `[batch, heads, seq, head_dim]` of one causal self-attention, as variables.
 pub struct AttentionCase {
     name: &'static str,

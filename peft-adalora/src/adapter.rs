@@ -323,6 +323,11 @@ impl Hooks for AdaLora {
         let i = self.bias_at.get(site)?;
         Some(peft_core::grad::param(&self.biases[i].value))
     }
+
+    /// The adapted projections, and those whose bias trains.
+    fn touches(&self, site: SiteId) -> bool {
+        self.layer_at.get(site).is_some() || self.bias_at.get(site).is_some()
+    }
 }
 
 /// The names of the allocator's state tensors of `module`'s factor `which`.

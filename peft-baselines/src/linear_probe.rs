@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use candle_core::{Tensor, Var};
 use peft_core::hooks::Hooks;
 use peft_core::method::{Adapter, CommonConfig, InitCtx, PeftMethod};
+use peft_core::spec::SiteId;
 use peft_core::Result;
 use serde::{Deserialize, Serialize};
 
@@ -42,7 +43,12 @@ pub struct LinearProbe {
     config: LinearProbeConfig,
 }
 
-impl Hooks for LinearProbe {}
+impl Hooks for LinearProbe {
+    /// The base runs as it is; only the head around it trains.
+    fn touches(&self, _site: SiteId) -> bool {
+        false
+    }
+}
 
 impl Adapter for LinearProbe {
     fn config(&self) -> &dyn PeftMethod {

@@ -86,6 +86,11 @@ impl Hooks for BitFit {
             .get(&site)
             .map(|&i| peft_core::grad::param(&self.biases[i].var))
     }
+
+    /// The sites whose bias trains.
+    fn touches(&self, site: SiteId) -> bool {
+        self.by_site.contains_key(&site)
+    }
 }
 
 impl Adapter for BitFit {

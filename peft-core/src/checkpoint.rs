@@ -222,6 +222,10 @@ fn layer_seed(seed: u64, i: usize) -> u64 {
 }
 
 impl Hooks for Checkpointing<'_> {
+    fn touches(&self, site: SiteId) -> bool {
+        self.inner.touches(site)
+    }
+
     fn embeddings(&self, x: Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         self.inner.embeddings(x, ctx)
     }

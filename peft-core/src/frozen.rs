@@ -46,6 +46,20 @@ pub trait FrozenProduct: Debug + Send + Sync {
         self.affine(x, &weight.dequantize()?, bias)
     }
 
+    /// `dy W` for `dy` `[.., out]`: the input gradient of [`FrozenProduct::affine`], for callers that run a
+    /// frozen layer's backward themselves (a block recomputed in the backward, [`crate::recompute`]). It must
+    /// equal what the product's own backward gives. The default is candle's matmul on an f32 copy of the
+    /// weight, which is [`CandleProduct`]'s backward.
+    fn input_grad(&self, dy: &Tensor, weight: &Tensor) -> Result<Tensor> {
+        let weight = weight.detach().to_dtype(DType::F32)?;
+        Ok(dy.broadcast_matmul(&weight)?)
+    }
+
+    /// [`FrozenProduct::input_grad`] for a weight kept quantized; the default dequantizes all of it.
+    fn input_grad_quantized(&self, dy: &Tensor, weight: &QuantizedWeight) -> Result<Tensor> {
+        self.input_grad(dy, &weight.dequantize()?)
+    }
+
     /// A short name for reports (`peft bench` prints it).
     fn name(&self) -> String;
 }
@@ -229,6 +243,15 @@ impl FrozenLinear {
     /// gradient is kept for it.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_with_bias(x, self.bias.as_ref())
+    }
+
+    /// `dy W` for `dy` `[.., out]`: the gradient of this layer's input, as its product's backward computes it
+    /// (never a gradient of the weight or bias).
+    pub fn input_grad(&self, dy: &Tensor) -> Result<Tensor> {
+        match &self.weight {
+            Stored::Quantized(q) => self.product.input_grad_quantized(dy, q),
+            Stored::Dense(w) => self.product.input_grad(dy, w),
+        }
     }
 
     /// `x W^T` plus a replacement bias instead of the frozen one (BitFit passes its trainable bias here).

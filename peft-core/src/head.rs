@@ -216,6 +216,10 @@ impl WithClassifier {
 }
 
 impl Hooks for WithClassifier {
+    fn touches(&self, site: SiteId) -> bool {
+        self.inner.touches(site)
+    }
+
     fn embeddings(&self, x: Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         self.inner.embeddings(x, ctx)
     }

@@ -128,6 +128,18 @@ pub trait Hooks: Send + Sync {
         frozen(x, self.norm_weight(site).as_ref(), self.bias(site).as_ref())
     }
 
+    /// Whether these hooks may change what the model computes at `site`: through [`Hooks::linear`],
+    /// [`Hooks::bias`], [`Hooks::norm_weight`], [`Hooks::project`] or [`Hooks::norm`]. Where every site of a
+    /// block answers `false`, the model may run the block's frozen layers as one op that keeps only its input
+    /// for the backward and recomputes the rest there ([`crate::recompute`]), so an adapter's own inputs would
+    /// never be seen. The default, `true`, is always safe: hooks that do not answer keep the plain path.
+    /// Methods that steer only the embeddings or the attention prefix, or only some projections, answer for
+    /// the sites they leave alone.
+    fn touches(&self, site: SiteId) -> bool {
+        let _ = site;
+        true
+    }
+
     /// The model's stack of `count` layers on `x`, where `layer(i, h)` runs layer `i` on `h`. The default runs
     /// them in order; gradient checkpointing ([`crate::checkpoint`]) overrides it, keeping only each layer's
     /// input and running the layer again in the backward. Methods never override it.
@@ -182,4 +194,8 @@ pub fn positions_taken(
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoHooks;
 
-impl Hooks for NoHooks {}
+impl Hooks for NoHooks {
+    fn touches(&self, _site: SiteId) -> bool {
+        false
+    }
+}

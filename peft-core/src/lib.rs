@@ -33,6 +33,7 @@ pub mod mixed;
 pub mod model;
 pub mod prompt_learning;
 pub mod quantized;
+pub mod recompute;
 pub mod spec;
 pub mod stack;
 pub mod tuner;

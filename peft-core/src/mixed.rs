@@ -172,6 +172,10 @@ fn left_pad(t: &Tensor, dim: usize, n: usize) -> Result<Tensor> {
 }
 
 impl Hooks for MixedHooks<'_> {
+    fn touches(&self, site: SiteId) -> bool {
+        self.groups.iter().any(|g| self.hooks_of(g).touches(site))
+    }
+
     fn embeddings(&self, x: Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         if let Some(h) = self.single() {
             return h.embeddings(x, ctx);

@@ -156,6 +156,10 @@ impl Hooks for Stack {
     fn norm_weight(&self, site: SiteId) -> Option<Tensor> {
         self.members.iter().find_map(|m| m.norm_weight(site))
     }
+
+    fn touches(&self, site: SiteId) -> bool {
+        self.members.iter().any(|m| m.touches(site))
+    }
 }
 
 impl Adapter for Stack {

@@ -47,6 +47,26 @@ impl FrozenProduct for FrozenGemm {
     fn name(&self) -> String {
         crate::matmul_backend()
     }
+
+    fn input_grad(&self, dy: &Tensor, weight: &Tensor) -> Result<Tensor> {
+        if !cpu::covers(dy) {
+            return CandleProduct.input_grad(dy, weight);
+        }
+        if crate::bf16::is_bf16_on_cpu(weight) {
+            return Ok(bf16_input_grad(dy, weight)?);
+        }
+        if !cpu::covers(weight) {
+            return CandleProduct.input_grad(dy, weight);
+        }
+        Ok(input_grad(dy, weight)?)
+    }
+
+    fn input_grad_quantized(&self, dy: &Tensor, weight: &QuantizedWeight) -> Result<Tensor> {
+        if !cpu::covers(dy) {
+            return CandleProduct.input_grad(dy, &weight.dequantize()?);
+        }
+        Ok(crate::quantized::input_grad(dy, weight)?)
+    }
 }
 
 /// `x W^T` over the last dimension of `x`, with a backward that yields the gradient of `x` only.

@@ -212,6 +212,11 @@ impl Hooks for LnTuning {
     fn bias(&self, site: SiteId) -> Option<Tensor> {
         self.tuned(site)?.bias.as_ref().map(peft_core::grad::param)
     }
+
+    /// The tuned norms.
+    fn touches(&self, site: SiteId) -> bool {
+        self.tuned(site).is_some()
+    }
 }
 
 impl Adapter for LnTuning {

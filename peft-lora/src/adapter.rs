@@ -332,6 +332,11 @@ impl Hooks for Lora {
         let i = self.bias_at.get(site)?;
         Some(peft_core::grad::param(&self.biases[i].value))
     }
+
+    /// The targeted projections, and those whose bias trains (`bias = "all"` / `"lora_only"`).
+    fn touches(&self, site: SiteId) -> bool {
+        self.layer_at.get(site).is_some() || self.bias_at.get(site).is_some()
+    }
 }
 
 impl Adapter for Lora {

@@ -207,11 +207,14 @@ impl Gpt2 {
         let (k, v, bias) = pass.keys_values(layer, k, v)?;
         let attn = attend(&q, &k, &v, None, &bias, block.scale, layer)?;
         let x = (x + block.attn_proj.forward(&attn, hooks)?)?;
-        let normed = block.ln_2.forward(&x, hooks)?;
-        let inner = self
-            .activation
-            .apply(&block.c_fc.forward(&normed, hooks)?)?;
-        Ok((&x + block.mlp_proj.forward(&inner, hooks)?)?)
+        crate::mlp_block::plain(
+            &x,
+            &block.ln_2,
+            &block.c_fc,
+            self.activation,
+            &block.mlp_proj,
+            hooks,
+        )
     }
 
     /// The forward pass, with a key/value cache or without.

@@ -23,6 +23,7 @@ pub mod gpt2;
 pub mod hub;
 pub mod llama;
 pub mod loaded;
+mod mlp_block;
 pub mod opt;
 pub mod parts;
 pub mod random;

@@ -240,11 +240,14 @@ impl Llama {
         let scale = (d as f64).powf(-0.5);
         let attn = attend(&q, &k, &v, None, &bias, scale, index)?;
         let x = (x + layer.o_proj.forward(&attn, hooks)?)?;
-        let normed = layer.post_attention_layernorm.forward(&x, hooks)?;
-        let gate = layer.gate_proj.forward(&normed, hooks)?;
-        let up = layer.up_proj.forward(&normed, hooks)?;
-        let inner = peft_kernels::silu_mul(&gate, &up)?;
-        Ok((&x + layer.down_proj.forward(&inner, hooks)?)?)
+        crate::mlp_block::gated(
+            &x,
+            &layer.post_attention_layernorm,
+            &layer.gate_proj,
+            &layer.up_proj,
+            &layer.down_proj,
+            hooks,
+        )
     }
 
     /// The forward pass, with a key/value cache or without.

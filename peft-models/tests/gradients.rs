@@ -22,22 +22,32 @@ fn randn(seed: u64, std: f32, shape: &[usize], dev: &Device) -> Tensor {
     Tensor::from_vec(values, shape, dev).unwrap()
 }
 
-/// Prompt tuning: prepends a trainable `[1, P, hidden]` prompt to the word embeddings.
-struct Prompt(Var);
+/// Prompt tuning: prepends a trainable `[1, P, hidden]` prompt to the word embeddings. With `recompute`, the
+/// hooks say that they touch no projection, so the models run their MLP blocks recomputed in the backward.
+struct Prompt {
+    var: Var,
+    recompute: bool,
+}
 
 impl Hooks for Prompt {
     fn embeddings(&self, x: Tensor, ctx: &mut Ctx) -> peft_core::Result<Tensor> {
         let (b, _, h) = x.dims3()?;
-        let prompt = self.0.as_tensor().broadcast_as((b, PROMPT, h))?;
+        let prompt = self.var.as_tensor().broadcast_as((b, PROMPT, h))?;
         ctx.prepend_virtual_tokens(PROMPT)?;
         Ok(Tensor::cat(&[&prompt, &x], 1)?)
     }
+
+    fn touches(&self, _site: SiteId) -> bool {
+        !self.recompute
+    }
 }
 
-/// Prefix tuning: the same trainable key/value prefix `[1, kv_heads, P, head_dim]` in every layer.
+/// Prefix tuning: the same trainable key/value prefix `[1, kv_heads, P, head_dim]` in every layer; `recompute`
+/// as for [`Prompt`].
 struct Prefix {
     key: Var,
     value: Var,
+    recompute: bool,
 }
 
 impl Hooks for Prefix {
@@ -47,6 +57,23 @@ impl Hooks for Prefix {
             value: self.value.as_tensor().clone(),
         }))
     }
+
+    fn touches(&self, _site: SiteId) -> bool {
+        !self.recompute
+    }
+}
+
+/// The gradient of the recomputed blocks against the composed ones': the same up to the order of sums.
+fn assert_same_gradient(recomputed: &Tensor, composed: &Tensor) {
+    let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let (a, b) = (values(recomputed), values(composed));
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = peft_testing::max_diff(&a, &b);
+    assert!(scale > 1e-3, "the gradient is near zero ({scale})");
+    assert!(
+        diff <= 1e-5 * scale,
+        "recomputed blocks give a gradient {diff} away from the composed ones' (scale {scale})"
+    );
 }
 
 fn batch(dev: &Device) -> Batch {
@@ -135,15 +162,23 @@ fn prompt_gradient(model: &dyn BaseModel) {
     let dev = model.device().clone();
     let h = model.spec().hidden_size;
     let prompt = Var::from_tensor(&randn(1, 0.5, &[1, PROMPT, h], &dev)).unwrap();
-    let hooks = Prompt(prompt.clone());
     let weights = loss_weights(model, PROMPT + 5);
-    let grads = loss(model, &hooks, &weights).backward().unwrap();
-    let g = grads
-        .get(prompt.as_tensor())
-        .expect("the prompt receives a gradient")
-        .clone();
-    assert_no_frozen_gradient(model, &grads);
-    check_finite_differences(model, &hooks, &prompt, &weights, &g);
+    let mut gradients = Vec::new();
+    for recompute in [false, true] {
+        let hooks = Prompt {
+            var: prompt.clone(),
+            recompute,
+        };
+        let grads = loss(model, &hooks, &weights).backward().unwrap();
+        let g = grads
+            .get(prompt.as_tensor())
+            .expect("the prompt receives a gradient")
+            .clone();
+        assert_no_frozen_gradient(model, &grads);
+        check_finite_differences(model, &hooks, &prompt, &weights, &g);
+        gradients.push(g);
+    }
+    assert_same_gradient(&gradients[1], &gradients[0]);
 }
 
 fn prefix_gradient(model: &dyn BaseModel) {
@@ -152,20 +187,27 @@ fn prefix_gradient(model: &dyn BaseModel) {
     let shape = [1, spec.num_kv_heads, PROMPT, spec.head_dim];
     let key = Var::from_tensor(&randn(2, 1.0, &shape, &dev)).unwrap();
     let value = Var::from_tensor(&randn(3, 1.0, &shape, &dev)).unwrap();
-    let hooks = Prefix {
-        key: key.clone(),
-        value: value.clone(),
-    };
     let weights = loss_weights(model, 5);
-    let grads = loss(model, &hooks, &weights).backward().unwrap();
-    assert_no_frozen_gradient(model, &grads);
-    for var in [&key, &value] {
-        let g = grads
-            .get(var.as_tensor())
-            .expect("the prefix receives a gradient")
-            .clone();
-        check_finite_differences(model, &hooks, var, &weights, &g);
+    let mut gradients = Vec::new();
+    for recompute in [false, true] {
+        let hooks = Prefix {
+            key: key.clone(),
+            value: value.clone(),
+            recompute,
+        };
+        let grads = loss(model, &hooks, &weights).backward().unwrap();
+        assert_no_frozen_gradient(model, &grads);
+        for var in [&key, &value] {
+            let g = grads
+                .get(var.as_tensor())
+                .expect("the prefix receives a gradient")
+                .clone();
+            check_finite_differences(model, &hooks, var, &weights, &g);
+            gradients.push(g);
+        }
     }
+    assert_same_gradient(&gradients[2], &gradients[0]);
+    assert_same_gradient(&gradients[3], &gradients[1]);
 }
 
 #[test]

@@ -20,6 +20,7 @@ use candle_core::{DType, Tensor, Var};
 use peft_core::hooks::{Ctx, Hooks, KvPrefix};
 use peft_core::method::{Adapter, PeftMethod};
 use peft_core::prompt_learning::decoder_prefix_slot;
+use peft_core::spec::SiteId;
 use peft_core::{PeftError, Result};
 
 use crate::config::PrefixTuningConfig;
@@ -95,6 +96,11 @@ impl Hooks for PrefixTuning {
             token_dim / heads,
             batch,
         )?))
+    }
+
+    /// Only the attention's keys and values gain a prefix: every projection and norm runs as frozen.
+    fn touches(&self, _site: SiteId) -> bool {
+        false
     }
 }
 

@@ -227,6 +227,11 @@ impl Hooks for Vera {
         let i = self.bias_at.get(site)?;
         Some(peft_core::grad::param(&self.biases[i].value))
     }
+
+    /// The adapted projections, and those whose bias trains.
+    fn touches(&self, site: SiteId) -> bool {
+        self.layer_at.get(site).is_some() || self.bias_at.get(site).is_some()
+    }
 }
 
 impl Adapter for Vera {

@@ -144,6 +144,11 @@ impl Hooks for Ia3 {
             Ok(next(x)?.broadcast_mul(&l)?)
         }
     }
+
+    /// The scaled projections; a model may run the blocks of the others recomputed in the backward.
+    fn touches(&self, site: SiteId) -> bool {
+        self.by_site.get(site).is_some()
+    }
 }
 
 impl Adapter for Ia3 {

@@ -118,6 +118,10 @@ pub struct BenchArgs {
     /// (`[training] gradient_checkpointing`).
     #[arg(long)]
     gradient_checkpointing: bool,
+    /// Keep every MLP block's activations for the backward instead of recomputing the blocks no adapter
+    /// touches (`[training] recompute_mlp = false`): more memory, less time.
+    #[arg(long)]
+    no_recompute_mlp: bool,
 }
 
 /// `--precision`.
@@ -178,6 +182,7 @@ pub fn run(args: BenchArgs, comm: &dyn Communicator) -> Result<()> {
         eval_every: 0,
         checkpoints: false,
         gradient_checkpointing: args.gradient_checkpointing,
+        recompute_mlp: !args.no_recompute_mlp,
         precision: match args.precision {
             BenchPrecision::F32 => Precision::F32,
             BenchPrecision::Bf16 => Precision::Bf16,
@@ -227,6 +232,7 @@ pub fn run(args: BenchArgs, comm: &dyn Communicator) -> Result<()> {
             "precision": format!("{:?}", args.precision).to_lowercase(),
             "bf16_kernel": peft_kernels::bf16::bf16_kernel_name(),
             "gradient_checkpointing": args.gradient_checkpointing,
+            "recompute_mlp": !args.no_recompute_mlp,
             "step_s": &report.step_seconds[1..],
         });
         println!("{out}");

@@ -212,6 +212,11 @@ impl<C: PeftMethod + Clone + 'static, F: Factors> Hooks for LycorisAdapter<C, F>
         let w = layer.forward_weight(&self.dropout)?.to_dtype(x.dtype())?;
         Ok((y + x.broadcast_matmul(&w.t()?)?)?)
     }
+
+    /// The adapted projections.
+    fn touches(&self, site: SiteId) -> bool {
+        self.layer_at.get(site).is_some()
+    }
 }
 
 impl<C: PeftMethod + Clone + 'static, F: Factors> Adapter for LycorisAdapter<C, F> {

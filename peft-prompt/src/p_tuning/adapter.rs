@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use candle_core::{Tensor, Var};
 use peft_core::hooks::{Ctx, Hooks};
 use peft_core::method::{Adapter, PeftMethod};
+use peft_core::spec::SiteId;
 use peft_core::{PeftError, Result};
 
 use super::config::PromptEncoderConfig;
@@ -74,6 +75,11 @@ impl Hooks for PTuning {
         // One encoder pass for the whole batch, broadcast to every row (HF PEFT repeats one sample).
         let n = self.config.prompt_learning.num_virtual_tokens;
         prepend(&self.prompt()?, n, x, ctx)
+    }
+
+    /// Only the embeddings change: every projection and norm runs as frozen.
+    fn touches(&self, _site: SiteId) -> bool {
+        false
     }
 }
 

@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use candle_core::{Tensor, Var};
 use peft_core::hooks::{Ctx, Hooks};
 use peft_core::method::{Adapter, PeftMethod};
+use peft_core::spec::SiteId;
 use peft_core::Result;
 
 use super::config::PromptTuningConfig;
@@ -46,6 +47,11 @@ impl Hooks for PromptTuning {
         let prompt = peft_core::grad::param(&self.embedding);
         let n = self.config.prompt_learning.num_virtual_tokens;
         prepend(&prompt, n, x, ctx)
+    }
+
+    /// Only the embeddings change: every projection and norm runs as frozen.
+    fn touches(&self, _site: SiteId) -> bool {
+        false
     }
 }
 

@@ -26,6 +26,7 @@ use crate::dist::pack::all_reduce_tensors;
 use crate::dist::shard;
 use peft_core::checkpoint::Checkpointing;
 use peft_core::error::{PeftError, Result};
+use peft_core::recompute::KeepActivations;
 
 /// What one optimiser step did and measured.
 #[derive(Debug, Default)]
@@ -124,6 +125,10 @@ impl Trainer<'_> {
         });
         let checkpointed = checkpointing.as_ref().map(|ck| run.tuned.with_hooks(ck));
         let tuned = checkpointed.as_ref().unwrap_or(&run.tuned);
+        // `recompute_mlp = false`: hooks that claim every site, so that the models keep each block composed.
+        let keep = (!c.recompute_mlp).then(|| KeepActivations(tuned.hooks()));
+        let kept = keep.as_ref().map(|k| tuned.with_hooks(k));
+        let tuned = kept.as_ref().unwrap_or(tuned);
         let out = self.task.loss(self.model, tuned, ours)?;
         outcome.forward_seconds += forward_started.elapsed().as_secs_f64();
         // The micro-batch's loss terms and tokens over all ranks.
