@@ -2,7 +2,8 @@
 //! whose layers run as one checkpointable stack (GPT-2, LLaMA, OPT, Gemma-3, LLaMA over a quantized base,
 //! BERT with a classification head), on seeded tiny models. One micro-batch's gradient of every trainable
 //! tensor must equal the unchecked one; the trainer with `gradient_checkpointing = true` must follow the same
-//! losses; T5 is refused by name.
+//! losses; T5 is refused by name. Also the trainer with `recompute_mlp = false` (every MLP block composed)
+//! against the default, which recomputes the blocks no adapter touches.
 
 use candle_core::Tensor;
 use peft_core::checkpoint::Checkpointing;
@@ -172,6 +173,7 @@ fn train(
     adapter: &dyn Adapter,
     task: &dyn Task,
     checkpointing: bool,
+    recompute_mlp: bool,
 ) -> Vec<f64> {
     let config = TrainConfig {
         max_steps: 4,
@@ -180,6 +182,7 @@ fn train(
         progress: false,
         checkpoints: false,
         gradient_checkpointing: checkpointing,
+        recompute_mlp,
         output_dir: tempfile::tempdir().unwrap().keep(),
         ..TrainConfig::default()
     };
@@ -200,11 +203,13 @@ fn the_trainer_with_gradient_checkpointing_follows_the_same_losses() {
         build("llama", &model, &config).as_ref(),
         &lm_task(),
         false,
+        true,
     );
     let checked = train(
         &model,
         build("llama", &model, &config).as_ref(),
         &lm_task(),
+        true,
         true,
     );
     assert_eq!(plain.len(), 4);
@@ -214,6 +219,42 @@ fn the_trainer_with_gradient_checkpointing_follows_the_same_losses() {
             (a - b).abs() < 1e-5,
             "plain {plain:?} vs checkpointed {checked:?}"
         );
+    }
+}
+
+#[test]
+fn keeping_the_mlp_activations_follows_the_same_losses() {
+    peft_cli::link_methods();
+    // Prompt tuning touches no projection, so by default every MLP block runs recomputed.
+    let config = json!({"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 3});
+    for arch in ["gpt2", "llama"] {
+        let model: Box<dyn BaseModel> = match arch {
+            "gpt2" => Box::new(peft_models::tiny::gpt2(16)),
+            _ => Box::new(peft_models::tiny::llama(16)),
+        };
+        let run = |checkpointing, recompute_mlp| {
+            let adapter = build(arch, model.as_ref(), &config);
+            train(
+                model.as_ref(),
+                adapter.as_ref(),
+                &lm_task(),
+                checkpointing,
+                recompute_mlp,
+            )
+        };
+        let recomputed = run(false, true);
+        assert_eq!(recomputed.len(), 4, "{arch}: four steps");
+        for (what, other) in [
+            ("kept", run(false, false)),
+            ("checkpointed", run(true, true)),
+        ] {
+            for (a, b) in recomputed.iter().zip(&other) {
+                assert!(
+                    (a - b).abs() < 1e-5,
+                    "{arch}: recomputed {recomputed:?} vs {what} {other:?}"
+                );
+            }
+        }
     }
 }
 
