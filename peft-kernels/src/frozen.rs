@@ -49,16 +49,10 @@ impl FrozenProduct for FrozenGemm {
     }
 
     fn input_grad(&self, dy: &Tensor, weight: &Tensor) -> Result<Tensor> {
-        if !cpu::covers(dy) {
-            return CandleProduct.input_grad(dy, weight);
+        match kernel_weight(dy, weight) {
+            Some(w) => Ok(w.input_grad(dy)?),
+            None => CandleProduct.input_grad(dy, weight),
         }
-        if crate::bf16::is_bf16_on_cpu(weight) {
-            return Ok(bf16_input_grad(dy, weight)?);
-        }
-        if !cpu::covers(weight) {
-            return CandleProduct.input_grad(dy, weight);
-        }
-        Ok(input_grad(dy, weight)?)
     }
 
     fn input_grad_quantized(&self, dy: &Tensor, weight: &QuantizedWeight) -> Result<Tensor> {
@@ -78,15 +72,25 @@ pub fn frozen_matmul(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
 /// gradient of `x` only; a trained `b` (BitFit) is the op's second argument, whose gradient (the column sums
 /// of the output gradient) the same kernel computes.
 pub fn frozen_affine(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let bias_ok = bias.is_none_or(cpu::covers);
-    if cpu::covers(x) && bias_ok && crate::bf16::is_bf16_on_cpu(weight) {
-        return apply(x, OpWeight::Bf16(weight.detach()), bias);
-    }
-    if !cpu::covers(x) || !cpu::covers(weight) || !bias_ok {
+    match kernel_weight(x, weight) {
+        Some(w) if bias.is_none_or(cpu::covers) => apply(x, w, bias),
         // Only f32 on the CPU has the kernel; elsewhere candle's ops compute the same values.
-        return CandleProduct.affine(x, weight, bias);
+        _ => CandleProduct.affine(x, weight, bias),
     }
-    apply(x, OpWeight::Dense(weight.detach()), bias)
+}
+
+/// The weight as this crate's kernels take it, for an f32 CPU `x` (an input, or an output gradient) and an
+/// f32 or bf16 CPU weight; `None` where only the reference product covers them.
+fn kernel_weight(x: &Tensor, weight: &Tensor) -> Option<OpWeight> {
+    if !cpu::covers(x) {
+        None
+    } else if crate::bf16::is_bf16_on_cpu(weight) {
+        Some(OpWeight::Bf16(weight.detach()))
+    } else if cpu::covers(weight) {
+        Some(OpWeight::Dense(weight.detach()))
+    } else {
+        None
+    }
 }
 
 /// The frozen weight an op holds: f32 values, blocks of a quantized format that [`crate::quantized`] walks,
