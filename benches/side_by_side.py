@@ -34,7 +34,8 @@ model before HF PEFT wraps it (non-reentrant checkpointing needs no `enable_inpu
 transformers only checkpoints in training mode, that side then runs in `train()` mode, every dropout being
 checked to be 0, and the warm-up step checks that the first layer really runs twice. `--no-recompute-mlp`
 passes `--no-recompute-mlp` to `peft bench` (every MLP block composed, its activations kept; by default our
-side recomputes the MLP blocks no adapter touches in the backward, which PyTorch does not).
+side recomputes the MLP blocks no adapter touches in the backward, which PyTorch does not, and in bf16 keeps
+their gate / up outputs in bf16 and recomputes only the norm and the activation).
 
 GFLOP/s are the same analytic count of a step's products divided by each side's median step (`step_flops`):
 the frozen projections' forward and input gradient, the LM head's forward and input gradient, the attention
@@ -451,7 +452,12 @@ def describe(args, torch_version, peak, threads=None):
              precision[args.precision]]
     if args.gradient_checkpointing:
         parts.append("gradient checkpointing")
-    parts.append("peft's MLP activations kept" if args.no_recompute_mlp else "peft's untouched MLP blocks recomputed")
+    if args.no_recompute_mlp:
+        parts.append("peft's MLP activations kept")
+    elif args.precision == "bf16":
+        parts.append("peft's untouched MLP blocks keep gate / up in bf16")
+    else:
+        parts.append("peft's untouched MLP blocks recomputed")
     parts.append(f"median of {args.steps} steps after a warm-up")
     header = ", ".join(parts) + f"; {cpu_name()}"
     if torch_version:

@@ -2,7 +2,8 @@
 //! with its weight kept quantized, `smollm2-up_proj-q4_1` / `-q8_0`; every shape also with its weight in bf16,
 //! `frozen_linear/<shape>/bf16/...`, beside the f32 op on the same values), scaled dot-product attention
 //! (`attention/<shape>/...`), the LM head fused with the loss in f32 and bf16 (`lm_head_loss/smollm2/...`),
-//! LLaMA's MLP block recomputed in the backward against composed (`mlp_block/smollm2/{recomputed,composed}`)
+//! LLaMA's MLP block recomputed in the backward against composed (`mlp_block/smollm2/{recomputed,composed}`;
+//! with bf16 weights also kept in bf16, `mlp_block/smollm2-bf16/{recomputed,kept_bf16,composed}`)
 //! and one transformer block of the small models (`block/<model>/...`), each
 //! forward only and forward + backward; and every fused op against the composed form it replaced
 //! (`ops/<op>/<shape>/{fused,composed}`, forward + backward).
@@ -165,15 +166,37 @@ fn lm_head_loss(c: &mut Criterion) {
 /// LLaMA's MLP block on SmolLM2's shape, forward + backward: one op that keeps only its input and recomputes
 /// the norm, gate, up and SiLU-gate in its backward, against the composed ops that keep all of them.
 fn mlp_block(c: &mut Criterion) {
-    let case = MlpBlockCase::smollm2().expect("case");
-    let mut group = c.benchmark_group("mlp_block/smollm2");
-    configure(&mut group);
-    for (name, recomputed) in [("recomputed", true), ("composed", false)] {
-        group.bench_function(name, |b| {
-            b.iter(|| black_box(case.forward_backward(recomputed).expect("backward")))
-        });
+    use peft_benches::blocks::MlpForm;
+    let cases = [
+        (
+            "smollm2",
+            DType::F32,
+            vec![
+                ("recomputed", MlpForm::Recomputed),
+                ("composed", MlpForm::Composed),
+            ],
+        ),
+        (
+            "smollm2-bf16",
+            DType::BF16,
+            vec![
+                ("recomputed", MlpForm::Recomputed),
+                ("kept_bf16", MlpForm::KeptBf16),
+                ("composed", MlpForm::Composed),
+            ],
+        ),
+    ];
+    for (name, dtype, forms) in cases {
+        let case = MlpBlockCase::smollm2(dtype).expect("case");
+        let mut group = c.benchmark_group(format!("mlp_block/{name}"));
+        configure(&mut group);
+        for (form_name, form) in forms {
+            group.bench_function(form_name, |b| {
+                b.iter(|| black_box(case.forward_backward(form).expect("backward")))
+            });
+        }
+        group.finish();
     }
-    group.finish();
 }
 
 fn attention(c: &mut Criterion) {
@@ -229,9 +252,16 @@ fn ops(c: &mut Criterion) {
     }
 }
 
+/// Criterion as configured, after the allocator (see `peft_benches::allocator`).
+fn criterion() -> Criterion {
+    peft_benches::allocator::keep_freed_memory_mapped();
+    Criterion::default()
+}
+
 criterion_group!(
-    benches,
-    frozen_linear,
+    name = benches;
+    config = criterion();
+    targets = frozen_linear,
     frozen_linear_bf16,
     lm_head_loss,
     mlp_block,

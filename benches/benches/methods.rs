@@ -52,5 +52,15 @@ fn methods(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, methods);
+/// Criterion as configured, after the allocator (see `peft_benches::allocator`).
+fn criterion() -> Criterion {
+    peft_benches::allocator::keep_freed_memory_mapped();
+    Criterion::default()
+}
+
+criterion_group!(
+    name = benches;
+    config = criterion();
+    targets = methods
+);
 criterion_main!(benches);

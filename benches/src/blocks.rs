@@ -116,7 +116,8 @@ impl FrozenLinearCase {
 
 /// LLaMA's MLP block, `x + down(silu(gate(n)) * up(n))` with `n = rms_norm(x)`, on SmolLM2-135M's shape at 8 x
 /// 128 tokens (x `[1024, 576]`, width 1536): composed of ops, each keeping its inputs for the backward, or as
-/// the one op of [`peft_core::recompute`] that keeps only `x` and recomputes the rest in its backward.
+/// the one op of [`peft_core::recompute`] that keeps only `x` and recomputes the rest in its backward, or (bf16
+/// weights) as [`peft_kernels::residual_kept_bf16`], which keeps `x` and the gate / up outputs in bf16.
 pub struct MlpBlockCase {
     x: Var,
     norm: Tensor,
@@ -126,12 +127,12 @@ pub struct MlpBlockCase {
 }
 
 impl MlpBlockCase {
-    /// SmolLM2-135M's MLP on 8 x 128 tokens.
-    pub fn smollm2() -> peft_core::Result<Self> {
+    /// SmolLM2-135M's MLP on 8 x 128 tokens, its weights in f32 or (mixed precision) bf16.
+    pub fn smollm2(dtype: DType) -> peft_core::Result<Self> {
         let (rows, hidden, width) = (8 * 128, 576, 1536);
         let gemm = &peft_kernels::frozen::FrozenGemm;
         let weight = |shape: &[usize], seed| -> peft_core::Result<Tensor> {
-            Ok((seeded(shape, seed)? * 0.04)?)
+            Ok((seeded(shape, seed)? * 0.04)?.to_dtype(dtype)?)
         };
         Ok(MlpBlockCase {
             x: Var::from_tensor(&seeded(&[rows, hidden], 1)?)?,
@@ -142,21 +143,33 @@ impl MlpBlockCase {
         })
     }
 
+    fn norm(&self) -> peft_core::recompute::Inner {
+        let norm = self.norm.clone();
+        std::sync::Arc::new(move |x: &Tensor| peft_kernels::rms_norm(x, &norm, 1e-5))
+    }
+
     fn inner(&self) -> peft_core::recompute::Inner {
-        let (norm, gate, up) = (self.norm.clone(), self.gate.clone(), self.up.clone());
+        let (norm, gate, up) = (self.norm(), self.gate.clone(), self.up.clone());
         std::sync::Arc::new(move |x: &Tensor| {
-            let n = peft_kernels::rms_norm(x, &norm, 1e-5)?;
+            let n = norm(x)?;
             peft_kernels::silu_mul(&gate.forward(&n)?, &up.forward(&n)?)
         })
     }
 
-    /// Forward and backward of `sum(y)`, recomputed (`true`) or composed; the gradient of `x`.
-    pub fn forward_backward(&self, recomputed: bool) -> peft_core::Result<Tensor> {
+    /// Forward and backward of `sum(y)` in the given form; the gradient of `x`.
+    pub fn forward_backward(&self, form: MlpForm) -> peft_core::Result<Tensor> {
         let x = self.x.as_tensor();
-        let y = if recomputed {
-            peft_core::recompute::residual_recomputed(x, self.inner(), &self.down)?
-        } else {
-            (x + self.down.forward(&self.inner()(x)?)?)?
+        let y = match form {
+            MlpForm::Recomputed => {
+                peft_core::recompute::residual_recomputed(x, self.inner(), &self.down)?
+            }
+            MlpForm::KeptBf16 => {
+                let act: peft_kernels::Activation =
+                    std::sync::Arc::new(|w: &[Tensor]| peft_kernels::silu_mul(&w[0], &w[1]));
+                let wide = [self.gate.clone(), self.up.clone()];
+                peft_kernels::residual_kept_bf16(x, self.norm(), &wide, act, &self.down)?
+            }
+            MlpForm::Composed => (x + self.down.forward(&self.inner()(x)?)?)?,
         };
         let grads = y.sum_all()?.backward()?;
         grads
@@ -164,6 +177,17 @@ impl MlpBlockCase {
             .cloned()
             .ok_or_else(|| PeftError::Unsupported("the block gave no input gradient".into()))
     }
+}
+
+/// How [`MlpBlockCase`] runs its block.
+#[derive(Debug, Clone, Copy)]
+pub enum MlpForm {
+    /// One op keeping only the input, everything but the down product run again in the backward.
+    Recomputed,
+    /// One op keeping the input and the gate / up outputs in bf16 (the mixed-precision form).
+    KeptBf16,
+    /// candle's graph of the block's ops, every activation kept.
+    Composed,
 }
 
 /// Queries, keys and values `[batch, heads, seq, head_dim]` of one causal self-attention, as variables.

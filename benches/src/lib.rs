@@ -15,6 +15,7 @@
 //! assert!(case.train_step(Method::Frozen).unwrap().is_none());
 //! ```
 
+pub mod allocator;
 pub mod blocks;
 mod case;
 mod method;

@@ -34,6 +34,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, Var};
 
 use crate::error::{PeftError, Result};
@@ -59,7 +60,7 @@ pub fn residual_recomputed(x: &Tensor, inner: Inner, out: &FrozenLinear) -> Resu
     let detached = x.detach();
     let value = (&detached + out.forward(&inner(&detached)?)?)?;
     let op = ResidualRecomputed {
-        value: Mutex::new(Some(value)),
+        value: PrecomputedValue::new(value, "recomputed block"),
         inner,
         out: out.clone(),
     };
@@ -68,8 +69,7 @@ pub fn residual_recomputed(x: &Tensor, inner: Inner, out: &FrozenLinear) -> Resu
 
 /// The op: its argument is `x`; it hands out the value computed beforehand and recomputes in its backward.
 struct ResidualRecomputed {
-    /// Taken by the op's one forward call.
-    value: Mutex<Option<Tensor>>,
+    value: PrecomputedValue,
     inner: Inner,
     out: FrozenLinear,
 }
@@ -88,23 +88,7 @@ impl CustomOp1 for ResidualRecomputed {
         _storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let value = self
-            .value
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("recomputed block: a poisoned lock".into()))?
-            .take()
-            .ok_or_else(|| {
-                candle_core::Error::Msg("recomputed block: the op ran its forward twice".into())
-            })?;
-        if value.dims() != layout.shape().dims() {
-            candle_core::bail!(
-                "recomputed block: the block gives {:?} for an input of {:?}; a residual block keeps the shape",
-                value.dims(),
-                layout.shape().dims()
-            );
-        }
-        let values = value.flatten_all()?.to_vec1::<f32>()?;
-        Ok((CpuStorage::F32(values), layout.shape().clone()))
+        self.value.hand_out(layout)
     }
 
     fn bwd(
@@ -117,16 +101,59 @@ impl CustomOp1 for ResidualRecomputed {
         let grad_inner = self.out.input_grad(grad_res).map_err(candle_error)?;
         let x = Var::from_tensor(&arg.detach())?;
         let inner = (self.inner)(x.as_tensor()).map_err(candle_error)?;
-        // The backward of `inner` seeded with `grad_inner` at its output: no product with it and no sum to
-        // differentiate, which would cost five passes over the widest tensor.
-        let grads = inner
-            .apply_op1(SeedGradient { grad: grad_inner })?
-            .backward()?;
+        let grads = backward_seeded(&inner, grad_inner)?;
         Ok(Some(match grads.get(x.as_tensor()) {
             Some(through_inner) => (through_inner + grad_res)?,
             None => grad_res.clone(),
         }))
     }
+}
+
+/// A residual block's value computed with no graph before its op exists, handed out by the op's one forward
+/// call: how the recomputed blocks attach a value to their input as one node that keeps only that input.
+pub struct PrecomputedValue {
+    value: Mutex<Option<Tensor>>,
+    what: &'static str,
+}
+
+impl PrecomputedValue {
+    /// `value`, for the op that `what` names in its errors.
+    pub fn new(value: Tensor, what: &'static str) -> Self {
+        PrecomputedValue {
+            value: Mutex::new(Some(value)),
+            what,
+        }
+    }
+
+    /// The value as the op's f32 output for an input of `layout` (a residual block keeps the shape); an error
+    /// on a second call.
+    pub fn hand_out(&self, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let what = self.what;
+        let value = self
+            .value
+            .lock()
+            .map_err(|_| candle_core::Error::Msg(format!("{what}: a poisoned lock")))?
+            .take()
+            .ok_or_else(|| {
+                candle_core::Error::Msg(format!("{what}: the op ran its forward twice"))
+            })?;
+        if value.dims() != layout.shape().dims() {
+            candle_core::bail!(
+                "{what}: the block gives {:?} for an input of {:?}; a residual block keeps the shape",
+                value.dims(),
+                layout.shape().dims()
+            );
+        }
+        let values = value.flatten_all()?.to_vec1::<f32>()?;
+        Ok((CpuStorage::F32(values), layout.shape().clone()))
+    }
+}
+
+/// The backward of `output` seeded with `grad` at it, where candle's own starts from a one at a scalar: no
+/// product with `grad` and no sum to differentiate, which would cost five passes over the widest tensor. For
+/// ops that run part of their backward through candle's autodiff (the recomputed blocks).
+pub fn backward_seeded(output: &Tensor, grad: Tensor) -> candle_core::Result<GradStore> {
+    output.apply_op1(SeedGradient { grad })?.backward()
 }
 
 /// Hooks that run `inner` unchanged but say that they touch every site, so that the models compose every

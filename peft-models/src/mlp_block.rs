@@ -3,8 +3,10 @@
 //! ([`peft_core::recompute`]) where no hook touches the block and a gradient flows: the backward then keeps
 //! only `x` instead of the normed input, the wide intermediates and the down product's output (for SmolLM2 at
 //! 8 x 128 tokens, 24 MB of each layer's 45), and runs the norm, the up (and gate) products and the activation
-//! once more. Everywhere else (an adapter on one of the block's projections or its norm, full fine-tuning,
-//! evaluation) the block is composed as before, through the hooks.
+//! once more. With the frozen weights in bf16 (mixed precision), where the products are most of the step, the
+//! block instead keeps its up (and gate) products' outputs rounded to bf16 and runs again only the norm and
+//! the activation ([`peft_kernels::residual_kept_bf16`]). Everywhere else (an adapter on one of the block's
+//! projections or its norm, full fine-tuning, evaluation) the block is composed as before, through the hooks.
 //!
 //! ```
 //! use candle_core::{Device, Tensor, Var};
@@ -36,6 +38,7 @@ use std::sync::Arc;
 use candle_core::Tensor;
 use peft_core::hooks::{Hooks, NoHooks};
 use peft_core::recompute::{residual_recomputed, Inner};
+use peft_kernels::{residual_kept_bf16, Activation as KeptActivation};
 
 use crate::error::Result;
 use crate::parts::{Activation, LayerNorm, Projection, RmsNorm};
@@ -56,6 +59,17 @@ fn recomputable(
             .all(|p| !hooks.touches(p.site) && !p.linear.is_trained())
 }
 
+/// Whether the wide products' weights are bf16 (mixed precision): then the block keeps their outputs in bf16
+/// and recomputes only the norm and the activation ([`peft_kernels::residual_kept_bf16`]) instead of running
+/// the products again.
+fn in_bf16(wide: &[&Projection]) -> bool {
+    wide.iter().all(|p| {
+        p.linear
+            .dense_weight()
+            .is_some_and(|w| w.dtype() == candle_core::DType::BF16)
+    })
+}
+
 /// LLaMA's block: `x + down(silu(gate(n)) * up(n))` with `n = norm(x)`.
 pub(crate) fn gated(
     x: &Tensor,
@@ -70,6 +84,20 @@ pub(crate) fn gated(
         let inner =
             peft_kernels::silu_mul(&gate.forward(&normed, hooks)?, &up.forward(&normed, hooks)?)?;
         return Ok((x + down.forward(&inner, hooks)?)?);
+    }
+    if in_bf16(&[gate, up]) {
+        let norm = norm.clone();
+        let norm: Inner = Arc::new(move |x: &Tensor| Ok(norm.forward(x, &NoHooks)?));
+        let activation: KeptActivation =
+            Arc::new(|wide: &[Tensor]| peft_kernels::silu_mul(&wide[0], &wide[1]));
+        let wide = [gate.linear.clone(), up.linear.clone()];
+        return Ok(residual_kept_bf16(
+            x,
+            norm,
+            &wide,
+            activation,
+            &down.linear,
+        )?);
     }
     let (norm, gate, up) = (norm.clone(), gate.linear.clone(), up.linear.clone());
     let inner: Inner = Arc::new(move |x: &Tensor| {
@@ -93,6 +121,19 @@ pub(crate) fn plain(
         let normed = norm.forward(x, hooks)?;
         let inner = activation.apply(&fc.forward(&normed, hooks)?)?;
         return Ok((x + proj.forward(&inner, hooks)?)?);
+    }
+    if in_bf16(&[fc]) {
+        let norm = norm.clone();
+        let norm: Inner = Arc::new(move |x: &Tensor| Ok(norm.forward(x, &NoHooks)?));
+        let kept_activation: KeptActivation =
+            Arc::new(move |wide: &[Tensor]| Ok(activation.apply(&wide[0])?));
+        return Ok(residual_kept_bf16(
+            x,
+            norm,
+            std::slice::from_ref(&fc.linear),
+            kept_activation,
+            &proj.linear,
+        )?);
     }
     let (norm, fc) = (norm.clone(), fc.linear.clone());
     let inner: Inner = Arc::new(move |x: &Tensor| {

@@ -214,3 +214,89 @@ fn smollm2_in_bf16_keeps_its_predictions() {
         a_rows.len()
     );
 }
+
+/// A trainable prompt prepended to the embeddings; `keep` says the hooks touch every site, so that the models
+/// compose their MLP blocks instead of running the kept bf16 form.
+struct Prompt {
+    var: candle_core::Var,
+    keep: bool,
+}
+
+impl peft_core::hooks::Hooks for Prompt {
+    fn embeddings(&self, x: Tensor, ctx: &mut peft_core::hooks::Ctx) -> peft_core::Result<Tensor> {
+        let (b, _, h) = x.dims3()?;
+        let p = self.var.as_tensor().broadcast_as((b, 2, h))?;
+        ctx.prepend_virtual_tokens(2)?;
+        Ok(Tensor::cat(&[&p, &x], 1)?)
+    }
+
+    fn touches(&self, _site: peft_core::spec::SiteId) -> bool {
+        self.keep
+    }
+}
+
+/// In bf16, the MLP blocks no hook touches keep their wide products' outputs in bf16 for the backward
+/// (`peft_kernels::residual_kept_bf16`): the loss is the composed blocks' exactly, the prompt's gradient within
+/// bf16's precision of theirs, and not equal to it (the kept form really ran).
+#[test]
+fn kept_bf16_blocks_give_the_composed_loss_and_a_gradient_within_bf16() {
+    use peft_models::{tiny, Gpt2, Llama};
+    let models: Vec<(&str, Box<dyn BaseModel>)> = vec![
+        (
+            "gpt2",
+            Box::new(
+                Gpt2::from_weights(&tiny::gpt2_config(), &bf16(tiny::gpt2_weights(11)), "bf16")
+                    .unwrap(),
+            ),
+        ),
+        (
+            "llama",
+            Box::new(
+                Llama::from_weights(
+                    &tiny::llama_config(),
+                    &bf16(tiny::llama_weights(12)),
+                    "bf16",
+                )
+                .unwrap(),
+            ),
+        ),
+    ];
+    for (name, model) in models {
+        let h = model.spec().hidden_size;
+        let init = Tensor::randn(0f32, 0.5, (1, 2, h), &Device::Cpu).unwrap();
+        let var = candle_core::Var::from_tensor(&init).unwrap();
+        let run = |keep: bool| {
+            let hooks = Prompt {
+                var: var.clone(),
+                keep,
+            };
+            let out = model.forward(&batch(), &hooks).unwrap();
+            let logits = model.logits(&out.hidden).unwrap();
+            let loss = peft_kernels::log_softmax_last_dim(&logits)
+                .unwrap()
+                .narrow(2, 0, 7)
+                .unwrap()
+                .sum_all()
+                .unwrap();
+            let grads = loss.backward().unwrap();
+            let g = grads.get(var.as_tensor()).unwrap();
+            (
+                loss.to_scalar::<f32>().unwrap(),
+                g.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            )
+        };
+        let (kept_loss, kept) = run(false);
+        let (composed_loss, composed) = run(true);
+        assert_eq!(
+            kept_loss, composed_loss,
+            "{name}: the forward is the composed one"
+        );
+        let d = relative_difference(&composed, &kept);
+        println!("{name}: kept bf16 blocks move the prompt's gradient by {d:e} of its scale");
+        assert!(
+            d > 0.0,
+            "{name}: the gradients are equal: the kept form did not run"
+        );
+        assert!(d <= TINY_TOLERANCE, "{name}: {d} of the gradient's scale");
+    }
+}

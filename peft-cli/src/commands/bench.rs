@@ -233,6 +233,12 @@ pub fn run(args: BenchArgs, comm: &dyn Communicator) -> Result<()> {
             "bf16_kernel": peft_kernels::bf16::bf16_kernel_name(),
             "gradient_checkpointing": args.gradient_checkpointing,
             "recompute_mlp": !args.no_recompute_mlp,
+            // What the MLP blocks no adapter touches keep for the backward (GPT-2's and LLaMA's).
+            "mlp_blocks": match (args.no_recompute_mlp, args.precision) {
+                (true, _) => "composed",
+                (false, BenchPrecision::Bf16) => "kept-bf16",
+                (false, _) => "recomputed",
+            },
             "step_s": &report.step_seconds[1..],
         });
         println!("{out}");

@@ -30,6 +30,7 @@
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod convert;
 mod fallback;
 mod pack;
 #[cfg(test)]
@@ -42,6 +43,8 @@ use half::bf16;
 use peft_core::{PeftError, Result};
 
 use crate::cpu::{self, Threads};
+
+pub use convert::{round_to_bf16, widen_to_f32};
 
 /// Inputs of at most this many rows take the dot-product path (no packing, no widening of the weight).
 const MAX_DOT_ROWS: usize = crate::skinny::MAX_ROWS;
