@@ -26,12 +26,13 @@ echo "the README's main job ran in a bare clone: $(grep '^dev after' "$bare/main
 # Every criterion bench once, untimed (a bench that no longer runs fails here, not at `cargo bench`).
 # (`--workspace --bench '*'` rather than `-p peft-benches`: the workspace's feature set, so nothing is rebuilt.)
 cargo test --workspace --bench '*' "$@"
-# Mixed precision on a CPU without AVX-512 BF16: the bf16 kernels' and models' tests again with the run-time
-# choice forced to the fallback (the weight widened to f32 block by block), which every CPU can run: every
-# test whose path names bf16 (the kernels' `bf16::` module, `tests/bf16_projections.rs`, the kept blocks).
-# Selected from the workspace's own test binaries rather than with `-p`: a single package has another feature
-# set, and rebuilt the crates under it (1-4 minutes of CI).
+# Mixed precision with each bf16 kernel forced in turn, whichever this CPU would choose (AMD's with AVX-512
+# BF16 run the vector kernel, Intel's and the rest the fallback, the weight widened to f32 block by block): every
+# test whose path names bf16 (the kernels' `bf16::` module, `tests/bf16_projections.rs`, the kept blocks). Forcing
+# `avx512-bf16` where the CPU lacks it runs the fallback again. Selected from the workspace's own test binaries
+# rather than with `-p`: a single package has another feature set, and rebuilt the crates under it (1-4 minutes).
 PEFT_BF16_KERNEL=fallback cargo test --workspace --tests "$@" bf16
+PEFT_BF16_KERNEL=avx512-bf16 cargo test --workspace --tests "$@" bf16
 # The system-BLAS build (cargo feature `openblas`): the kernels' and the models' tests again, the frozen
 # projections now through OpenBLAS. `.ci/run` installs the library; elsewhere this part says why it skips.
 if ldconfig -p 2>/dev/null | grep -q 'libopenblas\.so'; then

@@ -96,7 +96,7 @@ fn seeded(shape: &[usize], seed: u64) -> peft_core::Result<Tensor> {
 
 /// The frozen projections with a bf16 weight (`frozen_linear/<shape>/bf16/...`), and SmolLM2's other
 /// projection shapes (q/o 576 -> 576, k/v 576 -> 192, down 1536 -> 576) in f32 too. The kernel in use is
-/// printed: `PEFT_BF16_KERNEL=fallback` measures the fallback.
+/// printed: `PEFT_BF16_KERNEL=fallback` or `avx512-bf16` measures that one.
 fn frozen_linear_bf16(c: &mut Criterion) {
     eprintln!("bf16 kernel: {}", peft_kernels::bf16::bf16_kernel_name());
     let shapes = [

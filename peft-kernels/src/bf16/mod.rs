@@ -49,7 +49,7 @@ pub use convert::{round_to_bf16, widen_to_f32};
 /// Inputs of at most this many rows take the dot-product path (no packing, no widening of the weight).
 const MAX_DOT_ROWS: usize = crate::skinny::MAX_ROWS;
 
-/// The environment variable that forces the fallback (`PEFT_BF16_KERNEL=fallback`); read once.
+/// The environment variable that forces a kernel (`PEFT_BF16_KERNEL=fallback` or `avx512-bf16`); read once.
 pub const KERNEL_ENV: &str = "PEFT_BF16_KERNEL";
 
 /// Which kernel multiplies by a bf16 weight.
@@ -62,25 +62,28 @@ pub enum Bf16Kernel {
 }
 
 impl Bf16Kernel {
-    /// The kernel the products run: the fastest this CPU has, unless [`KERNEL_ENV`] is `fallback`. Decided
-    /// once per process.
+    /// The kernel the products run: the fastest this CPU has ([`Bf16Kernel::hardware`]), unless
+    /// [`KERNEL_ENV`] names another it can run. Decided once per process.
     pub fn detect() -> Bf16Kernel {
         static CHOSEN: OnceLock<Bf16Kernel> = OnceLock::new();
         *CHOSEN.get_or_init(|| {
             choose(
                 std::env::var(KERNEL_ENV).ok().as_deref(),
                 Bf16Kernel::hardware(),
+                Bf16Kernel::Avx512Bf16.is_available(),
             )
         })
     }
 
-    /// The fastest kernel this CPU has, whatever the environment says.
+    /// The fastest kernel this CPU has, whatever the environment says: the AVX-512 BF16 kernel where the CPU
+    /// has it and its bf16 dot products outrun its f32 FMAs (AMD's cores); on Intel's the widened weight and
+    /// the f32 GEMM are faster, so the fallback (the lever there is AMX, which no kernel here uses yet).
     pub fn hardware() -> Bf16Kernel {
-        if Bf16Kernel::Avx512Bf16.is_available() {
-            Bf16Kernel::Avx512Bf16
-        } else {
-            Bf16Kernel::Fallback
+        #[cfg(target_arch = "x86_64")]
+        if Bf16Kernel::Avx512Bf16.is_available() && avx512::outruns_f32() {
+            return Bf16Kernel::Avx512Bf16;
         }
+        Bf16Kernel::Fallback
     }
 
     /// Whether this CPU can run the kernel.
@@ -103,11 +106,13 @@ impl Bf16Kernel {
     }
 }
 
-/// The kernel `env` (the value of [`KERNEL_ENV`], if set) asks for on a CPU whose best is `hardware`: only
-/// `fallback` changes anything (a faster kernel cannot be forced onto a CPU without it).
-fn choose(env: Option<&str>, hardware: Bf16Kernel) -> Bf16Kernel {
+/// The kernel `env` (the value of [`KERNEL_ENV`], if set) asks for on a CPU whose best is `hardware`:
+/// `fallback` forces the fallback, `avx512-bf16` the vector kernel where the CPU has it (`avx512`; it cannot
+/// be forced onto a CPU without it); anything else leaves the hardware's choice.
+fn choose(env: Option<&str>, hardware: Bf16Kernel, avx512: bool) -> Bf16Kernel {
     match env.map(str::trim) {
         Some(v) if v.eq_ignore_ascii_case("fallback") => Bf16Kernel::Fallback,
+        Some(v) if v.eq_ignore_ascii_case("avx512-bf16") && avx512 => Bf16Kernel::Avx512Bf16,
         _ => hardware,
     }
 }

@@ -264,13 +264,21 @@ fn the_vector_gemm_does_not_depend_on_the_thread_count() {
 }
 
 #[test]
-fn only_fallback_in_the_environment_changes_the_kernel() {
+fn the_environment_forces_a_kernel_the_cpu_can_run() {
     use Bf16Kernel::*;
-    assert_eq!(choose(None, Avx512Bf16), Avx512Bf16);
-    assert_eq!(choose(Some("fallback"), Avx512Bf16), Fallback);
-    assert_eq!(choose(Some(" Fallback "), Avx512Bf16), Fallback);
-    assert_eq!(choose(Some("avx512-bf16"), Fallback), Fallback);
-    assert_eq!(choose(Some(""), Avx512Bf16), Avx512Bf16);
+    assert_eq!(choose(None, Avx512Bf16, true), Avx512Bf16);
+    assert_eq!(choose(None, Fallback, true), Fallback);
+    assert_eq!(choose(Some("fallback"), Avx512Bf16, true), Fallback);
+    assert_eq!(choose(Some(" Fallback "), Avx512Bf16, true), Fallback);
+    // A CPU with AVX-512 BF16 whose best is the fallback (Intel's) runs the vector kernel when asked to.
+    assert_eq!(choose(Some("avx512-bf16"), Fallback, true), Avx512Bf16);
+    assert_eq!(choose(Some("AVX512-BF16"), Fallback, true), Avx512Bf16);
+    // It cannot be forced onto a CPU without it.
+    assert_eq!(choose(Some("avx512-bf16"), Fallback, false), Fallback);
+    assert_eq!(choose(Some(""), Avx512Bf16, true), Avx512Bf16);
+    assert_eq!(choose(Some("amx"), Fallback, true), Fallback);
+    // The hardware's choice is a kernel it can run.
+    assert!(Bf16Kernel::hardware().is_available());
     assert_eq!(Avx512Bf16.name(), "avx512-bf16");
     assert_eq!(Fallback.name(), "f32 fallback");
     assert!(Fallback.is_available());
