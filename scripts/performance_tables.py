@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The README's performance tables, generated from the committed measurements in results/performance/.
 
-    python scripts/performance_tables.py            # Markdown for the README
+    python scripts/performance_tables.py                                   # Markdown for the README
+    python scripts/performance_tables.py results/performance/intel-xeon-amx  # another machine's runs
 
 Reads the `--out` files of benches/side_by_side.py (training steps against HF PEFT + PyTorch, also with
 `--thread-curve`) and benches/eval_side_by_side.py (the main job's evaluation against transformers).
@@ -10,6 +11,7 @@ Reads the `--out` files of benches/side_by_side.py (training steps against HF PE
 import glob
 import json
 import os
+import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FOLDER = os.path.join(ROOT, "results", "performance")
@@ -79,8 +81,9 @@ def eval_table(data):
 
 
 def main():
+    folder = sys.argv[1] if len(sys.argv) > 1 else FOLDER
     steps, threads, evals = [], [], []
-    for path in sorted(glob.glob(os.path.join(FOLDER, "*.json"))):
+    for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
         data = load(path)
         if "thread_curve" in data:
             threads.append(data)

@@ -26,10 +26,10 @@ echo "the README's main job ran in a bare clone: $(grep '^dev after' "$bare/main
 # Every criterion bench once, untimed (a bench that no longer runs fails here, not at `cargo bench`).
 # (`--workspace --bench '*'` rather than `-p peft-benches`: the workspace's feature set, so nothing is rebuilt.)
 cargo test --workspace --bench '*' "$@"
-# Mixed precision with each bf16 kernel forced in turn, whichever this CPU would choose (AMD's with AVX-512
-# BF16 run the vector kernel, Intel's and the rest the fallback, the weight widened to f32 block by block): every
-# test whose path names bf16 (the kernels' `bf16::` module, `tests/bf16_projections.rs`, the kept blocks). Forcing
-# `avx512-bf16` where the CPU lacks it runs the fallback again. Selected from the workspace's own test binaries
+# Mixed precision with the other bf16 kernels forced in turn (the run above used this CPU's best: AMX on Intel's
+# Xeons that have it, the AVX-512 BF16 kernel on AMD's, the fallback, the weight widened to f32 block by block,
+# elsewhere): every test whose path names bf16 (the kernels' `bf16::` module, `tests/bf16_projections.rs`, the
+# kept blocks). Forcing a kernel the CPU lacks runs its best again. Selected from the workspace's own test binaries
 # rather than with `-p`: a single package has another feature set, and rebuilt the crates under it (1-4 minutes).
 PEFT_BF16_KERNEL=fallback cargo test --workspace --tests "$@" bf16
 PEFT_BF16_KERNEL=avx512-bf16 cargo test --workspace --tests "$@" bf16

@@ -1,6 +1,8 @@
 //! The building blocks: the frozen projection op (`frozen_linear/<shape>/...`; SmolLM2's up projection also
 //! with its weight kept quantized, `smollm2-up_proj-q4_1` / `-q8_0`; every shape also with its weight in bf16,
-//! `frozen_linear/<shape>/bf16/...`, beside the f32 op on the same values), scaled dot-product attention
+//! `frozen_linear/<shape>/bf16/...`, beside the f32 op on the same values), the bare bf16 product on every
+//! kernel this CPU runs (`bf16_product/<shape>/{amx,avx512-bf16,fallback}`, beside the f32 op's forward
+//! `bf16_product/<shape>/f32`), scaled dot-product attention
 //! (`attention/<shape>/...`), the LM head fused with the loss in f32 and bf16 (`lm_head_loss/smollm2/...`),
 //! LLaMA's MLP block recomputed in the backward against composed (`mlp_block/smollm2/{recomputed,composed}`;
 //! with bf16 weights also kept in bf16, `mlp_block/smollm2-bf16/{recomputed,kept_bf16,composed}`)
@@ -96,7 +98,7 @@ fn seeded(shape: &[usize], seed: u64) -> peft_core::Result<Tensor> {
 
 /// The frozen projections with a bf16 weight (`frozen_linear/<shape>/bf16/...`), and SmolLM2's other
 /// projection shapes (q/o 576 -> 576, k/v 576 -> 192, down 1536 -> 576) in f32 too. The kernel in use is
-/// printed: `PEFT_BF16_KERNEL=fallback` or `avx512-bf16` measures that one.
+/// printed: `PEFT_BF16_KERNEL=fallback`, `avx512-bf16` or `amx` measures that one.
 fn frozen_linear_bf16(c: &mut Criterion) {
     eprintln!("bf16 kernel: {}", peft_kernels::bf16::bf16_kernel_name());
     let shapes = [
@@ -130,6 +132,44 @@ fn frozen_linear_bf16(c: &mut Criterion) {
             });
             group.finish();
         }
+    }
+}
+
+/// The bare bf16 product `x W^T` on each kernel this CPU runs (`bf16_product/<shape>/<kernel>`), whatever
+/// `PEFT_BF16_KERNEL` says, beside the f32 frozen op's forward on the same values (`.../f32`): the kernels'
+/// speeds in one run.
+fn bf16_product(c: &mut Criterion) {
+    use peft_kernels::bf16::{bf16_matmul_with, Bf16Kernel};
+    let shapes = [
+        ("smollm2-up_proj", 8 * 128, 576, 1536),
+        ("smollm2-down_proj", 8 * 128, 1536, 576),
+        ("gpt2-small-c_attn", 4 * 128, 768, 3 * 768),
+    ];
+    for (name, rows, d_in, d_out) in shapes {
+        let mut group = c.benchmark_group(format!("bf16_product/{name}"));
+        configure(&mut group);
+        let f32_case = DtypeCase::new(rows, d_in, d_out, DType::F32).expect("case");
+        group.bench_function("f32", |b| {
+            b.iter(|| black_box(f32_case.forward().expect("forward")))
+        });
+        let x = seeded(&[rows, d_in], 3).expect("input");
+        let w = (seeded(&[d_out, d_in], 1).expect("weight") * 0.02)
+            .and_then(|w| w.to_dtype(DType::BF16))
+            .expect("bf16 weight");
+        for kernel in [
+            Bf16Kernel::Amx,
+            Bf16Kernel::Avx512Bf16,
+            Bf16Kernel::Fallback,
+        ] {
+            if !kernel.is_available() {
+                eprintln!("bf16_product/{name}/{}: not on this CPU", kernel.name());
+                continue;
+            }
+            group.bench_function(kernel.name(), |b| {
+                b.iter(|| black_box(bf16_matmul_with(kernel, &x, &w).expect("product")))
+            });
+        }
+        group.finish();
     }
 }
 
@@ -263,6 +303,7 @@ criterion_group!(
     config = criterion();
     targets = frozen_linear,
     frozen_linear_bf16,
+    bf16_product,
     lm_head_loss,
     mlp_block,
     attention,

@@ -15,6 +15,7 @@
 
 use std::arch::x86_64::*;
 use std::cell::Cell;
+use std::ops::Range;
 
 use half::bf16;
 use rayon::prelude::*;
@@ -71,7 +72,7 @@ fn mask16(count: usize) -> __mmask16 {
 /// # Safety
 /// The CPU has the features of [`available`].
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn round_pairs(src: &[f32], dst: &mut [u32]) {
+pub(super) unsafe fn round_pairs(src: &[f32], dst: &mut [u32]) {
     assert_eq!(dst.len(), src.len().div_ceil(2), "round_pairs lengths");
     let (whole, rest) = src.split_at(src.len() / 32 * 32);
     let (dst_whole, dst_rest) = dst.split_at_mut(whole.len() / 2);
@@ -109,7 +110,7 @@ unsafe fn round_rows(x: &[f32], k: usize, dst: &mut [u32]) {
 /// # Safety
 /// The CPU has the features of [`available`].
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn pack_col_panel(b: Operand<'_>, n: usize, k: usize, j: usize, dst: &mut [u32]) {
+pub(super) unsafe fn pack_col_panel(b: Operand<'_>, n: usize, k: usize, j: usize, dst: &mut [u32]) {
     match b {
         Operand::Transposed(w) => pack::panel_along_rows(w, n, k, j, dst),
         Operand::Rows(w) => pack::panel_along_columns(w, k, n, j, dst),
@@ -166,10 +167,10 @@ unsafe fn tile(
 
 /// The output `[m, n]` that parallel tasks write, each its own tiles.
 #[derive(Clone, Copy)]
-struct Out {
-    ptr: *mut f32,
-    m: usize,
-    n: usize,
+pub(super) struct Out {
+    pub(super) ptr: *mut f32,
+    pub(super) m: usize,
+    pub(super) n: usize,
 }
 
 // SAFETY: the tasks that share it write disjoint tiles (see `gemm`), and `gemm` holds the `&mut` it came from
@@ -190,12 +191,7 @@ struct Packed<'a> {
 /// # Safety
 /// The CPU has the features of [`available`]; no other thread touches these tiles of `out` meanwhile.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn task(
-    packed: &Packed<'_>,
-    out: Out,
-    rp: std::ops::Range<usize>,
-    cp: std::ops::Range<usize>,
-) {
+unsafe fn task(packed: &Packed<'_>, out: Out, rp: Range<usize>, cp: Range<usize>) {
     let pairs = packed.pairs;
     let blocks = pairs.div_ceil(KC).max(1);
     // Equal blocks: 288 pairs are two blocks of 144, not 192 + 96.
@@ -219,11 +215,11 @@ thread_local! {
     /// The packing buffers of the last product on this thread, reused: fresh multi-megabyte buffers on every
     /// call cost more in page faults than the packing itself. Taken out while a product runs, so that a
     /// product nested in another's rayon tasks finds none and allocates its own.
-    static BUFFERS: Cell<(Vec<u32>, Vec<u32>)> = const { Cell::new((Vec::new(), Vec::new())) };
+    pub(super) static BUFFERS: Cell<(Vec<u32>, Vec<u32>)> = const { Cell::new((Vec::new(), Vec::new())) };
 }
 
 /// The first `len` values of `buf`, grown (with zeros) where it is shorter; the values are stale.
-fn prefix(buf: &mut Vec<u32>, len: usize) -> &mut [u32] {
+pub(super) fn prefix(buf: &mut Vec<u32>, len: usize) -> &mut [u32] {
     if buf.len() < len {
         buf.resize(len, 0);
     }
@@ -231,7 +227,7 @@ fn prefix(buf: &mut Vec<u32>, len: usize) -> &mut [u32] {
 }
 
 /// Runs `f(i, chunk)` for the chunks of `size` values of `data`, on the rayon pool where `threads` allows.
-fn for_each_chunk<T: Send>(
+pub(super) fn for_each_chunk<T: Send>(
     threads: Threads,
     data: &mut [T],
     size: usize,
@@ -246,11 +242,33 @@ fn for_each_chunk<T: Send>(
     }
 }
 
-/// Runs `f(t)` for `t` in `0..count`, on the rayon pool where `threads` allows.
-fn for_each(threads: Threads, count: usize, f: impl Fn(usize) + Send + Sync) {
+/// Runs `f(row panels, column panels)` over a grid of `rows x cols` output panels split into tasks of at most
+/// `limits` panels each way, on the rayon pool where `threads` allows: enough tasks for every thread to get
+/// several (balance), the tasks disjoint.
+pub(super) fn for_each_task(
+    threads: Threads,
+    (rows, cols): (usize, usize),
+    (max_rows, max_cols): (usize, usize),
+    f: impl Fn(Range<usize>, Range<usize>) + Send + Sync,
+) {
+    let workers = match threads {
+        Threads::One => 1,
+        Threads::All => rayon::current_num_threads().max(1),
+    };
+    let rows_per = max_rows.min(rows).max(1);
+    let row_tasks = rows.div_ceil(rows_per);
+    let col_splits = (4 * workers).div_ceil(row_tasks).max(1);
+    let cols_per = cols.div_ceil(col_splits).clamp(1, max_cols);
+    let col_tasks = cols.div_ceil(cols_per);
+    let run = |t: usize| {
+        let (ct, rt) = (t / row_tasks, t % row_tasks);
+        let rp = rt * rows_per..((rt + 1) * rows_per).min(rows);
+        let cp = ct * cols_per..((ct + 1) * cols_per).min(cols);
+        f(rp, cp)
+    };
     match threads {
-        Threads::One => (0..count).for_each(f),
-        Threads::All => (0..count).into_par_iter().for_each(f),
+        Threads::One => (0..row_tasks * col_tasks).for_each(run),
+        Threads::All => (0..row_tasks * col_tasks).into_par_iter().for_each(run),
     }
 }
 
@@ -294,27 +312,15 @@ pub(crate) fn gemm(
         pairs,
     };
 
-    // Enough tasks for every thread to get several (balance), each at most 8 x 8 panels.
-    let workers = match threads {
-        Threads::One => 1,
-        Threads::All => rayon::current_num_threads().max(1),
-    };
-    let rows_per = TASK_ROW_PANELS.min(row_panels);
-    let row_tasks = row_panels.div_ceil(rows_per);
-    let col_splits = (4 * workers).div_ceil(row_tasks).max(1);
-    let cols_per = col_panels.div_ceil(col_splits).clamp(1, TASK_COL_PANELS);
-    let col_tasks = col_panels.div_ceil(cols_per);
     let out = Out {
         ptr: out.as_mut_ptr(),
         m,
         n,
     };
-    for_each(threads, row_tasks * col_tasks, |t| {
-        let (ct, rt) = (t / row_tasks, t % row_tasks);
-        let rp = rt * rows_per..((rt + 1) * rows_per).min(row_panels);
-        let cp = ct * cols_per..((ct + 1) * cols_per).min(col_panels);
+    let limits = (TASK_ROW_PANELS, TASK_COL_PANELS);
+    for_each_task(threads, (row_panels, col_panels), limits, |rp, cp| {
         // SAFETY: `available` was checked; tasks cover disjoint row x column panels of `out`, whose `&mut`
-        // borrow `gemm` holds until `for_each` returns.
+        // borrow `gemm` holds until `for_each_task` returns.
         unsafe { task(&packed, out, rp, cp) }
     });
     BUFFERS.set((a_buf, b_buf));

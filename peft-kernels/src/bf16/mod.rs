@@ -2,9 +2,10 @@
 //! activations (rounded to bf16, round to nearest even, as they are packed), f32 accumulation and f32
 //! output, as `torch.autocast` computes a bf16 linear layer except that the output stays f32.
 //!
-//! Two kernels compute the same function up to the order of the f32 sums (a product of two bf16 values is
-//! exact in f32): [`Bf16Kernel::Avx512Bf16`] (`vdpbf16ps`, where the CPU has AVX-512 BF16) and
-//! [`Bf16Kernel::Fallback`] (the weight widened to f32 block by block, then the f32 GEMM). The frozen op
+//! Three kernels compute the same function up to the order of the f32 sums (a product of two bf16 values is
+//! exact in f32): [`Bf16Kernel::Amx`] (`tdpbf16ps` on the tile units of Intel's Xeons, Sapphire Rapids on),
+//! [`Bf16Kernel::Avx512Bf16`] (`vdpbf16ps`, where the CPU has AVX-512 BF16) and [`Bf16Kernel::Fallback`]
+//! (the weight widened to f32 block by block, then the f32 GEMM). The frozen op
 //! ([`crate::frozen::FrozenGemm`]) runs them for an f32 input and a bf16 weight, forward and backward.
 //!
 //! ```
@@ -29,6 +30,8 @@
 //! ```
 
 #[cfg(target_arch = "x86_64")]
+mod amx;
+#[cfg(target_arch = "x86_64")]
 mod avx512;
 mod convert;
 mod fallback;
@@ -49,12 +52,16 @@ pub use convert::{round_to_bf16, widen_to_f32};
 /// Inputs of at most this many rows take the dot-product path (no packing, no widening of the weight).
 const MAX_DOT_ROWS: usize = crate::skinny::MAX_ROWS;
 
-/// The environment variable that forces a kernel (`PEFT_BF16_KERNEL=fallback` or `avx512-bf16`); read once.
+/// The environment variable that forces a kernel (`PEFT_BF16_KERNEL=fallback`, `avx512-bf16` or `amx`); read
+/// once.
 pub const KERNEL_ENV: &str = "PEFT_BF16_KERNEL";
 
 /// Which kernel multiplies by a bf16 weight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bf16Kernel {
+    /// `tdpbf16ps` on AMX tiles (x86-64 with AMX-TILE, AMX-BF16 and the AVX-512 BF16 of the vector kernel,
+    /// on Linux 5.16 or later), with the vector kernel's dot products for a few rows.
+    Amx,
     /// `vdpbf16ps` (x86-64 with AVX-512 F, BW and BF16).
     Avx512Bf16,
     /// The weight widened to f32, then the f32 GEMM: any CPU.
@@ -70,15 +77,20 @@ impl Bf16Kernel {
             choose(
                 std::env::var(KERNEL_ENV).ok().as_deref(),
                 Bf16Kernel::hardware(),
-                Bf16Kernel::Avx512Bf16.is_available(),
+                |kernel| kernel.is_available(),
             )
         })
     }
 
-    /// The fastest kernel this CPU has, whatever the environment says: the AVX-512 BF16 kernel where the CPU
-    /// has it and its bf16 dot products outrun its f32 FMAs (AMD's cores); on Intel's the widened weight and
-    /// the f32 GEMM are faster, so the fallback (the lever there is AMX, which no kernel here uses yet).
+    /// The fastest kernel this CPU has, whatever the environment says: AMX where the CPU and OS have it;
+    /// else the AVX-512 BF16 kernel where its bf16 dot products outrun the CPU's f32 FMAs (AMD's cores);
+    /// else the fallback (on Intel's cores without AMX the widened weight and the f32 GEMM are faster than
+    /// `vdpbf16ps`).
     pub fn hardware() -> Bf16Kernel {
+        #[cfg(target_arch = "x86_64")]
+        if Bf16Kernel::Amx.is_available() {
+            return Bf16Kernel::Amx;
+        }
         #[cfg(target_arch = "x86_64")]
         if Bf16Kernel::Avx512Bf16.is_available() && avx512::outruns_f32() {
             return Bf16Kernel::Avx512Bf16;
@@ -86,35 +98,57 @@ impl Bf16Kernel {
         Bf16Kernel::Fallback
     }
 
-    /// Whether this CPU can run the kernel.
+    /// Whether this CPU (and, for AMX, the OS) can run the kernel.
     pub fn is_available(self) -> bool {
         match self {
             #[cfg(target_arch = "x86_64")]
+            Bf16Kernel::Amx => amx::available(),
+            #[cfg(target_arch = "x86_64")]
             Bf16Kernel::Avx512Bf16 => avx512::available(),
             #[cfg(not(target_arch = "x86_64"))]
-            Bf16Kernel::Avx512Bf16 => false,
+            Bf16Kernel::Amx | Bf16Kernel::Avx512Bf16 => false,
             Bf16Kernel::Fallback => true,
         }
     }
 
-    /// The kernel's name in reports: `avx512-bf16` or `f32 fallback`.
+    /// The kernel's name in reports and in [`KERNEL_ENV`]: `amx`, `avx512-bf16` or `fallback`.
     pub fn name(self) -> &'static str {
         match self {
+            Bf16Kernel::Amx => "amx",
             Bf16Kernel::Avx512Bf16 => "avx512-bf16",
-            Bf16Kernel::Fallback => "f32 fallback",
+            Bf16Kernel::Fallback => "fallback",
+        }
+    }
+
+    /// What the kernel needs, for the error of a product asked of a CPU without it.
+    fn requirement(self) -> &'static str {
+        match self {
+            Bf16Kernel::Amx => "a CPU with AMX-BF16 and AVX-512 BF16, on Linux 5.16 or later",
+            Bf16Kernel::Avx512Bf16 => "a CPU with AVX-512 BF16",
+            Bf16Kernel::Fallback => "nothing",
         }
     }
 }
 
-/// The kernel `env` (the value of [`KERNEL_ENV`], if set) asks for on a CPU whose best is `hardware`:
-/// `fallback` forces the fallback, `avx512-bf16` the vector kernel where the CPU has it (`avx512`; it cannot
-/// be forced onto a CPU without it); anything else leaves the hardware's choice.
-fn choose(env: Option<&str>, hardware: Bf16Kernel, avx512: bool) -> Bf16Kernel {
-    match env.map(str::trim) {
-        Some(v) if v.eq_ignore_ascii_case("fallback") => Bf16Kernel::Fallback,
-        Some(v) if v.eq_ignore_ascii_case("avx512-bf16") && avx512 => Bf16Kernel::Avx512Bf16,
-        _ => hardware,
-    }
+/// The kernel `env` (the value of [`KERNEL_ENV`], if set) asks for on a CPU whose best is `hardware`: a
+/// kernel's [`Bf16Kernel::name`] forces it where `can_run` says the CPU runs it (a kernel cannot be forced
+/// onto a CPU without it); anything else leaves the hardware's choice.
+fn choose(
+    env: Option<&str>,
+    hardware: Bf16Kernel,
+    can_run: impl Fn(Bf16Kernel) -> bool,
+) -> Bf16Kernel {
+    let Some(wanted) = env.map(str::trim) else {
+        return hardware;
+    };
+    [
+        Bf16Kernel::Amx,
+        Bf16Kernel::Avx512Bf16,
+        Bf16Kernel::Fallback,
+    ]
+    .into_iter()
+    .find(|k| k.name().eq_ignore_ascii_case(wanted) && can_run(*k))
+    .unwrap_or(hardware)
 }
 
 /// The name of the kernel the bf16 products run ([`Bf16Kernel::detect`]), for reports.
@@ -129,8 +163,9 @@ pub fn bf16_kernel_name() -> String {
 pub fn bf16_matmul_with(kernel: Bf16Kernel, x: &Tensor, w: &Tensor) -> Result<Tensor> {
     if !kernel.is_available() {
         return Err(PeftError::Unsupported(format!(
-            "the {} kernel needs a CPU with AVX-512 BF16",
-            kernel.name()
+            "the {} bf16 kernel needs {}",
+            kernel.name(),
+            kernel.requirement()
         )));
     }
     if !cpu::covers(x) || !is_bf16_on_cpu(w) {
@@ -231,10 +266,13 @@ pub(crate) fn product(
     threads: Threads,
 ) {
     match kernel {
+        // A few rows (a decoding step) are dot products: the tiles would be mostly padding.
         #[cfg(target_arch = "x86_64")]
-        Bf16Kernel::Avx512Bf16 if m <= MAX_DOT_ROWS => {
+        Bf16Kernel::Amx | Bf16Kernel::Avx512Bf16 if m <= MAX_DOT_ROWS => {
             avx512::few_rows(x, w, out, (m, n, k), threads)
         }
+        #[cfg(target_arch = "x86_64")]
+        Bf16Kernel::Amx => amx::gemm(x, Operand::Transposed(w), out, (m, n, k), threads),
         #[cfg(target_arch = "x86_64")]
         Bf16Kernel::Avx512Bf16 => avx512::gemm(x, Operand::Transposed(w), out, (m, n, k), threads),
         Bf16Kernel::Fallback if m <= MAX_DOT_ROWS => {
@@ -254,6 +292,8 @@ pub(crate) fn input_product(
     threads: Threads,
 ) {
     match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Bf16Kernel::Amx => amx::gemm(dy, Operand::Rows(w), out, (m, k, n), threads),
         #[cfg(target_arch = "x86_64")]
         Bf16Kernel::Avx512Bf16 => avx512::gemm(dy, Operand::Rows(w), out, (m, k, n), threads),
         _ => fallback::gemm(dy, Operand::Rows(w), out, (m, k, n), threads),

@@ -1,4 +1,4 @@
-//! Both kernels against an f64 reference of the bf16-rounded inputs, and against each other.
+//! Every kernel this CPU runs against an f64 reference of the bf16-rounded inputs, and against each other.
 
 use half::bf16;
 use rand::rngs::StdRng;
@@ -6,18 +6,38 @@ use rand::{Rng, SeedableRng};
 
 use super::*;
 
-const MS: [usize; 6] = [1, 3, 13, 16, 17, 100];
+const MS: [usize; 7] = [1, 3, 13, 16, 17, 32, 100];
 const NS: [usize; 4] = [1, 31, 33, 576];
 const KS: [usize; 5] = [1, 7, 64, 576, 1537];
 
-/// The kernels this CPU can run (the fallback always; the vector one where the CPU has it).
+/// The kernels this CPU can run (the fallback always; the others where the CPU has them).
 fn kernels() -> Vec<Bf16Kernel> {
-    if Bf16Kernel::Avx512Bf16.is_available() {
-        vec![Bf16Kernel::Avx512Bf16, Bf16Kernel::Fallback]
-    } else {
-        eprintln!("avx512-bf16 kernel not tested: this CPU has no avx512bf16");
-        vec![Bf16Kernel::Fallback]
-    }
+    [
+        Bf16Kernel::Amx,
+        Bf16Kernel::Avx512Bf16,
+        Bf16Kernel::Fallback,
+    ]
+    .into_iter()
+    .filter(|k| {
+        let runs = k.is_available();
+        if !runs {
+            eprintln!(
+                "{} kernel not tested: this CPU has no {}",
+                k.name(),
+                k.requirement()
+            );
+        }
+        runs
+    })
+    .collect()
+}
+
+/// The kernels other than the fallback that this CPU runs.
+fn fast_kernels() -> Vec<Bf16Kernel> {
+    kernels()
+        .into_iter()
+        .filter(|k| *k != Bf16Kernel::Fallback)
+        .collect()
 }
 
 fn uniform(rng: &mut StdRng, len: usize) -> Vec<f32> {
@@ -181,106 +201,124 @@ fn the_fallback_walks_a_large_weight_in_blocks() {
 }
 
 #[test]
-fn the_vector_kernel_equals_the_fallback_up_to_summation_order() {
-    if !Bf16Kernel::Avx512Bf16.is_available() {
-        eprintln!("skipped: this CPU has no avx512bf16");
-        return;
-    }
+fn the_fast_kernels_equal_the_fallback_up_to_summation_order() {
     let mut rng = StdRng::seed_from_u64(24);
-    // SmolLM2-like shapes, both sides of the few-rows threshold.
-    for (m, n, k) in [
-        (1, 576, 1536),
-        (16, 1536, 576),
-        (17, 192, 576),
-        (300, 576, 1537),
-    ] {
-        let x = uniform(&mut rng, m * k);
-        let w = to_bf16(&uniform(&mut rng, n * k));
-        let bound: Vec<f64> = (0..m * n)
-            .map(|e| {
-                let (i, j) = (e / n, e % n);
-                (0..k)
-                    .map(|r| (pack::rounded(x[i * k + r]) * w[j * k + r].to_f32()).abs() as f64)
-                    .sum()
-            })
-            .collect();
-        let mut fast = vec![0f32; m * n];
-        product(
-            Bf16Kernel::Avx512Bf16,
-            &x,
-            &w,
-            &mut fast,
-            (m, n, k),
-            Threads::All,
-        );
-        let mut slow = vec![0f32; m * n];
-        product(
-            Bf16Kernel::Fallback,
-            &x,
-            &w,
-            &mut slow,
-            (m, n, k),
-            Threads::All,
-        );
-        let unit = 2.0 * k as f64 * f64::powi(2.0, -24);
-        for (e, ((a, b), bound)) in fast.iter().zip(&slow).zip(&bound).enumerate() {
-            let d = (*a as f64 - *b as f64).abs();
-            assert!(d <= unit * bound, "{m}x{n}x{k} element {e}: {a} vs {b}");
+    for kernel in fast_kernels() {
+        // SmolLM2-like shapes, both sides of the few-rows threshold; reductions of several AMX blocks.
+        for (m, n, k) in [
+            (1, 576, 1536),
+            (16, 1536, 576),
+            (17, 192, 576),
+            (300, 576, 1537),
+            (64, 96, 2100),
+        ] {
+            let x = uniform(&mut rng, m * k);
+            let w = to_bf16(&uniform(&mut rng, n * k));
+            let bound: Vec<f64> = (0..m * n)
+                .map(|e| {
+                    let (i, j) = (e / n, e % n);
+                    (0..k)
+                        .map(|r| (pack::rounded(x[i * k + r]) * w[j * k + r].to_f32()).abs() as f64)
+                        .sum()
+                })
+                .collect();
+            let mut fast = vec![0f32; m * n];
+            product(kernel, &x, &w, &mut fast, (m, n, k), Threads::All);
+            let mut slow = vec![0f32; m * n];
+            product(
+                Bf16Kernel::Fallback,
+                &x,
+                &w,
+                &mut slow,
+                (m, n, k),
+                Threads::All,
+            );
+            let unit = 2.0 * k as f64 * f64::powi(2.0, -24);
+            for (e, ((a, b), bound)) in fast.iter().zip(&slow).zip(&bound).enumerate() {
+                let d = (*a as f64 - *b as f64).abs();
+                assert!(
+                    d <= unit * bound,
+                    "{kernel:?} {m}x{n}x{k} element {e}: {a} vs {b}"
+                );
+            }
         }
     }
 }
 
 #[test]
-fn the_vector_gemm_does_not_depend_on_the_thread_count() {
-    if !Bf16Kernel::Avx512Bf16.is_available() {
-        eprintln!("skipped: this CPU has no avx512bf16");
-        return;
-    }
+fn the_fast_gemms_do_not_depend_on_the_thread_count() {
     let mut rng = StdRng::seed_from_u64(25);
     let (m, n, k) = (130, 300, 777);
     let x = uniform(&mut rng, m * k);
     let w = to_bf16(&uniform(&mut rng, n * k));
-    let mut one = vec![0f32; m * n];
-    product(
-        Bf16Kernel::Avx512Bf16,
-        &x,
-        &w,
-        &mut one,
-        (m, n, k),
-        Threads::One,
-    );
-    let mut three = vec![0f32; m * n];
-    crate::cpu::test_pool(3).install(|| {
-        product(
-            Bf16Kernel::Avx512Bf16,
-            &x,
-            &w,
-            &mut three,
-            (m, n, k),
-            Threads::All,
-        )
+    for kernel in fast_kernels() {
+        let mut one = vec![0f32; m * n];
+        product(kernel, &x, &w, &mut one, (m, n, k), Threads::One);
+        let mut three = vec![0f32; m * n];
+        crate::cpu::test_pool(3)
+            .install(|| product(kernel, &x, &w, &mut three, (m, n, k), Threads::All));
+        assert_eq!(one, three, "{kernel:?}");
+    }
+}
+
+/// The AMX kernel runs on every thread of a pool (each loads its tile configuration and asks nothing of the
+/// others), and products nested in another's rayon tasks (each with its own packing buffers) agree.
+#[test]
+fn amx_products_run_on_every_thread_and_nested() {
+    if !Bf16Kernel::Amx.is_available() {
+        eprintln!("skipped: no AMX on this CPU or OS");
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(27);
+    let (m, n, k) = (40, 70, 100);
+    let x = uniform(&mut rng, m * k);
+    let w = to_bf16(&uniform(&mut rng, n * k));
+    let mut want = vec![0f32; m * n];
+    product(Bf16Kernel::Amx, &x, &w, &mut want, (m, n, k), Threads::One);
+    let outs: Vec<Vec<f32>> = crate::cpu::test_pool(4).install(|| {
+        use rayon::prelude::*;
+        (0..16)
+            .into_par_iter()
+            .map(|_| {
+                let mut y = vec![0f32; m * n];
+                product(Bf16Kernel::Amx, &x, &w, &mut y, (m, n, k), Threads::All);
+                y
+            })
+            .collect()
     });
-    assert_eq!(one, three);
+    for y in outs {
+        assert_eq!(y, want);
+    }
 }
 
 #[test]
 fn the_environment_forces_a_kernel_the_cpu_can_run() {
     use Bf16Kernel::*;
-    assert_eq!(choose(None, Avx512Bf16, true), Avx512Bf16);
-    assert_eq!(choose(None, Fallback, true), Fallback);
-    assert_eq!(choose(Some("fallback"), Avx512Bf16, true), Fallback);
-    assert_eq!(choose(Some(" Fallback "), Avx512Bf16, true), Fallback);
-    // A CPU with AVX-512 BF16 whose best is the fallback (Intel's) runs the vector kernel when asked to.
-    assert_eq!(choose(Some("avx512-bf16"), Fallback, true), Avx512Bf16);
-    assert_eq!(choose(Some("AVX512-BF16"), Fallback, true), Avx512Bf16);
-    // It cannot be forced onto a CPU without it.
-    assert_eq!(choose(Some("avx512-bf16"), Fallback, false), Fallback);
-    assert_eq!(choose(Some(""), Avx512Bf16, true), Avx512Bf16);
-    assert_eq!(choose(Some("amx"), Fallback, true), Fallback);
-    // The hardware's choice is a kernel it can run.
-    assert!(Bf16Kernel::hardware().is_available());
+    let all = |_: Bf16Kernel| true;
+    let no_amx = |k: Bf16Kernel| k != Amx;
+    let neither = |k: Bf16Kernel| k == Fallback;
+    assert_eq!(choose(None, Amx, all), Amx);
+    assert_eq!(choose(None, Fallback, all), Fallback);
+    assert_eq!(choose(Some("fallback"), Amx, all), Fallback);
+    assert_eq!(choose(Some(" Fallback "), Avx512Bf16, all), Fallback);
+    // A CPU whose best is AMX, or the fallback (Intel's without AMX), runs the vector kernel when asked.
+    assert_eq!(choose(Some("avx512-bf16"), Amx, all), Avx512Bf16);
+    assert_eq!(choose(Some("AVX512-BF16"), Fallback, no_amx), Avx512Bf16);
+    assert_eq!(choose(Some("amx"), Fallback, all), Amx);
+    // A kernel cannot be forced onto a CPU without it.
+    assert_eq!(choose(Some("amx"), Avx512Bf16, no_amx), Avx512Bf16);
+    assert_eq!(choose(Some("avx512-bf16"), Fallback, neither), Fallback);
+    assert_eq!(choose(Some(""), Avx512Bf16, all), Avx512Bf16);
+    assert_eq!(choose(Some("tpu"), Fallback, all), Fallback);
+    // The hardware's choice is a kernel it can run, and no slower one where a faster runs.
+    let best = Bf16Kernel::hardware();
+    assert!(best.is_available());
+    if Amx.is_available() {
+        assert_eq!(best, Amx);
+    }
+    assert_eq!(Amx.name(), "amx");
     assert_eq!(Avx512Bf16.name(), "avx512-bf16");
-    assert_eq!(Fallback.name(), "f32 fallback");
+    assert_eq!(Fallback.name(), "fallback");
     assert!(Fallback.is_available());
 }
 
@@ -301,10 +339,16 @@ fn the_tensor_entry_checks_its_inputs() {
     assert!(err.contains("[1, 2]") && err.contains("[3]"), "{err}");
     let y = bf16_matmul_with(Bf16Kernel::Fallback, &x, &w).unwrap();
     assert_eq!(y.to_vec2::<f32>().unwrap(), vec![vec![4.]]);
-    if !Bf16Kernel::Avx512Bf16.is_available() {
-        let err = bf16_matmul_with(Bf16Kernel::Avx512Bf16, &x, &w)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("AVX-512 BF16"), "{err}");
+    for kernel in [Bf16Kernel::Amx, Bf16Kernel::Avx512Bf16] {
+        if kernel.is_available() {
+            let y = bf16_matmul_with(kernel, &x, &w).unwrap();
+            assert_eq!(y.to_vec2::<f32>().unwrap(), vec![vec![4.]]);
+        } else {
+            let err = bf16_matmul_with(kernel, &x, &w).unwrap_err().to_string();
+            assert!(
+                err.contains(kernel.name()) && err.contains("AVX-512 BF16"),
+                "{err}"
+            );
+        }
     }
 }
