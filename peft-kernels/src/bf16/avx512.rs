@@ -112,6 +112,10 @@ unsafe fn round_rows(x: &[f32], k: usize, dst: &mut [u32]) {
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 pub(super) unsafe fn pack_col_panel(b: Operand<'_>, n: usize, k: usize, j: usize, dst: &mut [u32]) {
     match b {
+        // An even k is a matrix of whole pairs, transposed in registers (`super::transpose`).
+        Operand::Transposed(w) if k.is_multiple_of(2) => {
+            super::transpose::panel_along_rows(w, n, k, j, dst)
+        }
         Operand::Transposed(w) => pack::panel_along_rows(w, n, k, j, dst),
         Operand::Rows(w) => pack::panel_along_columns(w, k, n, j, dst),
     }

@@ -38,6 +38,8 @@ mod fallback;
 mod pack;
 #[cfg(test)]
 mod tests;
+#[cfg(target_arch = "x86_64")]
+mod transpose;
 
 use std::sync::OnceLock;
 
