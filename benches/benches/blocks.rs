@@ -156,11 +156,7 @@ fn bf16_product(c: &mut Criterion) {
         let w = (seeded(&[d_out, d_in], 1).expect("weight") * 0.02)
             .and_then(|w| w.to_dtype(DType::BF16))
             .expect("bf16 weight");
-        for kernel in [
-            Bf16Kernel::Amx,
-            Bf16Kernel::Avx512Bf16,
-            Bf16Kernel::Fallback,
-        ] {
+        for kernel in Bf16Kernel::ALL {
             if !kernel.is_available() {
                 eprintln!("bf16_product/{name}/{}: not on this CPU", kernel.name());
                 continue;

@@ -71,6 +71,13 @@ pub enum Bf16Kernel {
 }
 
 impl Bf16Kernel {
+    /// Every kernel, fastest first (where the CPU runs it).
+    pub const ALL: [Bf16Kernel; 3] = [
+        Bf16Kernel::Amx,
+        Bf16Kernel::Avx512Bf16,
+        Bf16Kernel::Fallback,
+    ];
+
     /// The kernel the products run: the fastest this CPU has ([`Bf16Kernel::hardware`]), unless
     /// [`KERNEL_ENV`] names another it can run. Decided once per process.
     pub fn detect() -> Bf16Kernel {
@@ -143,14 +150,10 @@ fn choose(
     let Some(wanted) = env.map(str::trim) else {
         return hardware;
     };
-    [
-        Bf16Kernel::Amx,
-        Bf16Kernel::Avx512Bf16,
-        Bf16Kernel::Fallback,
-    ]
-    .into_iter()
-    .find(|k| k.name().eq_ignore_ascii_case(wanted) && can_run(*k))
-    .unwrap_or(hardware)
+    Bf16Kernel::ALL
+        .into_iter()
+        .find(|k| k.name().eq_ignore_ascii_case(wanted) && can_run(*k))
+        .unwrap_or(hardware)
 }
 
 /// The name of the kernel the bf16 products run ([`Bf16Kernel::detect`]), for reports.

@@ -12,24 +12,20 @@ const KS: [usize; 5] = [1, 7, 64, 576, 1537];
 
 /// The kernels this CPU can run (the fallback always; the others where the CPU has them).
 fn kernels() -> Vec<Bf16Kernel> {
-    [
-        Bf16Kernel::Amx,
-        Bf16Kernel::Avx512Bf16,
-        Bf16Kernel::Fallback,
-    ]
-    .into_iter()
-    .filter(|k| {
-        let runs = k.is_available();
-        if !runs {
-            eprintln!(
-                "{} kernel not tested: this CPU has no {}",
-                k.name(),
-                k.requirement()
-            );
-        }
-        runs
-    })
-    .collect()
+    Bf16Kernel::ALL
+        .into_iter()
+        .filter(|k| {
+            let runs = k.is_available();
+            if !runs {
+                eprintln!(
+                    "{} kernel not tested: this CPU has no {}",
+                    k.name(),
+                    k.requirement()
+                );
+            }
+            runs
+        })
+        .collect()
 }
 
 /// The kernels other than the fallback that this CPU runs.
