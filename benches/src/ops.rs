@@ -59,6 +59,13 @@ enum Op {
         cos: Tensor,
         sin: Tensor,
     },
+    SplitHeadsRotary {
+        x: Var,
+        heads: usize,
+        head_dim: usize,
+        cos: Tensor,
+        sin: Tensor,
+    },
 }
 
 /// One op on seeded inputs.
@@ -154,6 +161,28 @@ impl OpCase {
         })
     }
 
+    /// A projection's output `[batch, seq, heads * head_dim]` split into heads and rotated (SmolLM2's queries
+    /// on 8 x 128 tokens: 8 x 128 x 9 x 64). Its composed form is the one it replaced: reshape, transpose and
+    /// copy, then the rotary op.
+    pub fn split_heads_rotary(
+        batch: usize,
+        seq: usize,
+        heads: usize,
+        head_dim: usize,
+    ) -> peft_core::Result<Self> {
+        let table = [1, 1, seq, head_dim];
+        Ok(OpCase {
+            name: format!("split_heads_rotary/{batch}x{seq}x{heads}x{head_dim}"),
+            op: Op::SplitHeadsRotary {
+                x: Var::from_tensor(&seeded(&[batch, seq, heads * head_dim], 13, 1.0)?)?,
+                heads,
+                head_dim,
+                cos: seeded(&table, 14, 0.5)?,
+                sin: seeded(&table, 15, 0.5)?,
+            },
+        })
+    }
+
     /// The op and its shape, as in bench ids.
     pub fn name(&self) -> &str {
         &self.name
@@ -201,6 +230,26 @@ impl OpCase {
                 };
                 (f(x.as_tensor(), cos, sin)?, vec![x])
             }
+            Op::SplitHeadsRotary {
+                x,
+                heads,
+                head_dim,
+                cos,
+                sin,
+            } => {
+                let x_ = x.as_tensor();
+                let y = if fused {
+                    peft_kernels::split_heads_rotary(x_, *heads, *head_dim, cos, sin)?
+                } else {
+                    let (b, t, _) = x_.dims3()?;
+                    let split = x_
+                        .reshape((b, t, *heads, *head_dim))?
+                        .transpose(1, 2)?
+                        .contiguous()?;
+                    peft_kernels::rotary(&split, cos, sin)?
+                };
+                (y, vec![x])
+            }
             Op::CrossEntropy { logits, targets } => {
                 let f = if fused {
                     peft_kernels::cross_entropy
@@ -235,6 +284,7 @@ mod tests {
             OpCase::attention(2, 3, 5, 8).unwrap(),
             OpCase::cross_entropy(3, 40).unwrap(),
             OpCase::rotary(2, 3, 5, 8).unwrap(),
+            OpCase::split_heads_rotary(2, 5, 3, 8).unwrap(),
         ] {
             let a = case.forward_backward(Form::Fused).unwrap();
             let b = case.forward_backward(Form::Composed).unwrap();

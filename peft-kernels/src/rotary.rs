@@ -29,15 +29,7 @@ use peft_core::Result;
 /// op on f32 CPU tensors; elsewhere [`crate::composed::rotary`] (same function).
 pub fn rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let (batch, _, seq, dim) = x.dims4()?;
-    let (rows, one, positions, width) = cos.dims4()?;
-    if (rows != 1 && rows != batch) || one != 1 || positions != seq || width != dim || dim % 2 != 0
-    {
-        return Err(peft_core::PeftError::Unsupported(format!(
-            "rotary tables {:?} do not fit x {:?} (tables [1 or batch, 1, seq, head_dim], head_dim even)",
-            cos.dims(),
-            x.dims()
-        )));
-    }
+    check_tables(cos, sin, (batch, seq, dim), x.dims())?;
     if !(cpu::covers(x) && cpu::covers(cos) && cpu::covers(sin)) {
         return crate::composed::rotary(x, cos, sin);
     }
@@ -46,6 +38,56 @@ pub fn rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         sin: sin.detach().contiguous()?,
     };
     Ok(x.contiguous()?.apply_op1(op)?)
+}
+
+/// Refuses tables that do not fit `batch` rows of `seq` positions of `dim` values (`dims` is the input's
+/// shape, for the message): tables are `[1 or batch, 1, seq, head_dim]`, both the same, `head_dim` even.
+pub(crate) fn check_tables(
+    cos: &Tensor,
+    sin: &Tensor,
+    (batch, seq, dim): (usize, usize, usize),
+    dims: &[usize],
+) -> Result<()> {
+    let (rows, one, positions, width) = cos.dims4()?;
+    if (rows != 1 && rows != batch)
+        || one != 1
+        || positions != seq
+        || width != dim
+        || dim % 2 != 0
+        || sin.dims() != cos.dims()
+    {
+        return Err(peft_core::PeftError::Unsupported(format!(
+            "rotary tables {:?} / {:?} do not fit x {dims:?} (tables [1 or batch, 1, seq, head_dim], \
+             head_dim even)",
+            cos.dims(),
+            sin.dims(),
+        )));
+    }
+    Ok(())
+}
+
+/// Where the tables' row for batch row `b`, position `t` starts (`rows` is the tables' first dimension: 1
+/// when every batch row shares them).
+pub(crate) fn table_offset(rows: usize, b: usize, t: usize, seq: usize, dim: usize) -> usize {
+    ((if rows == 1 { 0 } else { b }) * seq + t) * dim
+}
+
+/// Rotates one `[head_dim]` row `x` into `y` by its position's tables `c`, `s`; `inverse` rotates the other
+/// way (the transposed rotation, which is the backward).
+pub(crate) fn rotate_row(y: &mut [f32], x: &[f32], c: &[f32], s: &[f32], inverse: bool) {
+    let half = x.len() / 2;
+    for i in 0..half {
+        let j = i + half;
+        if inverse {
+            // dx_i = dy_i c_i + dy_j s_j, dx_j = dy_j c_j - dy_i s_i.
+            y[i] = x[i] * c[i] + x[j] * s[j];
+            y[j] = x[j] * c[j] - x[i] * s[i];
+        } else {
+            // y_i = x_i c_i - x_j s_i, y_j = x_j c_j + x_i s_j.
+            y[i] = x[i] * c[i] - x[j] * s[i];
+            y[j] = x[j] * c[j] + x[i] * s[j];
+        }
+    }
 }
 
 /// The op: the tables it rotates by.
@@ -60,7 +102,6 @@ impl Rotary {
     fn rotate(&self, src: &[f32], dims: &[usize], inverse: bool) -> candle_core::Result<Vec<f32>> {
         let (heads, seq, dim) = (dims[1], dims[2], dims[3]);
         let rows = self.cos.dim(0)?;
-        let half = dim / 2;
         let mut out = vec![0f32; src.len()];
         cpu::with_values(&self.cos, |cos| {
             cpu::with_values(&self.sin, |sin| {
@@ -69,20 +110,8 @@ impl Rotary {
                     .enumerate()
                     .for_each(|(row, (y, x))| {
                         let (b, t) = (row / (heads * seq), row % seq);
-                        let at = ((if rows == 1 { 0 } else { b }) * seq + t) * dim;
-                        let (c, s) = (&cos[at..at + dim], &sin[at..at + dim]);
-                        for i in 0..half {
-                            let j = i + half;
-                            if inverse {
-                                // dx_i = dy_i c_i + dy_j s_j, dx_j = dy_j c_j - dy_i s_i.
-                                y[i] = x[i] * c[i] + x[j] * s[j];
-                                y[j] = x[j] * c[j] - x[i] * s[i];
-                            } else {
-                                // y_i = x_i c_i - x_j s_i, y_j = x_j c_j + x_i s_j.
-                                y[i] = x[i] * c[i] - x[j] * s[i];
-                                y[j] = x[j] * c[j] + x[i] * s[j];
-                            }
-                        }
+                        let at = table_offset(rows, b, t, seq, dim);
+                        rotate_row(y, x, &cos[at..at + dim], &sin[at..at + dim], inverse);
                     });
                 Ok(())
             })

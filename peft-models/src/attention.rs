@@ -85,12 +85,10 @@ pub fn key_mask_with_prefix(mask: &Tensor, prefix: usize, tokens: usize) -> Resu
     }
 }
 
-/// `[batch, seq, heads * head_dim]` -> `[batch, heads, seq, head_dim]`.
+/// `[batch, seq, heads * head_dim]` -> `[batch, heads, seq, head_dim]`, contiguous; one op, one graph node
+/// (see `peft_kernels::split_heads`).
 pub fn split_heads(x: &Tensor, heads: usize, head_dim: usize) -> Result<Tensor> {
-    let (b, t, _) = x.dims3()?;
-    Ok(x.reshape((b, t, heads, head_dim))?
-        .transpose(1, 2)?
-        .contiguous()?)
+    Ok(peft_kernels::split_heads(x, heads, head_dim)?)
 }
 
 /// `[batch, kv_heads, seq, head_dim]` -> `[batch, kv_heads * n_rep, seq, head_dim]`, each key/value head

@@ -224,17 +224,9 @@ impl Llama {
             self.spec.head_dim,
         );
         let normed = layer.input_layernorm.forward(x, hooks)?;
-        let q = rope.apply(&split_heads(
-            &layer.q_proj.forward(&normed, hooks)?,
-            heads,
-            d,
-        )?)?;
+        let q = rope.split_rotated(&layer.q_proj.forward(&normed, hooks)?, heads, d)?;
         // Real keys are rotated at their positions; the prefix keys are used as given (HF's past_key_values).
-        let k = rope.apply(&split_heads(
-            &layer.k_proj.forward(&normed, hooks)?,
-            kv_heads,
-            d,
-        )?)?;
+        let k = rope.split_rotated(&layer.k_proj.forward(&normed, hooks)?, kv_heads, d)?;
         let v = split_heads(&layer.v_proj.forward(&normed, hooks)?, kv_heads, d)?;
         let (k, v, bias) = pass.keys_values(index, k, v)?;
         let scale = (d as f64).powf(-0.5);

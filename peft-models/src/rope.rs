@@ -113,6 +113,24 @@ impl RopeTables {
         // One op that keeps only the tables for its backward (see `peft_kernels::rotary`).
         Ok(peft_kernels::rotary(x, &self.cos, &self.sin)?)
     }
+
+    /// A projection's output `[batch, seq, heads * head_dim]` split into heads and rotated, `[batch, heads,
+    /// seq, head_dim]`: [`crate::attention::split_heads`] then [`RopeTables::apply`] as one op (one graph node
+    /// for the backward instead of four, see `peft_kernels::split_heads_rotary`).
+    pub fn split_rotated(&self, x: &Tensor, heads: usize, head_dim: usize) -> Result<Tensor> {
+        let (batch, seq, _) = x.dims3()?;
+        let (rows, _, positions, width) = self.cos.dims4()?;
+        if (rows != 1 && rows != batch) || positions != seq || width != head_dim {
+            return Err(ModelError::Config(format!(
+                "rotary tables cover {:?} (rows, 1, positions, head_dim), applied to {batch} rows of {seq} \
+                 positions of dimension {head_dim}",
+                self.cos.dims()
+            )));
+        }
+        Ok(peft_kernels::split_heads_rotary(
+            x, heads, head_dim, &self.cos, &self.sin,
+        )?)
+    }
 }
 
 #[cfg(test)]
