@@ -187,28 +187,11 @@ impl CustomOp1 for SplitHeads {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{DType, Device, Var};
-    use rand::rngs::StdRng;
-    use rand::{Rng, SeedableRng};
-
-    fn seeded(shape: &[usize], seed: u64) -> Tensor {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
+    use crate::rotary::tests::seeded;
+    use candle_core::{DType, Var};
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
+        peft_core::compare::max_abs_diff(a, b).unwrap()
     }
 
     /// The composed split (and rotation) the op replaces.

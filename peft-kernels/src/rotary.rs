@@ -149,14 +149,15 @@ impl CustomOp1 for Rotary {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::composed::rotary as composed;
     use candle_core::{Device, Var};
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
-    fn seeded(shape: &[usize], seed: u64) -> Tensor {
+    /// `shape` values uniform in [-1, 1) from `seed`.
+    pub(crate) fn seeded(shape: &[usize], seed: u64) -> Tensor {
         let mut rng = StdRng::seed_from_u64(seed);
         let n: usize = shape.iter().product();
         let v: Vec<f32> = (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
