@@ -60,6 +60,21 @@ pub trait FrozenProduct: Debug + Send + Sync {
         self.input_grad(dy, &weight.dequantize()?)
     }
 
+    /// `x W^T + b + scale * x A^T B^T` (LoRA's adapted projection, `a` `[r, in]`, `b` `[out, r]`) as one op
+    /// whose backward gives `x`, `a` and `b` their gradients, where the product has such an op for these
+    /// arguments; `None` where it does not, and the caller composes [`FrozenProduct::affine`] and the update.
+    /// The default has none.
+    fn affine_low_rank(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        (a, b, scale): (&Tensor, &Tensor, f64),
+    ) -> Result<Option<Tensor>> {
+        let _ = (x, weight, bias, a, b, scale);
+        Ok(None)
+    }
+
     /// A short name for reports (`peft bench` prints it).
     fn name(&self) -> String;
 }
@@ -243,6 +258,23 @@ impl FrozenLinear {
     /// gradient is kept for it.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_with_bias(x, self.bias.as_ref())
+    }
+
+    /// `x W^T + b + scale * x A^T B^T`, LoRA's update inside the frozen product as one op, where the product
+    /// has one ([`FrozenProduct::affine_low_rank`]) and the weight is dense and frozen; `None` otherwise (the
+    /// caller composes the product and the update).
+    pub fn forward_low_rank(
+        &self,
+        x: &Tensor,
+        (a, b, scale): (&Tensor, &Tensor, f64),
+    ) -> Result<Option<Tensor>> {
+        match &self.weight {
+            Stored::Dense(w) if !w.track_op() => {
+                self.product
+                    .affine_low_rank(x, w, self.bias.as_ref(), (a, b, scale))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// `dy W` for `dy` `[.., out]`: the gradient of this layer's input, as its product's backward computes it

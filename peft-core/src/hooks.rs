@@ -114,12 +114,7 @@ pub trait Hooks: Send + Sync {
     /// see the frozen layer itself (a batch whose rows use different adapters runs the frozen product once for
     /// every row, then each adapter on its rows).
     fn project(&self, site: SiteId, x: &Tensor, frozen: &FrozenLinear) -> Result<Tensor> {
-        let bias = self.bias(site);
-        let base = |x: &Tensor| match &bias {
-            Some(b) => frozen.forward_with_bias(x, Some(b)),
-            None => frozen.forward(x),
-        };
-        self.linear(site, x, &base)
+        project_through_linear(self, site, x, frozen)
     }
 
     /// The whole norm at `site`: the frozen norm run with the replacement weight from [`Hooks::norm_weight`]
@@ -171,6 +166,22 @@ pub fn apply_linear(
     frozen: &FrozenLinear,
 ) -> Result<Tensor> {
     hooks.project(site, x, frozen)
+}
+
+/// [`Hooks::project`]'s default, for hooks that override it for some sites and want it for the rest: the
+/// frozen layer with the replacement bias from [`Hooks::bias`], wrapped by [`Hooks::linear`].
+pub fn project_through_linear<H: Hooks + ?Sized>(
+    hooks: &H,
+    site: SiteId,
+    x: &Tensor,
+    frozen: &FrozenLinear,
+) -> Result<Tensor> {
+    let bias = hooks.bias(site);
+    let base = |x: &Tensor| match &bias {
+        Some(b) => frozen.forward_with_bias(x, Some(b)),
+        None => frozen.forward(x),
+    };
+    hooks.linear(site, x, &base)
 }
 
 /// Sequence positions the hooks add in front of the real tokens (virtual tokens plus any key/value prefix),

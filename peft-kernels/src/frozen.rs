@@ -48,6 +48,16 @@ impl FrozenProduct for FrozenGemm {
         crate::matmul_backend()
     }
 
+    fn affine_low_rank(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        (a, b, scale): (&Tensor, &Tensor, f64),
+    ) -> Result<Option<Tensor>> {
+        crate::frozen_low_rank(x, weight, bias, a, b, scale)
+    }
+
     fn input_grad(&self, dy: &Tensor, weight: &Tensor) -> Result<Tensor> {
         match kernel_weight(dy, weight) {
             Some(w) => Ok(w.input_grad(dy)?),
@@ -81,7 +91,7 @@ pub fn frozen_affine(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Resu
 
 /// The weight as this crate's kernels take it, for an f32 CPU `x` (an input, or an output gradient) and an
 /// f32 or bf16 CPU weight; `None` where only the reference product covers them.
-fn kernel_weight(x: &Tensor, weight: &Tensor) -> Option<OpWeight> {
+pub(crate) fn kernel_weight(x: &Tensor, weight: &Tensor) -> Option<OpWeight> {
     if !cpu::covers(x) {
         None
     } else if crate::bf16::is_bf16_on_cpu(weight) {
@@ -104,7 +114,7 @@ pub(crate) enum OpWeight {
 
 impl OpWeight {
     /// `(out, in)`.
-    fn dims(&self) -> candle_core::Result<(usize, usize)> {
+    pub(crate) fn dims(&self) -> candle_core::Result<(usize, usize)> {
         match self {
             OpWeight::Dense(w) | OpWeight::Bf16(w) => w.dims2(),
             OpWeight::Quantized(q) => Ok(q.dims()),
@@ -112,7 +122,7 @@ impl OpWeight {
     }
 
     /// `[m, n]` rows of `x W^T (+ bias)`.
-    fn affine_rows(
+    pub(crate) fn affine_rows(
         &self,
         x: &[f32],
         bias: Option<&[f32]>,
@@ -122,6 +132,38 @@ impl OpWeight {
             OpWeight::Dense(w) => affine_rows(x, w, bias, m),
             OpWeight::Quantized(q) => crate::quantized::affine_rows(x, q, bias, m),
             OpWeight::Bf16(w) => bf16_affine_rows(x, w, bias, m),
+        }
+    }
+
+    /// `out += dy W` for `dy` `[m, n]` and `out` `[m, k]`, where the weight is f32 or bf16 (`false` for a
+    /// quantized weight, which is left to [`OpWeight::input_grad`]).
+    pub(crate) fn add_input_grad(
+        &self,
+        dy: &[f32],
+        out: &mut [f32],
+        m: usize,
+    ) -> candle_core::Result<bool> {
+        let (n, k) = self.dims()?;
+        match self {
+            OpWeight::Dense(w) => cpu::with_values(w, |w| {
+                cpu::matmul(
+                    Mat::rows(dy, n),
+                    Mat::rows(w, k),
+                    out,
+                    (m, k, n),
+                    true,
+                    Threads::All,
+                );
+                Ok(true)
+            }),
+            OpWeight::Bf16(w) => {
+                let kernel = crate::bf16::Bf16Kernel::detect();
+                crate::bf16::with_bf16_values(w, |w| {
+                    crate::bf16::input_product(kernel, dy, w, out, (m, n, k), Threads::All);
+                    Ok(true)
+                })
+            }
+            OpWeight::Quantized(_) => Ok(false),
         }
     }
 
@@ -226,7 +268,10 @@ fn bf16_input_grad(grad_res: &Tensor, weight: &Tensor) -> candle_core::Result<Te
 }
 
 /// Checks the input's last dimension against the weight; returns (rows, output dims).
-fn affine_shape(layout: &Layout, weight: &OpWeight) -> candle_core::Result<(usize, Vec<usize>)> {
+pub(crate) fn affine_shape(
+    layout: &Layout,
+    weight: &OpWeight,
+) -> candle_core::Result<(usize, Vec<usize>)> {
     let dims = layout.shape().dims();
     let k = *dims
         .last()

@@ -34,19 +34,14 @@ pub fn low_rank(x: &Tensor, a: &Tensor, b: &Tensor, scale: f64) -> Result<Tensor
     if !(cpu::covers(x) && cpu::covers(a) && cpu::covers(b)) {
         return composed(x, a, b, scale, &g);
     }
-    let op = LowRank {
-        scale: scale as f32,
-        keep_h: b.track_op(),
-        h: OnceLock::new(),
-        g,
-    };
+    let op = LowRank::new(g, scale, b);
     Ok(x.contiguous()?
         .apply_op3(&a.contiguous()?, &b.contiguous()?, op)?)
 }
 
 /// The sizes of one call.
 #[derive(Clone, Debug)]
-struct Geometry {
+pub(crate) struct Geometry {
     /// Rows of `x`: the product of its leading dimensions.
     rows: usize,
     inp: usize,
@@ -57,7 +52,7 @@ struct Geometry {
 }
 
 /// Checks the shapes (for both paths) and returns the sizes.
-fn check(x: &Tensor, a: &Tensor, b: &Tensor) -> candle_core::Result<Geometry> {
+pub(crate) fn check(x: &Tensor, a: &Tensor, b: &Tensor) -> candle_core::Result<Geometry> {
     let name = "low_rank";
     let Some((&inp, lead)) = x.dims().split_last() else {
         candle_core::bail!("{name}: x must have at least one dimension, got a scalar");
@@ -111,7 +106,7 @@ fn composed(x: &Tensor, a: &Tensor, b: &Tensor, scale: f64, g: &Geometry) -> Res
 }
 
 /// The fused op over `(x, a, b)`.
-struct LowRank {
+pub(crate) struct LowRank {
     scale: f32,
     /// Whether to keep `scale * x A^T` for the backward: only `b`'s gradient reads it.
     keep_h: bool,
@@ -121,6 +116,41 @@ struct LowRank {
 }
 
 impl LowRank {
+    /// The update of geometry `g` (from [`check`]); keeps `scale * x A^T` for the backward where `b` is trained.
+    pub(crate) fn new(g: Geometry, scale: f64, b: &Tensor) -> Self {
+        LowRank {
+            scale: scale as f32,
+            keep_h: b.track_op(),
+            h: OnceLock::new(),
+            g,
+        }
+    }
+
+    /// `y += scale * x A^T B^T` for `y` `[rows, out]`: the forward, onto whatever `y` holds.
+    pub(crate) fn add_forward(
+        &self,
+        x: &[f32],
+        a: &[f32],
+        b: &[f32],
+        y: &mut [f32],
+    ) -> candle_core::Result<()> {
+        let g = &self.g;
+        self.check_sizes(x, a, b)?;
+        let h = self.scaled_h(x, a);
+        cpu::matmul(
+            Mat::rows(&h, g.rank),
+            Mat::transposed(b, g.rank),
+            y,
+            (g.rows, g.out, g.rank),
+            true,
+            Threads::All,
+        );
+        if self.keep_h && self.h.set(h).is_err() {
+            candle_core::bail!("low_rank: the op ran its forward twice");
+        }
+        Ok(())
+    }
+
     /// `scale * x A^T` (`[rows, r]`).
     fn scaled_h(&self, x: &[f32], a: &[f32]) -> Vec<f32> {
         let g = &self.g;
@@ -179,20 +209,8 @@ impl CustomOp3 for LowRank {
             cpu::slice(s2, l2)?,
             cpu::slice(s3, l3)?,
         );
-        self.check_sizes(x, a, b)?;
-        let h = self.scaled_h(x, a);
         let mut y = vec![0f32; g.rows * g.out];
-        cpu::matmul(
-            Mat::rows(&h, g.rank),
-            Mat::transposed(b, g.rank),
-            &mut y,
-            (g.rows, g.out, g.rank),
-            false,
-            Threads::All,
-        );
-        if self.keep_h && self.h.set(h).is_err() {
-            candle_core::bail!("low_rank: the op ran its forward twice");
-        }
+        self.add_forward(x, a, b, &mut y)?;
         Ok((CpuStorage::F32(y), Shape::from(g.out_dims.as_slice())))
     }
 
@@ -204,10 +222,33 @@ impl CustomOp3 for LowRank {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, da, db) = self.gradients(x_arg, a_arg, b_arg, grad_res, None)?;
+        let dx = match dx {
+            Some(dx) => Some(cpu::tensor(dx, x_arg.dims())?),
+            None => None,
+        };
+        Ok((dx, da, db))
+    }
+}
+
+/// The gradients of `x` (its `[rows, in]` values), `a` and `b`, each where that argument is trained.
+pub(crate) type Gradients = (Option<Vec<f32>>, Option<Tensor>, Option<Tensor>);
+
+impl LowRank {
+    /// The backward: the gradients of `x` (as `[rows, in]` values, added onto `dx_onto` where given), `a` and
+    /// `b`, each only where that argument is trained.
+    pub(crate) fn gradients(
+        &self,
+        x_arg: &Tensor,
+        a_arg: &Tensor,
+        b_arg: &Tensor,
+        grad_res: &Tensor,
+        dx_onto: Option<Vec<f32>>,
+    ) -> candle_core::Result<Gradients> {
         let g = &self.g;
         let (need_x, need_a, need_b) = (x_arg.track_op(), a_arg.track_op(), b_arg.track_op());
         if !(need_x || need_a || need_b) {
-            return Ok((None, None, None));
+            return Ok((dx_onto, None, None));
         }
         let (rows, inp, rank, out) = (g.rows, g.inp, g.rank, g.out);
         cpu::with_values(grad_res, |dy| {
@@ -253,7 +294,7 @@ impl CustomOp3 for LowRank {
                             None
                         };
                         if !(need_x || need_a) {
-                            return Ok((None, None, db));
+                            return Ok((dx_onto, None, db));
                         }
                         // dh = scale * dy B  ([rows, r]): scaled here, where it is small.
                         let mut dh = vec![0f32; rows * rank];
@@ -281,20 +322,21 @@ impl CustomOp3 for LowRank {
                         } else {
                             None
                         };
-                        // dx = dh A  ([rows, in], x's dims)
+                        // dx = dh A  ([rows, in]), onto what the caller gave
                         let dx = if need_x {
-                            let mut dx = vec![0f32; rows * inp];
+                            let onto = dx_onto.is_some();
+                            let mut dx = dx_onto.unwrap_or_else(|| vec![0f32; rows * inp]);
                             cpu::matmul(
                                 Mat::rows(&dh, rank),
                                 Mat::rows(a, inp),
                                 &mut dx,
                                 (rows, inp, rank),
-                                false,
+                                onto,
                                 Threads::All,
                             );
-                            Some(cpu::tensor(dx, x_arg.dims())?)
+                            Some(dx)
                         } else {
-                            None
+                            dx_onto
                         };
                         Ok((dx, da, db))
                     })

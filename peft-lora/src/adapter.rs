@@ -22,7 +22,8 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Tensor, Var};
-use peft_core::hooks::{Hooks, LinearFn};
+use peft_core::frozen::FrozenLinear;
+use peft_core::hooks::{project_through_linear, Hooks, LinearFn};
 use peft_core::method::{Adapter, PeftMethod};
 use peft_core::model::BaseModel;
 use peft_core::spec::SiteId;
@@ -165,6 +166,24 @@ impl LoraLayer {
             product = (product - b0.matmul(a0)?)?;
         }
         Ok((product * self.scale)?)
+    }
+
+    /// The module's output computed inside the frozen product as one op ([`FrozenLinear::forward_low_rank`]),
+    /// where nothing else acts at the site: no DoRA, no PiSSA / OLoRA starting factors, no dropout drawn (the
+    /// caller checks that no trained bias replaces the frozen one). `None` where it cannot run so (those
+    /// cases, or a product without such an op): [`LoraLayer::output`] then composes the same function.
+    fn fused_output(
+        &self,
+        x: &Tensor,
+        frozen: &FrozenLinear,
+        dropout: &Dropout,
+    ) -> Result<Option<Tensor>> {
+        if self.dora.is_some() || self.initial.is_some() || !dropout.is_identity() {
+            return Ok(None);
+        }
+        let a = peft_core::grad::param(&self.a).to_dtype(x.dtype())?;
+        let b = peft_core::grad::param(&self.b).to_dtype(x.dtype())?;
+        frozen.forward_low_rank(x, (&a, &b, self.scale))
     }
 
     /// The module's output: `next(x) + scale * dropout(x) A^T B^T` over the last dimension of `x` (HF PEFT's
@@ -319,6 +338,20 @@ impl Lora {
 }
 
 impl Hooks for Lora {
+    /// An adapted site whose frozen bias stays runs the frozen product and the update as one op (two graph
+    /// nodes and two output-sized gradients fewer in the backward); every other site and case goes through
+    /// [`Hooks::linear`] below, as the default does.
+    fn project(&self, site: SiteId, x: &Tensor, frozen: &FrozenLinear) -> Result<Tensor> {
+        if let Some(i) = self.layer_at.get(site) {
+            if !self.is_merged() && self.bias_at.get(site).is_none() {
+                if let Some(y) = self.layers[i].fused_output(x, frozen, &self.dropout)? {
+                    return Ok(y);
+                }
+            }
+        }
+        project_through_linear(self, site, x, frozen)
+    }
+
     fn linear(&self, site: SiteId, x: &Tensor, next: &LinearFn) -> Result<Tensor> {
         match self.layer_at.get(site) {
             Some(i) if !self.is_merged() => {

@@ -551,3 +551,75 @@ fn configs_round_trip_through_the_method_registry() {
     assert_eq!(rebuilt.num_trainable(), lora.num_trainable());
     assert_eq!(serde_json::to_string(rebuilt.config()).unwrap(), json);
 }
+
+/// LoRA run through [`Hooks::linear`] only (the trait's default `project`): the frozen product, the update
+/// and their sum as separate ops, the composed form of the fused adapted projection.
+struct ThroughLinear<'a>(&'a Lora);
+
+impl Hooks for ThroughLinear<'_> {
+    fn linear(
+        &self,
+        site: peft_core::spec::SiteId,
+        x: &Tensor,
+        next: &peft_core::hooks::LinearFn,
+    ) -> peft_core::Result<Tensor> {
+        self.0.linear(site, x, next)
+    }
+
+    fn bias(&self, site: peft_core::spec::SiteId) -> Option<Tensor> {
+        self.0.bias(site)
+    }
+}
+
+#[test]
+fn the_fused_adapted_projection_gives_the_composed_hidden_states_and_gradients() {
+    let models: [Box<dyn BaseModel>; 2] = [
+        Box::new(peft_models::tiny::llama(2)),
+        Box::new(peft_models::tiny::gpt2(2)),
+    ];
+    for model in models {
+        // Random B, so that the update is not zero; every linear layer adapted.
+        let lora = build(&random_init(all_linear(4)), model.as_ref(), 3);
+        let batch = Batch::single(&IDS, &Device::Cpu).unwrap();
+        let run = |hooks: &dyn Hooks| {
+            let hidden = model.forward(&batch, hooks).unwrap().hidden;
+            let weighting = Tensor::arange(0f32, hidden.elem_count() as f32, &Device::Cpu)
+                .unwrap()
+                .reshape(hidden.dims())
+                .unwrap()
+                .sin()
+                .unwrap();
+            let grads = (&hidden * &weighting)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let per_var: Vec<Vec<f32>> = lora
+                .trainable()
+                .iter()
+                .map(|(name, v)| {
+                    values(
+                        grads
+                            .get(v.as_tensor())
+                            .unwrap_or_else(|| panic!("{name}: no gradient")),
+                    )
+                })
+                .collect();
+            (values(&hidden), per_var)
+        };
+        let (fused_hidden, fused_grads) = run(&lora);
+        let (composed_hidden, composed_grads) = run(&ThroughLinear(&lora));
+        let scale = composed_hidden.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(max_diff(&fused_hidden, &composed_hidden) <= 1e-5 * scale.max(1.0));
+        for (f, c) in fused_grads.iter().zip(&composed_grads) {
+            let scale = c.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert!(scale > 0.0, "a gradient of zeros proves nothing");
+            assert!(
+                max_diff(f, c) <= 1e-4 * scale,
+                "{} vs {scale}",
+                max_diff(f, c)
+            );
+        }
+    }
+}

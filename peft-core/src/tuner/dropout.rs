@@ -80,7 +80,7 @@ impl Dropout {
     /// training or `p = 0`. The mask is drawn element by element in order, so it does not depend on `x`'s
     /// shape.
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        if self.p == 0.0 || !crate::grad::enabled() {
+        if self.is_identity() {
             return Ok(x.clone());
         }
         let keep = 1.0 - self.p;
@@ -102,6 +102,11 @@ impl Dropout {
         };
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
         Ok(x.mul(&mask)?)
+    }
+
+    /// Whether [`Dropout::apply`] returns its input as it is: `p = 0`, or not training.
+    pub fn is_identity(&self) -> bool {
+        self.p == 0.0 || !crate::grad::enabled()
     }
 
     /// The dropout probability.
