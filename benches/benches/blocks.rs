@@ -277,6 +277,7 @@ fn ops(c: &mut Criterion) {
         OpCase::cross_entropy(512, 50257).expect("case"),
         OpCase::rotary(8, 9, 128, 64).expect("case"),
         OpCase::split_heads_rotary(8, 128, 9, 64).expect("case"),
+        OpCase::frozen_low_rank(1024, 576, 576).expect("case"),
     ] {
         let mut group = c.benchmark_group(format!("ops/{}", case.name()));
         configure(&mut group);

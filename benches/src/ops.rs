@@ -59,6 +59,12 @@ enum Op {
         cos: Tensor,
         sin: Tensor,
     },
+    FrozenLowRank {
+        x: Var,
+        weight: Tensor,
+        a: Var,
+        b: Var,
+    },
     SplitHeadsRotary {
         x: Var,
         heads: usize,
@@ -183,6 +189,21 @@ impl OpCase {
         })
     }
 
+    /// A frozen projection with LoRA's update (rank 8, scale 2) inside, `x W^T + 2 x A^T B^T` (SmolLM2's
+    /// query projection on 8 x 128 tokens: 1024 x 576 -> 576). Its composed form is the one it replaced: the
+    /// frozen product op, the low-rank op and their sum.
+    pub fn frozen_low_rank(rows: usize, d_in: usize, d_out: usize) -> peft_core::Result<Self> {
+        Ok(OpCase {
+            name: format!("frozen_low_rank/{rows}x{d_in}x{d_out}"),
+            op: Op::FrozenLowRank {
+                x: Var::from_tensor(&seeded(&[rows, d_in], 16, 1.0)?)?,
+                weight: seeded(&[d_out, d_in], 17, 0.05)?,
+                a: Var::from_tensor(&seeded(&[8, d_in], 18, 0.05)?)?,
+                b: Var::from_tensor(&seeded(&[d_out, 8], 19, 0.05)?)?,
+            },
+        })
+    }
+
     /// The op and its shape, as in bench ids.
     pub fn name(&self) -> &str {
         &self.name
@@ -229,6 +250,18 @@ impl OpCase {
                     peft_kernels::composed::rotary
                 };
                 (f(x.as_tensor(), cos, sin)?, vec![x])
+            }
+            Op::FrozenLowRank { x, weight, a, b } => {
+                let (xt, at, bt) = (x.as_tensor(), a.as_tensor(), b.as_tensor());
+                let y = if fused {
+                    peft_kernels::frozen_low_rank(xt, weight, None, at, bt, 2.0)?.ok_or_else(
+                        || PeftError::Unsupported("frozen_low_rank: not covered".into()),
+                    )?
+                } else {
+                    (peft_kernels::frozen::frozen_affine(xt, weight, None)?
+                        + peft_kernels::low_rank(xt, at, bt, 2.0)?)?
+                };
+                (y, vec![x, a, b])
             }
             Op::SplitHeadsRotary {
                 x,
@@ -285,6 +318,7 @@ mod tests {
             OpCase::cross_entropy(3, 40).unwrap(),
             OpCase::rotary(2, 3, 5, 8).unwrap(),
             OpCase::split_heads_rotary(2, 5, 3, 8).unwrap(),
+            OpCase::frozen_low_rank(6, 10, 7).unwrap(),
         ] {
             let a = case.forward_backward(Form::Fused).unwrap();
             let b = case.forward_backward(Form::Composed).unwrap();
