@@ -135,14 +135,15 @@ impl OpWeight {
         }
     }
 
-    /// `out += dy W` for `dy` `[m, n]` and `out` `[m, k]`, where the weight is f32 or bf16 (`false` for a
-    /// quantized weight, which is left to [`OpWeight::input_grad`]).
-    pub(crate) fn add_input_grad(
+    /// `dy W` for `dy` `[m, n]` into `out` `[m, k]`: onto what `out` holds where `onto`, else over it. A
+    /// quantized weight is walked by [`crate::quantized::input_grad`] instead, and refused here.
+    pub(crate) fn input_grad_into(
         &self,
         dy: &[f32],
         out: &mut [f32],
         m: usize,
-    ) -> candle_core::Result<bool> {
+        onto: bool,
+    ) -> candle_core::Result<()> {
         let (n, k) = self.dims()?;
         match self {
             OpWeight::Dense(w) => cpu::with_values(w, |w| {
@@ -151,29 +152,39 @@ impl OpWeight {
                     Mat::rows(w, k),
                     out,
                     (m, k, n),
-                    true,
+                    onto,
                     Threads::All,
                 );
-                Ok(true)
+                Ok(())
             }),
+            // The bf16 products always add onto `out`; a fresh `out` is zeros.
             OpWeight::Bf16(w) => {
                 let kernel = crate::bf16::Bf16Kernel::detect();
                 crate::bf16::with_bf16_values(w, |w| {
                     crate::bf16::input_product(kernel, dy, w, out, (m, n, k), Threads::All);
-                    Ok(true)
+                    Ok(())
                 })
             }
-            OpWeight::Quantized(_) => Ok(false),
+            OpWeight::Quantized(_) => {
+                candle_core::bail!(
+                    "input_grad_into: a quantized weight takes quantized::input_grad"
+                )
+            }
         }
     }
 
     /// `dy W`.
     fn input_grad(&self, grad_res: &Tensor) -> candle_core::Result<Tensor> {
-        match self {
-            OpWeight::Dense(w) => input_grad(grad_res, w),
-            OpWeight::Quantized(q) => crate::quantized::input_grad(grad_res, q),
-            OpWeight::Bf16(w) => bf16_input_grad(grad_res, w),
+        if let OpWeight::Quantized(q) = self {
+            return crate::quantized::input_grad(grad_res, q);
         }
+        let (n, k) = self.dims()?;
+        let m = grad_res.elem_count() / n.max(1);
+        let mut grad = vec![0f32; m * k];
+        cpu::with_values(grad_res, |dy| self.input_grad_into(dy, &mut grad, m, false))?;
+        let mut in_dims = grad_res.dims().to_vec();
+        *in_dims.last_mut().expect("rank >= 1") = k;
+        cpu::tensor(grad, &in_dims)
     }
 }
 
@@ -249,24 +260,6 @@ fn bf16_affine_rows(
     Ok(out)
 }
 
-/// [`input_grad`] for a bf16 `W`: `dy` rounded to bf16, f32 sums.
-fn bf16_input_grad(grad_res: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
-    let dims = grad_res.dims();
-    let (n, k) = weight.dims2()?;
-    let m = grad_res.elem_count() / n.max(1);
-    let mut grad = vec![0f32; m * k];
-    let kernel = crate::bf16::Bf16Kernel::detect();
-    cpu::with_values(grad_res, |dy| {
-        crate::bf16::with_bf16_values(weight, |w| {
-            crate::bf16::input_product(kernel, dy, w, &mut grad, (m, n, k), Threads::All);
-            Ok(())
-        })
-    })?;
-    let mut in_dims = dims.to_vec();
-    *in_dims.last_mut().expect("rank >= 1") = k;
-    cpu::tensor(grad, &in_dims)
-}
-
 /// Checks the input's last dimension against the weight; returns (rows, output dims).
 pub(crate) fn affine_shape(
     layout: &Layout,
@@ -285,30 +278,6 @@ pub(crate) fn affine_shape(
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().expect("rank >= 1") = n;
     Ok((layout.shape().elem_count() / k.max(1), out_dims))
-}
-
-/// `dx = dy W` for `dy` `[.., n]` and `W` `[n, k]`, shaped as `dy` with the last dimension `k`.
-fn input_grad(grad_res: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
-    let dims = grad_res.dims();
-    let (n, k) = weight.dims2()?;
-    let m = grad_res.elem_count() / n.max(1);
-    let mut grad = vec![0f32; m * k];
-    cpu::with_values(grad_res, |dy| {
-        cpu::with_values(weight, |w| {
-            cpu::matmul(
-                Mat::rows(dy, n),
-                Mat::rows(w, k),
-                &mut grad,
-                (m, k, n),
-                false,
-                Threads::All,
-            );
-            Ok(())
-        })
-    })?;
-    let mut in_dims = dims.to_vec();
-    *in_dims.last_mut().expect("rank >= 1") = k;
-    cpu::tensor(grad, &in_dims)
 }
 
 /// Column sums of `dy` `[m, n]`: the gradient of a bias broadcast over the rows. Blocks of rows are summed in

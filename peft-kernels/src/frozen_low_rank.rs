@@ -113,19 +113,14 @@ impl CustomOp3 for FrozenLowRank {
             let k = self.weight.dims()?.1;
             let m = x_arg.elem_count() / k.max(1);
             let mut dx = vec![0f32; m * k];
-            cpu::with_values(grad_res, |dy| self.weight.add_input_grad(dy, &mut dx, m))?;
+            cpu::with_values(grad_res, |dy| {
+                self.weight.input_grad_into(dy, &mut dx, m, false)
+            })?;
             Some(dx)
         } else {
             None
         };
-        let (dx, da, db) = self
-            .low
-            .gradients(x_arg, a_arg, b_arg, grad_res, frozen_dx)?;
-        let dx = match dx {
-            Some(dx) => Some(cpu::tensor(dx, x_arg.dims())?),
-            None => None,
-        };
-        Ok((dx, da, db))
+        self.low.gradients(x_arg, a_arg, b_arg, grad_res, frozen_dx)
     }
 }
 

@@ -222,21 +222,13 @@ impl CustomOp3 for LowRank {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, da, db) = self.gradients(x_arg, a_arg, b_arg, grad_res, None)?;
-        let dx = match dx {
-            Some(dx) => Some(cpu::tensor(dx, x_arg.dims())?),
-            None => None,
-        };
-        Ok((dx, da, db))
+        self.gradients(x_arg, a_arg, b_arg, grad_res, None)
     }
 }
 
-/// The gradients of `x` (its `[rows, in]` values), `a` and `b`, each where that argument is trained.
-pub(crate) type Gradients = (Option<Vec<f32>>, Option<Tensor>, Option<Tensor>);
-
 impl LowRank {
-    /// The backward: the gradients of `x` (as `[rows, in]` values, added onto `dx_onto` where given), `a` and
-    /// `b`, each only where that argument is trained.
+    /// The backward: the gradients of `x` (shaped as `x`, added onto the `[rows, in]` values `dx_onto` where
+    /// given), `a` and `b`, each only where that argument is trained.
     pub(crate) fn gradients(
         &self,
         x_arg: &Tensor,
@@ -244,11 +236,12 @@ impl LowRank {
         b_arg: &Tensor,
         grad_res: &Tensor,
         dx_onto: Option<Vec<f32>>,
-    ) -> candle_core::Result<Gradients> {
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = &self.g;
         let (need_x, need_a, need_b) = (x_arg.track_op(), a_arg.track_op(), b_arg.track_op());
+        let shaped = |dx: Option<Vec<f32>>| dx.map(|v| cpu::tensor(v, x_arg.dims())).transpose();
         if !(need_x || need_a || need_b) {
-            return Ok((dx_onto, None, None));
+            return Ok((shaped(dx_onto)?, None, None));
         }
         let (rows, inp, rank, out) = (g.rows, g.inp, g.rank, g.out);
         cpu::with_values(grad_res, |dy| {
@@ -294,7 +287,7 @@ impl LowRank {
                             None
                         };
                         if !(need_x || need_a) {
-                            return Ok((dx_onto, None, db));
+                            return Ok((shaped(dx_onto)?, None, db));
                         }
                         // dh = scale * dy B  ([rows, r]): scaled here, where it is small.
                         let mut dh = vec![0f32; rows * rank];
@@ -338,7 +331,7 @@ impl LowRank {
                         } else {
                             dx_onto
                         };
-                        Ok((dx, da, db))
+                        Ok((shaped(dx)?, da, db))
                     })
                 })
             })

@@ -99,9 +99,8 @@ impl Rope {
 }
 
 impl RopeTables {
-    /// Rotates `x` `[batch, heads, seq, head_dim]`: token `t` gets the table's position `t`.
-    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        let (batch, _, seq, dim) = x.dims4()?;
+    /// Refuses `batch` rows of `seq` positions of dimension `dim` that the tables do not cover.
+    fn check_fits(&self, batch: usize, seq: usize, dim: usize) -> Result<()> {
         let (rows, _, positions, width) = self.cos.dims4()?;
         if (rows != 1 && rows != batch) || positions != seq || width != dim {
             return Err(ModelError::Config(format!(
@@ -110,6 +109,13 @@ impl RopeTables {
                 self.cos.dims()
             )));
         }
+        Ok(())
+    }
+
+    /// Rotates `x` `[batch, heads, seq, head_dim]`: token `t` gets the table's position `t`.
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        let (batch, _, seq, dim) = x.dims4()?;
+        self.check_fits(batch, seq, dim)?;
         // One op that keeps only the tables for its backward (see `peft_kernels::rotary`).
         Ok(peft_kernels::rotary(x, &self.cos, &self.sin)?)
     }
@@ -119,14 +125,7 @@ impl RopeTables {
     /// for the backward instead of four, see `peft_kernels::split_heads_rotary`).
     pub fn split_rotated(&self, x: &Tensor, heads: usize, head_dim: usize) -> Result<Tensor> {
         let (batch, seq, _) = x.dims3()?;
-        let (rows, _, positions, width) = self.cos.dims4()?;
-        if (rows != 1 && rows != batch) || positions != seq || width != head_dim {
-            return Err(ModelError::Config(format!(
-                "rotary tables cover {:?} (rows, 1, positions, head_dim), applied to {batch} rows of {seq} \
-                 positions of dimension {head_dim}",
-                self.cos.dims()
-            )));
-        }
+        self.check_fits(batch, seq, head_dim)?;
         Ok(peft_kernels::split_heads_rotary(
             x, heads, head_dim, &self.cos, &self.sin,
         )?)
